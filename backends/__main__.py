@@ -1,0 +1,93 @@
+"""Entry point of one backend process: `python -m backends --config '<BackendConfig json>'`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from proto.child import configure_logging, parse_config, watch_parent
+from proto.gen_pb import config_pb2
+
+logger = logging.getLogger("backends")
+
+# Names map to import paths so that only the chosen framework gets imported.
+ENGINES = {
+    "torch": "backends.torch_backend:TorchBackend",
+}
+
+EXIT_LOAD_FAILED = 3
+
+
+def load_engine(config: config_pb2.BackendConfig) -> object:
+    import importlib
+
+    if config.backend not in ENGINES:
+        raise ValueError(f"unknown backend {config.backend!r}; choose from {', '.join(ENGINES)}")
+    module_name, class_name = ENGINES[config.backend].split(":")
+    engine_cls = getattr(importlib.import_module(module_name), class_name)
+    return engine_cls(Path(config.model_dir), config.device, config.dtype, config.pooling)
+
+
+async def serve(config: config_pb2.BackendConfig) -> None:
+    import grpc
+
+    from backends.server import GRPC_OPTIONS, BackendServicer
+    from proto.gen_pb import backend_pb2_grpc
+
+    started = time.monotonic()
+    try:
+        engine = load_engine(config)
+    except Exception as exc:
+        logger.error("cannot load %s with the %s backend: %s", config.model_dir, config.backend, exc)
+        sys.exit(EXIT_LOAD_FAILED)
+    servicer = BackendServicer(engine, config.max_batch_tokens)  # type: ignore[arg-type]
+    _warm_up(engine)
+    logger.info("%s backend ready on %s in %.1fs", config.backend, engine.device, time.monotonic() - started)  # type: ignore[attr-defined]
+
+    server = grpc.aio.server(options=GRPC_OPTIONS)
+    backend_pb2_grpc.add_BackendServicer_to_server(servicer, server)
+    if os.path.exists(config.socket_path):
+        os.unlink(config.socket_path)
+    server.add_insecure_port(f"unix://{config.socket_path}")
+    await server.start()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    watch_parent(lambda: loop.call_soon_threadsafe(stop.set))
+    await stop.wait()
+    logger.info("stopping")
+    await server.stop(grace=5)
+    servicer.close()
+    if os.path.exists(config.socket_path):
+        os.unlink(config.socket_path)
+
+
+def _warm_up(engine: object) -> None:
+    """One tiny forward pass, so the first request does not pay for lazy init."""
+    import numpy as np
+
+    from backends.base import ModelBatch
+
+    ids = np.zeros(2, dtype=np.uint32)  # id 0 exists in every vocabulary
+    batch = ModelBatch(ids, np.zeros(2, np.uint32), np.arange(2, dtype=np.uint32), np.array([0, 2], np.uint32), 2)
+    try:
+        engine.embed(batch)  # type: ignore[attr-defined]
+    except ValueError:
+        engine.predict(batch)  # type: ignore[attr-defined]
+
+
+def main() -> None:
+    config = parse_config(config_pb2.BackendConfig)
+    configure_logging(config.name or "backend", config.json_output)
+    asyncio.run(serve(config))
+
+
+if __name__ == "__main__":
+    main()

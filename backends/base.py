@@ -1,0 +1,59 @@
+"""The contract every engine implements, whatever framework runs it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from proto.codec import F32Array, U32Array
+
+
+@dataclass(frozen=True)
+class ModelBatch:
+    """A decoded batch: sequences concatenated without padding."""
+
+    input_ids: U32Array
+    token_type_ids: U32Array
+    position_ids: U32Array
+    cu_seq_lengths: U32Array
+    max_length: int
+
+    @property
+    def size(self) -> int:
+        return len(self.cu_seq_lengths) - 1
+
+    @property
+    def lengths(self) -> U32Array:
+        return np.diff(self.cu_seq_lengths)  # type: ignore[no-any-return]
+
+    def cost(self, padded: bool) -> int:
+        """Tokens this batch costs: max_length x size when padded, else the token sum."""
+        return self.max_length * self.size if padded else len(self.input_ids)
+
+
+class Backend(Protocol):
+    """An engine that runs forward passes for one model on one device.
+
+    Methods are called from a single worker thread, one at a time.
+    Variants: `TorchBackend` (`backends/torch_backend.py`).
+    """
+
+    name: str
+    device: str
+    dtype: str
+    pooling: str
+    hidden_size: int
+
+    @property
+    def is_padded(self) -> bool: ...
+
+    @property
+    def max_batch_size(self) -> int | None: ...
+
+    def health(self) -> None: ...
+
+    def embed(self, batch: ModelBatch) -> F32Array: ...
+
+    def predict(self, batch: ModelBatch) -> F32Array: ...

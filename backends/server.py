@@ -1,0 +1,123 @@
+"""gRPC servicer of `proto/backend.proto` around one engine.
+
+The grpc.aio loop is the I/O side; forward passes run on one dedicated worker
+thread, so Health answers while a batch runs and batches never overlap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+
+from backends.base import Backend, ModelBatch
+from proto.codec import F32Array, pack_tensor, unpack_u32
+from proto.gen_pb import backend_pb2, backend_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+# Large models return [batch, 4096] float32 rows: raise gRPC's 4 MB default.
+MAX_MESSAGE_BYTES = 512 * 1024 * 1024
+GRPC_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]
+
+
+class BatchRejected(ValueError):
+    """The batch breaks the contract (malformed, or over the token budget)."""
+
+
+def decode_batch(request: backend_pb2.Batch, padded: bool, max_batch_tokens: int, max_batch_size: int | None) -> ModelBatch:
+    try:
+        input_ids = unpack_u32(request.input_ids)
+        token_type_ids = unpack_u32(request.token_type_ids)
+        position_ids = unpack_u32(request.position_ids)
+        cu = unpack_u32(request.cu_seq_lengths)
+    except ValueError as exc:
+        raise BatchRejected(str(exc)) from exc
+    if len(cu) < 2 or cu[0] != 0 or cu[-1] != len(input_ids):
+        raise BatchRejected("cu_seq_lengths must start at 0 and end at the number of tokens")
+    lengths = np.diff(cu.astype(np.int64))
+    if (lengths <= 0).any():
+        raise BatchRejected("every sequence needs at least one token")
+    if len(token_type_ids) != len(input_ids) or len(position_ids) != len(input_ids):
+        raise BatchRejected("input_ids, token_type_ids and position_ids differ in length")
+    if request.max_length != int(lengths.max()):
+        raise BatchRejected(f"max_length {request.max_length} is not the longest sequence ({lengths.max()})")
+    batch = ModelBatch(input_ids, token_type_ids, position_ids, cu, int(request.max_length))
+    if max_batch_size is not None and batch.size > max_batch_size:
+        raise BatchRejected(f"batch of {batch.size} sequences exceeds this backend's limit of {max_batch_size}")
+    if batch.cost(padded) > max_batch_tokens:
+        raise BatchRejected(f"batch costs {batch.cost(padded)} tokens, over max_batch_tokens {max_batch_tokens}")
+    return batch
+
+
+class BackendServicer(backend_pb2_grpc.BackendServicer):
+    def __init__(self, backend: Backend, max_batch_tokens: int) -> None:
+        self._backend = backend
+        self._max_batch_tokens = max_batch_tokens
+        self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
+        self.batches_run = 0
+
+    def close(self) -> None:
+        self._compute.shutdown(wait=True, cancel_futures=True)
+
+    async def Info(self, request: backend_pb2.InfoRequest, context: grpc.aio.ServicerContext) -> backend_pb2.InfoResponse:
+        backend = self._backend
+        return backend_pb2.InfoResponse(
+            is_padded=backend.is_padded,
+            max_batch_size=backend.max_batch_size or 0,
+            max_batch_tokens=self._max_batch_tokens,
+            hidden_size=backend.hidden_size,
+            dtype=backend.dtype,
+            device=backend.device,
+            backend=backend.name,
+            pooling=backend.pooling,
+        )
+
+    async def Health(self, request: backend_pb2.HealthRequest, context: grpc.aio.ServicerContext) -> backend_pb2.HealthResponse:
+        return backend_pb2.HealthResponse()
+
+    async def Embed(self, request: backend_pb2.Batch, context: grpc.aio.ServicerContext) -> backend_pb2.EmbedResponse:
+        values, cost = await self._run(request, context, self._backend.embed)
+        return backend_pb2.EmbedResponse(embeddings=pack_tensor(values), batch_tokens=cost)
+
+    async def Predict(self, request: backend_pb2.Batch, context: grpc.aio.ServicerContext) -> backend_pb2.PredictResponse:
+        values, cost = await self._run(request, context, self._backend.predict)
+        return backend_pb2.PredictResponse(scores=pack_tensor(values), batch_tokens=cost)
+
+    async def _run(
+        self,
+        request: backend_pb2.Batch,
+        context: grpc.aio.ServicerContext,
+        forward: Callable[[ModelBatch], F32Array],
+    ) -> tuple[F32Array, int]:
+        backend = self._backend
+        try:
+            batch = decode_batch(request, backend.is_padded, self._max_batch_tokens, backend.max_batch_size)
+        except BatchRejected as exc:
+            logger.error("rejected batch: %s", exc)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        try:
+            values = await loop.run_in_executor(self._compute, forward, batch)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except Exception as exc:  # a forward failure must reach the router, not kill the process
+            logger.exception("forward pass failed on a batch of %d sequences", batch.size)
+            await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        self.batches_run += 1
+        logger.debug(
+            "batch of %d sequences, %d tokens in %.1f ms",
+            batch.size,
+            batch.cost(backend.is_padded),
+            (time.perf_counter() - started) * 1e3,
+        )
+        return values, batch.cost(backend.is_padded)

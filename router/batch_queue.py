@@ -1,0 +1,129 @@
+"""The token-budget batch queue (TEI's core/src/queue.rs, in asyncio).
+
+All state lives on one event loop, so no locks: handlers `append` entries and
+await their futures; dispatch slots `await next_batch()`. A batch is formed the
+moment a backend slot asks for one, from whatever is queued, in arrival order:
+- an entry whose future is done (its client went away) is dropped unseen;
+- the next entry goes in only if the batch still fits `max_batch_tokens`,
+  counted as max_len x n for padded backends and as the token sum otherwise;
+  otherwise it stays at the front (strict FIFO, no skipping ahead);
+- at most `max_batch_requests` entries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from proto.codec import pack_u32
+from proto.gen_pb import backend_pb2
+from router.metrics import Metrics
+
+
+@dataclass(frozen=True)
+class EntryResult:
+    values: np.ndarray
+    queue_time_s: float
+    inference_time_s: float
+
+
+@dataclass(eq=False)
+class QueueEntry:
+    input_ids: np.ndarray
+    token_type_ids: np.ndarray
+    future: asyncio.Future[EntryResult]
+    enqueued_at: float = field(default_factory=time.perf_counter)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass(frozen=True)
+class FormedBatch:
+    entries: list[QueueEntry]
+    message: backend_pb2.Batch
+    token_sum: int
+    cost: int
+    formed_at: float
+
+
+class BatchQueue:
+    def __init__(
+        self,
+        *,
+        max_batch_tokens: int,
+        max_batch_requests: int | None,
+        padded: bool,
+        position_offset: int,
+        metrics: Metrics,
+    ) -> None:
+        if max_batch_tokens <= 0:
+            raise ValueError("max_batch_tokens must be positive")
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_requests = max_batch_requests
+        self.padded = padded
+        self._position_offset = position_offset
+        self._metrics = metrics
+        self._entries: deque[QueueEntry] = deque()
+        self._not_empty = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def append(self, entry: QueueEntry) -> None:
+        if len(entry) > self.max_batch_tokens:
+            raise RuntimeError(
+                f"an entry of {len(entry)} tokens can never fit max_batch_tokens {self.max_batch_tokens}. This is a bug."
+            )
+        self._entries.append(entry)
+        self._metrics.queue_size.set(len(self._entries))
+        self._not_empty.set()
+
+    async def next_batch(self) -> FormedBatch:
+        while True:
+            batch = self.take_batch()
+            if batch is not None:
+                return batch
+            self._not_empty.clear()
+            await self._not_empty.wait()
+
+    def take_batch(self) -> FormedBatch | None:
+        entries: list[QueueEntry] = []
+        max_len = token_sum = 0
+        while self._entries:
+            entry = self._entries[0]
+            if entry.future.done():
+                self._entries.popleft()
+                self._metrics.request_failure.inc(err="dropped")
+                continue
+            length = len(entry)
+            cost = max(max_len, length) * (len(entries) + 1) if self.padded else token_sum + length
+            if cost > self.max_batch_tokens:
+                break
+            self._entries.popleft()
+            entries.append(entry)
+            max_len, token_sum = max(max_len, length), token_sum + length
+            if self.max_batch_requests is not None and len(entries) >= self.max_batch_requests:
+                break
+        self._metrics.queue_size.set(len(self._entries))
+        if not entries:
+            return None
+        cost = max_len * len(entries) if self.padded else token_sum
+        return FormedBatch(entries, self._flatten(entries, max_len), token_sum, cost, time.perf_counter())
+
+    def _flatten(self, entries: list[QueueEntry], max_len: int) -> backend_pb2.Batch:
+        lengths = np.fromiter((len(e) for e in entries), dtype=np.int64, count=len(entries))
+        cu = np.zeros(len(entries) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=cu[1:])
+        positions = np.arange(cu[-1], dtype=np.int64) - np.repeat(cu[:-1], lengths) + self._position_offset
+        return backend_pb2.Batch(
+            input_ids=pack_u32(np.concatenate([e.input_ids for e in entries])),
+            token_type_ids=pack_u32(np.concatenate([e.token_type_ids for e in entries])),
+            position_ids=pack_u32(positions),
+            cu_seq_lengths=pack_u32(cu),
+            max_length=max_len,
+        )

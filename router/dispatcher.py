@@ -1,0 +1,81 @@
+"""Moves batches from the queue to the backends and results back to the callers.
+
+Each backend gets `SLOTS_PER_BACKEND` dispatch tasks. With two, the next batch is
+already formed and sitting in the backend's receive queue while the current one
+runs, so the device never waits for the router between batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Literal
+
+import numpy as np
+
+from proto.gen_pb import backend_pb2
+from router.backend_client import BackendClient
+from router.batch_queue import BatchQueue, EntryResult, FormedBatch
+from router.errors import BackendError, EmbedServeError
+from router.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+SLOTS_PER_BACKEND = 2
+
+Kind = Literal["embed", "predict"]
+
+
+class Dispatcher:
+    def __init__(self, queue: BatchQueue, backends: list[BackendClient], metrics: Metrics, kind: Kind) -> None:
+        self._queue = queue
+        self._backends = backends
+        self._metrics = metrics
+        self._kind = kind
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        for backend in self._backends:
+            call = backend.embed if self._kind == "embed" else backend.predict
+            for slot in range(SLOTS_PER_BACKEND):
+                task = asyncio.create_task(self._run_slot(call), name=f"dispatch-{backend.name}-{slot}")
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _run_slot(self, call: Callable[[backend_pb2.Batch], Awaitable[tuple[np.ndarray, int]]]) -> None:
+        while True:
+            batch = await self._queue.next_batch()
+            self._metrics.batch_next_size.observe(len(batch.entries))
+            self._metrics.batch_next_tokens.observe(batch.token_sum)
+            started = time.perf_counter()
+            try:
+                values, backend_cost = await call(batch.message)
+                if values.shape[0] != len(batch.entries):
+                    raise BackendError(
+                        f"Backend error: {values.shape[0]} results for a batch of {len(batch.entries)}. This is a bug."
+                    )
+            except EmbedServeError as exc:
+                _fail(batch, exc)
+                continue
+            except Exception as exc:  # keep the slot alive whatever the batch did
+                logger.exception("dispatch failed")
+                _fail(batch, BackendError(f"Backend error: {exc}"))
+                continue
+            self._metrics.backend_batch_tokens.observe(backend_cost)
+            inference_s = time.perf_counter() - started
+            for row, entry in enumerate(batch.entries):
+                if not entry.future.done():
+                    entry.future.set_result(EntryResult(values[row], batch.formed_at - entry.enqueued_at, inference_s))
+
+
+def _fail(batch: FormedBatch, error: EmbedServeError) -> None:
+    for entry in batch.entries:
+        if not entry.future.done():
+            entry.future.set_exception(error)

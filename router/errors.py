@@ -1,0 +1,116 @@
+"""Errors the router answers with, and their HTTP mapping.
+
+    EmbedServeError            (base; carries status, error_type, message)
+    ├── EmptyInputError         400  Empty
+    ├── MalformedRequestError   400  Validation   (body is not JSON)
+    ├── UnauthorizedError       401  (empty body, as TEI)
+    ├── PayloadTooLargeError    413  Validation
+    ├── UnsupportedMediaError   415  Validation
+    ├── ValidationError         422  Validation
+    ├── TokenizerError          422  Tokenizer
+    ├── BackendError            424  Backend
+    ├── OverloadedError         429  Overloaded
+    └── BackendUnavailableError 503  Unhealthy
+
+Bodies are TEI's `{"error": ..., "error_type": ...}`; the OpenAI-compatible routes
+use `{"message", "code", "type"}` instead (see `to_openai_body`).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class EmbedServeError(Exception):
+    status: ClassVar[int] = 500
+    error_type: ClassVar[str] = "Backend"
+    # Label of te_request_failure{err=...}
+    metric_label: ClassVar[str] = "inference"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+    def to_body(self) -> dict[str, str]:
+        return {"error": self.message, "error_type": self.error_type}
+
+    def to_openai_body(self) -> dict[str, object]:
+        return {"message": self.message, "code": self.status, "type": self.error_type}
+
+
+class EmptyInputError(EmbedServeError):
+    status = 400
+    error_type = "Empty"
+    metric_label = "validation"
+
+
+class MalformedRequestError(EmbedServeError):
+    status = 400
+    error_type = "Validation"
+    metric_label = "validation"
+
+
+class UnauthorizedError(EmbedServeError):
+    status = 401
+    error_type = "Unauthorized"
+    metric_label = "validation"
+
+
+class PayloadTooLargeError(EmbedServeError):
+    status = 413
+    error_type = "Validation"
+    metric_label = "validation"
+
+
+class UnsupportedMediaError(EmbedServeError):
+    status = 415
+    error_type = "Validation"
+    metric_label = "validation"
+
+
+class ValidationError(EmbedServeError):
+    status = 422
+    error_type = "Validation"
+    metric_label = "validation"
+
+
+class BatchSizeError(ValidationError):
+    metric_label = "batch_size"
+
+
+class TokenizerError(EmbedServeError):
+    status = 422
+    error_type = "Tokenizer"
+    metric_label = "tokenization"
+
+
+class BackendError(EmbedServeError):
+    status = 424
+    error_type = "Backend"
+    metric_label = "inference"
+
+
+class ModelTypeError(BackendError):
+    metric_label = "model_type"
+
+
+class OverloadedError(EmbedServeError):
+    status = 429
+    error_type = "Overloaded"
+    metric_label = "overloaded"
+
+    def __init__(self, message: str = "Model is overloaded") -> None:
+        super().__init__(message)
+
+
+class BackendUnavailableError(EmbedServeError):
+    status = 503
+    error_type = "Unhealthy"
+    metric_label = "inference"
+
+
+def input_validation(message: str) -> ValidationError:
+    return ValidationError(f"Input validation error: {message}")

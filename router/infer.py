@@ -1,0 +1,150 @@
+"""One input list in, one result per input out: permits, tokenization, queueing.
+
+Handlers of every transport call `Inference`; it owns the concurrency permits
+and turns pool errors into router errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from router.batch_queue import BatchQueue, EntryResult, QueueEntry
+from router.errors import (
+    BackendUnavailableError,
+    EmbedServeError,
+    OverloadedError,
+    TokenizerError,
+    input_validation,
+)
+from router.metrics import Metrics
+from tokenizer_pool.pool import (
+    Input,
+    InvalidInputError,
+    TokenizerFailedError,
+    TokenizerPool,
+    TokenizerUnavailableError,
+)
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    truncate: bool
+    direction: Literal["right", "left"] = "right"
+    prompt: str | None = None
+
+
+@dataclass(frozen=True)
+class ResponseMetadata:
+    """TEI's x-* headers: counts summed; phase times averaged per input."""
+
+    compute_characters: int
+    compute_tokens: int
+    total_time_s: float
+    tokenization_time_s: float
+    queue_time_s: float
+    inference_time_s: float
+
+    def headers(self) -> dict[str, str]:
+        def ms(seconds: float) -> str:
+            return str(int(seconds * 1000))
+
+        return {
+            "x-compute-type": "gpu+optimized",
+            "x-compute-time": ms(self.total_time_s),
+            "x-compute-characters": str(self.compute_characters),
+            "x-compute-tokens": str(self.compute_tokens),
+            "x-total-time": ms(self.total_time_s),
+            "x-tokenization-time": ms(self.tokenization_time_s),
+            "x-queue-time": ms(self.queue_time_s),
+            "x-inference-time": ms(self.inference_time_s),
+        }
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    rows: list[np.ndarray]
+    token_counts: list[int]
+    metadata: ResponseMetadata
+
+
+class Permits:
+    """Non-blocking concurrency permits, counted per input (TEI's semaphore)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.available = capacity
+
+    def try_acquire(self, count: int) -> bool:
+        if count > self.available:
+            return False
+        self.available -= count
+        return True
+
+    def release(self, count: int) -> None:
+        self.available = min(self.capacity, self.available + count)
+
+
+class Inference:
+    def __init__(self, tokenizers: TokenizerPool, queue: BatchQueue, metrics: Metrics, max_concurrent_requests: int) -> None:
+        self._tokenizers = tokenizers
+        self._queue = queue
+        self._metrics = metrics
+        self.permits = Permits(max_concurrent_requests)
+
+    async def run(self, inputs: list[Input], options: EncodeOptions) -> InferenceResult:
+        started = time.perf_counter()
+        if not self.permits.try_acquire(len(inputs)):
+            raise OverloadedError()
+        try:
+            encodings = await self._encode(inputs, options)
+            tokenized = time.perf_counter()
+            loop = asyncio.get_running_loop()
+            entries = [QueueEntry(e.input_ids, e.token_type_ids, loop.create_future()) for e in encodings]
+            for entry in entries:
+                self._metrics.request_input_length.observe(len(entry))
+                self._queue.append(entry)
+            results = await _gather_or_cancel([entry.future for entry in entries])
+        finally:
+            self.permits.release(len(inputs))
+        total_s = time.perf_counter() - started
+        n = len(results)
+        metadata = ResponseMetadata(
+            compute_characters=sum(e.characters for e in encodings),
+            compute_tokens=sum(len(e.input_ids) for e in encodings),
+            total_time_s=total_s,
+            tokenization_time_s=tokenized - started,
+            queue_time_s=sum(r.queue_time_s for r in results) / n,
+            inference_time_s=sum(r.inference_time_s for r in results) / n,
+        )
+        return InferenceResult([r.values for r in results], [len(e.input_ids) for e in encodings], metadata)
+
+    async def _encode(self, inputs: list[Input], options: EncodeOptions) -> list:  # type: ignore[type-arg]
+        try:
+            return await self._tokenizers.encode(inputs, options.truncate, options.direction, options.prompt)
+        except InvalidInputError as exc:
+            raise input_validation(exc.message) from exc
+        except TokenizerFailedError as exc:
+            raise TokenizerError(exc.message) from exc
+        except TokenizerUnavailableError as exc:
+            raise BackendUnavailableError(exc.message) from exc
+
+
+async def _gather_or_cancel(futures: list[asyncio.Future[EntryResult]]) -> list[EntryResult]:
+    """Await every entry; on failure or cancellation, withdraw the rest from the queue."""
+    try:
+        return list(await asyncio.gather(*futures))
+    except BaseException:
+        for future in futures:
+            if not future.done():
+                future.cancel()
+            elif not future.cancelled():
+                future.exception()  # mark retrieved: the first error is the one raised
+        raise
+
+
+__all__ = ["EmbedServeError", "EncodeOptions", "Inference", "InferenceResult", "ResponseMetadata"]

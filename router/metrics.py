@@ -1,0 +1,145 @@
+"""Prometheus metrics under TEI's `te_*` names, rendered in the text format.
+
+A small in-house registry, because TEI's counters carry no `_total` suffix and
+client libraries add one; exact names keep existing dashboards working.
+One `Metrics` object lives on the app state: no module-level registry.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+# 1e-5 s x 1.5^k for k = 1..35: ~15 us to ~14.6 s (TEI router/src/prometheus.rs).
+DURATION_BUCKETS = tuple(1e-5 * 1.5**k for k in range(1, 36))
+BATCH_SIZE_BUCKETS = tuple(float(2**k) for k in range(13))
+BATCH_TOKEN_BUCKETS = tuple(float(2**k) for k in range(21))
+
+Labels = tuple[tuple[str, str], ...]
+
+
+def _format_labels(labels: Labels, extra: tuple[str, str] | None = None) -> str:
+    pairs = list(labels) + ([extra] if extra else [])
+    if not pairs:
+        return ""
+    return "{" + ",".join(f'{k}="{v}"' for k, v in pairs) + "}"
+
+
+def _format_value(value: float) -> str:
+    if math.isinf(value):
+        return "+Inf"
+    return repr(float(value)) if not float(value).is_integer() else str(int(value))
+
+
+@dataclass
+class Counter:
+    name: str
+    help: str
+    values: dict[Labels, float] = field(default_factory=dict)
+
+    def inc(self, amount: float = 1.0, **labels: str) -> None:
+        key = tuple(sorted(labels.items()))
+        self.values[key] = self.values.get(key, 0.0) + amount
+
+    def value(self, **labels: str) -> float:
+        return self.values.get(tuple(sorted(labels.items())), 0.0)
+
+    def render(self) -> Iterable[str]:
+        yield f"# HELP {self.name} {self.help}"
+        yield f"# TYPE {self.name} counter"
+        for labels, value in self.values.items():
+            yield f"{self.name}{_format_labels(labels)} {_format_value(value)}"
+
+
+@dataclass
+class Gauge:
+    name: str
+    help: str
+    current: float = 0.0
+
+    def set(self, value: float) -> None:
+        self.current = value
+
+    def render(self) -> Iterable[str]:
+        yield f"# HELP {self.name} {self.help}"
+        yield f"# TYPE {self.name} gauge"
+        yield f"{self.name} {_format_value(self.current)}"
+
+
+@dataclass
+class Histogram:
+    name: str
+    help: str
+    buckets: Sequence[float]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+    observations: int = 0
+    maximum: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * len(self.buckets)
+
+    def observe(self, value: float) -> None:
+        index = bisect.bisect_left(self.buckets, value)
+        if index < len(self.counts):
+            self.counts[index] += 1
+        self.total += value
+        self.observations += 1
+        self.maximum = max(self.maximum, value)
+
+    def render(self) -> Iterable[str]:
+        yield f"# HELP {self.name} {self.help}"
+        yield f"# TYPE {self.name} histogram"
+        cumulative = 0
+        for bound, count in zip(self.buckets, self.counts):
+            cumulative += count
+            yield f'{self.name}_bucket{{le="{_format_value(bound)}"}} {cumulative}'
+        yield f'{self.name}_bucket{{le="+Inf"}} {self.observations}'
+        yield f"{self.name}_sum {_format_value(self.total)}"
+        yield f"{self.name}_count {self.observations}"
+
+
+class Metrics:
+    def __init__(self, max_input_length: int) -> None:
+        length_buckets = tuple(float(2**k) for k in range(0, 32) if 2**k <= max(1, max_input_length))
+        self.request_count = Counter("te_request_count", "Inference requests")
+        self.request_success = Counter("te_request_success", "Successful inference requests")
+        self.request_failure = Counter("te_request_failure", "Failed inference requests by cause")
+        self.embed_count = Counter("te_embed_count", "Inputs entering embed")
+        self.embed_success = Counter("te_embed_success", "Inputs embedded")
+        self.predict_count = Counter("te_predict_count", "Inputs entering predict")
+        self.predict_success = Counter("te_predict_success", "Inputs predicted")
+        self.queue_size = Gauge("te_queue_size", "Inputs waiting in the batch queue")
+        self.batch_next_size = Histogram("te_batch_next_size", "Inputs per backend batch", BATCH_SIZE_BUCKETS)
+        self.batch_next_tokens = Histogram("te_batch_next_tokens", "Tokens per backend batch (sum)", BATCH_TOKEN_BUCKETS)
+        self.backend_batch_tokens = Histogram(
+            "embedserve_backend_batch_tokens",
+            "Tokens per batch under the backend's own accounting (padded backends: max_len x n)",
+            BATCH_TOKEN_BUCKETS,
+        )
+        self.request_input_length = Histogram("te_request_input_length", "Tokens per input", length_buckets)
+        self.request_duration = Histogram("te_request_duration", "Request duration (s)", DURATION_BUCKETS)
+        self.request_tokenization_duration = Histogram(
+            "te_request_tokenization_duration", "Tokenization duration (s)", DURATION_BUCKETS
+        )
+        self.request_queue_duration = Histogram("te_request_queue_duration", "Queue duration (s)", DURATION_BUCKETS)
+        self.request_inference_duration = Histogram(
+            "te_request_inference_duration", "Inference duration (s)", DURATION_BUCKETS
+        )
+        self.embed_duration = Histogram("te_embed_duration", "Embed duration per input (s)", DURATION_BUCKETS)
+        self.embed_tokenization_duration = Histogram(
+            "te_embed_tokenization_duration", "Embed tokenization duration (s)", DURATION_BUCKETS
+        )
+        self.embed_queue_duration = Histogram("te_embed_queue_duration", "Embed queue duration (s)", DURATION_BUCKETS)
+        self.embed_inference_duration = Histogram(
+            "te_embed_inference_duration", "Embed inference duration (s)", DURATION_BUCKETS
+        )
+
+    def render(self) -> str:
+        lines: list[str] = []
+        for metric in vars(self).values():
+            if isinstance(metric, (Counter, Gauge, Histogram)):
+                lines.extend(metric.render())
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,142 @@
+"""What a model directory says about the model: type, pooling, limits, prompts.
+
+Read once by the launcher, which hands the result to the router and backends
+in their config protos. Only JSON files are read here: no framework imports.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+ModelType = Literal["embedding", "classifier", "reranker"]
+Pooling = Literal["cls", "mean", "last_token", "splade"]
+
+# CLI spelling (TEI's kebab-case) -> the name /info prints.
+POOLING_FLAG_VALUES: dict[str, Pooling] = {"cls": "cls", "mean": "mean", "last-token": "last_token", "splade": "splade"}
+
+# Legacy sentence-transformers config names, newest first (TEI core/src/download.rs).
+ST_CONFIG_NAMES = (
+    "sentence_bert_config.json",
+    "sentence_roberta_config.json",
+    "sentence_distilbert_config.json",
+    "sentence_camembert_config.json",
+    "sentence_albert_config.json",
+    "sentence_xlm-roberta_config.json",
+    "sentence_xlnet_config.json",
+)
+
+# Position ids start after the padding id for these (fairseq heritage).
+POSITION_OFFSET_MODEL_TYPES = ("xlm-roberta", "camembert", "roberta")
+
+
+class ModelConfigError(ValueError):
+    """The model directory cannot be served as configured."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    model_dir: Path
+    model_type: ModelType
+    pooling: Pooling | None
+    id2label: dict[str, str]
+    label2id: dict[str, int]
+    base_input_length: int
+    position_offset: int
+    prompts: dict[str, str] = field(default_factory=dict)
+    architectures: tuple[str, ...] = ()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ModelConfigError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelConfigError(f"{path} must hold a JSON object")
+    return data
+
+
+def load_model_spec(model_dir: Path, pooling_flag: str | None = None) -> ModelSpec:
+    config_path = model_dir / "config.json"
+    if not config_path.is_file():
+        raise ModelConfigError(f"{model_dir} has no config.json")
+    if not (model_dir / "tokenizer.json").is_file():
+        raise ModelConfigError(f"{model_dir} has no tokenizer.json (a fast tokenizer is required)")
+    config = _read_json(config_path)
+    architectures = tuple(str(a) for a in config.get("architectures") or ())
+    requested = POOLING_FLAG_VALUES.get(pooling_flag) if pooling_flag else None
+    if pooling_flag and requested is None:
+        raise ModelConfigError(f"pooling {pooling_flag!r} is not one of {', '.join(POOLING_FLAG_VALUES)}")
+
+    model_type: ModelType = "embedding"
+    pooling: Pooling | None = None
+    id2label: dict[str, str] = {}
+    label2id: dict[str, int] = {}
+    if requested == "splade":
+        if not any(a.endswith("MaskedLM") for a in architectures):
+            raise ModelConfigError("splade pooling needs a ...ForMaskedLM architecture")
+        pooling = "splade"
+    elif any(a.endswith("Classification") for a in architectures):
+        id2label = {str(k): str(v) for k, v in (config.get("id2label") or {}).items()}
+        label2id = {str(k): int(v) for k, v in (config.get("label2id") or {}).items()}
+        if not id2label:
+            raise ModelConfigError("a classifier's config.json needs id2label")
+        model_type = "reranker" if len(id2label) == 1 else "classifier"
+    else:
+        pooling = requested or _pooling_from_files(model_dir, str(config.get("model_type", "")))
+
+    position_offset = 0
+    if config.get("model_type") in POSITION_OFFSET_MODEL_TYPES:
+        position_offset = int(config.get("pad_token_id") or 0) + 1
+    base_input_length = _max_seq_length(model_dir)
+    if base_input_length is None:
+        max_positions = config.get("max_position_embeddings") or config.get("max_trained_positions")
+        if not max_positions:
+            raise ModelConfigError("config.json has no max_position_embeddings")
+        base_input_length = int(max_positions) - position_offset
+
+    prompts: dict[str, str] = {}
+    st_config = model_dir / "config_sentence_transformers.json"
+    if st_config.is_file():
+        prompts = {str(k): str(v) for k, v in (_read_json(st_config).get("prompts") or {}).items()}
+
+    return ModelSpec(
+        model_dir=model_dir,
+        model_type=model_type,
+        pooling=pooling,
+        id2label=id2label,
+        label2id=label2id,
+        base_input_length=base_input_length,
+        position_offset=position_offset,
+        prompts=prompts,
+        architectures=architectures,
+    )
+
+
+def _pooling_from_files(model_dir: Path, model_type: str) -> Pooling:
+    path = model_dir / "1_Pooling" / "config.json"
+    if not path.is_file():
+        if "bert" in model_type:
+            return "cls"
+        raise ModelConfigError("no 1_Pooling/config.json and no --pooling given")
+    pooling = _read_json(path)
+    if pooling.get("pooling_mode_cls_token"):
+        return "cls"
+    if pooling.get("pooling_mode_mean_tokens"):
+        return "mean"
+    if pooling.get("pooling_mode_lasttoken"):
+        return "last_token"
+    raise ModelConfigError(f"Pooling config {pooling} is not supported")
+
+
+def _max_seq_length(model_dir: Path) -> int | None:
+    for name in ST_CONFIG_NAMES:
+        path = model_dir / name
+        if path.is_file():
+            value = _read_json(path).get("max_seq_length")
+            if value:
+                return int(value)
+    return None

@@ -1,0 +1,84 @@
+"""Request reading and response writing shared by the HTTP routes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import orjson
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from router.errors import PayloadTooLargeError, UnsupportedMediaError
+from router.state import AppState
+
+T = TypeVar("T")
+
+JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its answer was ready."""
+
+
+def app_state(request: Request) -> AppState:
+    state: AppState = request.app.state.embedserve
+    return state
+
+
+def json_response(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(content, option=JSON_OPTIONS), status_code=status_code, headers=headers, media_type="application/json"
+    )
+
+
+async def read_json_body(request: Request, limit: int) -> bytes:
+    content_type = request.headers.get("content-type", "")
+    if "application/json" not in content_type.lower():
+        raise UnsupportedMediaError("Expected request with `Content-Type: application/json`")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError("Failed to buffer the request body: length limit exceeded")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError("Failed to buffer the request body: length limit exceeded")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Run `work`, cancelling it if the client disconnects first.
+
+    Cancellation withdraws the request's inputs from the batch queue, so a
+    vanished client's inputs never reach a backend.
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    await asyncio.wait({task})
+    if not task.cancelled():
+        task.exception()  # abandoned work's outcome has nobody to go to
+    raise ClientGone()
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while True:
+        try:
+            message = await request.receive()
+        except ClientDisconnect:
+            return
+        if message["type"] == "http.disconnect":
+            return

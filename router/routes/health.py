@@ -1,0 +1,57 @@
+"""GET /health (and / and /ping), GET /info, GET /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from importlib.metadata import PackageNotFoundError, version
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from router.errors import BackendUnavailableError
+from router.routes._http import app_state, json_response
+
+try:
+    VERSION = version("embedserve")
+except PackageNotFoundError:  # running from a source tree without an install
+    VERSION = "0.0.0"
+
+
+async def health(request: Request) -> Response:
+    state = app_state(request)
+    if state.draining:
+        raise BackendUnavailableError("unhealthy")
+    backends_ok = await asyncio.gather(*(backend.health() for backend in state.backends))
+    if not any(backends_ok) or not await state.tokenizers.health():
+        raise BackendUnavailableError("unhealthy")
+    return Response(status_code=200)
+
+
+async def info(request: Request) -> Response:
+    state = app_state(request)
+    settings = state.settings
+    facts = state.facts
+    return json_response(
+        {
+            "model_id": settings.model_id,
+            "model_sha": settings.revision,
+            "model_dtype": facts.dtype,
+            "served_model_name": settings.served_model_name,
+            "model_type": {"embedding": {"pooling": settings.pooling}},
+            "max_concurrent_requests": settings.max_concurrent_requests,
+            "max_input_length": settings.max_input_length,
+            "max_batch_tokens": settings.max_batch_tokens,
+            "max_batch_requests": state.queue.max_batch_requests,
+            "max_client_batch_size": settings.max_client_batch_size,
+            "auto_truncate": settings.auto_truncate,
+            "tokenization_workers": settings.tokenization_workers,
+            "version": VERSION,
+            "sha": None,
+            "docker_label": None,
+            "backend": facts.backend,
+        }
+    )
+
+
+async def metrics(request: Request) -> Response:
+    return Response(app_state(request).metrics.render(), media_type="text/plain; version=0.0.4")

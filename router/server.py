@@ -1,0 +1,57 @@
+"""Serves the app with Hypercorn on uvloop until SIGTERM/SIGINT, then drains.
+
+Hypercorn's own signal handling is off (a `shutdown_trigger` is given): this
+module is the one place the router process handles signals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import signal
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+
+from proto.child import watch_parent
+from router.app import create_app
+from router.settings import RouterSettings
+
+logger = logging.getLogger(__name__)
+
+
+def bind_address(hostname: str, port: int) -> str:
+    try:
+        address = ipaddress.ip_address(hostname)
+    except ValueError:
+        # Kubernetes and Docker set HOSTNAME to the pod name: TEI falls back too.
+        logger.warning("hostname %r is not an IP address; binding 0.0.0.0", hostname)
+        return f"0.0.0.0:{port}"
+    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+
+
+async def run(settings: RouterSettings) -> None:
+    app = create_app(settings)
+    config = Config()
+    config.bind = [bind_address(settings.hostname, settings.port)]
+    config.graceful_timeout = settings.graceful_timeout_s
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.keep_alive_timeout = 75  # above common load-balancer idle timeouts
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    watch_parent(lambda: loop.call_soon_threadsafe(stop.set))
+
+    async def shutdown_trigger() -> None:
+        await stop.wait()
+        logger.info("draining in-flight requests (up to %.0fs)", settings.graceful_timeout_s)
+        state = getattr(app.state, "embedserve", None)
+        if state is not None:
+            state.draining = True
+
+    await serve(app, config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
+    logger.info("router stopped")

@@ -1,0 +1,64 @@
+"""The router's typed settings, built once from the launcher's RouterConfig."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from proto.gen_pb import config_pb2
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    model_id: str
+    served_model_name: str
+    backend_sockets: tuple[str, ...]
+    tokenizer_sockets: tuple[str, ...]
+    hostname: str = "0.0.0.0"
+    port: int = 3000
+    revision: str | None = None
+    model_dtype: str = "float32"
+    pooling: str = "mean"
+    max_concurrent_requests: int = 512
+    max_batch_tokens: int = 16384
+    max_batch_requests: int | None = None
+    max_client_batch_size: int = 32
+    auto_truncate: bool = True
+    max_input_length: int = 512
+    position_offset: int = 0
+    default_prompt: str | None = None
+    prompts: dict[str, str] = field(default_factory=dict)
+    api_key: str | None = None
+    payload_limit: int = 2_000_000
+    json_output: bool = False
+    tokenization_workers: int = 1
+    graceful_timeout_s: float = 30.0
+    model_type: str = "embedding"
+
+    @classmethod
+    def from_proto(cls, config: config_pb2.RouterConfig) -> RouterSettings:
+        return cls(
+            model_id=config.model_id,
+            served_model_name=config.served_model_name or config.model_id,
+            backend_sockets=tuple(config.backend_sockets),
+            tokenizer_sockets=tuple(config.tokenizer_sockets),
+            hostname=config.hostname or "0.0.0.0",
+            port=config.port,
+            revision=config.revision if config.HasField("revision") else None,
+            model_dtype=config.model_dtype or "float32",
+            pooling=config.pooling,
+            max_concurrent_requests=config.max_concurrent_requests,
+            max_batch_tokens=config.max_batch_tokens,
+            max_batch_requests=config.max_batch_requests or None,
+            max_client_batch_size=config.max_client_batch_size,
+            auto_truncate=config.auto_truncate,
+            max_input_length=config.max_input_length,
+            position_offset=config.position_offset,
+            default_prompt=config.default_prompt if config.HasField("default_prompt") else None,
+            prompts=dict(config.prompts),
+            api_key=config.api_key if config.HasField("api_key") else None,
+            payload_limit=config.payload_limit,
+            json_output=config.json_output,
+            tokenization_workers=config.tokenization_workers or len(config.tokenizer_sockets),
+            graceful_timeout_s=config.graceful_timeout_s or 30.0,
+            model_type=config.model_type or "embedding",
+        )

@@ -1,0 +1,3 @@
+from tokenizer_pool.worker import main
+
+main()

@@ -1,0 +1,95 @@
+"""Text -> token ids with TEI's rules: prompts, character guard, truncation, id inputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from tokenizers import Encoding, Tokenizer
+
+# TEI refuses (or cuts) inputs longer than max_input_length x this many characters
+# before tokenizing, so a huge string cannot stall a worker.
+MAX_CHAR_MULTIPLIER = 250
+
+Direction = Literal["right", "left"]
+
+
+class EncodeError(ValueError):
+    """An input the client must fix (too long, bad ids); maps to 422."""
+
+
+@dataclass(frozen=True)
+class EncodedInput:
+    input_ids: np.ndarray
+    token_type_ids: np.ndarray
+    characters: int
+
+
+class Encoder:
+    def __init__(self, model_dir: Path, max_input_length: int) -> None:
+        tokenizer_file = model_dir / "tokenizer.json"
+        if not tokenizer_file.is_file():
+            raise FileNotFoundError(f"{tokenizer_file} is missing: a fast tokenizer is required")
+        self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        self._tokenizer.no_padding()
+        self._tokenizer.no_truncation()
+        self._truncation: tuple[Direction, int] | None = None
+        self.max_input_length = max_input_length
+        self._vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, inputs: list[str | np.ndarray], truncate: bool, direction: Direction, prompt: str | None) -> list[EncodedInput]:
+        texts: list[str] = []
+        characters: list[int] = []
+        specials: list[bool] = []
+        for item in inputs:
+            if isinstance(item, str):
+                text, add_special = (prompt or "") + item, True
+                characters.append(len(text))
+            else:
+                text, add_special = self._text_of_ids(item, prompt)
+                characters.append(len(item))
+            texts.append(self._guard_characters(text, truncate))
+            specials.append(add_special)
+        self._set_truncation(truncate, direction)
+        results = []
+        for text, add_special, chars in zip(texts, specials, characters):
+            encoding: Encoding = self._tokenizer.encode(text, add_special_tokens=add_special)
+            ids = np.asarray(encoding.ids, dtype=np.uint32)
+            if len(ids) > self.max_input_length:
+                raise EncodeError(
+                    f"`inputs` must have less than {self.max_input_length} tokens. Given: {len(ids)}"
+                )
+            if len(ids) == 0:
+                raise EncodeError("`inputs` cannot be empty")
+            results.append(EncodedInput(ids, np.asarray(encoding.type_ids, dtype=np.uint32), chars))
+        return results
+
+    def _text_of_ids(self, ids: np.ndarray, prompt: str | None) -> tuple[str, bool]:
+        # TEI decodes client ids to text and re-encodes them, so truncation and
+        # prompts behave as for text. Without a prompt the client's own special
+        # tokens are kept and none are added.
+        if len(ids) and int(ids.max()) >= self._vocab_size:
+            raise EncodeError(f"token id {int(ids.max())} is out of the vocabulary (size {self._vocab_size})")
+        if prompt is None:
+            return self._tokenizer.decode(ids.tolist(), skip_special_tokens=False), False
+        return prompt + self._tokenizer.decode(ids.tolist(), skip_special_tokens=True), True
+
+    def _guard_characters(self, text: str, truncate: bool) -> str:
+        limit = self.max_input_length * MAX_CHAR_MULTIPLIER
+        if len(text) <= limit:
+            return text
+        if not truncate:
+            raise EncodeError(f"`inputs` must have less than {limit} characters. Given: {len(text)}")
+        return text.encode("utf-8")[:limit].decode("utf-8", errors="ignore")
+
+    def _set_truncation(self, truncate: bool, direction: Direction) -> None:
+        wanted = (direction, self.max_input_length) if truncate else None
+        if wanted == self._truncation:
+            return
+        if wanted is None:
+            self._tokenizer.no_truncation()
+        else:
+            self._tokenizer.enable_truncation(self.max_input_length, strategy="longest_first", direction=direction)
+        self._truncation = wanted

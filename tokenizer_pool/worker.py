@@ -1,0 +1,83 @@
+"""One tokenizer worker process: `python -m tokenizer_pool --config '<TokenizerConfig json>'`.
+
+Requests are encoded inline on the worker's event loop: the process does nothing
+else, and the pool on the router side spreads load across workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+
+import grpc
+
+from proto.child import configure_logging, parse_config, watch_parent
+from proto.codec import pack_u32, unpack_u32
+from proto.gen_pb import config_pb2, tokenizer_pb2, tokenizer_pb2_grpc
+from tokenizer_pool.encoder import Direction, EncodeError, Encoder
+
+logger = logging.getLogger("tokenizer_pool")
+
+
+class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
+    def __init__(self, encoder: Encoder) -> None:
+        self._encoder = encoder
+
+    async def Encode(self, request: tokenizer_pb2.EncodeRequest, context: grpc.aio.ServicerContext) -> tokenizer_pb2.EncodeResponse:
+        direction: Direction = (
+            "left" if request.truncation_direction == tokenizer_pb2.TRUNCATION_DIRECTION_LEFT else "right"
+        )
+        prompt = request.prompt if request.HasField("prompt") else None
+        try:
+            inputs = [item.text if item.WhichOneof("kind") == "text" else unpack_u32(item.ids) for item in request.inputs]
+            encoded = self._encoder.encode(inputs, request.truncate, direction, prompt)
+        except EncodeError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except Exception as exc:  # tokenizers raises plain Exceptions on odd input
+            logger.exception("tokenizer failed")
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"tokenizer error {exc}")
+        return tokenizer_pb2.EncodeResponse(
+            encodings=[
+                tokenizer_pb2.Encoding(
+                    input_ids=pack_u32(e.input_ids),
+                    token_type_ids=pack_u32(e.token_type_ids),
+                    characters=e.characters,
+                )
+                for e in encoded
+            ]
+        )
+
+    async def Health(self, request: tokenizer_pb2.HealthRequest, context: grpc.aio.ServicerContext) -> tokenizer_pb2.HealthResponse:
+        return tokenizer_pb2.HealthResponse()
+
+
+async def serve(config: config_pb2.TokenizerConfig) -> None:
+    encoder = Encoder(Path(config.model_dir), config.max_input_length)
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+    tokenizer_pb2_grpc.add_TokenizerServicer_to_server(TokenizerServicer(encoder), server)
+    if os.path.exists(config.socket_path):
+        os.unlink(config.socket_path)
+    server.add_insecure_port(f"unix://{config.socket_path}")
+    await server.start()
+    logger.info("tokenizer worker ready")
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    watch_parent(lambda: loop.call_soon_threadsafe(stop.set))
+    await stop.wait()
+    await server.stop(grace=2)
+    if os.path.exists(config.socket_path):
+        os.unlink(config.socket_path)
+
+
+def main() -> None:
+    # One worker is one core: no rayon threads inside the tokenizers library.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    config = parse_config(config_pb2.TokenizerConfig)
+    configure_logging(config.name or "tokenizer", config.json_output)
+    asyncio.run(serve(config))
