@@ -63,7 +63,9 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
         self._backend = backend
         self._max_batch_tokens = max_batch_tokens
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
-        self.batches_run = 0
+        self._batches_run = 0
+        self._sequences_run = 0
+        self._max_batch_tokens_seen = 0
 
     def close(self) -> None:
         self._compute.shutdown(wait=True, cancel_futures=True)
@@ -82,7 +84,11 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
         )
 
     async def Health(self, request: backend_pb2.HealthRequest, context: grpc.aio.ServicerContext) -> backend_pb2.HealthResponse:
-        return backend_pb2.HealthResponse()
+        return backend_pb2.HealthResponse(
+            batches_run=self._batches_run,
+            sequences_run=self._sequences_run,
+            max_batch_tokens_seen=self._max_batch_tokens_seen,
+        )
 
     async def Embed(self, request: backend_pb2.Batch, context: grpc.aio.ServicerContext) -> backend_pb2.EmbedResponse:
         values, cost = await self._run(request, context, self._backend.embed)
@@ -104,6 +110,10 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
         except BatchRejected as exc:
             logger.error("rejected batch: %s", exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        cost = batch.cost(backend.is_padded)
+        self._batches_run += 1
+        self._sequences_run += batch.size
+        self._max_batch_tokens_seen = max(self._max_batch_tokens_seen, cost)
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:
@@ -113,11 +123,5 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
         except Exception as exc:  # a forward failure must reach the router, not kill the process
             logger.exception("forward pass failed on a batch of %d sequences", batch.size)
             await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
-        self.batches_run += 1
-        logger.debug(
-            "batch of %d sequences, %d tokens in %.1f ms",
-            batch.size,
-            batch.cost(backend.is_padded),
-            (time.perf_counter() - started) * 1e3,
-        )
-        return values, batch.cost(backend.is_padded)
+        logger.debug("batch of %d sequences, %d tokens in %.1f ms", batch.size, cost, (time.perf_counter() - started) * 1e3)
+        return values, cost

