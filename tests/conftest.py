@@ -62,13 +62,16 @@ class RunningServer:
             )
             return response
 
-    def metric(self, name: str) -> float:
-        text = httpx.get(f"{self.url}/metrics").text
-        for line in text.splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
-                if line.split(" ")[0] == name or line.startswith(name + "{"):
-                    return float(line.rsplit(" ", 1)[1])
-        return 0.0
+    def metric(self, series: str) -> float:
+        """A series' value from /metrics; a bare name sums all its label sets."""
+        total = 0.0
+        for line in httpx.get(f"{self.url}/metrics").text.splitlines():
+            if line.startswith("#"):
+                continue
+            key, _, value = line.rpartition(" ")
+            if key == series or ("{" not in series and key.startswith(series + "{")):
+                total += float(value)
+        return total
 
 
 def _wait_healthy(server: RunningServer) -> None:

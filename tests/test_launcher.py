@@ -1,0 +1,132 @@
+"""The launcher: flags, start-up failures, supervision and drain, with real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from launcher import build_parser
+from tests.conftest import ROOT, short_socket_prefix, start_server
+
+LONG_TEXT = " ".join(["graceful shutdown drains requests that were accepted"] * 40)
+
+
+def _run_launcher(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "launcher", "--port", "0", "--uds-path", short_socket_prefix(), *args],
+        capture_output=True, text=True, timeout=timeout_s, cwd=ROOT,
+    )
+
+
+def _error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if " ERROR " in line]
+
+
+def test_flags_have_tei_defaults_and_env_twins(monkeypatch: pytest.MonkeyPatch) -> None:
+    args = build_parser().parse_args([])
+    assert (args.max_concurrent_requests, args.max_batch_tokens, args.max_client_batch_size) == (512, 16384, 32)
+    assert args.auto_truncate is True and args.payload_limit == 2_000_000 and args.port == 3000
+    assert args.max_batch_requests is None and args.tokenization_workers >= 1
+    monkeypatch.setenv("MAX_BATCH_TOKENS", "2048")
+    monkeypatch.setenv("AUTO_TRUNCATE", "false")
+    monkeypatch.setenv("PORT", "8080")
+    args = build_parser().parse_args([])
+    assert (args.max_batch_tokens, args.auto_truncate, args.port) == (2048, False, 8080)
+    assert build_parser().parse_args(["--max-batch-tokens", "99", "--auto-truncate"]).max_batch_tokens == 99
+    assert build_parser().parse_args(["--auto-truncate"]).auto_truncate is True
+
+
+def test_help_lists_the_flags() -> None:
+    out = subprocess.run([sys.executable, "-m", "launcher", "--help"], capture_output=True, text=True, cwd=ROOT).stdout
+    for flag in ("--model-id", "--max-batch-tokens", "--tokenization-workers", "--uds-path", "--payload-limit",
+                 "--default-prompt-name", "--json-output", "--huggingface-hub-cache", "--graceful-timeout"):
+        assert flag in out
+
+
+def test_missing_model_directory_is_one_clear_line() -> None:
+    result = _run_launcher("--model-id", "/nonexistent/model/dir")
+    assert result.returncode == 2
+    errors = _error_lines(result.stderr)
+    assert len(errors) == 1, result.stderr
+    assert "model directory /nonexistent/model/dir does not exist" in errors[0]
+
+
+def test_unknown_hub_id_offline_is_one_clear_line(tmp_path: Path) -> None:
+    result = _run_launcher("--model-id", "nobody/no-such-model", "--huggingface-hub-cache", str(tmp_path))
+    assert result.returncode == 2
+    errors = _error_lines(result.stderr)
+    assert len(errors) == 1, result.stderr
+    assert "neither a local directory nor in the Hugging Face cache" in errors[0]
+
+
+def test_default_prompt_name_must_exist(model_dir: Path) -> None:
+    result = _run_launcher("--default-prompt-name", "query")
+    assert result.returncode == 2
+    assert "is not a prompt of this model" in result.stderr
+
+
+def test_model_without_weights_fails_start_up_naming_the_backend(model_dir: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "no-weights"
+    shutil.copytree(model_dir, broken, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    result = _run_launcher("--model-id", str(broken))
+    assert result.returncode == 3
+    assert "with the torch backend" in result.stderr
+    assert "backend-0 failed to start" in result.stderr
+
+
+def _children_of(prefix: str, role: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if f"-m {role} " in cmdline and prefix in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_dead_backend_stops_the_server_with_an_error(tmp_path: Path) -> None:
+    with start_server(tmp_dir=tmp_path, expect_clean_exit=False) as server:
+        [backend_pid] = _children_of(server.uds_prefix, "backends")
+        os.kill(backend_pid, signal.SIGKILL)
+        code = server.process.wait(timeout=60)
+        assert code == 4
+        assert "backend-0 killed by SIGKILL; stopping the server" in server.log()
+        time.sleep(0.5)
+        assert _children_of(server.uds_prefix, "tokenizer_pool") == []
+        assert _children_of(server.uds_prefix, "router") == []
+
+
+def test_sigterm_drains_accepted_requests(tmp_path: Path) -> None:
+    with start_server("--max-batch-requests", "2", tmp_dir=tmp_path) as server:
+        results: list[int] = []
+
+        async def load() -> None:
+            async with httpx.AsyncClient(timeout=120) as client:
+                responses = await asyncio.gather(
+                    *(client.post(f"{server.url}/embed", json={"inputs": [LONG_TEXT] * 16}) for _ in range(4))
+                )
+                results.extend(r.status_code for r in responses)
+
+        thread = threading.Thread(target=lambda: asyncio.run(load()))
+        thread.start()
+        deadline = time.monotonic() + 30
+        while server.metric("te_request_input_length_count") < 64 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        server.process.send_signal(signal.SIGTERM)
+        thread.join(timeout=120)
+        assert server.process.wait(timeout=60) == 0
+        assert results == [200] * 4
