@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tokenizer_pool.encoder import EncodeError, Encoder
+
+
+@pytest.fixture(scope="module")
+def encoder(model_dir: Path) -> Encoder:
+    return Encoder(model_dir, max_input_length=16)
+
+
+def test_truncation_directions(encoder: Encoder) -> None:
+    text = " ".join(f"w{i}" for i in range(40))
+    right = encoder.encode([text], truncate=True, direction="right", prompt=None)[0]
+    left = encoder.encode([text], truncate=True, direction="left", prompt=None)[0]
+    assert len(right.input_ids) == len(left.input_ids) == 16
+    assert right.input_ids[0] == left.input_ids[0] == 101 and right.input_ids[-1] == left.input_ids[-1] == 102
+    assert right.input_ids[1:3].tolist() != left.input_ids[1:3].tolist()
+    with pytest.raises(EncodeError, match="must have less than 16 tokens"):
+        encoder.encode([text], truncate=False, direction="right", prompt=None)
+
+
+def test_character_guard(encoder: Encoder) -> None:
+    huge = "a " * 3000  # 6000 chars > 16 * 250
+    with pytest.raises(EncodeError, match="must have less than 4000 characters"):
+        encoder.encode([huge], truncate=False, direction="right", prompt=None)
+    assert len(encoder.encode([huge], truncate=True, direction="right", prompt=None)[0].input_ids) == 16
+
+
+def test_ids_prompts_and_counts(encoder: Encoder) -> None:
+    text = encoder.encode(["hello world"], truncate=True, direction="right", prompt=None)[0]
+    ids = encoder.encode([np.array([101, 7592, 2088, 102], np.uint32)], truncate=True, direction="right", prompt=None)[0]
+    assert ids.input_ids.tolist() == text.input_ids.tolist() == [101, 7592, 2088, 102]
+    assert (text.characters, ids.characters) == (11, 4)
+    prompted = encoder.encode(["world"], truncate=True, direction="right", prompt="hello ")[0]
+    assert prompted.input_ids.tolist() == [101, 7592, 2088, 102]
+    with pytest.raises(EncodeError, match="out of the vocabulary"):
+        encoder.encode([np.array([10**6], np.uint32)], truncate=True, direction="right", prompt=None)
