@@ -335,14 +335,22 @@ def _http_healthy(url: str) -> bool:
         return False
 
 
-def wait_until_healthy(children: Sequence[ChildProcess], stop: threading.Event, health_url: str | None = None) -> None:
+def wait_until_healthy(
+    children: Sequence[ChildProcess],
+    stop: threading.Event,
+    health_url: str | None = None,
+    started_before: Sequence[ChildProcess] = (),
+) -> None:
+    """Wait until every child answers its health check; fail if any child exits,
+    including those in `started_before` that are already up."""
     started = time.monotonic()
     pending = list(children)
     next_report = started + 10
     while pending:
-        for child in list(pending):
+        for child in [*started_before, *children]:
             if child.exit_code() is not None:
                 raise LaunchError(f"{child.name} failed to start: {child.describe_exit()} (its log is above)")
+        for child in list(pending):
             ready = (
                 _http_healthy(health_url)
                 if health_url is not None
@@ -470,7 +478,7 @@ class Launcher:
             wait_until_healthy(workers, self._stop)
             self._router.start()
             args = self._plan.args
-            wait_until_healthy([self._router], self._stop, _local_url(args.hostname, args.port, "/health"))
+            wait_until_healthy([self._router], self._stop, _local_url(args.hostname, args.port, "/health"), workers)
         except LaunchError:
             self._shutdown()
             raise

@@ -72,13 +72,16 @@ def watch_parent(on_parent_gone: Callable[[], None]) -> None:
     """Call `on_parent_gone` (from a daemon thread) when the launcher's stdin pipe closes."""
 
     def wait_for_eof() -> None:
+        # os.read, not sys.stdin: a daemon thread blocked inside the buffered
+        # reader holds its lock and aborts interpreter shutdown.
         try:
-            while sys.stdin.buffer.read(4096):
+            while os.read(stdin_fd, 4096):
                 pass
-        except (OSError, ValueError):
+        except OSError:
             pass
         on_parent_gone()
 
     if sys.stdin is None or sys.stdin.isatty():
         return
+    stdin_fd = sys.stdin.fileno()
     threading.Thread(target=wait_for_eof, name="parent-watch", daemon=True).start()

@@ -80,7 +80,8 @@ def _wait_healthy(server: RunningServer) -> None:
         if server.process.poll() is not None:
             pytest.fail(f"embedserve exited with {server.process.returncode} during start-up:\n{server.log()}")
         try:
-            if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
+            # The launcher logs "ready" once it supervises: only then is start-up over.
+            if httpx.get(f"{server.url}/health", timeout=2).status_code == 200 and " ready in " in server.log():
                 return
         except httpx.HTTPError:
             pass
