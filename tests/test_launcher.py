@@ -130,3 +130,29 @@ def test_sigterm_drains_accepted_requests(tmp_path: Path) -> None:
         thread.join(timeout=120)
         assert server.process.wait(timeout=60) == 0
         assert results == [200] * 4
+
+
+def _fake_hub_cache(model_dir: Path, cache: Path, repo_id: str) -> None:
+    """The layout huggingface_hub writes: blobs behind snapshots/<sha>, refs/main naming the sha."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(model_dir, repo / "snapshots" / sha, symlinks=True)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(sha)
+
+
+def test_hub_id_served_from_the_cache_offline(model_dir: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "hub"
+    _fake_hub_cache(model_dir, cache, "someone/minilm")
+    with start_server("--model-id", "someone/minilm", "--huggingface-hub-cache", str(cache), tmp_dir=tmp_path) as server:
+        assert httpx.get(f"{server.url}/info").json()["model_id"] == "someone/minilm"
+        body = httpx.post(f"{server.url}/v1/embeddings", json={"input": "cached"}).json()
+        assert body["model"] == "someone/minilm" and len(body["data"][0]["embedding"]) == 384
+
+
+def test_json_output_logs_json_lines() -> None:
+    import json
+
+    result = _run_launcher("--json-output", "--model-id", "/nonexistent/model/dir")
+    lines = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
+    assert lines and lines[-1]["level"] == "ERROR" and "does not exist" in lines[-1]["message"]
