@@ -1,5 +1,5 @@
 # make serve  - create .venv, install, start the server on the default model
-# make test   - create .venv, install, run the whole test suite
+# make test   - create .venv, install, type-check (mypy strict), run the whole test suite
 # make bench  - run the load benchmark against a fresh server and print ratios
 # make proto  - regenerate the protobuf/gRPC modules into proto/gen_pb/
 
@@ -13,7 +13,7 @@ BENCH_ARGS ?=
 
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install proto serve test bench clean
+.PHONY: install proto serve test typecheck bench clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,10 @@ install: $(STAMP) proto/gen_pb/__init__.py
 serve: install
 	$(VENV)/bin/embedserve $(ARGS)
 
-test: install
+typecheck: install
+	$(VENV)/bin/mypy launcher.py router backends tokenizer_pool proto
+
+test: install typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: install

@@ -377,7 +377,7 @@ def build_children(plan: LaunchPlan) -> tuple[list[ChildProcess], list[ChildProc
     python = sys.executable
     base_env = dict(os.environ)
     uds = args.uds_path
-    devices = [("cuda", gpu) for gpu in plan.gpus] or [("cpu", None)]
+    devices: list[tuple[str, str | None]] = [("cuda", gpu) for gpu in plan.gpus] or [("cpu", None)]
     pooling = plan.spec.pooling or "cls"
 
     backends = []
@@ -411,7 +411,8 @@ def build_children(plan: LaunchPlan) -> tuple[list[ChildProcess], list[ChildProc
 
     rconfig = config_pb2.RouterConfig(
         model_id=plan.model_id, served_model_name=args.served_model_name or plan.model_id,
-        backend_sockets=[c.socket_path for c in backends], tokenizer_sockets=[c.socket_path for c in tokenizers],
+        backend_sockets=[c.socket_path or "" for c in backends],
+        tokenizer_sockets=[c.socket_path or "" for c in tokenizers],
         hostname=args.hostname, port=args.port, max_concurrent_requests=args.max_concurrent_requests,
         max_batch_tokens=args.max_batch_tokens, max_batch_requests=args.max_batch_requests or 0,
         max_client_batch_size=args.max_client_batch_size, auto_truncate=args.auto_truncate,

@@ -28,11 +28,13 @@ def parse_config(message_type: type[M], argv: list[str] | None = None) -> M:
     parser = argparse.ArgumentParser(description="embedserve child process (started by the launcher)")
     parser.add_argument("--config", required=True, help="JSON form of the config proto")
     args = parser.parse_args(argv)
-    return json_format.Parse(args.config, message_type())
+    message: M = json_format.Parse(args.config, message_type())
+    return message
 
 
 def encode_config(message: Message) -> str:
-    return json_format.MessageToJson(message, indent=None, preserving_proto_field_name=True)
+    text: str = json_format.MessageToJson(message, indent=None, preserving_proto_field_name=True)
+    return text
 
 
 class _JsonFormatter(logging.Formatter):
@@ -68,7 +70,7 @@ def configure_logging(role: str, json_output: bool) -> None:
     root.setLevel(os.environ.get("LOG_LEVEL", "INFO").upper())
 
 
-def watch_parent(on_parent_gone: Callable[[], None]) -> None:
+def watch_parent(on_parent_gone: Callable[[], object]) -> None:
     """Call `on_parent_gone` (from a daemon thread) when the launcher's stdin pipe closes."""
 
     def wait_for_eof() -> None:

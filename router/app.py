@@ -17,7 +17,7 @@ from starlette.routing import Route
 from router.auth import ApiKeyMiddleware
 from router.backend_client import BackendClient
 from router.batch_queue import BatchQueue
-from router.dispatcher import Dispatcher
+from router.dispatcher import Dispatcher, Kind
 from router.errors import EmbedServeError
 from router.infer import Inference
 from router.metrics import Metrics
@@ -59,7 +59,7 @@ async def connect_services(settings: RouterSettings) -> AppState:
         position_offset=settings.position_offset,
         metrics=metrics,
     )
-    kind = "embed" if settings.model_type == "embedding" else "predict"
+    kind: Kind = "embed" if settings.model_type == "embedding" else "predict"
     dispatcher = Dispatcher(queue, backends, metrics, kind)
     inference = Inference(tokenizers, queue, metrics, settings.max_concurrent_requests)
     return AppState(settings, metrics, tokenizers, backends, facts, queue, dispatcher, inference)

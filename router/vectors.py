@@ -14,4 +14,5 @@ def finish_embeddings(rows: list[np.ndarray], normalize: bool, dimensions: int |
     # Norms in float64, as TEI computes them, so tiny vectors do not lose precision.
     norms = np.linalg.norm(matrix.astype(np.float64), axis=1, keepdims=True)
     norms[norms == 0.0] = 1.0
-    return (matrix / norms).astype(np.float32)
+    normalized: np.ndarray = (matrix / norms).astype(np.float32)
+    return normalized
