@@ -11,7 +11,7 @@ import numpy as np
 
 from proto.codec import unpack_tensor
 from proto.gen_pb import backend_pb2, backend_pb2_grpc
-from router.errors import BackendError, BackendUnavailableError
+from router.errors import BackendError
 
 MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 
@@ -65,7 +65,7 @@ class BackendClient:
         await self._channel.close()
 
 
-def _translate(exc: grpc.aio.AioRpcError, name: str) -> BackendError | BackendUnavailableError:
+def _translate(exc: grpc.aio.AioRpcError, name: str) -> BackendError:
     details = exc.details() or exc.code().name
     if exc.code() == grpc.StatusCode.UNAVAILABLE:
         # The requests of a batch on a dead backend fail with 424, as TEI fails

@@ -16,13 +16,13 @@ import numpy as np
 from router.batch_queue import BatchQueue, EntryResult, QueueEntry
 from router.errors import (
     BackendUnavailableError,
-    EmbedServeError,
     OverloadedError,
     TokenizerError,
     input_validation,
 )
 from router.metrics import Metrics
 from tokenizer_pool.pool import (
+    Encoding,
     Input,
     InvalidInputError,
     TokenizerFailedError,
@@ -123,7 +123,7 @@ class Inference:
         )
         return InferenceResult([r.values for r in results], [len(e.input_ids) for e in encodings], metadata)
 
-    async def _encode(self, inputs: list[Input], options: EncodeOptions) -> list:  # type: ignore[type-arg]
+    async def _encode(self, inputs: list[Input], options: EncodeOptions) -> list[Encoding]:
         try:
             return await self._tokenizers.encode(inputs, options.truncate, options.direction, options.prompt)
         except InvalidInputError as exc:
@@ -146,5 +146,3 @@ async def _gather_or_cancel(futures: list[asyncio.Future[EntryResult]]) -> list[
                 future.exception()  # mark retrieved: the first error is the one raised
         raise
 
-
-__all__ = ["EmbedServeError", "EncodeOptions", "Inference", "InferenceResult", "ResponseMetadata"]
