@@ -44,6 +44,8 @@ EXIT_CHILD_DIED = 4
 
 # Environment-only settings (no TEI flag exists for them).
 STARTUP_TIMEOUT_S = float(os.environ.get("EMBEDSERVE_STARTUP_TIMEOUT_S", "600"))
+# TEI's TASK: "sentence-similarity" makes POST / answer as /similarity.
+TASK = os.environ.get("TASK", "")
 WORKER_STOP_TIMEOUT_S = 10.0
 SUPERVISE_TICK_S = 0.5
 # Unix socket paths beyond ~107 bytes fail to bind on Linux.
@@ -137,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--huggingface-hub-cache", default=_env("HUGGINGFACE_HUB_CACHE"),
                    help="Hugging Face cache folder for Hub ids [env HUGGINGFACE_HUB_CACHE]")
     p.add_argument("--hf-token", default=_env("HF_TOKEN"), help="Hub token for private models [env HF_TOKEN]")
+    p.add_argument("--cors-allow-origin", nargs="*",
+                   default=[o for o in (_env("CORS_ALLOW_ORIGIN") or "").split(",") if o.strip()],
+                   help="Origins allowed by CORS (comma-separated in the env var); default any [env CORS_ALLOW_ORIGIN]")
     p.add_argument("--graceful-timeout", type=float, default=float(_env("GRACEFUL_TIMEOUT", "30") or 30),
                    help="Seconds in-flight requests get to finish after SIGTERM [env GRACEFUL_TIMEOUT]")
     return p
@@ -420,6 +425,8 @@ def build_children(plan: LaunchPlan) -> tuple[list[ChildProcess], list[ChildProc
         prompts=plan.spec.prompts, payload_limit=args.payload_limit, json_output=args.json_output,
         pooling=pooling, tokenization_workers=args.tokenization_workers,
         graceful_timeout_s=args.graceful_timeout, model_type=plan.spec.model_type,
+        id2label=plan.spec.id2label, label2id=plan.spec.label2id, cors_allow_origin=args.cors_allow_origin or [],
+        task=TASK,
     )
     if args.revision is not None:
         rconfig.revision = args.revision

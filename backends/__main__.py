@@ -77,10 +77,10 @@ def _warm_up(engine: object) -> None:
 
     ids = np.zeros(2, dtype=np.uint32)  # id 0 exists in every vocabulary
     batch = ModelBatch(ids, np.zeros(2, np.uint32), np.arange(2, dtype=np.uint32), np.array([0, 2], np.uint32), 2)
-    try:
-        engine.embed(batch)  # type: ignore[attr-defined]
-    except ValueError:
+    if engine.is_classifier:  # type: ignore[attr-defined]
         engine.predict(batch)  # type: ignore[attr-defined]
+    else:
+        engine.embed(batch)  # type: ignore[attr-defined]
 
 
 def main() -> None:

@@ -19,6 +19,8 @@ class ModelBatch:
     position_ids: U32Array
     cu_seq_lengths: U32Array
     max_length: int
+    # Indices of sequences that want per-token vectors instead of a pooled one.
+    raw_indices: frozenset[int] = frozenset()
 
     @property
     def size(self) -> int:
@@ -32,6 +34,12 @@ class ModelBatch:
     def cost(self, padded: bool) -> int:
         """Tokens this batch costs: max_length x size when padded, else the token sum."""
         return self.max_length * self.size if padded else len(self.input_ids)
+
+
+@dataclass(frozen=True)
+class EmbedOutput:
+    pooled: F32Array  # [sequences not raw, width], batch order
+    token_rows: F32Array  # [tokens of the raw sequences, hidden], batch order
 
 
 class Backend(Protocol):
@@ -48,6 +56,10 @@ class Backend(Protocol):
     hidden_size: int
 
     @property
+    def is_classifier(self) -> bool:
+        """Answers Predict (logits) rather than Embed."""
+
+    @property
     def is_padded(self) -> bool: ...
 
     @property
@@ -55,6 +67,6 @@ class Backend(Protocol):
 
     def health(self) -> None: ...
 
-    def embed(self, batch: ModelBatch) -> F32Array: ...
+    def embed(self, batch: ModelBatch) -> EmbedOutput: ...
 
     def predict(self, batch: ModelBatch) -> F32Array: ...

@@ -10,16 +10,19 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import TypeVar
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
 
 from backends.base import Backend, ModelBatch
-from proto.codec import F32Array, pack_tensor, unpack_u32
+from proto.codec import pack_tensor, unpack_u32
 from proto.gen_pb import backend_pb2, backend_pb2_grpc
 
 logger = logging.getLogger(__name__)
+
+R = TypeVar("R")
 
 # Large models return [batch, 4096] float32 rows: raise gRPC's 4 MB default.
 MAX_MESSAGE_BYTES = 512 * 1024 * 1024
@@ -50,7 +53,10 @@ def decode_batch(request: backend_pb2.Batch, padded: bool, max_batch_tokens: int
         raise BatchRejected("input_ids, token_type_ids and position_ids differ in length")
     if request.max_length != int(lengths.max()):
         raise BatchRejected(f"max_length {request.max_length} is not the longest sequence ({lengths.max()})")
-    batch = ModelBatch(input_ids, token_type_ids, position_ids, cu, int(request.max_length))
+    raw_indices = frozenset(int(i) for i in request.raw_indices)
+    if any(i >= len(cu) - 1 for i in raw_indices):
+        raise BatchRejected("raw_indices names a sequence outside the batch")
+    batch = ModelBatch(input_ids, token_type_ids, position_ids, cu, int(request.max_length), raw_indices)
     if max_batch_size is not None and batch.size > max_batch_size:
         raise BatchRejected(f"batch of {batch.size} sequences exceeds this backend's limit of {max_batch_size}")
     if batch.cost(padded) > max_batch_tokens:
@@ -91,8 +97,10 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
         )
 
     async def Embed(self, request: backend_pb2.Batch, context: grpc.aio.ServicerContext) -> backend_pb2.EmbedResponse:
-        values, cost = await self._run(request, context, self._backend.embed)
-        return backend_pb2.EmbedResponse(embeddings=pack_tensor(values), batch_tokens=cost)
+        output, cost = await self._run(request, context, self._backend.embed)
+        return backend_pb2.EmbedResponse(
+            embeddings=pack_tensor(output.pooled), token_embeddings=pack_tensor(output.token_rows), batch_tokens=cost
+        )
 
     async def Predict(self, request: backend_pb2.Batch, context: grpc.aio.ServicerContext) -> backend_pb2.PredictResponse:
         values, cost = await self._run(request, context, self._backend.predict)
@@ -102,8 +110,8 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
         self,
         request: backend_pb2.Batch,
         context: grpc.aio.ServicerContext,
-        forward: Callable[[ModelBatch], F32Array],
-    ) -> tuple[F32Array, int]:
+        forward: Callable[[ModelBatch], R],
+    ) -> tuple[R, int]:
         backend = self._backend
         try:
             batch = decode_batch(request, backend.is_padded, self._max_batch_tokens, backend.max_batch_size)

@@ -5,26 +5,29 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
-from backends.base import ModelBatch
+from backends.base import EmbedOutput, ModelBatch
 from proto.codec import F32Array
 
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-POOLINGS = ("cls", "mean", "last_token")
+POOLINGS = ("cls", "mean", "last_token", "splade")
 
 # A padded chunk may waste at most this share of its tokens on padding; the
 # backend splits a batch into length-sorted chunks to stay under it.
 MAX_PADDING_WASTE = 0.2
 # Chunks above this many padded tokens gain nothing on CPU and cost cache misses.
 CPU_CHUNK_TOKENS = 8192
+# 1024 tokens x a 30k vocabulary of float32 logits is already ~125 MB.
+SPLADE_CHUNK_TOKENS = 1024
 
 
 class TorchBackend:
@@ -54,14 +57,26 @@ class TorchBackend:
             f.stat().st_size for f in model_dir.glob("*.bin")
         ) / 1e6
         logger.info("loading weights from %s (%.0f MB, %s, %s)", model_dir, weights_mb, self.device, dtype)
-        model_cls = AutoModelForSequenceClassification if self._is_classifier else AutoModel
+        model_cls: type[Any]
+        if self._is_classifier:
+            model_cls = AutoModelForSequenceClassification
+        elif pooling == "splade":
+            model_cls = AutoModelForMaskedLM
+        else:
+            model_cls = AutoModel
         self._model = model_cls.from_pretrained(
             model_dir, dtype=DTYPES[dtype], attn_implementation="sdpa"
         )
         self._model.eval().to(self.device)
         logger.info("weights loaded in %.1fs", time.monotonic() - started)
-        self.hidden_size = int(config.hidden_size)
+        # Width of a pooled row: SPLADE pools over the vocabulary.
+        self.hidden_size = int(config.vocab_size if pooling == "splade" else config.hidden_size)
         self._uses_token_types = int(getattr(config, "type_vocab_size", 0) or 0) > 1
+        self._token_width = int(config.hidden_size)
+
+    @property
+    def is_classifier(self) -> bool:
+        return self._is_classifier
 
     @property
     def is_padded(self) -> bool:
@@ -76,21 +91,33 @@ class TorchBackend:
             torch.ones(2, 2, device=self.device).sum().item()
 
     @torch.inference_mode()
-    def embed(self, batch: ModelBatch) -> F32Array:
+    def embed(self, batch: ModelBatch) -> EmbedOutput:
         if self._is_classifier:
             raise ValueError("model is a classifier: use Predict")
-        return self._run(batch, self._pool)
+        if batch.raw_indices and self.pooling == "splade":
+            raise ValueError("`embed_all` is not available for SPLADE models")
+        pooled, raw = self._run(batch, self._pool)
+        width = pooled[0].shape[-1] if pooled else self.hidden_size
+        return EmbedOutput(
+            pooled=np.stack(pooled) if pooled else np.empty((0, width), np.float32),
+            token_rows=np.concatenate(raw) if raw else np.empty((0, self._token_width), np.float32),
+        )
 
     @torch.inference_mode()
     def predict(self, batch: ModelBatch) -> F32Array:
         if not self._is_classifier:
             raise ValueError("model is not a classifier: use Embed")
-        return self._run(batch, lambda out, mask: out.logits)
+        if batch.raw_indices:
+            raise ValueError("raw token outputs are not available for classifiers")
+        pooled, _ = self._run(batch, lambda out, mask: out.logits)
+        return np.stack(pooled)
 
-    def _run(self, batch: ModelBatch, head: object) -> F32Array:
+    def _run(self, batch: ModelBatch, head: Callable[[Any, torch.Tensor], torch.Tensor]) -> tuple[list[F32Array], list[F32Array]]:
+        """Forward the batch in length-sorted chunks; returns pooled rows and raw
+        token matrices, each in batch order."""
         lengths = batch.lengths
         starts = batch.cu_seq_lengths[:-1]
-        rows: list[F32Array] = [np.empty(0, np.float32)] * batch.size
+        results: list[F32Array | None] = [None] * batch.size
         for chunk in _length_sorted_chunks(lengths, self._chunk_tokens()):
             max_len = int(lengths[chunk].max())
             ids = np.zeros((len(chunk), max_len), dtype=np.int64)
@@ -108,14 +135,26 @@ class TorchBackend:
             if self._uses_token_types:
                 inputs["token_type_ids"] = torch.from_numpy(types).to(self.device)
             output = self._model(**inputs)
-            result = head(output, inputs["attention_mask"])  # type: ignore[operator]
-            values = result.float().cpu().numpy()
-            for row, seq in enumerate(chunk):
-                rows[seq] = values[row]
-        return np.stack(rows).astype(np.float32, copy=False)
+            pooled_rows = [row for row, seq in enumerate(chunk) if seq not in batch.raw_indices]
+            if pooled_rows:
+                values = head(output, inputs["attention_mask"]).float().cpu().numpy()
+                for row in pooled_rows:
+                    results[chunk[row]] = values[row]
+            if len(pooled_rows) < len(chunk):
+                hidden = output.last_hidden_state.float().cpu().numpy()
+                for row, seq in enumerate(chunk):
+                    if seq in batch.raw_indices:
+                        results[seq] = hidden[row, : int(lengths[seq])]
+        pooled = [r for i, r in enumerate(results) if i not in batch.raw_indices and r is not None]
+        raw = [r for i, r in enumerate(results) if i in batch.raw_indices and r is not None]
+        return pooled, raw
 
-    def _pool(self, output: object, mask: torch.Tensor) -> torch.Tensor:
-        hidden: torch.Tensor = output.last_hidden_state  # type: ignore[attr-defined]
+    def _pool(self, output: Any, mask: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "splade":
+            # max over real tokens of log(1 + relu(logits)); padding contributes 0.
+            activations = torch.log1p(torch.relu(output.logits.float())) * mask.unsqueeze(-1)
+            return activations.max(dim=1).values
+        hidden: torch.Tensor = output.last_hidden_state
         if self.pooling == "cls":
             return hidden[:, 0]
         if self.pooling == "mean":
@@ -126,6 +165,8 @@ class TorchBackend:
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
     def _chunk_tokens(self) -> int | None:
+        if self.pooling == "splade":
+            return SPLADE_CHUNK_TOKENS  # logits are tokens x vocabulary floats
         return CPU_CHUNK_TOKENS if self.device == "cpu" else None
 
 

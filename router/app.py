@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -21,7 +22,7 @@ from router.dispatcher import Dispatcher, Kind
 from router.errors import EmbedServeError
 from router.infer import Inference
 from router.metrics import Metrics
-from router.routes import embed, health
+from router.routes import default, embed, health, predict, tokenize
 from router.routes._http import ClientGone, json_response
 from router.settings import RouterSettings
 from router.state import AppState, BackendFacts
@@ -87,12 +88,20 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return json_response({"error": f"internal error: {type(exc).__name__}", "error_type": "Backend"}, status_code=500)
 
 
+async def _root(request: Request) -> Response:
+    # GET / is a health check; POST / is the model type's default route.
+    if request.method == "GET":
+        return await health.health(request)
+    return await default.invocations(request)
+
+
 def create_app(settings: RouterSettings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state = await connect_services(settings)
         state.dispatcher.start()
         app.state.embedserve = state
+        app.state.openapi_document = None
         logger.info(
             "router ready: %d backend(s), %d tokenizer worker(s), padded=%s, max_batch_tokens=%d",
             len(state.backends),
@@ -107,15 +116,36 @@ def create_app(settings: RouterSettings) -> Starlette:
 
     routes = [
         Route("/embed", embed.embed, methods=["POST"]),
+        Route("/embed_all", embed.embed_all, methods=["POST"]),
+        Route("/embed_sparse", embed.embed_sparse, methods=["POST"]),
+        Route("/similarity", embed.similarity, methods=["POST"]),
         Route("/v1/embeddings", embed.openai_embeddings, methods=["POST"]),
         Route("/embeddings", embed.openai_embeddings, methods=["POST"]),
+        Route("/predict", predict.predict, methods=["POST"]),
+        Route("/rerank", predict.rerank, methods=["POST"]),
+        Route("/tokenize", tokenize.tokenize, methods=["POST"]),
+        Route("/decode", tokenize.decode, methods=["POST"]),
+        Route("/vertex", default.vertex, methods=["POST"]),
+        Route("/invocations", default.invocations, methods=["POST"]),
+        Route("/", _root, methods=["GET", "POST"]),
         Route("/health", health.health, methods=["GET"]),
         Route("/ping", health.health, methods=["GET"]),
-        Route("/", health.health, methods=["GET"]),
         Route("/info", health.info, methods=["GET"]),
         Route("/metrics", health.metrics, methods=["GET"]),
+        Route("/docs", health.docs, methods=["GET"]),
+        Route("/api-doc/openapi.json", health.openapi, methods=["GET"]),
     ]
-    middleware = [Middleware(ApiKeyMiddleware, api_key=settings.api_key)] if settings.api_key else []
+    # CORS outermost so that preflights and 401s carry its headers too.
+    middleware = [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_allow_origin) or ["*"],
+            allow_methods=["GET", "POST"],
+            allow_headers=["content-type", "authorization"],
+        )
+    ]
+    if settings.api_key:
+        middleware.append(Middleware(ApiKeyMiddleware, api_key=settings.api_key))
     return Starlette(
         routes=routes,
         middleware=middleware,

@@ -6,6 +6,8 @@ router never sees an `AioRpcError`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import grpc
 import numpy as np
 
@@ -14,6 +16,13 @@ from proto.gen_pb import backend_pb2, backend_pb2_grpc
 from router.errors import BackendError
 
 MAX_MESSAGE_BYTES = 512 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BatchOutput:
+    pooled: np.ndarray  # one row per non-raw sequence, batch order
+    token_rows: np.ndarray  # the raw sequences' token vectors, concatenated in batch order
+    batch_tokens: int  # the batch's cost under the backend's accounting
 
 
 class BackendClient:
@@ -43,19 +52,22 @@ class BackendClient:
             return False
         return True
 
-    async def embed(self, batch: backend_pb2.Batch) -> tuple[np.ndarray, int]:
+    async def embed(self, batch: backend_pb2.Batch) -> BatchOutput:
         try:
             response: backend_pb2.EmbedResponse = await self._stub.Embed(batch)
-            return unpack_tensor(response.embeddings), response.batch_tokens
+            return BatchOutput(
+                unpack_tensor(response.embeddings), unpack_tensor(response.token_embeddings), response.batch_tokens
+            )
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, self.name) from exc
         except ValueError as exc:
             raise BackendError(f"Backend error: malformed response from {self.name}: {exc}") from exc
 
-    async def predict(self, batch: backend_pb2.Batch) -> tuple[np.ndarray, int]:
+    async def predict(self, batch: backend_pb2.Batch) -> BatchOutput:
         try:
             response: backend_pb2.PredictResponse = await self._stub.Predict(batch)
-            return unpack_tensor(response.scores), response.batch_tokens
+            scores = unpack_tensor(response.scores)
+            return BatchOutput(scores, np.empty((0, 0), np.float32), response.batch_tokens)
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, self.name) from exc
         except ValueError as exc:

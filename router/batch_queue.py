@@ -36,6 +36,8 @@ class QueueEntry:
     input_ids: np.ndarray
     token_type_ids: np.ndarray
     future: asyncio.Future[EntryResult]
+    # Wants one vector per token (/embed_all) instead of a pooled one.
+    raw: bool = False
     enqueued_at: float = field(default_factory=time.perf_counter)
 
     def __len__(self) -> int:
@@ -126,4 +128,5 @@ class BatchQueue:
             position_ids=pack_u32(positions),
             cu_seq_lengths=pack_u32(cu),
             max_length=max_len,
+            raw_indices=[i for i, e in enumerate(entries) if e.raw],
         )

@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 
 from proto.gen_pb import backend_pb2
-from router.backend_client import BackendClient
+from router.backend_client import BackendClient, BatchOutput
 from router.batch_queue import BatchQueue, EntryResult, FormedBatch
 from router.errors import BackendError, EmbedServeError
 from router.metrics import Metrics
@@ -49,18 +49,15 @@ class Dispatcher:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _run_slot(self, call: Callable[[backend_pb2.Batch], Awaitable[tuple[np.ndarray, int]]]) -> None:
+    async def _run_slot(self, call: Callable[[backend_pb2.Batch], Awaitable[BatchOutput]]) -> None:
         while True:
             batch = await self._queue.next_batch()
             self._metrics.batch_next_size.observe(len(batch.entries))
             self._metrics.batch_next_tokens.observe(batch.token_sum)
             started = time.perf_counter()
             try:
-                values, backend_cost = await call(batch.message)
-                if values.shape[0] != len(batch.entries):
-                    raise BackendError(
-                        f"Backend error: {values.shape[0]} results for a batch of {len(batch.entries)}. This is a bug."
-                    )
+                output = await call(batch.message)
+                values = _split_results(batch, output)
             except EmbedServeError as exc:
                 _fail(batch, exc)
                 continue
@@ -68,11 +65,32 @@ class Dispatcher:
                 logger.exception("dispatch failed")
                 _fail(batch, BackendError(f"Backend error: {exc}"))
                 continue
-            self._metrics.backend_batch_tokens.observe(backend_cost)
+            self._metrics.backend_batch_tokens.observe(output.batch_tokens)
             inference_s = time.perf_counter() - started
-            for row, entry in enumerate(batch.entries):
+            for entry, value in zip(batch.entries, values):
                 if not entry.future.done():
-                    entry.future.set_result(EntryResult(values[row], batch.formed_at - entry.enqueued_at, inference_s))
+                    entry.future.set_result(EntryResult(value, batch.formed_at - entry.enqueued_at, inference_s))
+
+
+def _split_results(batch: FormedBatch, output: BatchOutput) -> list[np.ndarray]:
+    """One result per entry: its pooled row, or its [tokens, hidden] matrix if raw."""
+    raw_count = sum(1 for e in batch.entries if e.raw)
+    raw_tokens = sum(len(e) for e in batch.entries if e.raw)
+    if output.pooled.shape[0] != len(batch.entries) - raw_count or output.token_rows.shape[0] != raw_tokens:
+        raise BackendError(
+            f"Backend error: {output.pooled.shape[0]} pooled rows and {output.token_rows.shape[0]} token rows "
+            f"for a batch of {len(batch.entries)} ({raw_count} raw, {raw_tokens} raw tokens). This is a bug."
+        )
+    values: list[np.ndarray] = []
+    pooled_row = token_row = 0
+    for entry in batch.entries:
+        if entry.raw:
+            values.append(output.token_rows[token_row : token_row + len(entry)])
+            token_row += len(entry)
+        else:
+            values.append(output.pooled[pooled_row])
+            pooled_row += 1
+    return values
 
 
 def _fail(batch: FormedBatch, error: EmbedServeError) -> None:

@@ -96,7 +96,8 @@ class Inference:
         self._metrics = metrics
         self.permits = Permits(max_concurrent_requests)
 
-    async def run(self, inputs: list[Input], options: EncodeOptions) -> InferenceResult:
+    async def run(self, inputs: list[Input], options: EncodeOptions, raw: bool = False) -> InferenceResult:
+        """Tokenize, queue and run every input; `raw` asks for per-token vectors."""
         started = time.perf_counter()
         if not self.permits.try_acquire(len(inputs)):
             raise OverloadedError()
@@ -104,7 +105,7 @@ class Inference:
             encodings = await self._encode(inputs, options)
             tokenized = time.perf_counter()
             loop = asyncio.get_running_loop()
-            entries = [QueueEntry(e.input_ids, e.token_type_ids, loop.create_future()) for e in encodings]
+            entries = [QueueEntry(e.input_ids, e.token_type_ids, loop.create_future(), raw) for e in encodings]
             for entry in entries:
                 self._metrics.request_input_length.observe(len(entry))
                 self._queue.append(entry)

@@ -11,6 +11,7 @@ import bisect
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 # 1e-5 s x 1.5^k for k = 1..35: ~15 us to ~14.6 s (TEI router/src/prometheus.rs).
 DURATION_BUCKETS = tuple(1e-5 * 1.5**k for k in range(1, 36))
@@ -18,6 +19,17 @@ BATCH_SIZE_BUCKETS = tuple(float(2**k) for k in range(13))
 BATCH_TOKEN_BUCKETS = tuple(float(2**k) for k in range(21))
 
 Labels = tuple[tuple[str, str], ...]
+
+
+class ResponseTimes(Protocol):
+    @property
+    def total_time_s(self) -> float: ...
+    @property
+    def tokenization_time_s(self) -> float: ...
+    @property
+    def queue_time_s(self) -> float: ...
+    @property
+    def inference_time_s(self) -> float: ...
 
 
 def _format_labels(labels: Labels, extra: tuple[str, str] | None = None) -> str:
@@ -101,6 +113,25 @@ class Histogram:
         yield f"{self.name}_count {self.observations}"
 
 
+class PhaseDurations:
+    """te_<family>_duration and its tokenization/queue/inference parts, per input."""
+
+    def __init__(self, prefix: str) -> None:
+        self.total = Histogram(f"{prefix}_duration", "Duration per input (s)", DURATION_BUCKETS)
+        self.tokenization = Histogram(f"{prefix}_tokenization_duration", "Tokenization (s)", DURATION_BUCKETS)
+        self.queue = Histogram(f"{prefix}_queue_duration", "Queue wait (s)", DURATION_BUCKETS)
+        self.inference = Histogram(f"{prefix}_inference_duration", "Inference (s)", DURATION_BUCKETS)
+
+    def observe(self, meta: ResponseTimes) -> None:
+        self.total.observe(meta.total_time_s)
+        self.tokenization.observe(meta.tokenization_time_s)
+        self.queue.observe(meta.queue_time_s)
+        self.inference.observe(meta.inference_time_s)
+
+    def all(self) -> tuple[Histogram, ...]:
+        return (self.total, self.tokenization, self.queue, self.inference)
+
+
 class Metrics:
     def __init__(self, max_input_length: int) -> None:
         length_buckets = tuple(float(2**k) for k in range(0, 32) if 2**k <= max(1, max_input_length))
@@ -128,18 +159,15 @@ class Metrics:
         self.request_inference_duration = Histogram(
             "te_request_inference_duration", "Inference duration (s)", DURATION_BUCKETS
         )
-        self.embed_duration = Histogram("te_embed_duration", "Embed duration per input (s)", DURATION_BUCKETS)
-        self.embed_tokenization_duration = Histogram(
-            "te_embed_tokenization_duration", "Embed tokenization duration (s)", DURATION_BUCKETS
-        )
-        self.embed_queue_duration = Histogram("te_embed_queue_duration", "Embed queue duration (s)", DURATION_BUCKETS)
-        self.embed_inference_duration = Histogram(
-            "te_embed_inference_duration", "Embed inference duration (s)", DURATION_BUCKETS
-        )
+        self.embed_durations = PhaseDurations("te_embed")
+        self.predict_durations = PhaseDurations("te_predict")
 
     def render(self) -> str:
         lines: list[str] = []
         for metric in vars(self).values():
             if isinstance(metric, (Counter, Gauge, Histogram)):
                 lines.extend(metric.render())
+            elif isinstance(metric, PhaseDurations):
+                for histogram in metric.all():
+                    lines.extend(histogram.render())
         return "\n".join(lines) + "\n"

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 
 from router.errors import BatchSizeError, EmptyInputError, MalformedRequestError, ValidationError, input_validation
-from tokenizer_pool.pool import Input
+from tokenizer_pool.pool import Input, TextPair
 
 TruncationDirection = Literal["right", "left", "Right", "Left"]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
@@ -21,6 +21,64 @@ class EmbedRequest(msgspec.Struct, kw_only=True):
     prompt_name: str | None = None
     normalize: bool = True
     dimensions: NonNegative | None = None
+
+
+class EmbedAllRequest(msgspec.Struct, kw_only=True):
+    inputs: str | list[Any]
+    truncate: bool | None = None
+    truncation_direction: TruncationDirection = "right"
+    prompt_name: str | None = None
+
+
+class EmbedSparseRequest(EmbedAllRequest, kw_only=True):
+    pass
+
+
+class PredictRequest(msgspec.Struct, kw_only=True):
+    inputs: str | list[Any]
+    truncate: bool | None = None
+    truncation_direction: TruncationDirection = "right"
+    raw_scores: bool = False
+
+
+class RerankRequest(msgspec.Struct, kw_only=True):
+    query: str
+    texts: list[str]
+    truncate: bool | None = None
+    truncation_direction: TruncationDirection = "right"
+    raw_scores: bool = False
+    return_text: bool = False
+
+
+class SimilarityInputs(msgspec.Struct, kw_only=True):
+    source_sentence: str
+    sentences: list[str]
+
+
+class SimilarityParameters(msgspec.Struct, kw_only=True):
+    truncate: bool | None = None
+    truncation_direction: TruncationDirection = "right"
+    prompt_name: str | None = None
+
+
+class SimilarityRequest(msgspec.Struct, kw_only=True):
+    inputs: SimilarityInputs
+    parameters: SimilarityParameters | None = None
+
+
+class TokenizeRequest(msgspec.Struct, kw_only=True):
+    inputs: str | list[str]
+    add_special_tokens: bool = True
+    prompt_name: str | None = None
+
+
+class DecodeRequest(msgspec.Struct, kw_only=True):
+    ids: list[Any]
+    skip_special_tokens: bool = True
+
+
+class VertexRequest(msgspec.Struct, kw_only=True):
+    instances: list[dict[str, Any]]
 
 
 class OpenAIEmbeddingsRequest(msgspec.Struct, kw_only=True):
@@ -72,6 +130,50 @@ def parse_inputs(raw: str | list[Any]) -> tuple[list[Input], bool]:
                 "inputs must be a string, a list of token ids, or a list of either"
             )
     return batch, True
+
+
+def parse_predict_inputs(raw: str | list[Any]) -> tuple[list[Input], bool]:
+    """TEI's `PredictInput`: a text, a pair `[a, b]`, or a batch of `[a]` / `[a, b]`."""
+    if isinstance(raw, str):
+        if not raw:
+            raise EmptyInputError("Input validation error: `inputs` cannot be empty")
+        return [raw], False
+    if not raw:
+        raise EmptyInputError("Input validation error: `inputs` cannot be empty")
+    if all(isinstance(item, str) for item in raw):
+        return [_single_or_pair(raw)], False
+    if all(isinstance(item, list) for item in raw):
+        return [_single_or_pair(item) for item in raw], True
+    raise ValidationError(
+        "Failed to deserialize the JSON body into the target type: inputs must be a string, "
+        "a list of one or two strings, or a list of such lists"
+    )
+
+
+def _single_or_pair(items: list[Any]) -> Input:
+    if not all(isinstance(item, str) for item in items):
+        raise ValidationError("Failed to deserialize the JSON body into the target type: texts must be strings")
+    if len(items) == 0 or any(not item for item in items):
+        raise EmptyInputError("Input validation error: `inputs` cannot be empty")
+    if len(items) == 1:
+        return str(items[0])
+    if len(items) == 2:
+        return TextPair(items[0], items[1])
+    raise ValidationError(
+        f"Failed to deserialize the JSON body into the target type: a pair has 2 texts, not {len(items)}"
+    )
+
+
+def parse_decode_ids(raw: list[Any]) -> tuple[list[list[int]], bool]:
+    if not raw:
+        raise EmptyInputError("`ids` cannot be empty")
+    if all(_is_token_id(i) for i in raw):
+        return [list(raw)], False
+    if all(isinstance(item, list) and all(_is_token_id(i) for i in item) for item in raw):
+        if any(not item for item in raw):
+            raise EmptyInputError("`ids` cannot be empty")
+        return [list(item) for item in raw], True
+    raise ValidationError("Failed to deserialize the JSON body into the target type: ids must be token ids")
 
 
 def check_batch_size(count: int, max_client_batch_size: int) -> None:

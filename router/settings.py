@@ -33,6 +33,18 @@ class RouterSettings:
     tokenization_workers: int = 1
     graceful_timeout_s: float = 30.0
     model_type: str = "embedding"
+    id2label: dict[str, str] = field(default_factory=dict)
+    label2id: dict[str, int] = field(default_factory=dict)
+    cors_allow_origin: tuple[str, ...] = ()
+    task: str = ""
+
+    @property
+    def is_splade(self) -> bool:
+        return self.pooling == "splade"
+
+    def labels(self) -> list[str]:
+        """Labels in class-index order."""
+        return [self.id2label.get(str(i), f"LABEL_{i}") for i in range(len(self.id2label))]
 
     @classmethod
     def from_proto(cls, config: config_pb2.RouterConfig) -> RouterSettings:
@@ -61,4 +73,8 @@ class RouterSettings:
             tokenization_workers=config.tokenization_workers or len(config.tokenizer_sockets),
             graceful_timeout_s=config.graceful_timeout_s or 30.0,
             model_type=config.model_type or "embedding",
+            id2label=dict(config.id2label),
+            label2id=dict(config.label2id),
+            cors_allow_origin=tuple(config.cors_allow_origin),
+            task=config.task,
         )

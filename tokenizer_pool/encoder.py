@@ -21,6 +21,24 @@ class EncodeError(ValueError):
 
 
 @dataclass(frozen=True)
+class TextPair:
+    first: str
+    second: str
+
+
+EncoderInput = str | np.ndarray | TextPair
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    id: int
+    text: str
+    special: bool
+    start: int | None
+    stop: int | None
+
+
+@dataclass(frozen=True)
 class EncodedInput:
     input_ids: np.ndarray
     token_type_ids: np.ndarray
@@ -39,23 +57,35 @@ class Encoder:
         self.max_input_length = max_input_length
         self._vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
 
-    def encode(self, inputs: list[str | np.ndarray], truncate: bool, direction: Direction, prompt: str | None) -> list[EncodedInput]:
-        texts: list[str] = []
+    def encode(self, inputs: list[EncoderInput], truncate: bool, direction: Direction, prompt: str | None) -> list[EncodedInput]:
+        texts: list[str | tuple[str, str]] = []
         characters: list[int] = []
         specials: list[bool] = []
+        limit = self.max_input_length * MAX_CHAR_MULTIPLIER
         for item in inputs:
+            if isinstance(item, TextPair):
+                if prompt is not None:
+                    raise EncodeError("`prompt_name` cannot be set with dual inputs")
+                characters.append(len(item.first) + len(item.second))
+                # Each side of a pair gets half the character budget, as in TEI.
+                texts.append((_guard(item.first, truncate, limit // 2), _guard(item.second, truncate, limit // 2)))
+                specials.append(True)
+                continue
             if isinstance(item, str):
                 text, add_special = (prompt or "") + item, True
                 characters.append(len(text))
             else:
                 text, add_special = self._text_of_ids(item, prompt)
                 characters.append(len(item))
-            texts.append(self._guard_characters(text, truncate))
+            texts.append(_guard(text, truncate, limit))
             specials.append(add_special)
         self._set_truncation(truncate, direction)
         results = []
-        for text, add_special, chars in zip(texts, specials, characters):
-            encoding: Encoding = self._tokenizer.encode(text, add_special_tokens=add_special)
+        for sequence, add_special, chars in zip(texts, specials, characters):
+            if isinstance(sequence, tuple):
+                encoding: Encoding = self._tokenizer.encode(sequence[0], sequence[1], add_special_tokens=True)
+            else:
+                encoding = self._tokenizer.encode(sequence, add_special_tokens=add_special)
             ids = np.asarray(encoding.ids, dtype=np.uint32)
             if len(ids) > self.max_input_length:
                 raise EncodeError(
@@ -70,19 +100,38 @@ class Encoder:
         # TEI decodes client ids to text and re-encodes them, so truncation and
         # prompts behave as for text. Without a prompt the client's own special
         # tokens are kept and none are added.
-        if len(ids) and int(ids.max()) >= self._vocab_size:
-            raise EncodeError(f"token id {int(ids.max())} is out of the vocabulary (size {self._vocab_size})")
+        self._check_vocabulary(ids)
         if prompt is None:
             return self._tokenizer.decode(ids.tolist(), skip_special_tokens=False), False
         return prompt + self._tokenizer.decode(ids.tolist(), skip_special_tokens=True), True
 
-    def _guard_characters(self, text: str, truncate: bool) -> str:
-        limit = self.max_input_length * MAX_CHAR_MULTIPLIER
-        if len(text) <= limit:
-            return text
-        if not truncate:
-            raise EncodeError(f"`inputs` must have less than {limit} characters. Given: {len(text)}")
-        return text.encode("utf-8")[:limit].decode("utf-8", errors="ignore")
+    def tokenize(self, inputs: list[str], add_special_tokens: bool, prompt: str | None) -> list[list[TokenInfo]]:
+        """Tokens with the text they cover and UTF-8 byte offsets (TEI's /tokenize)."""
+        self._set_truncation(False, "right")
+        results = []
+        for item in inputs:
+            text = (prompt or "") + item
+            encoding = self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
+            byte_at = np.concatenate([[0], np.cumsum([len(ch.encode("utf-8")) for ch in text], dtype=np.int64)])
+            tokens = []
+            for token_id, token, special, (start, stop) in zip(
+                encoding.ids, encoding.tokens, encoding.special_tokens_mask, encoding.offsets
+            ):
+                if special:
+                    tokens.append(TokenInfo(token_id, token, True, None, None))
+                else:
+                    tokens.append(TokenInfo(token_id, text[start:stop], False, int(byte_at[start]), int(byte_at[stop])))
+            results.append(tokens)
+        return results
+
+    def decode(self, id_lists: list[np.ndarray], skip_special_tokens: bool) -> list[str]:
+        for ids in id_lists:
+            self._check_vocabulary(ids)
+        return [self._tokenizer.decode(ids.tolist(), skip_special_tokens=skip_special_tokens) for ids in id_lists]
+
+    def _check_vocabulary(self, ids: np.ndarray) -> None:
+        if len(ids) and int(ids.max()) >= self._vocab_size:
+            raise EncodeError(f"token id {int(ids.max())} is out of the vocabulary (size {self._vocab_size})")
 
     def _set_truncation(self, truncate: bool, direction: Direction) -> None:
         wanted = (direction, self.max_input_length) if truncate else None
@@ -93,3 +142,12 @@ class Encoder:
         else:
             self._tokenizer.enable_truncation(self.max_input_length, strategy="longest_first", direction=direction)
         self._truncation = wanted
+
+
+def _guard(text: str, truncate: bool, limit: int) -> str:
+    """TEI's character guard: refuse, or cut to `limit` bytes on a character boundary."""
+    if len(text) <= limit:
+        return text
+    if not truncate:
+        raise EncodeError(f"`inputs` must have less than {limit} characters. Given: {len(text)}")
+    return text.encode("utf-8")[:limit].decode("utf-8", errors="ignore")

@@ -12,6 +12,7 @@ from typing import Literal
 
 import grpc
 import numpy as np
+from google.protobuf.message import Message
 
 from proto.codec import pack_u32, unpack_u32
 from proto.gen_pb import tokenizer_pb2, tokenizer_pb2_grpc
@@ -44,7 +45,22 @@ class Encoding:
     characters: int
 
 
-Input = str | list[int]
+@dataclass(frozen=True)
+class TextPair:
+    first: str
+    second: str
+
+
+@dataclass(frozen=True)
+class Token:
+    id: int
+    text: str
+    special: bool
+    start: int | None
+    stop: int | None
+
+
+Input = str | list[int] | TextPair
 
 
 class TokenizerPool:
@@ -67,26 +83,14 @@ class TokenizerPool:
         prompt: str | None,
     ) -> list[Encoding]:
         request = tokenizer_pb2.EncodeRequest(
-            inputs=[
-                tokenizer_pb2.EncodeInput(text=item)
-                if isinstance(item, str)
-                else tokenizer_pb2.EncodeInput(ids=pack_u32(item))
-                for item in inputs
-            ],
+            inputs=[_encode_input(item) for item in inputs],
             truncate=truncate,
             truncation_direction=(
                 tokenizer_pb2.TRUNCATION_DIRECTION_LEFT if direction == "left" else tokenizer_pb2.TRUNCATION_DIRECTION_RIGHT
             ),
             prompt=prompt,
         )
-        worker = min(range(len(self._stubs)), key=self._in_flight.__getitem__)
-        self._in_flight[worker] += 1
-        try:
-            response = await self._stubs[worker].Encode(request)
-        except grpc.aio.AioRpcError as exc:
-            raise _translate(exc) from exc
-        finally:
-            self._in_flight[worker] -= 1
+        response: tokenizer_pb2.EncodeResponse = await self._call("Encode", request)
         if len(response.encodings) != len(inputs):
             raise TokenizerFailedError(
                 f"tokenizer worker returned {len(response.encodings)} encodings for {len(inputs)} inputs. This is a bug."
@@ -94,6 +98,35 @@ class TokenizerPool:
         return [
             Encoding(unpack_u32(e.input_ids), unpack_u32(e.token_type_ids), e.characters) for e in response.encodings
         ]
+
+    async def tokenize(self, inputs: list[str], add_special_tokens: bool, prompt: str | None) -> list[list[Token]]:
+        request = tokenizer_pb2.TokenizeRequest(inputs=inputs, add_special_tokens=add_special_tokens, prompt=prompt)
+        response: tokenizer_pb2.TokenizeResponse = await self._call("Tokenize", request)
+        return [
+            [
+                Token(
+                    t.id, t.text, t.special, t.start if t.HasField("start") else None, t.stop if t.HasField("stop") else None
+                )
+                for t in tokens.tokens
+            ]
+            for tokens in response.results
+        ]
+
+    async def decode(self, id_lists: list[list[int]], skip_special_tokens: bool) -> list[str]:
+        request = tokenizer_pb2.DecodeRequest(ids=[pack_u32(ids) for ids in id_lists], skip_special_tokens=skip_special_tokens)
+        response: tokenizer_pb2.DecodeResponse = await self._call("Decode", request)
+        return list(response.texts)
+
+    async def _call(self, method: str, request: Message) -> Message:
+        worker = min(range(len(self._stubs)), key=self._in_flight.__getitem__)
+        self._in_flight[worker] += 1
+        try:
+            response: Message = await getattr(self._stubs[worker], method)(request)
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc) from exc
+        finally:
+            self._in_flight[worker] -= 1
+        return response
 
     async def health(self, timeout_s: float = 2.0) -> bool:
         try:
@@ -106,6 +139,14 @@ class TokenizerPool:
 
     async def close(self) -> None:
         await asyncio.gather(*(channel.close() for channel in self._channels))
+
+
+def _encode_input(item: Input) -> tokenizer_pb2.EncodeInput:
+    if isinstance(item, str):
+        return tokenizer_pb2.EncodeInput(text=item)
+    if isinstance(item, TextPair):
+        return tokenizer_pb2.EncodeInput(pair=tokenizer_pb2.TextPair(first=item.first, second=item.second))
+    return tokenizer_pb2.EncodeInput(ids=pack_u32(item))
 
 
 def _translate(exc: grpc.aio.AioRpcError) -> TokenizationError:

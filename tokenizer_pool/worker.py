@@ -17,7 +17,7 @@ import grpc
 from proto.child import configure_logging, parse_config, watch_parent
 from proto.codec import pack_u32, unpack_u32
 from proto.gen_pb import config_pb2, tokenizer_pb2, tokenizer_pb2_grpc
-from tokenizer_pool.encoder import Direction, EncodeError, Encoder
+from tokenizer_pool.encoder import Direction, EncodeError, Encoder, EncoderInput, TextPair
 
 logger = logging.getLogger("tokenizer_pool")
 
@@ -32,7 +32,7 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
         )
         prompt = request.prompt if request.HasField("prompt") else None
         try:
-            inputs = [item.text if item.WhichOneof("kind") == "text" else unpack_u32(item.ids) for item in request.inputs]
+            inputs = [_input_of(item) for item in request.inputs]
             encoded = self._encoder.encode(inputs, request.truncate, direction, prompt)
         except EncodeError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -50,8 +50,46 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
             ]
         )
 
+    async def Tokenize(self, request: tokenizer_pb2.TokenizeRequest, context: grpc.aio.ServicerContext) -> tokenizer_pb2.TokenizeResponse:
+        prompt = request.prompt if request.HasField("prompt") else None
+        try:
+            results = self._encoder.tokenize(list(request.inputs), request.add_special_tokens, prompt)
+        except Exception as exc:
+            logger.exception("tokenizer failed")
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"tokenizer error {exc}")
+        return tokenizer_pb2.TokenizeResponse(
+            results=[
+                tokenizer_pb2.TokenList(
+                    tokens=[
+                        tokenizer_pb2.Token(id=t.id, text=t.text, special=t.special, start=t.start, stop=t.stop)
+                        for t in tokens
+                    ]
+                )
+                for tokens in results
+            ]
+        )
+
+    async def Decode(self, request: tokenizer_pb2.DecodeRequest, context: grpc.aio.ServicerContext) -> tokenizer_pb2.DecodeResponse:
+        try:
+            texts = self._encoder.decode([unpack_u32(ids) for ids in request.ids], request.skip_special_tokens)
+        except (EncodeError, ValueError) as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except Exception as exc:
+            logger.exception("tokenizer failed")
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"tokenizer error {exc}")
+        return tokenizer_pb2.DecodeResponse(texts=texts)
+
     async def Health(self, request: tokenizer_pb2.HealthRequest, context: grpc.aio.ServicerContext) -> tokenizer_pb2.HealthResponse:
         return tokenizer_pb2.HealthResponse()
+
+
+def _input_of(item: tokenizer_pb2.EncodeInput) -> EncoderInput:
+    kind = item.WhichOneof("kind")
+    if kind == "text":
+        return item.text
+    if kind == "pair":
+        return TextPair(item.pair.first, item.pair.second)
+    return unpack_u32(item.ids)
 
 
 async def serve(config: config_pb2.TokenizerConfig) -> None:

@@ -1,110 +1,110 @@
-"""POST /embed and the OpenAI-compatible POST /v1/embeddings (and /embeddings)."""
+"""Embedding routes: /embed, /embed_all, /embed_sparse, /similarity and the
+OpenAI-compatible /v1/embeddings (also /embeddings)."""
 
 from __future__ import annotations
 
 import base64
-import time
 
 import numpy as np
 from starlette.requests import Request
-from starlette.responses import Response
 
-from router.errors import EmbedServeError, ModelTypeError, input_validation
-from router.infer import EncodeOptions, InferenceResult
-from router.routes._http import app_state, json_response, read_json_body, until_disconnected
+from router.errors import EmptyInputError, ModelTypeError
+from router.infer import EncodeOptions
+from router.routes._inference import (
+    Outcome,
+    encode_options,
+    endpoint,
+    require_embedding,
+    resolve_prompt,
+    run_inputs,
+)
 from router.schemas import (
+    EmbedAllRequest,
     EmbedRequest,
+    EmbedSparseRequest,
     OpenAIEmbeddingsRequest,
+    SimilarityRequest,
     check_batch_size,
     check_dimensions,
-    decode_body,
     parse_inputs,
 )
 from router.state import AppState
 from router.vectors import finish_embeddings
-from tokenizer_pool.pool import Input
 
 
-def resolve_prompt(state: AppState, prompt_name: str | None) -> str | None:
-    settings = state.settings
-    if prompt_name is None:
-        return settings.default_prompt
-    if prompt_name not in settings.prompts:
-        available = ", ".join(sorted(settings.prompts)) or "none"
-        raise input_validation(
-            f"`prompt_name` is set to `{prompt_name}` but this prompt does not exist. Available prompts: {available}"
-        )
-    return settings.prompts[prompt_name]
-
-
-async def _embed(request: Request, state: AppState, inputs: list[Input], options: EncodeOptions) -> InferenceResult:
-    if state.settings.pooling == "splade" or state.facts.hidden_size == 0:
-        raise ModelTypeError("Backend error: Model is not an embedding model")
-    metrics = state.metrics
-    metrics.embed_count.inc(len(inputs))
-    result = await until_disconnected(request, state.inference.run(inputs, options))
-    metrics.embed_success.inc(len(inputs))
-    meta = result.metadata
-    for _ in inputs:
-        metrics.embed_duration.observe(meta.total_time_s)
-        metrics.embed_tokenization_duration.observe(meta.tokenization_time_s)
-        metrics.embed_queue_duration.observe(meta.queue_time_s)
-        metrics.embed_inference_duration.observe(meta.inference_time_s)
-    return result
-
-
-def _observe_request(state: AppState, method: str, result: InferenceResult, started: float) -> None:
-    metrics = state.metrics
-    metrics.request_success.inc(method=method)
-    metrics.request_duration.observe(time.perf_counter() - started)
-    metrics.request_tokenization_duration.observe(result.metadata.tokenization_time_s)
-    metrics.request_queue_duration.observe(result.metadata.queue_time_s)
-    metrics.request_inference_duration.observe(result.metadata.inference_time_s)
-
-
-async def embed(request: Request) -> Response:
-    state = app_state(request)
-    started = time.perf_counter()
-    body = decode_body(await read_json_body(request, state.settings.payload_limit), EmbedRequest)
+async def handle_embed(request: Request, state: AppState, body: EmbedRequest) -> Outcome:
+    require_embedding(state)
+    if state.settings.is_splade and body.normalize:
+        raise ModelTypeError("Backend error: `normalize` is not available for SPLADE models")
     inputs, is_batch = parse_inputs(body.inputs)
-    method = "batch" if is_batch else "single"
-    state.metrics.request_count.inc(method=method)
-    try:
-        check_batch_size(len(inputs), state.settings.max_client_batch_size)
-        check_dimensions(body.dimensions, state.facts.hidden_size)
-        options = EncodeOptions(
-            truncate=state.settings.auto_truncate if body.truncate is None else body.truncate,
-            direction="left" if body.truncation_direction.lower() == "left" else "right",
-            prompt=resolve_prompt(state, body.prompt_name),
-        )
-        result = await _embed(request, state, inputs, options)
-    except EmbedServeError as exc:
-        state.metrics.request_failure.inc(err=exc.metric_label)
-        raise
-    vectors = finish_embeddings(result.rows, body.normalize, body.dimensions)
-    _observe_request(state, method, result, started)
-    return json_response(vectors, headers=result.metadata.headers())
+    check_batch_size(len(inputs), state.settings.max_client_batch_size)
+    check_dimensions(body.dimensions, state.facts.hidden_size)
+    options = encode_options(state, body.truncate, body.truncation_direction, resolve_prompt(state, body.prompt_name))
+    result = await run_inputs(request, state, inputs, options, "batch" if is_batch else "single", "embed")
+    return Outcome(finish_embeddings(result.rows, body.normalize, body.dimensions), result.metadata)
 
 
-async def openai_embeddings(request: Request) -> Response:
-    state = app_state(request)
-    started = time.perf_counter()
-    try:
-        body = decode_body(await read_json_body(request, state.settings.payload_limit), OpenAIEmbeddingsRequest)
-        inputs, is_batch = parse_inputs(body.input)
-    except EmbedServeError as exc:
-        return json_response(exc.to_openai_body(), status_code=exc.status)
-    method = "batch" if is_batch else "single"
-    state.metrics.request_count.inc(method=method)
-    try:
-        check_batch_size(len(inputs), state.settings.max_client_batch_size)
-        check_dimensions(body.dimensions, state.facts.hidden_size)
-        options = EncodeOptions(truncate=state.settings.auto_truncate, prompt=state.settings.default_prompt)
-        result = await _embed(request, state, inputs, options)
-    except EmbedServeError as exc:
-        state.metrics.request_failure.inc(err=exc.metric_label)
-        return json_response(exc.to_openai_body(), status_code=exc.status)
+async def handle_embed_all(request: Request, state: AppState, body: EmbedAllRequest) -> Outcome:
+    require_embedding(state)
+    if state.settings.is_splade:
+        raise ModelTypeError("Backend error: `embed_all` is not available for SPLADE models")
+    inputs, is_batch = parse_inputs(body.inputs)
+    check_batch_size(len(inputs), state.settings.max_client_batch_size)
+    options = encode_options(state, body.truncate, body.truncation_direction, resolve_prompt(state, body.prompt_name))
+    result = await run_inputs(request, state, inputs, options, "batch" if is_batch else "single", "embed", raw=True)
+    return Outcome(result.rows, result.metadata)
+
+
+async def handle_embed_sparse(request: Request, state: AppState, body: EmbedSparseRequest) -> Outcome:
+    if state.settings.model_type != "embedding" or not state.settings.is_splade:
+        raise ModelTypeError("Backend error: Model is not an embedding model with SPLADE pooling")
+    inputs, is_batch = parse_inputs(body.inputs)
+    check_batch_size(len(inputs), state.settings.max_client_batch_size)
+    options = encode_options(state, body.truncate, body.truncation_direction, resolve_prompt(state, body.prompt_name))
+    result = await run_inputs(request, state, inputs, options, "batch" if is_batch else "single", "embed")
+    return Outcome([_sparsify(row) for row in result.rows], result.metadata)
+
+
+def _sparsify(row: np.ndarray) -> list[dict[str, object]]:
+    indices = np.flatnonzero(row)
+    return [{"index": int(i), "value": float(row[i])} for i in indices]
+
+
+async def handle_similarity(request: Request, state: AppState, body: SimilarityRequest) -> Outcome:
+    require_embedding(state)
+    sentences = body.inputs.sentences
+    if not sentences:
+        raise EmptyInputError("`inputs.sentences` cannot be empty")
+    check_batch_size(len(sentences) + 1, state.settings.max_client_batch_size)
+    params = body.parameters
+    options = encode_options(
+        state,
+        params.truncate if params else None,
+        params.truncation_direction if params else "right",
+        resolve_prompt(state, params.prompt_name if params else None),
+    )
+    if not body.inputs.source_sentence or not all(sentences):
+        raise EmptyInputError("Input validation error: `inputs` cannot be empty")
+    texts: list[str | list[int]] = [body.inputs.source_sentence, *sentences]
+    result = await run_inputs(request, state, list(texts), options, "batch", "embed")
+    vectors = np.stack(result.rows).astype(np.float64)
+    source, others = vectors[0], vectors[1:]
+    denominators = np.linalg.norm(others, axis=1) * np.linalg.norm(source)
+    denominators[denominators == 0] = 1.0
+    return Outcome((others @ source / denominators).astype(np.float32), result.metadata)
+
+
+async def handle_openai(request: Request, state: AppState, body: OpenAIEmbeddingsRequest) -> Outcome:
+    require_embedding(state)
+    if state.settings.is_splade:
+        raise ModelTypeError("Backend error: `normalize` is not available for SPLADE models")
+    inputs, is_batch = parse_inputs(body.input)
+    check_batch_size(len(inputs), state.settings.max_client_batch_size)
+    check_dimensions(body.dimensions, state.facts.hidden_size)
+    options = EncodeOptions(truncate=state.settings.auto_truncate, prompt=state.settings.default_prompt)
+    result = await run_inputs(request, state, inputs, options, "batch" if is_batch else "single", "embed")
     vectors = finish_embeddings(result.rows, True, body.dimensions)
+    data: list[dict[str, object]]
     if body.encoding_format == "base64":
         data = [
             {"object": "embedding", "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode("ascii"), "index": i}
@@ -112,14 +112,18 @@ async def openai_embeddings(request: Request) -> Response:
         ]
     else:
         data = [{"object": "embedding", "embedding": v, "index": i} for i, v in enumerate(vectors)]
-    tokens = int(np.sum(result.token_counts))
-    _observe_request(state, method, result, started)
-    return json_response(
-        {
-            "object": "list",
-            "data": data,
-            "model": state.settings.served_model_name,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        },
-        headers=result.metadata.headers(),
-    )
+    tokens = int(sum(result.token_counts))
+    content = {
+        "object": "list",
+        "data": data,
+        "model": state.settings.served_model_name,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+    return Outcome(content, result.metadata)
+
+
+embed = endpoint(EmbedRequest, handle_embed)
+embed_all = endpoint(EmbedAllRequest, handle_embed_all)
+embed_sparse = endpoint(EmbedSparseRequest, handle_embed_sparse)
+similarity = endpoint(SimilarityRequest, handle_similarity)
+openai_embeddings = endpoint(OpenAIEmbeddingsRequest, handle_openai, openai_errors=True)

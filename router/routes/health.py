@@ -6,10 +6,13 @@ import asyncio
 from importlib.metadata import PackageNotFoundError, version
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
+
+from router.openapi import DOCS_HTML, build_openapi
 
 from router.errors import BackendUnavailableError
 from router.routes._http import app_state, json_response
+from router.settings import RouterSettings
 
 try:
     VERSION = version("embedserve")
@@ -37,7 +40,7 @@ async def info(request: Request) -> Response:
             "model_sha": settings.revision,
             "model_dtype": facts.dtype,
             "served_model_name": settings.served_model_name,
-            "model_type": {"embedding": {"pooling": settings.pooling}},
+            "model_type": _model_type(settings),
             "max_concurrent_requests": settings.max_concurrent_requests,
             "max_input_length": settings.max_input_length,
             "max_batch_tokens": settings.max_batch_tokens,
@@ -51,6 +54,24 @@ async def info(request: Request) -> Response:
             "backend": facts.backend,
         }
     )
+
+
+async def docs(request: Request) -> Response:
+    return HTMLResponse(DOCS_HTML)
+
+
+async def openapi(request: Request) -> Response:
+    document = request.app.state.openapi_document
+    if document is None:
+        document = request.app.state.openapi_document = build_openapi(VERSION)
+    return json_response(document)
+
+
+def _model_type(settings: RouterSettings) -> dict[str, object]:
+    if settings.model_type == "embedding":
+        return {"embedding": {"pooling": settings.pooling}}
+    labels = {"id2label": settings.id2label, "label2id": settings.label2id}
+    return {settings.model_type: labels}
 
 
 async def metrics(request: Request) -> Response:

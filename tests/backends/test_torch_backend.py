@@ -41,7 +41,7 @@ def test_pooling_matches_transformers(model_dir: Path, tokenizer, pooling: str) 
 
     texts = varied_texts(12, seed=5)
     backend = TorchBackend(model_dir, "cpu", "", pooling)
-    got = backend.embed(_batch(tokenizer, texts))
+    got = backend.embed(_batch(tokenizer, texts)).pooled
     model = AutoModel.from_pretrained(model_dir).eval()
     for row, text in zip(got, texts):
         ids = torch.tensor([tokenizer.encode(text).ids])

@@ -1,0 +1,73 @@
+"""POST / and /invocations (the model type's own route) and the /vertex wrapper."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from router.errors import ValidationError
+from router.routes import embed, predict
+from router.routes._inference import Outcome, endpoint
+from router.schemas import (
+    EmbedRequest,
+    EmbedSparseRequest,
+    PredictRequest,
+    RerankRequest,
+    VertexRequest,
+)
+from router.state import AppState
+
+
+def default_route(state: AppState) -> Callable[[Request], Awaitable[Response]]:
+    """TEI's choice: classifier → predict, reranker → rerank, else similarity
+    (TASK=sentence-similarity), embed_sparse (SPLADE) or embed."""
+    settings = state.settings
+    if settings.model_type == "classifier":
+        return predict.predict
+    if settings.model_type == "reranker":
+        return predict.rerank
+    if settings.task == "sentence-similarity":
+        return embed.similarity
+    if settings.is_splade:
+        return embed.embed_sparse
+    return embed.embed
+
+
+async def invocations(request: Request) -> Response:
+    return await default_route(request.app.state.embedserve)(request)
+
+
+def _convert(instance: dict[str, Any], schema: type[Any]) -> Any:
+    try:
+        return msgspec.convert(instance, schema)
+    except msgspec.ValidationError as exc:
+        raise ValidationError(f"Failed to deserialize the instance: {exc}") from exc
+
+
+async def handle_vertex(request: Request, state: AppState, body: VertexRequest) -> Outcome:
+    """Each instance is a rerank request if it parses as one, else the model type's request."""
+    settings = state.settings
+    predictions = []
+    for instance in body.instances:
+        try:
+            rerank_body = msgspec.convert(instance, RerankRequest)
+        except msgspec.ValidationError:
+            rerank_body = None
+        if rerank_body is not None:
+            outcome = await predict.handle_rerank(request, state, rerank_body)
+        elif settings.model_type in ("classifier", "reranker"):
+            outcome = await predict.handle_predict(request, state, _convert(instance, PredictRequest))
+        elif settings.is_splade:
+            outcome = await embed.handle_embed_sparse(request, state, _convert(instance, EmbedSparseRequest))
+        else:
+            outcome = await embed.handle_embed(request, state, _convert(instance, EmbedRequest))
+        predictions.append(outcome.content)
+    return Outcome({"predictions": predictions})
+
+
+vertex = endpoint(VertexRequest, handle_vertex)
+
