@@ -1,0 +1,139 @@
+"""/predict and /rerank on tiny real classifier and reranker models, against transformers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import RunningServer, start_server
+from tests.models import CLASSIFIER_LABELS, build_tiny_model
+
+QUERY = "what is the capital of france"
+TEXTS = ["Paris is the capital of France.", "Berlin is in Germany.", "bananas are yellow", "the eiffel tower"]
+
+
+@pytest.fixture(scope="module")
+def reranker_dir(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
+    return build_tiny_model("reranker", tmp_path_factory.mktemp("models") / "reranker", model_dir)
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
+    return build_tiny_model("classifier", tmp_path_factory.mktemp("models") / "classifier", model_dir, seed=1)
+
+
+@pytest.fixture(scope="module")
+def reranker(reranker_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    with start_server("--model-id", str(reranker_dir), tmp_dir=tmp_path_factory.mktemp("rr")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def classifier(classifier_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    with start_server("--model-id", str(classifier_dir), tmp_dir=tmp_path_factory.mktemp("cls")) as running:
+        yield running
+
+
+def _logits(model_dir: Path, first: str, second: str | None = None) -> np.ndarray:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    with torch.inference_mode():
+        encoded = tokenizer(first, second, return_tensors="pt", truncation=True, max_length=512)
+        return model(**encoded).logits[0].numpy()  # type: ignore[no-any-return]
+
+
+def _post(server: RunningServer, path: str, body: object) -> httpx.Response:
+    return httpx.post(f"{server.url}{path}", json=body, timeout=60)
+
+
+def test_rerank_matches_transformers(reranker: RunningServer, reranker_dir: Path) -> None:
+    response = _post(reranker, "/rerank", {"query": QUERY, "texts": TEXTS})
+    assert response.status_code == 200, response.text
+    assert "x-inference-time" in response.headers and "x-compute-tokens" in response.headers
+    ranks = response.json()
+    expected = {i: 1 / (1 + np.exp(-_logits(reranker_dir, QUERY, t)[0])) for i, t in enumerate(TEXTS)}
+    assert sorted(r["index"] for r in ranks) == list(range(len(TEXTS)))
+    assert [r["score"] for r in ranks] == sorted((r["score"] for r in ranks), reverse=True)
+    for rank in ranks:
+        assert set(rank) == {"index", "score"}
+        assert rank["score"] == pytest.approx(expected[rank["index"]], abs=1e-4)
+
+
+def test_rerank_raw_scores_and_text(reranker: RunningServer, reranker_dir: Path) -> None:
+    ranks = _post(reranker, "/rerank", {"query": QUERY, "texts": TEXTS, "raw_scores": True, "return_text": True}).json()
+    for rank in ranks:
+        assert rank["text"] == TEXTS[rank["index"]]
+        assert rank["score"] == pytest.approx(_logits(reranker_dir, QUERY, rank["text"])[0], abs=1e-4)
+
+
+def test_rerank_errors(reranker: RunningServer) -> None:
+    empty = _post(reranker, "/rerank", {"query": QUERY, "texts": []})
+    assert (empty.status_code, empty.json()) == (400, {"error": "`texts` cannot be empty", "error_type": "Empty"})
+    too_many = _post(reranker, "/rerank", {"query": QUERY, "texts": ["x"] * 33})
+    assert too_many.status_code == 422 and too_many.json()["error_type"] == "Validation"
+    wrong_route = _post(reranker, "/embed", {"inputs": "x"})
+    assert wrong_route.status_code == 424
+    assert wrong_route.json() == {"error": "Backend error: Model is not an embedding model", "error_type": "Backend"}
+
+
+def test_reranker_predict_and_default_route(reranker: RunningServer, reranker_dir: Path) -> None:
+    predictions = _post(reranker, "/predict", {"inputs": [QUERY, TEXTS[0]]}).json()
+    expected = 1 / (1 + np.exp(-_logits(reranker_dir, QUERY, TEXTS[0])[0]))
+    assert predictions == [{"score": pytest.approx(expected, abs=1e-4), "label": "LABEL_0"}]
+    default = _post(reranker, "/", {"query": QUERY, "texts": TEXTS[:2]})
+    assert default.status_code == 200 and len(default.json()) == 2
+    info = httpx.get(f"{reranker.url}/info").json()
+    assert info["model_type"] == {"reranker": {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}}
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()  # type: ignore[no-any-return]
+
+
+def test_predict_single_pair_and_batch(classifier: RunningServer, classifier_dir: Path) -> None:
+    single = _post(classifier, "/predict", {"inputs": "I love this"}).json()
+    expected = _softmax(_logits(classifier_dir, "I love this"))
+    assert [p["label"] for p in single] == [CLASSIFIER_LABELS[i] for i in np.argsort(-expected)]
+    for prediction in single:
+        index = {v: k for k, v in CLASSIFIER_LABELS.items()}[prediction["label"]]
+        assert prediction["score"] == pytest.approx(expected[index], abs=1e-4)
+
+    pair = _post(classifier, "/predict", {"inputs": ["premise text", "hypothesis text"], "raw_scores": True}).json()
+    raw = _logits(classifier_dir, "premise text", "hypothesis text")
+    assert sorted(p["score"] for p in pair) == pytest.approx(sorted(raw.tolist()), abs=1e-4)
+
+    batch = _post(classifier, "/predict", {"inputs": [["I love this"], ["premise text", "hypothesis text"]]})
+    assert batch.status_code == 200
+    body = batch.json()
+    assert len(body) == 2 and all(len(predictions) == 3 for predictions in body)
+    assert body[0][0]["label"] == single[0]["label"]
+    assert body[0][0]["score"] == pytest.approx(single[0]["score"], abs=1e-5)
+
+
+def test_predict_errors(classifier: RunningServer) -> None:
+    three = _post(classifier, "/predict", {"inputs": ["a", "b", "c"]})
+    assert three.status_code == 422 and three.json()["error_type"] == "Validation"
+    assert _post(classifier, "/predict", {"inputs": ""}).json()["error_type"] == "Empty"
+    assert _post(classifier, "/predict", {"inputs": [["a"]] * 33}).status_code == 422
+    rerank = _post(classifier, "/rerank", {"query": "q", "texts": ["a"]})
+    assert rerank.status_code == 424
+    assert rerank.json()["error"] == "Backend error: model is not a re-ranker model"
+    assert _post(classifier, "/v1/embeddings", {"input": "x"}).json()["code"] == 424
+
+
+def test_classifier_default_routes(classifier: RunningServer) -> None:
+    for path in ("/", "/invocations"):
+        response = _post(classifier, path, {"inputs": "route me"})
+        assert response.status_code == 200 and len(response.json()) == 3
+    vertex = _post(classifier, "/vertex", {"instances": [{"inputs": "one"}, {"query": "q", "texts": ["a"]}]})
+    assert vertex.status_code == 424  # the rerank instance on a classifier
+    vertex = _post(classifier, "/vertex", {"instances": [{"inputs": "one"}, {"inputs": ["a", "b"]}]})
+    assert vertex.status_code == 200 and len(vertex.json()["predictions"]) == 2
