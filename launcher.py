@@ -35,7 +35,10 @@ from router.model_config import POOLING_FLAG_VALUES, ModelConfigError, ModelSpec
 logger = logging.getLogger("launcher")
 
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
-IMPLEMENTED_BACKENDS = ("torch",)
+# Architectures the ONNX path exports and serves (tests/backends/test_families.py).
+ONNX_MODEL_TYPES = (
+    "bert", "roberta", "xlm-roberta", "camembert", "distilbert", "mpnet", "modernbert", "qwen2", "qwen3",
+)
 
 # Exit codes: 2 is argparse's own for bad flags.
 EXIT_CONFIG_ERROR = 2
@@ -44,6 +47,8 @@ EXIT_CHILD_DIED = 4
 
 # Environment-only settings (no TEI flag exists for them).
 STARTUP_TIMEOUT_S = float(os.environ.get("EMBEDSERVE_STARTUP_TIMEOUT_S", "600"))
+# ONNX exports and int8 conversions are kept here between starts.
+CACHE_DIR = Path(os.environ.get("EMBEDSERVE_CACHE_DIR") or Path.home() / ".cache" / "embedserve")
 # TEI's TASK: "sentence-similarity" makes POST / answer as /similarity.
 TASK = os.environ.get("TASK", "")
 WORKER_STOP_TIMEOUT_S = 10.0
@@ -95,9 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", default=_env("REVISION"),
                    help="Hub revision (commit, branch or refs/pr/N) [env REVISION]")
     p.add_argument("--backend", default=_env("BACKEND", "auto"), choices=["auto", "torch", "onnx", "python"],
-                   help="Engine: auto picks torch [env BACKEND]")
-    p.add_argument("--dtype", default=_env("DTYPE"), choices=["float32", "float16", "bfloat16"],
-                   help="Weights dtype; default float32 on CPU, float16 on GPU [env DTYPE]")
+                   help="Engine. auto: python for models with their own code (auto_map), torch on a GPU, "
+                   "onnx on CPU for the architectures it serves, else torch [env BACKEND]")
+    p.add_argument("--dtype", default=_env("DTYPE"), choices=["float32", "float16", "bfloat16", "int8"],
+                   help="Weights dtype; default float32 on CPU, float16 on GPU; int8 (onnx only) is a "
+                   "dynamic quantization [env DTYPE]")
     p.add_argument("--pooling", default=_env("POOLING"), choices=list(POOLING_FLAG_VALUES),
                    help="Override the pooling of 1_Pooling/config.json [env POOLING]")
     p.add_argument("--max-concurrent-requests", type=int, default=int(_env("MAX_CONCURRENT_REQUESTS", "512") or 512),
@@ -223,9 +230,14 @@ def plan_launch(args: argparse.Namespace) -> LaunchPlan:
         raise LaunchError(f"cannot serve {model_dir}: {exc}", EXIT_CONFIG_ERROR) from exc
     logger.info("model %s resolved to %s in %.2fs", args.model_id or DEFAULT_MODEL_ID, model_dir, time.monotonic() - started)
 
-    backend = "torch" if args.backend == "auto" else args.backend
-    if backend not in IMPLEMENTED_BACKENDS:
-        raise LaunchError(f"backend {backend!r} is not available in this build; use --backend torch", EXIT_CONFIG_ERROR)
+    gpus = detect_gpus()
+    backend = choose_backend(args.backend, spec, gpus)
+    if args.dtype == "int8" and backend != "onnx":
+        raise LaunchError(
+            f"cannot serve {model_dir} with the {backend} backend: --dtype int8 needs --backend onnx", EXIT_CONFIG_ERROR
+        )
+    logger.info("backend %s (%s) on %s", backend, "chosen" if args.backend == "auto" else "requested",
+                f"{len(gpus)} GPU(s)" if gpus else "CPU")
 
     max_input_length = spec.base_input_length
     if max_input_length > args.max_batch_tokens:
@@ -253,8 +265,19 @@ def plan_launch(args: argparse.Namespace) -> LaunchPlan:
                         ("--tokenization-workers", args.tokenization_workers)):
         if value <= 0:
             raise LaunchError(f"{name} must be positive, got {value}", EXIT_CONFIG_ERROR)
-    return LaunchPlan(args, args.model_id or DEFAULT_MODEL_ID, spec, backend, detect_gpus(), max_input_length,
-                      default_prompt)
+    return LaunchPlan(args, args.model_id or DEFAULT_MODEL_ID, spec, backend, gpus, max_input_length, default_prompt)
+
+
+def choose_backend(requested: str, spec: ModelSpec, gpus: list[str]) -> str:
+    if requested != "auto":
+        return requested
+    if spec.remote_code:
+        return "python"
+    if gpus:
+        return "torch"
+    if spec.config_model_type in ONNX_MODEL_TYPES:
+        return "onnx"
+    return "torch"
 
 
 # ---------------------------------------------------------------- children
@@ -392,6 +415,7 @@ def build_children(plan: LaunchPlan) -> tuple[list[ChildProcess], list[ChildProc
             model_dir=str(plan.spec.model_dir), socket_path=socket_path, backend=plan.backend,
             dtype=args.dtype or "", pooling=pooling, device=device, max_batch_tokens=args.max_batch_tokens,
             json_output=args.json_output, name=f"backend-{index}", position_offset=plan.spec.position_offset,
+            cache_dir=str(CACHE_DIR),
         )
         env = dict(base_env)
         if gpu is not None:

@@ -9,45 +9,37 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from proto.child import configure_logging, parse_config, watch_parent
 from proto.gen_pb import config_pb2
 
+if TYPE_CHECKING:
+    from backends.base import Backend
+
 logger = logging.getLogger("backends")
 
-# Names map to import paths so that only the chosen framework gets imported.
-ENGINES = {
-    "torch": "backends.torch_backend:TorchBackend",
-}
-
 EXIT_LOAD_FAILED = 3
-
-
-def load_engine(config: config_pb2.BackendConfig) -> object:
-    import importlib
-
-    if config.backend not in ENGINES:
-        raise ValueError(f"unknown backend {config.backend!r}; choose from {', '.join(ENGINES)}")
-    module_name, class_name = ENGINES[config.backend].split(":")
-    engine_cls = getattr(importlib.import_module(module_name), class_name)
-    return engine_cls(Path(config.model_dir), config.device, config.dtype, config.pooling)
 
 
 async def serve(config: config_pb2.BackendConfig) -> None:
     import grpc
 
+    from backends.base import EngineSpec
+    from backends.engines import load_engine
     from backends.server import GRPC_OPTIONS, BackendServicer
     from proto.gen_pb import backend_pb2_grpc
 
     started = time.monotonic()
+    spec = EngineSpec(Path(config.model_dir), config.device, config.dtype, config.pooling, Path(config.cache_dir))
     try:
-        engine = load_engine(config)
+        engine = load_engine(config.backend, spec)
+        _warm_up(engine)
     except Exception as exc:
         logger.error("cannot load %s with the %s backend: %s", config.model_dir, config.backend, exc)
         sys.exit(EXIT_LOAD_FAILED)
-    servicer = BackendServicer(engine, config.max_batch_tokens)  # type: ignore[arg-type]
-    _warm_up(engine)
-    logger.info("%s backend ready on %s in %.1fs", config.backend, engine.device, time.monotonic() - started)  # type: ignore[attr-defined]
+    servicer = BackendServicer(engine, config.max_batch_tokens)
+    logger.info("%s backend ready on %s in %.1fs", config.backend, engine.device, time.monotonic() - started)
 
     server = grpc.aio.server(options=GRPC_OPTIONS)
     backend_pb2_grpc.add_BackendServicer_to_server(servicer, server)
@@ -69,7 +61,7 @@ async def serve(config: config_pb2.BackendConfig) -> None:
         os.unlink(config.socket_path)
 
 
-def _warm_up(engine: object) -> None:
+def _warm_up(engine: Backend) -> None:
     """One tiny forward pass, so the first request does not pay for lazy init."""
     import numpy as np
 
@@ -77,10 +69,10 @@ def _warm_up(engine: object) -> None:
 
     ids = np.zeros(2, dtype=np.uint32)  # id 0 exists in every vocabulary
     batch = ModelBatch(ids, np.zeros(2, np.uint32), np.arange(2, dtype=np.uint32), np.array([0, 2], np.uint32), 2)
-    if engine.is_classifier:  # type: ignore[attr-defined]
-        engine.predict(batch)  # type: ignore[attr-defined]
+    if engine.is_classifier:
+        engine.predict(batch)
     else:
-        engine.embed(batch)  # type: ignore[attr-defined]
+        engine.embed(batch)
 
 
 def main() -> None:

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from proto.codec import F32Array, U32Array
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What every engine is built from (BackendConfig, minus the transport)."""
+
+    model_dir: Path
+    device: str  # cpu or cuda (the process sees its one GPU as cuda:0)
+    dtype: str  # empty: the engine's default for the device
+    pooling: str  # cls, mean, last_token, splade
+    cache_dir: Path  # where exports and conversions are kept between starts
 
 
 @dataclass(frozen=True)
@@ -46,7 +58,8 @@ class Backend(Protocol):
     """An engine that runs forward passes for one model on one device.
 
     Methods are called from a single worker thread, one at a time.
-    Variants: `TorchBackend` (`backends/torch_backend.py`).
+    Variants, by name (`backends/engines.py`): torch (`TorchBackend`), onnx
+    (`OnnxBackend`), python (`RemoteCodeBackend`, trust_remote_code).
     """
 
     name: str

@@ -47,6 +47,10 @@ class ModelSpec:
     position_offset: int
     prompts: dict[str, str] = field(default_factory=dict)
     architectures: tuple[str, ...] = ()
+    # config.json's model_type (bert, qwen3, ...), and whether its code ships in
+    # the directory (auto_map): such models need trust_remote_code.
+    config_model_type: str = ""
+    remote_code: bool = False
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -113,6 +117,8 @@ def load_model_spec(model_dir: Path, pooling_flag: str | None = None) -> ModelSp
         position_offset=position_offset,
         prompts=prompts,
         architectures=architectures,
+        config_model_type=str(config.get("model_type", "")),
+        remote_code=bool(config.get("auto_map")),
     )
 
 

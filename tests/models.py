@@ -42,3 +42,46 @@ def build_tiny_model(kind: Kind, target: Path, tokenizer_source: Path, seed: int
 
 def add_prompts(model_dir: Path, prompts: dict[str, str]) -> None:
     (model_dir / "config_sentence_transformers.json").write_text(json.dumps({"prompts": prompts}))
+
+
+# Tiny configs of each supported architecture family; the tokenizer is the
+# bundled BERT WordPiece one (vocabulary 30522) for all of them, which is all a
+# parity test between two runtimes on the same ids needs.
+_ENCODER = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                max_position_embeddings=128)
+_OFFSET_ENCODER = dict(_ENCODER, pad_token_id=1, max_position_embeddings=130)
+_DECODER = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                intermediate_size=64, max_position_embeddings=128)
+FAMILIES: dict[str, tuple[str, str, dict[str, object], str]] = {
+    # family: (config class, model class, config kwargs, pooling)
+    "bert": ("BertConfig", "BertModel", _ENCODER, "mean"),
+    "roberta": ("RobertaConfig", "RobertaModel", _OFFSET_ENCODER, "mean"),
+    "xlm-roberta": ("XLMRobertaConfig", "XLMRobertaModel", _OFFSET_ENCODER, "cls"),
+    "camembert": ("CamembertConfig", "CamembertModel", _OFFSET_ENCODER, "mean"),
+    "distilbert": ("DistilBertConfig", "DistilBertModel",
+                   dict(vocab_size=30522, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=128),
+                   "mean"),
+    "mpnet": ("MPNetConfig", "MPNetModel", _OFFSET_ENCODER, "mean"),
+    "modernbert": ("ModernBertConfig", "ModernBertModel", dict(_ENCODER, pad_token_id=0), "mean"),
+    "qwen2": ("Qwen2Config", "Qwen2Model", _DECODER, "last_token"),
+    "qwen3": ("Qwen3Config", "Qwen3Model", dict(_DECODER, head_dim=16), "last_token"),
+}
+
+
+def build_family_model(family: str, target: Path, tokenizer_source: Path, seed: int = 0) -> Path:
+    import torch
+    import transformers
+
+    config_name, model_name, kwargs, pooling = FAMILIES[family]
+    torch.manual_seed(seed)
+    config = getattr(transformers, config_name)(**kwargs)
+    config.architectures = [model_name]
+    model = getattr(transformers, model_name)(config).eval()
+    model.save_pretrained(target)
+    for name in TOKENIZER_FILES:
+        shutil.copy(tokenizer_source / name, target / name)
+    pooling_config = {"pooling_mode_cls_token": pooling == "cls", "pooling_mode_mean_tokens": pooling == "mean",
+                      "pooling_mode_lasttoken": pooling == "last_token"}
+    (target / "1_Pooling").mkdir()
+    (target / "1_Pooling" / "config.json").write_text(json.dumps(pooling_config))
+    return target

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backends.base import ModelBatch
+from backends.base import EngineSpec, ModelBatch
+from backends.padding import length_sorted_chunks
 from backends.server import BatchRejected, decode_batch
-from backends.torch_backend import TorchBackend, _length_sorted_chunks
+from backends.torch_backend import TorchBackend
 from proto.codec import pack_u32
 from proto.gen_pb import backend_pb2
 from tests.texts import varied_texts
@@ -40,7 +41,7 @@ def test_pooling_matches_transformers(model_dir: Path, tokenizer, pooling: str) 
     from transformers import AutoModel
 
     texts = varied_texts(12, seed=5)
-    backend = TorchBackend(model_dir, "cpu", "", pooling)
+    backend = TorchBackend(EngineSpec(model_dir, "cpu", "", pooling, Path("/nonexistent")))
     got = backend.embed(_batch(tokenizer, texts)).pooled
     model = AutoModel.from_pretrained(model_dir).eval()
     for row, text in zip(got, texts):
@@ -53,7 +54,7 @@ def test_pooling_matches_transformers(model_dir: Path, tokenizer, pooling: str) 
 
 def test_chunks_cover_every_sequence_once() -> None:
     lengths = np.array([5, 300, 7, 250, 6, 8, 120, 5])
-    chunks = list(_length_sorted_chunks(lengths, 1024))
+    chunks = list(length_sorted_chunks(lengths, 1024))
     assert sorted(i for chunk in chunks for i in chunk) == list(range(8))
     for chunk in chunks:
         assert max(lengths[chunk]) * len(chunk) <= 1024

@@ -1,0 +1,22 @@
+"""Engines by name. Import paths, not classes, so a backend process imports only
+the framework it runs (torch or onnxruntime)."""
+
+from __future__ import annotations
+
+import importlib
+
+from backends.base import Backend, EngineSpec
+
+ENGINES = {
+    "torch": "backends.torch_backend:TorchBackend",
+    "onnx": "backends.onnx_backend:OnnxBackend",
+    "python": "backends.remote_code:RemoteCodeBackend",
+}
+
+
+def load_engine(name: str, spec: EngineSpec) -> Backend:
+    if name not in ENGINES:
+        raise ValueError(f"unknown backend {name!r}; choose from {', '.join(ENGINES)}")
+    module_name, class_name = ENGINES[name].split(":")
+    engine: Backend = getattr(importlib.import_module(module_name), class_name)(spec)
+    return engine

@@ -1,0 +1,251 @@
+"""ONNX Runtime engine: the fastest CPU path, CUDA when onnxruntime-gpu is installed.
+
+The model comes from `onnx/model.onnx` or `model.onnx` in the model directory;
+without one it is exported once with optimum into the cache folder and reused
+on the next start. On CPU, BERT-like graphs also get onnxruntime's transformer
+fusions, and `--dtype int8` a dynamic quantization, each cached the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from backends.base import EmbedOutput, EngineSpec, ModelBatch
+from backends.padding import padded_chunks
+from backends.pooling import pool
+from proto.codec import F32Array
+
+logger = logging.getLogger(__name__)
+
+POOLINGS = ("cls", "mean", "last_token", "splade")
+DTYPES = ("float32", "int8")
+# Model types optimum exports and onnxruntime's BERT fusions understand.
+FUSABLE_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
+CPU_CHUNK_TOKENS = 8192
+SPLADE_CHUNK_TOKENS = 1024
+HIDDEN_OUTPUTS = ("last_hidden_state", "token_embeddings")
+CACHE_FORMAT = "2"  # bump when the export or optimisation recipe changes
+
+
+class OnnxBackend:
+    name = "onnx"
+
+    def __init__(self, spec: EngineSpec) -> None:
+        model_dir, device, pooling, cache_dir = spec.model_dir, spec.device, spec.pooling, spec.cache_dir
+        dtype = spec.dtype or "float32"
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype} is not supported by the onnx backend ({', '.join(DTYPES)})")
+        config = json.loads((model_dir / "config.json").read_text())
+        architectures = config.get("architectures") or []
+        self._is_classifier = any(str(a).endswith("Classification") for a in architectures)
+        if not self._is_classifier and pooling not in POOLINGS:
+            raise ValueError(f"pooling {pooling!r} is not supported by the onnx backend")
+        self.pooling = pooling
+        self.dtype = dtype
+        self._pad_token_id = int(config.get("pad_token_id") or 0)
+        self._model_type = str(config.get("model_type", ""))
+        task = "text-classification" if self._is_classifier else "fill-mask" if pooling == "splade" else "feature-extraction"
+
+        providers = ["CPUExecutionProvider"]
+        self.device = "cpu"
+        if device == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise ValueError("the onnx backend needs onnxruntime-gpu for a GPU (pip install embedserve[gpu])")
+            providers.insert(0, "CUDAExecutionProvider")
+            self.device = "cuda:0"
+
+        started = time.monotonic()
+        path = resolve_onnx_model(model_dir, task, cache_dir)
+        if self.device == "cpu" and self._model_type in FUSABLE_MODEL_TYPES:
+            path = optimized_model(path, config, cache_dir)
+        if dtype == "int8":
+            path = quantized_model(path, cache_dir)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = len(os.sched_getaffinity(0))
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self._session = ort.InferenceSession(str(path), options, providers=providers)
+        logger.info("onnx model %s loaded in %.1fs (%s)", path.name, time.monotonic() - started, providers[0])
+
+        self._input_names = {i.name for i in self._session.get_inputs()}
+        outputs = [o.name for o in self._session.get_outputs()]
+        if self._is_classifier or pooling == "splade":
+            if "logits" not in outputs:
+                raise ValueError(f"the onnx model has no logits output (outputs: {outputs})")
+            self._output = "logits"
+        else:
+            found = [name for name in HIDDEN_OUTPUTS if name in outputs]
+            if not found:
+                raise ValueError(f"the onnx model has no hidden-state output (outputs: {outputs})")
+            self._output = found[0]
+        self._token_width = int(config.get("hidden_size") or config.get("dim") or 0)
+        self.hidden_size = int(config["vocab_size"]) if pooling == "splade" else self._token_width
+
+    @property
+    def is_classifier(self) -> bool:
+        return self._is_classifier
+
+    @property
+    def is_padded(self) -> bool:
+        return True
+
+    @property
+    def max_batch_size(self) -> int | None:
+        return None
+
+    def health(self) -> None:
+        return None
+
+    def embed(self, batch: ModelBatch) -> EmbedOutput:
+        if self._is_classifier:
+            raise ValueError("model is a classifier: use Predict")
+        if batch.raw_indices and self.pooling == "splade":
+            raise ValueError("`embed_all` is not available for SPLADE models")
+        pooled: dict[int, F32Array] = {}
+        raw: dict[int, F32Array] = {}
+        for chunk in padded_chunks(batch, self._chunk_tokens(), self._pad_token_id):
+            states = self._forward(chunk.input_ids, chunk.token_type_ids, chunk.attention_mask)
+            pooled_rows = [row for row, seq in enumerate(chunk.indices) if seq not in batch.raw_indices]
+            if pooled_rows:
+                values = pool(self.pooling, states[pooled_rows], chunk.attention_mask[pooled_rows])
+                for value, row in zip(values, pooled_rows):
+                    pooled[chunk.indices[row]] = value
+            for row, seq in enumerate(chunk.indices):
+                if seq in batch.raw_indices:
+                    raw[seq] = states[row, : int(chunk.lengths[row])]
+        width = self.hidden_size
+        return EmbedOutput(
+            pooled=np.stack([pooled[i] for i in sorted(pooled)]).astype(np.float32) if pooled else np.empty((0, width), np.float32),
+            token_rows=np.concatenate([raw[i] for i in sorted(raw)]).astype(np.float32)
+            if raw
+            else np.empty((0, self._token_width), np.float32),
+        )
+
+    def predict(self, batch: ModelBatch) -> F32Array:
+        if not self._is_classifier:
+            raise ValueError("model is not a classifier: use Embed")
+        rows: dict[int, F32Array] = {}
+        for chunk in padded_chunks(batch, self._chunk_tokens(), self._pad_token_id):
+            logits = self._forward(chunk.input_ids, chunk.token_type_ids, chunk.attention_mask)
+            for row, seq in enumerate(chunk.indices):
+                rows[seq] = logits[row]
+        return np.stack([rows[i] for i in range(batch.size)]).astype(np.float32)
+
+    def _forward(self, input_ids: np.ndarray, token_type_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        feed: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if "token_type_ids" in self._input_names:
+            feed["token_type_ids"] = token_type_ids
+        if "position_ids" in self._input_names:
+            feed["position_ids"] = np.broadcast_to(np.arange(input_ids.shape[1], dtype=np.int64), input_ids.shape)
+        (output,) = self._session.run([self._output], feed)
+        return np.asarray(output, dtype=np.float32)
+
+    def _chunk_tokens(self) -> int | None:
+        if self.pooling == "splade":
+            return SPLADE_CHUNK_TOKENS
+        return CPU_CHUNK_TOKENS if self.device == "cpu" else None
+
+
+# ------------------------------------------------------------------ model files and cache
+
+
+def resolve_onnx_model(model_dir: Path, task: str, cache_dir: Path) -> Path:
+    for candidate in (model_dir / "onnx" / "model.onnx", model_dir / "model.onnx"):
+        if candidate.is_file():
+            return candidate
+    target = cache_dir / "onnx" / _fingerprint(model_dir, task) / "model.onnx"
+    if target.is_file():
+        logger.info("reusing the ONNX export cached at %s", target.parent)
+        return target
+    logger.info("no ONNX file in %s: exporting it once with optimum (cached at %s)", model_dir, target.parent)
+    started = time.monotonic()
+    from optimum.exporters.onnx import main_export
+
+    target.parent.parent.mkdir(parents=True, exist_ok=True)
+    # Export into a scratch folder and rename it into place, so a crash midway
+    # never leaves a half-written model behind for the next start.
+    scratch = Path(tempfile.mkdtemp(dir=target.parent.parent, prefix=".export-"))
+    try:
+        main_export(str(model_dir), output=scratch, task=task, library_name="transformers", do_validation=False)
+        if not (scratch / "model.onnx").is_file():
+            raise ValueError(f"optimum produced no model.onnx for task {task}")
+        os.replace(scratch, target.parent)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    logger.info("exported in %.1fs", time.monotonic() - started)
+    return target
+
+
+def optimized_model(path: Path, config: dict[str, Any], cache_dir: Path) -> Path:
+    target = _derived_path(path, cache_dir, "optimized")
+    if target.is_file():
+        return target
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    heads = int(config.get("num_attention_heads") or 0)
+    hidden = int(config.get("hidden_size") or 0)
+    try:
+        optimized = optimize_model(str(path), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0)
+        _save_atomically(lambda p: optimized.save_model_to_file(str(p)), target)
+    except Exception as exc:  # an unfusable graph still runs, just slower
+        logger.warning("transformer fusions failed (%s); using the plain export", exc)
+        return path
+    logger.info("applied onnxruntime transformer fusions: %s", target)
+    return target
+
+
+def quantized_model(path: Path, cache_dir: Path) -> Path:
+    target = _derived_path(path, cache_dir, "int8")
+    if target.is_file():
+        return target
+    from onnx import TensorProto
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # Fused graphs hold contrib ops that shape inference cannot type; their
+    # outputs are float, which the quantizer must be told. Per-channel scales on
+    # the MatMul weights only: per-tensor scales (the default) cost MiniLM a
+    # cosine of ~0.89 to float32, per-channel ~0.99.
+    extra = {"DefaultTensorType": TensorProto.FLOAT}
+    _save_atomically(
+        lambda p: quantize_dynamic(
+            str(path), str(p), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
+            extra_options=extra,
+        ),
+        target,
+    )
+    logger.info("dynamically quantized to int8: %s", target)
+    return target
+
+
+def _derived_path(path: Path, cache_dir: Path, suffix: str) -> Path:
+    digest = hashlib.sha256(f"{CACHE_FORMAT}:{path.resolve()}:{path.stat().st_mtime_ns}:{path.stat().st_size}".encode())
+    return cache_dir / "onnx" / f"{digest.hexdigest()[:16]}-{suffix}" / "model.onnx"
+
+
+def _save_atomically(save: Any, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    save(scratch)
+    os.replace(scratch, target)
+
+
+def _fingerprint(model_dir: Path, task: str) -> str:
+    parts = [CACHE_FORMAT, str(model_dir.resolve()), task]
+    for name in sorted(os.listdir(model_dir)):
+        file = model_dir / name
+        if file.is_file() and (name.endswith((".json", ".safetensors", ".bin"))):
+            stat = file.stat()
+            parts.append(f"{name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
