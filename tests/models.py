@@ -85,3 +85,89 @@ def build_family_model(family: str, target: Path, tokenizer_source: Path, seed: 
     (target / "1_Pooling").mkdir()
     (target / "1_Pooling" / "config.json").write_text(json.dumps(pooling_config))
     return target
+
+
+REMOTE_CONFIG_CODE = '''
+from transformers import PretrainedConfig
+
+
+class TinyEncoderConfig(PretrainedConfig):
+    model_type = "tiny-encoder"
+
+    def __init__(self, vocab_size=30522, hidden_size=16, max_position_embeddings=128, **kwargs):
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.max_position_embeddings = max_position_embeddings
+        super().__init__(**kwargs)
+'''
+
+REMOTE_MODEL_CODE = '''
+import torch
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutput
+
+from .configuration_tiny import TinyEncoderConfig
+
+
+class TinyEncoderModel(PreTrainedModel):
+    """Embeddings, then each token mixed with the masked mean of its sequence."""
+
+    config_class = TinyEncoderConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.embeddings = torch.nn.Embedding(config.vocab_size, config.hidden_size)
+        self.mix = torch.nn.Linear(2 * config.hidden_size, config.hidden_size)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        states = self.embeddings(input_ids)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        weights = attention_mask.unsqueeze(-1).to(states.dtype)
+        context = (states * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True)
+        hidden = torch.tanh(self.mix(torch.cat([states, context.expand_as(states)], dim=-1)))
+        return BaseModelOutput(last_hidden_state=hidden)
+'''
+
+
+def build_remote_code_model(target: Path, tokenizer_source: Path, seed: int = 0) -> Path:
+    """A model whose architecture exists only in the model directory (auto_map)."""
+    import importlib.util
+    import sys
+
+    import torch
+
+    target.mkdir(parents=True)
+    package = target / "tiny_remote_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "configuration_tiny.py").write_text(REMOTE_CONFIG_CODE)
+    (package / "modeling_tiny.py").write_text(REMOTE_MODEL_CODE)
+    sys.path.insert(0, str(target))
+    try:
+        spec = importlib.util.find_spec("tiny_remote_pkg.modeling_tiny")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        config_module = sys.modules["tiny_remote_pkg.configuration_tiny"]
+        torch.manual_seed(seed)
+        config = config_module.TinyEncoderConfig()
+        config.auto_map = {
+            "AutoConfig": "configuration_tiny.TinyEncoderConfig",
+            "AutoModel": "modeling_tiny.TinyEncoderModel",
+        }
+        config.architectures = ["TinyEncoderModel"]
+        module.TinyEncoderModel(config).eval().save_pretrained(target)
+    finally:
+        sys.path.remove(str(target))
+        for name in [n for n in sys.modules if n.startswith("tiny_remote_pkg")]:
+            del sys.modules[name]
+    shutil.rmtree(package)
+    (target / "configuration_tiny.py").write_text(REMOTE_CONFIG_CODE)
+    (target / "modeling_tiny.py").write_text(REMOTE_MODEL_CODE)
+    for name in TOKENIZER_FILES:
+        shutil.copy(tokenizer_source / name, target / name)
+    (target / "1_Pooling").mkdir()
+    (target / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    return target

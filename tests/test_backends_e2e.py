@@ -1,0 +1,92 @@
+"""Backend choice through the launcher, with real processes: the remote-code
+fallback, ONNX int8, and start-up failures that name model, backend and reason."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT, short_socket_prefix, start_server
+from tests.models import build_remote_code_model
+
+TEXTS = ["remote code models load in their own process", "short one", "Zürich 東京 café"]
+
+
+def _embed(url: str, texts: list[str], **extra: object) -> np.ndarray:
+    response = httpx.post(f"{url}/embed", json={"inputs": texts, **extra}, timeout=60)
+    assert response.status_code == 200, response.text
+    return np.asarray(response.json(), dtype=np.float32)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("backend_flag", [["--backend", "python"], []], ids=["explicit", "auto"])
+def test_remote_code_model_served_by_the_python_backend(
+    backend_flag: list[str], tmp_path: Path, model_dir: Path
+) -> None:
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    remote = build_remote_code_model(tmp_path / "remote", model_dir)
+    with start_server("--model-id", str(remote), *backend_flag, tmp_dir=tmp_path) as server:
+        assert httpx.get(f"{server.url}/info").json()["backend"] == "python"
+        got = _embed(server.url, TEXTS)
+    tokenizer = AutoTokenizer.from_pretrained(remote)
+    model = AutoModel.from_pretrained(remote, trust_remote_code=True).eval()
+    with torch.inference_mode():
+        expected = np.stack([model(**tokenizer(t, return_tensors="pt")).last_hidden_state[0].mean(0).numpy()
+                             for t in TEXTS])
+    assert _cosine(got, expected).min() >= 0.9999
+
+
+def test_auto_picks_onnx_on_cpu_and_int8_stays_close(tmp_path: Path, sentence_transformer) -> None:  # type: ignore[no-untyped-def]
+    with start_server(tmp_dir=tmp_path) as server:
+        info = httpx.get(f"{server.url}/info").json()
+        assert (info["backend"], info["model_dtype"]) == ("onnx", "float32")
+        float32 = _embed(server.url, TEXTS)
+    with start_server("--dtype", "int8", tmp_dir=tmp_path) as server:
+        assert httpx.get(f"{server.url}/info").json()["model_dtype"] == "int8"
+        int8 = _embed(server.url, TEXTS)
+    assert _cosine(float32, sentence_transformer.encode(TEXTS)).min() >= 0.9999
+    assert _cosine(int8, float32).min() >= 0.97
+
+
+def _launch(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "launcher", "--port", "0", "--uds-path", short_socket_prefix(), *args],
+        capture_output=True, text=True, timeout=180, cwd=ROOT,
+    )
+
+
+def test_unknown_architecture_without_remote_code(tmp_path: Path, model_dir: Path) -> None:
+    mystery = tmp_path / "mystery"
+    shutil.copytree(model_dir, mystery)
+    config = json.loads((mystery / "config.json").read_text())
+    config.update(model_type="mystery-net", architectures=["MysteryModel"])
+    (mystery / "config.json").write_text(json.dumps(config))
+    result = _launch("--model-id", str(mystery))
+    assert result.returncode == 3
+    [line] = [line for line in result.stderr.splitlines() if "cannot load" in line]
+    assert str(mystery) in line and "torch backend" in line and "mystery-net" in line
+
+
+def test_int8_needs_the_onnx_backend(model_dir: Path) -> None:
+    result = _launch("--backend", "torch", "--dtype", "int8")
+    assert result.returncode == 2
+    [line] = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert "with the torch backend: --dtype int8 needs --backend onnx" in line and str(model_dir) in line
+
+
+def test_float16_on_cpu_is_refused_by_the_backend(model_dir: Path) -> None:
+    result = _launch("--backend", "torch", "--dtype", "float16")
+    assert result.returncode == 3
+    assert "dtype float16 needs a GPU" in result.stderr
