@@ -14,7 +14,8 @@ import numpy as np
 
 from bench.corpus import Corpus, build_corpus
 from bench.load import LoadResult, run_load
-from bench.report import RunReport, format_table, write_json
+from bench.report import RunReport, SuiteReport, format_suite, write_json
+from bench.scenarios import DEFAULT_SCENARIOS, SCENARIOS, Scenario
 from bench.server import ServerError, ServerProcess, free_port, server_command
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -27,6 +28,7 @@ class Options:
     texts: int
     seed: int
     server_args: list[str]
+    scenarios: list[str]
     model_dir: Path
     skip_baseline: bool
     json_out: Path
@@ -60,6 +62,8 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument("--texts", type=int, default=600, help="texts in the corpus")
     parser.add_argument("--seed", type=int, default=0, help="corpus seed")
     parser.add_argument("--server-args", default="", help='extra embedserve flags, e.g. "--max-batch-tokens 8192"')
+    parser.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS),
+                        help=f"comma-separated runs among {', '.join(SCENARIOS)}")
     parser.add_argument("--model-id", default=None, help="local model directory (default: the bundled MiniLM)")
     parser.add_argument("--skip-baseline", action="store_true", help="only benchmark the server")
     parser.add_argument("--json-out", default=None, help="results file (default: bench/results/<timestamp>.json)")
@@ -71,8 +75,12 @@ def parse_args(argv: list[str] | None) -> Options:
         parser.error(f"{model_dir} is not a local model directory with a vocab.txt")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     json_out = Path(args.json_out) if args.json_out else RESULTS_DIR / f"{stamp}.json"
+    scenarios = [name.strip() for name in args.scenarios.split(",") if name.strip()]
+    unknown = [name for name in scenarios if name not in SCENARIOS]
+    if unknown or not scenarios:
+        parser.error(f"unknown scenarios {unknown}; choose among {', '.join(SCENARIOS)}")
     return Options(concurrency=args.concurrency, texts=args.texts, seed=args.seed,
-                   server_args=shlex.split(args.server_args), model_dir=model_dir,
+                   server_args=shlex.split(args.server_args), scenarios=scenarios, model_dir=model_dir,
                    skip_baseline=args.skip_baseline, json_out=json_out)
 
 
@@ -96,9 +104,10 @@ def min_cosine(baseline: np.ndarray, corpus: Corpus, server: LoadResult) -> floa
     return float(cos.min())
 
 
-def run_server_phase(opts: Options, corpus: Corpus) -> LoadResult:
+def run_server_phase(opts: Options, corpus: Corpus, scenario: Scenario) -> LoadResult:
     port = free_port()
-    server = ServerProcess(command=server_command(opts.model_dir, port, opts.server_args), port=port)
+    args = [*scenario.server_args, *opts.server_args]
+    server = ServerProcess(command=server_command(opts.model_dir, port, args), port=port)
     print(f"starting server: {shlex.join(server.command)}", flush=True)
     server.start()
     try:
@@ -125,33 +134,42 @@ def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
     corpus = build_corpus(opts.model_dir, opts.texts, opts.seed)
     print(f"corpus: {len(corpus)} texts in {len(corpus.requests)} requests (seed {opts.seed})", flush=True)
+    scenarios = [SCENARIOS[name] for name in opts.scenarios]
 
-    baseline = None
+    # Baselines first, one per engine, while no server holds the cores.
+    baselines = {}
     if not opts.skip_baseline:
         from bench.baseline import run_baseline
 
-        print("baseline: sentence-transformers encode(batch_size=32) in-process", flush=True)
-        baseline = run_baseline(opts.model_dir, corpus.texts)
+        for backend in dict.fromkeys(s.baseline_backend for s in scenarios if s.baseline_backend):
+            print(f"baseline: sentence-transformers backend={backend!r} encode(batch_size=32) in-process", flush=True)
+            baselines[backend] = run_baseline(opts.model_dir, corpus.texts, backend)
 
-    try:
-        server = run_server_phase(opts, corpus)
-    except ServerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    runs: list[RunReport] = []
+    failed = False
+    for scenario in scenarios:
+        try:
+            server = run_server_phase(opts, corpus, scenario)
+        except ServerError as exc:
+            print(f"error: {scenario.name}: {exc}", file=sys.stderr)
+            return 1
+        for failure in server.failures:
+            failed = True
+            print(f"error: {scenario.name}: request {failure.request_index}: status {failure.status}: "
+                  f"{failure.detail}", file=sys.stderr)
+        baseline = baselines.get(scenario.baseline_backend or "")
+        cosine = min_cosine(baseline.embeddings, corpus, server) if baseline is not None else None
+        runs.append(RunReport(scenario=scenario, baseline=baseline, server=server, min_cosine=cosine))
 
-    for failure in server.failures:
-        print(f"error: request {failure.request_index}: status {failure.status}: {failure.detail}", file=sys.stderr)
-
-    cosine = min_cosine(baseline.embeddings, corpus, server) if baseline is not None else None
     config = {"concurrency": opts.concurrency, "texts": opts.texts, "requests": len(corpus.requests),
               "seed": opts.seed, "server_args": opts.server_args, "model_dir": str(opts.model_dir),
               "cpu_count": os.cpu_count(), "timestamp": datetime.now().isoformat(timespec="seconds")}
-    report = RunReport(config=config, baseline=baseline, server=server, min_cosine=cosine)
+    suite = SuiteReport(config=config, runs=runs, corpus=corpus)
     print()
-    print(format_table(report))
-    write_json(report, opts.json_out)
+    print(format_suite(suite))
+    write_json(suite, opts.json_out)
     print(f"results: {opts.json_out}")
-    return 1 if server.failures else 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -29,11 +29,13 @@ class BaselineResult:
         return self.tokens / self.seconds
 
 
-def run_baseline(model_dir: Path, texts: list[str]) -> BaselineResult:
+def run_baseline(model_dir: Path, texts: list[str], backend: str = "torch") -> BaselineResult:
+    """`backend` is sentence-transformers' own: "torch" or "onnx" (ONNX Runtime,
+    exported on the fly when the model ships no ONNX file)."""
     # Imported here so --skip-baseline runs never pay for loading torch in this process.
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(model_dir), device="cpu")
+    model = SentenceTransformer(str(model_dir), device="cpu", backend=backend)
     try:
         # Count what the model actually sees: special tokens included, truncated
         # like encode() truncates, so tokens/s matches the server's x-compute-tokens.

@@ -1,4 +1,4 @@
-"""The printed table and the JSON record of one benchmark run."""
+"""The printed table and the JSON record of one benchmark suite."""
 
 from __future__ import annotations
 
@@ -8,16 +8,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.baseline import BaselineResult
-from bench.load import LoadResult
+import numpy as np
 
-TARGET_RATIO = 0.80
+from bench.baseline import BaselineResult
+from bench.corpus import Corpus
+from bench.load import LoadResult
+from bench.scenarios import Scenario
 
 
 @dataclass
 class RunReport:
-    config: dict[str, Any]
-    baseline: BaselineResult | None
+    scenario: Scenario
+    baseline: BaselineResult | None  # sentence-transformers in-process, same engine
     server: LoadResult
     min_cosine: float | None  # server vectors versus baseline vectors, same texts
 
@@ -27,22 +29,55 @@ class RunReport:
             return None
         return self.server.texts_per_s / self.baseline.texts_per_s
 
+
+@dataclass
+class SuiteReport:
+    config: dict[str, Any]
+    runs: list[RunReport]
+    corpus: Corpus
+
+    def run(self, name: str) -> RunReport | None:
+        return next((r for r in self.runs if r.scenario.name == name), None)
+
+    def int8_figures(self) -> tuple[float, float | None] | None:
+        """Speed-up of int8 over float32 ONNX serving, and the smallest cosine between them."""
+        int8, float32 = self.run("onnx-int8"), self.run("onnx")
+        if int8 is None or float32 is None or float32.server.texts_per_s <= 0:
+            return None
+        return int8.server.texts_per_s / float32.server.texts_per_s, _min_cosine(int8.server, float32.server)
+
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"config": self.config}
-        if self.baseline is not None:
-            b = self.baseline
-            out["baseline"] = {"texts": b.texts, "seconds": b.seconds, "tokens": b.tokens,
-                               "texts_per_s": b.texts_per_s, "tokens_per_s": b.tokens_per_s}
-        s = self.server
-        out["server"] = {"texts": s.texts, "seconds": s.seconds, "tokens": s.tokens,
-                         "texts_per_s": s.texts_per_s, "tokens_per_s": s.tokens_per_s,
-                         "latency_p50_ms": s.latency_ms(0.50), "latency_p99_ms": s.latency_ms(0.99),
-                         "requests": len(s.latencies_s) + sum(f.status is None for f in s.failures),
-                         "errors": len(s.failures)}
-        out["ratio_texts_per_s"] = self.ratio
-        out["target_ratio"] = TARGET_RATIO
-        out["min_cosine_vs_baseline"] = self.min_cosine
+        out: dict[str, Any] = {"config": self.config, "runs": {}}
+        for run in self.runs:
+            s = run.server
+            entry: dict[str, Any] = {
+                "server_args": list(run.scenario.server_args),
+                "server": {"texts": s.texts, "seconds": s.seconds, "tokens": s.tokens,
+                           "texts_per_s": s.texts_per_s, "tokens_per_s": s.tokens_per_s,
+                           "latency_p50_ms": s.latency_ms(0.50), "latency_p99_ms": s.latency_ms(0.99),
+                           "errors": len(s.failures)},
+                "ratio_texts_per_s": run.ratio,
+                "target_ratio": run.scenario.target_ratio,
+                "min_cosine_vs_baseline": run.min_cosine,
+            }
+            if run.baseline is not None:
+                b = run.baseline
+                entry["baseline"] = {"backend": run.scenario.baseline_backend, "texts": b.texts, "seconds": b.seconds,
+                                     "tokens": b.tokens, "texts_per_s": b.texts_per_s, "tokens_per_s": b.tokens_per_s}
+            out["runs"][run.scenario.name] = entry
+        figures = self.int8_figures()
+        if figures is not None:
+            out["int8"] = {"speedup_vs_float32": figures[0], "min_cosine_vs_float32": figures[1]}
         return out
+
+
+def _min_cosine(a: LoadResult, b: LoadResult) -> float | None:
+    common = sorted(set(a.embeddings) & set(b.embeddings))
+    if not common:
+        return None
+    x = np.concatenate([a.embeddings[i] for i in common])
+    y = np.concatenate([b.embeddings[i] for i in common])
+    return float(((x * y).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1))).min())
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -51,27 +86,44 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return f"{value:.{digits}f}"
 
 
-def format_table(report: RunReport) -> str:
-    header = f"{'':<9}{'texts':>7}{'seconds':>9}{'texts/s':>9}{'tokens/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+def format_suite(suite: SuiteReport) -> str:
+    header = (f"{'':<22}{'texts':>7}{'seconds':>9}{'texts/s':>9}{'tokens/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+              f"{'errors':>8}")
     lines = [header, "-" * len(header)]
-    if report.baseline is not None:
-        b = report.baseline
-        lines.append(f"{'baseline':<9}{b.texts:>7}{b.seconds:>9.2f}{b.texts_per_s:>9.1f}{b.tokens_per_s:>10.0f}"
-                     f"{'-':>9}{'-':>9}{'-':>8}")
-    s = report.server
-    lines.append(f"{'server':<9}{s.texts:>7}{s.seconds:>9.2f}{s.texts_per_s:>9.1f}{s.tokens_per_s:>10.0f}"
-                 f"{_fmt(s.latency_ms(0.50)):>9}{_fmt(s.latency_ms(0.99)):>9}{len(s.failures):>8}")
-    ratio = report.ratio
-    lines.append(f"ratio server/baseline (texts/s): {_fmt(ratio, 2) if ratio is not None else 'n/a (no baseline)'}")
-    lines.append(f"target >= {TARGET_RATIO:.2f}")
-    if report.baseline is not None and report.baseline.tokens != report.server.tokens:
-        # A mismatch means the server truncates or adds special tokens differently.
-        lines.append(f"note: token counts differ (baseline {report.baseline.tokens}, server {report.server.tokens})")
-    if report.min_cosine is not None:
-        lines.append(f"min cosine server vs baseline: {report.min_cosine:.5f}")
+    shown: set[str] = set()
+    for run in suite.runs:
+        b = run.baseline
+        if b is not None and run.scenario.baseline_backend not in shown:
+            shown.add(run.scenario.baseline_backend or "")
+            name = f"ST in-process {run.scenario.baseline_backend}"
+            lines.append(f"{name:<22}{b.texts:>7}{b.seconds:>9.2f}{b.texts_per_s:>9.1f}{b.tokens_per_s:>10.0f}"
+                         f"{'-':>9}{'-':>9}{'-':>8}")
+    for run in suite.runs:
+        s = run.server
+        name = f"server {run.scenario.name}"
+        lines.append(f"{name:<22}{s.texts:>7}{s.seconds:>9.2f}{s.texts_per_s:>9.1f}{s.tokens_per_s:>10.0f}"
+                     f"{_fmt(s.latency_ms(0.50)):>9}{_fmt(s.latency_ms(0.99)):>9}{len(s.failures):>8}")
+    lines.append("")
+    for run in suite.runs:
+        if run.ratio is None:
+            continue
+        target = run.scenario.target_ratio
+        verdict = "" if target is None else f"  (target >= {target:.2f}: {'met' if run.ratio >= target else 'MISSED'})"
+        lines.append(f"ratio server {run.scenario.name} / ST {run.scenario.baseline_backend} (texts/s): "
+                     f"{run.ratio:.2f}{verdict}")
+        if run.min_cosine is not None:
+            lines.append(f"  min cosine server {run.scenario.name} vs ST {run.scenario.baseline_backend}: "
+                         f"{run.min_cosine:.5f}")
+        if run.baseline is not None and run.baseline.tokens != run.server.tokens:
+            # A mismatch means the server truncates or adds special tokens differently.
+            lines.append(f"  note: token counts differ (baseline {run.baseline.tokens}, server {run.server.tokens})")
+    figures = suite.int8_figures()
+    if figures is not None:
+        speedup, cosine = figures
+        lines.append(f"int8 vs float32 (onnx server): speed-up {speedup:.2f}x, min cosine {_fmt(cosine, 5)}")
     return "\n".join(lines)
 
 
-def write_json(report: RunReport, path: Path) -> None:
+def write_json(suite: SuiteReport, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(suite.to_json(), indent=2) + "\n", encoding="utf-8")
