@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hostname", default=_env("HOSTNAME", "0.0.0.0"),
                    help="IP address to bind; a non-IP value binds 0.0.0.0 [env HOSTNAME]")
     p.add_argument("-p", "--port", type=int, default=int(_env("PORT", "3000") or 3000), help="HTTP port [env PORT]")
+    p.add_argument("--grpc-port", type=int, default=int(_env("GRPC_PORT", "50051") or 50051),
+                   help="Port of the tei.v1 gRPC API, served beside HTTP from the same queue; 0 turns it off "
+                   "[env GRPC_PORT]")
     p.add_argument("--uds-path", default=_env("UDS_PATH", "/tmp/text-embeddings-inference-server"),
                    help="Prefix of the Unix sockets of the backends and tokenizer workers [env UDS_PATH]")
     p.add_argument("--api-key", default=_env("API_KEY"),

@@ -99,6 +99,10 @@ def decode_body(body: bytes, schema: type[T]) -> T:
         raise ValidationError(f"Failed to deserialize the JSON body into the target type: {exc}") from exc
     except msgspec.DecodeError as exc:
         raise MalformedRequestError(f"Failed to parse the request body as JSON: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise MalformedRequestError(f"Failed to parse the request body as JSON: invalid UTF-8: {exc}") from exc
+    except RecursionError as exc:
+        raise MalformedRequestError("Failed to parse the request body as JSON: nested too deeply") from exc
 
 
 def parse_inputs(raw: str | list[Any]) -> tuple[list[Input], bool]:

@@ -34,8 +34,8 @@ def json_response(content: Any, status_code: int = 200, headers: dict[str, str] 
 
 
 async def read_json_body(request: Request, limit: int) -> bytes:
-    content_type = request.headers.get("content-type", "")
-    if "application/json" not in content_type.lower():
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
         raise UnsupportedMediaError("Expected request with `Content-Type: application/json`")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:

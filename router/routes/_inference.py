@@ -45,7 +45,8 @@ def endpoint(schema: type[B], handler: Handler[B], *, openai_errors: bool = Fals
         except EmbedServeError as exc:
             state.metrics.request_failure.inc(err=exc.metric_label)
             if openai_errors:
-                return json_response(exc.to_openai_body(), status_code=exc.status)
+                headers = {"connection": "close"} if exc.status in (413, 415) else None
+                return json_response(exc.to_openai_body(), status_code=exc.status, headers=headers)
             raise
         headers = None
         if outcome.metadata is not None:
