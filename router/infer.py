@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,6 +30,10 @@ from tokenizer_pool.pool import (
     TokenizerPool,
     TokenizerUnavailableError,
 )
+
+
+Family = Literal["embed", "predict"]
+Method = Literal["single", "batch"]
 
 
 @dataclass(frozen=True)
@@ -73,20 +78,51 @@ class InferenceResult:
 
 
 class Permits:
-    """Non-blocking concurrency permits, counted per input (TEI's semaphore)."""
+    """Concurrency permits, counted per input (TEI's semaphore).
+
+    HTTP and unary gRPC calls try and get 429 / RESOURCE_EXHAUSTED at once;
+    gRPC stream items wait their turn, first come first served.
+    """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.available = capacity
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
 
     def try_acquire(self, count: int) -> bool:
-        if count > self.available:
+        if count > self.available or self._waiters:
             return False
         self.available -= count
         return True
 
+    async def acquire(self, count: int) -> None:
+        if count > self.capacity:
+            raise OverloadedError()  # could never be granted
+        if self.try_acquire(count):
+            return
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((count, granted))
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self.release(count)  # granted just as the waiter went away
+            else:
+                self._waiters.remove((count, granted))
+                self._wake()
+            raise
+
     def release(self, count: int) -> None:
         self.available = min(self.capacity, self.available + count)
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self._waiters[0][0] <= self.available:
+            count, granted = self._waiters.popleft()
+            if granted.done():
+                continue
+            self.available -= count
+            granted.set_result(None)
 
 
 class Inference:
@@ -96,10 +132,41 @@ class Inference:
         self._metrics = metrics
         self.permits = Permits(max_concurrent_requests)
 
-    async def run(self, inputs: list[Input], options: EncodeOptions, raw: bool = False) -> InferenceResult:
-        """Tokenize, queue and run every input; `raw` asks for per-token vectors."""
+    async def run(
+        self,
+        inputs: list[Input],
+        options: EncodeOptions,
+        *,
+        raw: bool = False,
+        family: Family = "embed",
+        method: Method = "single",
+        wait_for_permit: bool = False,
+    ) -> InferenceResult:
+        """Tokenize, queue and run every input, and count it in the metrics.
+
+        `raw` asks for per-token vectors; `wait_for_permit` queues for capacity
+        instead of failing with 429 (gRPC streams).
+        """
+        metrics = self._metrics
+        metrics.request_count.inc(method=method)
+        (metrics.embed_count if family == "embed" else metrics.predict_count).inc(len(inputs))
+        result = await self._run(inputs, options, raw, wait_for_permit)
+        (metrics.embed_success if family == "embed" else metrics.predict_success).inc(len(inputs))
+        metrics.request_success.inc(method=method)
+        meta = result.metadata
+        metrics.request_tokenization_duration.observe(meta.tokenization_time_s)
+        metrics.request_queue_duration.observe(meta.queue_time_s)
+        metrics.request_inference_duration.observe(meta.inference_time_s)
+        durations = metrics.embed_durations if family == "embed" else metrics.predict_durations
+        for _ in inputs:
+            durations.observe(meta)
+        return result
+
+    async def _run(self, inputs: list[Input], options: EncodeOptions, raw: bool, wait_for_permit: bool) -> InferenceResult:
         started = time.perf_counter()
-        if not self.permits.try_acquire(len(inputs)):
+        if wait_for_permit:
+            await self.permits.acquire(len(inputs))
+        elif not self.permits.try_acquire(len(inputs)):
             raise OverloadedError()
         try:
             encodings = await self._encode(inputs, options)

@@ -8,16 +8,17 @@ import base64
 import numpy as np
 from starlette.requests import Request
 
-from router.errors import EmptyInputError, ModelTypeError
+from router.errors import EmptyInputError
 from router.infer import EncodeOptions
-from router.routes._inference import (
-    Outcome,
-    encode_options,
-    endpoint,
+from router.model_ops import (
+    require_dense,
     require_embedding,
+    require_splade,
+    require_token_embeddings,
     resolve_prompt,
-    run_inputs,
+    sparse_entries,
 )
+from router.routes._inference import Outcome, encode_options, endpoint, run_inputs
 from router.schemas import (
     EmbedAllRequest,
     EmbedRequest,
@@ -33,45 +34,36 @@ from router.vectors import finish_embeddings
 
 
 async def handle_embed(request: Request, state: AppState, body: EmbedRequest) -> Outcome:
-    require_embedding(state)
-    if state.settings.is_splade and body.normalize:
-        raise ModelTypeError("Backend error: `normalize` is not available for SPLADE models")
+    require_dense(state.settings, body.normalize)
     inputs, is_batch = parse_inputs(body.inputs)
     check_batch_size(len(inputs), state.settings.max_client_batch_size)
     check_dimensions(body.dimensions, state.facts.hidden_size)
-    options = encode_options(state, body.truncate, body.truncation_direction, resolve_prompt(state, body.prompt_name))
+    options = encode_options(state, body.truncate, body.truncation_direction, resolve_prompt(state.settings, body.prompt_name))
     result = await run_inputs(request, state, inputs, options, "batch" if is_batch else "single", "embed")
     return Outcome(finish_embeddings(result.rows, body.normalize, body.dimensions), result.metadata)
 
 
 async def handle_embed_all(request: Request, state: AppState, body: EmbedAllRequest) -> Outcome:
-    require_embedding(state)
-    if state.settings.is_splade:
-        raise ModelTypeError("Backend error: `embed_all` is not available for SPLADE models")
+    require_token_embeddings(state.settings)
     inputs, is_batch = parse_inputs(body.inputs)
     check_batch_size(len(inputs), state.settings.max_client_batch_size)
-    options = encode_options(state, body.truncate, body.truncation_direction, resolve_prompt(state, body.prompt_name))
+    options = encode_options(state, body.truncate, body.truncation_direction, resolve_prompt(state.settings, body.prompt_name))
     result = await run_inputs(request, state, inputs, options, "batch" if is_batch else "single", "embed", raw=True)
     return Outcome(result.rows, result.metadata)
 
 
 async def handle_embed_sparse(request: Request, state: AppState, body: EmbedSparseRequest) -> Outcome:
-    if state.settings.model_type != "embedding" or not state.settings.is_splade:
-        raise ModelTypeError("Backend error: Model is not an embedding model with SPLADE pooling")
+    require_splade(state.settings)
     inputs, is_batch = parse_inputs(body.inputs)
     check_batch_size(len(inputs), state.settings.max_client_batch_size)
-    options = encode_options(state, body.truncate, body.truncation_direction, resolve_prompt(state, body.prompt_name))
+    options = encode_options(state, body.truncate, body.truncation_direction, resolve_prompt(state.settings, body.prompt_name))
     result = await run_inputs(request, state, inputs, options, "batch" if is_batch else "single", "embed")
-    return Outcome([_sparsify(row) for row in result.rows], result.metadata)
-
-
-def _sparsify(row: np.ndarray) -> list[dict[str, object]]:
-    indices = np.flatnonzero(row)
-    return [{"index": int(i), "value": float(row[i])} for i in indices]
+    sparse = [[{"index": i, "value": v} for i, v in sparse_entries(row)] for row in result.rows]
+    return Outcome(sparse, result.metadata)
 
 
 async def handle_similarity(request: Request, state: AppState, body: SimilarityRequest) -> Outcome:
-    require_embedding(state)
+    require_embedding(state.settings)
     sentences = body.inputs.sentences
     if not sentences:
         raise EmptyInputError("`inputs.sentences` cannot be empty")
@@ -81,7 +73,7 @@ async def handle_similarity(request: Request, state: AppState, body: SimilarityR
         state,
         params.truncate if params else None,
         params.truncation_direction if params else "right",
-        resolve_prompt(state, params.prompt_name if params else None),
+        resolve_prompt(state.settings, params.prompt_name if params else None),
     )
     if not body.inputs.source_sentence or not all(sentences):
         raise EmptyInputError("Input validation error: `inputs` cannot be empty")
@@ -95,9 +87,7 @@ async def handle_similarity(request: Request, state: AppState, body: SimilarityR
 
 
 async def handle_openai(request: Request, state: AppState, body: OpenAIEmbeddingsRequest) -> Outcome:
-    require_embedding(state)
-    if state.settings.is_splade:
-        raise ModelTypeError("Backend error: `normalize` is not available for SPLADE models")
+    require_dense(state.settings, normalize=True)
     inputs, is_batch = parse_inputs(body.input)
     check_batch_size(len(inputs), state.settings.max_client_batch_size)
     check_dimensions(body.dimensions, state.facts.hidden_size)

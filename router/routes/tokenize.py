@@ -5,7 +5,8 @@ from __future__ import annotations
 from starlette.requests import Request
 
 from router.errors import EmptyInputError, TokenizerError, input_validation
-from router.routes._inference import Outcome, endpoint, resolve_prompt
+from router.model_ops import resolve_prompt
+from router.routes._inference import Outcome, endpoint
 from router.schemas import DecodeRequest, TokenizeRequest, check_batch_size, parse_decode_ids
 from router.state import AppState
 from tokenizer_pool.pool import InvalidInputError, TokenizationError
@@ -16,7 +17,7 @@ async def handle_tokenize(request: Request, state: AppState, body: TokenizeReque
     if not inputs:
         raise EmptyInputError("`inputs` cannot be empty")
     check_batch_size(len(inputs), state.settings.max_client_batch_size)
-    prompt = resolve_prompt(state, body.prompt_name)
+    prompt = resolve_prompt(state.settings, body.prompt_name)
     try:
         results = await state.tokenizers.tokenize(inputs, body.add_special_tokens, prompt)
     except TokenizationError as exc:
