@@ -51,6 +51,8 @@ STARTUP_TIMEOUT_S = float(os.environ.get("EMBEDSERVE_STARTUP_TIMEOUT_S", "600"))
 CACHE_DIR = Path(os.environ.get("EMBEDSERVE_CACHE_DIR") or Path.home() / ".cache" / "embedserve")
 # TEI's TASK: "sentence-similarity" makes POST / answer as /similarity.
 TASK = os.environ.get("TASK", "")
+# TEI's bound on the items of one gRPC stream in flight at once.
+GRPC_MAX_PARALLEL_STREAM_REQUESTS = int(os.environ.get("GRPC_MAX_PARALLEL_STREAM_REQUESTS", "1024"))
 WORKER_STOP_TIMEOUT_S = 10.0
 SUPERVISE_TICK_S = 0.5
 # Unix socket paths beyond ~107 bytes fail to bind on Linux.
@@ -453,7 +455,7 @@ def build_children(plan: LaunchPlan) -> tuple[list[ChildProcess], list[ChildProc
         pooling=pooling, tokenization_workers=args.tokenization_workers,
         graceful_timeout_s=args.graceful_timeout, model_type=plan.spec.model_type,
         id2label=plan.spec.id2label, label2id=plan.spec.label2id, cors_allow_origin=args.cors_allow_origin or [],
-        task=TASK,
+        task=TASK, grpc_port=args.grpc_port, grpc_max_parallel_stream_requests=GRPC_MAX_PARALLEL_STREAM_REQUESTS,
     )
     if args.revision is not None:
         rconfig.revision = args.revision

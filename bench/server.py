@@ -44,6 +44,7 @@ def server_command(model_dir: Path, port: int, extra_args: list[str]) -> list[st
         "--hostname", HOST,
         "--port", str(port),
         "--uds-path", f"/tmp/esb-{os.getpid()}",
+        "--grpc-port", "0",  # the bench drives HTTP only; never collide on the default port
         *extra_args,
     ]
 

@@ -20,6 +20,7 @@ from router.backend_client import BackendClient
 from router.batch_queue import BatchQueue
 from router.dispatcher import Dispatcher, Kind
 from router.errors import EmbedServeError
+from router.grpc_api.server import GrpcFrontend
 from router.infer import Inference
 from router.metrics import Metrics
 from router.routes import default, embed, health, predict, tokenize
@@ -107,6 +108,11 @@ def create_app(settings: RouterSettings) -> Starlette:
         state.dispatcher.start()
         app.state.embedserve = state
         app.state.openapi_document = None
+        grpc_frontend = None
+        if settings.grpc_port:
+            grpc_frontend = GrpcFrontend(state)
+            await grpc_frontend.start()
+            state.on_drain.append(lambda: grpc_frontend.begin_drain(settings.graceful_timeout_s))
         logger.info(
             "router ready: %d backend(s), %d tokenizer worker(s), padded=%s, max_batch_tokens=%d",
             len(state.backends),
@@ -117,6 +123,8 @@ def create_app(settings: RouterSettings) -> Starlette:
         try:
             yield
         finally:
+            if grpc_frontend is not None:
+                await grpc_frontend.stop(settings.graceful_timeout_s)
             await close_services(state)
 
     routes = [

@@ -51,7 +51,7 @@ async def run(settings: RouterSettings) -> None:
         logger.info("draining in-flight requests (up to %.0fs)", settings.graceful_timeout_s)
         state = getattr(app.state, "embedserve", None)
         if state is not None:
-            state.draining = True
+            state.begin_drain()
 
     await serve(app, config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
     logger.info("router stopped")

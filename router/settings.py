@@ -37,6 +37,8 @@ class RouterSettings:
     label2id: dict[str, int] = field(default_factory=dict)
     cors_allow_origin: tuple[str, ...] = ()
     task: str = ""
+    grpc_port: int = 0
+    grpc_max_parallel_stream_requests: int = 1024
 
     @property
     def is_splade(self) -> bool:
@@ -77,4 +79,6 @@ class RouterSettings:
             label2id=dict(config.label2id),
             cors_allow_origin=tuple(config.cors_allow_origin),
             task=config.task,
+            grpc_port=config.grpc_port,
+            grpc_max_parallel_stream_requests=config.grpc_max_parallel_stream_requests or 1024,
         )

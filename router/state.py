@@ -5,7 +5,8 @@ Built in the app's lifespan; no module-level state anywhere in the router.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from router.backend_client import BackendClient
 from router.batch_queue import BatchQueue
@@ -38,3 +39,12 @@ class AppState:
     dispatcher: Dispatcher
     inference: Inference
     draining: bool = False
+    # Called once when SIGTERM starts the drain (the gRPC server stops taking calls).
+    on_drain: list[Callable[[], None]] = field(default_factory=list)
+
+    def begin_drain(self) -> None:
+        if self.draining:
+            return
+        self.draining = True
+        for callback in self.on_drain:
+            callback()

@@ -50,6 +50,7 @@ class RunningServer:
     uds_prefix: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    grpc_target: str = ""
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -91,13 +92,14 @@ def _wait_healthy(server: RunningServer) -> None:
 
 @contextmanager
 def start_server(*args: str, tmp_dir: Path, expect_clean_exit: bool = True) -> Iterator[RunningServer]:
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     uds = short_socket_prefix()
     log_path = tmp_dir / f"embedserve-{port}.log"
-    argv = [sys.executable, "-m", "launcher", "--hostname", "127.0.0.1", "--port", str(port), "--uds-path", uds, *args]
+    argv = [sys.executable, "-m", "launcher", "--hostname", "127.0.0.1", "--port", str(port), "--uds-path", uds,
+            "--grpc-port", str(grpc_port), *args]
     with log_path.open("wb") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    server = RunningServer(f"http://127.0.0.1:{port}", uds, process, log_path)
+    server = RunningServer(f"http://127.0.0.1:{port}", uds, process, log_path, f"127.0.0.1:{grpc_port}")
     try:
         _wait_healthy(server)
         yield server

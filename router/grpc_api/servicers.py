@@ -1,0 +1,352 @@
+"""The tei.v1 services, on the same tokenizer pool, queue and permits as HTTP.
+
+gRPC differs from HTTP where TEI's does (tei-contract §4.4): one input per
+message; `truncate` is a plain bool defaulting to false; unary calls fail fast
+when no permit is free, stream items and rerank texts wait for one; streams
+answer in order, and a stream the client abandons takes its pending items out
+of the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Literal, NoReturn, TypeVar
+
+import grpc
+import numpy as np
+
+from proto.gen_pb import tei_pb2, tei_pb2_grpc
+from router.errors import EmbedServeError, EmptyInputError, TokenizerError, ValidationError, input_validation
+from router.infer import EncodeOptions, Family, InferenceResult, ResponseMetadata
+from router.model_ops import (
+    ranked_predictions,
+    require_classifier,
+    require_dense,
+    require_reranker,
+    require_splade,
+    require_token_embeddings,
+    rerank_order,
+    resolve_prompt,
+    sparse_entries,
+)
+from router.routes.health import VERSION
+from router.schemas import check_batch_size, check_dimensions
+from router.state import AppState
+from router.vectors import finish_embeddings
+from tokenizer_pool.pool import Input, InvalidInputError, TextPair, TokenizationError
+
+# tei-contract §2.3
+STATUS_BY_ERROR_TYPE = {
+    "Unhealthy": grpc.StatusCode.UNAVAILABLE,
+    "Backend": grpc.StatusCode.FAILED_PRECONDITION,
+    "Overloaded": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "Validation": grpc.StatusCode.INVALID_ARGUMENT,
+    "Tokenizer": grpc.StatusCode.FAILED_PRECONDITION,
+    "Empty": grpc.StatusCode.INVALID_ARGUMENT,
+}
+
+MODEL_TYPES = {
+    "embedding": tei_pb2.MODEL_TYPE_EMBEDDING,
+    "classifier": tei_pb2.MODEL_TYPE_CLASSIFIER,
+    "reranker": tei_pb2.MODEL_TYPE_RERANKER,
+}
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Outcome = tuple[Any, ResponseMetadata | None]
+
+
+def _direction(value: int) -> Literal["right", "left"]:
+    return "left" if value == tei_pb2.TRUNCATION_DIRECTION_LEFT else "right"
+
+
+def metadata_message(meta: ResponseMetadata) -> tei_pb2.Metadata:
+    def ns(seconds: float) -> int:
+        return int(seconds * 1e9)
+
+    return tei_pb2.Metadata(
+        compute_chars=meta.compute_characters,
+        compute_tokens=meta.compute_tokens,
+        total_time_ns=ns(meta.total_time_s),
+        tokenization_time_ns=ns(meta.tokenization_time_s),
+        queue_time_ns=ns(meta.queue_time_s),
+        inference_time_ns=ns(meta.inference_time_s),
+    )
+
+
+class _Service:
+    """Error mapping and the unary / streaming shapes every service shares."""
+
+    def __init__(self, state: AppState) -> None:
+        self._state = state
+
+    async def _abort(self, context: grpc.aio.ServicerContext, exc: EmbedServeError) -> NoReturn:
+        self._state.metrics.request_failure.inc(err=exc.metric_label)
+        await context.abort(STATUS_BY_ERROR_TYPE.get(exc.error_type, grpc.StatusCode.INTERNAL), exc.message)
+        raise AssertionError("context.abort returned")  # it always raises
+
+    async def _unary(self, context: grpc.aio.ServicerContext, work: Awaitable[Outcome]) -> Any:
+        try:
+            response, meta = await work
+        except EmbedServeError as exc:
+            await self._abort(context, exc)
+        if meta is not None:
+            # TEI sends its x-* timing headers as gRPC metadata on unary calls too.
+            await context.send_initial_metadata(tuple(meta.headers().items()))
+        return response
+
+    async def _stream(
+        self,
+        requests: AsyncIterator[Req],
+        context: grpc.aio.ServicerContext,
+        handle: Callable[[Req], Awaitable[Outcome]],
+    ) -> AsyncIterator[Any]:
+        """Answer each message in order while later ones already queue; at most
+        `grpc_max_parallel_stream_requests` in flight. Leaving (client gone, error)
+        cancels whatever is still pending."""
+        pending: asyncio.Queue[asyncio.Future[Outcome] | None] = asyncio.Queue(
+            maxsize=self._state.settings.grpc_max_parallel_stream_requests
+        )
+
+        async def read() -> None:
+            async for request in requests:
+                await pending.put(asyncio.ensure_future(handle(request)))
+            await pending.put(None)
+
+        reader = asyncio.ensure_future(read())
+        current: asyncio.Future[Outcome] | None = None
+        try:
+            while (current := await pending.get()) is not None:
+                try:
+                    response, _ = await current
+                except EmbedServeError as exc:
+                    await self._abort(context, exc)
+                yield response
+            await reader
+        finally:
+            reader.cancel()
+            if current is not None:
+                current.cancel()
+            while not pending.empty():
+                item = pending.get_nowait()
+                if item is not None:
+                    item.cancel()
+
+    async def _run(
+        self, inputs: list[Input], options: EncodeOptions, *, family: Family, wait: bool, raw: bool = False
+    ) -> InferenceResult:
+        return await self._state.inference.run(
+            inputs, options, raw=raw, family=family, method="single" if len(inputs) == 1 else "batch",
+            wait_for_permit=wait,
+        )
+
+    def _prompt(self, message: Any) -> str | None:
+        name = message.prompt_name if message.HasField("prompt_name") else None
+        return resolve_prompt(self._state.settings, name)
+
+
+def _text(inputs: str) -> str:
+    if not inputs:
+        raise EmptyInputError("Input validation error: `inputs` cannot be empty")
+    return inputs
+
+
+class InfoService(_Service, tei_pb2_grpc.InfoServicer):
+    async def Info(self, request: tei_pb2.InfoRequest, context: grpc.aio.ServicerContext) -> tei_pb2.InfoResponse:
+        state = self._state
+        settings = state.settings
+        response = tei_pb2.InfoResponse(
+            version=VERSION,
+            model_id=settings.model_id,
+            model_dtype=state.facts.dtype,
+            model_type=MODEL_TYPES[settings.model_type],
+            max_concurrent_requests=settings.max_concurrent_requests,
+            max_input_length=settings.max_input_length,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_client_batch_size=settings.max_client_batch_size,
+            tokenization_workers=settings.tokenization_workers,
+        )
+        if settings.revision is not None:
+            response.model_sha = settings.revision
+        if state.queue.max_batch_requests is not None:
+            response.max_batch_requests = state.queue.max_batch_requests
+        return response
+
+
+class EmbedService(_Service, tei_pb2_grpc.EmbedServicer):
+    async def _embed(self, request: tei_pb2.EmbedRequest, wait: bool) -> Outcome:
+        settings = self._state.settings
+        normalize = request.normalize if request.HasField("normalize") else True
+        require_dense(settings, normalize)
+        dimensions = request.dimensions if request.HasField("dimensions") else None
+        check_dimensions(dimensions, self._state.facts.hidden_size)
+        options = EncodeOptions(request.truncate, _direction(request.truncation_direction), self._prompt(request))
+        result = await self._run([_text(request.inputs)], options, family="embed", wait=wait)
+        vector = finish_embeddings(result.rows, normalize, dimensions)[0]
+        response = tei_pb2.EmbedResponse(embeddings=vector.tolist(), metadata=metadata_message(result.metadata))
+        return response, result.metadata
+
+    async def _embed_sparse(self, request: tei_pb2.EmbedSparseRequest, wait: bool) -> Outcome:
+        require_splade(self._state.settings)
+        options = EncodeOptions(request.truncate, _direction(request.truncation_direction), self._prompt(request))
+        result = await self._run([_text(request.inputs)], options, family="embed", wait=wait)
+        values = [tei_pb2.SparseValue(index=i, value=v) for i, v in sparse_entries(result.rows[0])]
+        return tei_pb2.EmbedSparseResponse(sparse_embeddings=values, metadata=metadata_message(result.metadata)), (
+            result.metadata
+        )
+
+    async def _embed_all(self, request: tei_pb2.EmbedAllRequest, wait: bool) -> Outcome:
+        require_token_embeddings(self._state.settings)
+        options = EncodeOptions(request.truncate, _direction(request.truncation_direction), self._prompt(request))
+        result = await self._run([_text(request.inputs)], options, family="embed", wait=wait, raw=True)
+        tokens = [tei_pb2.TokenEmbedding(embeddings=row.tolist()) for row in np.asarray(result.rows[0])]
+        return tei_pb2.EmbedAllResponse(token_embeddings=tokens, metadata=metadata_message(result.metadata)), (
+            result.metadata
+        )
+
+    async def Embed(self, request: tei_pb2.EmbedRequest, context: grpc.aio.ServicerContext) -> Any:
+        return await self._unary(context, self._embed(request, wait=False))
+
+    async def EmbedStream(self, requests: AsyncIterator[tei_pb2.EmbedRequest], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async for response in self._stream(requests, context, lambda r: self._embed(r, wait=True)):
+            yield response
+
+    async def EmbedSparse(self, request: tei_pb2.EmbedSparseRequest, context: grpc.aio.ServicerContext) -> Any:
+        return await self._unary(context, self._embed_sparse(request, wait=False))
+
+    async def EmbedSparseStream(
+        self, requests: AsyncIterator[tei_pb2.EmbedSparseRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        async for response in self._stream(requests, context, lambda r: self._embed_sparse(r, wait=True)):
+            yield response
+
+    async def EmbedAll(self, request: tei_pb2.EmbedAllRequest, context: grpc.aio.ServicerContext) -> Any:
+        return await self._unary(context, self._embed_all(request, wait=False))
+
+    async def EmbedAllStream(self, requests: AsyncIterator[tei_pb2.EmbedAllRequest], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async for response in self._stream(requests, context, lambda r: self._embed_all(r, wait=True)):
+            yield response
+
+
+class PredictService(_Service, tei_pb2_grpc.PredictServicer):
+    async def _predict(self, item: Input, raw_scores: bool, truncate: bool, direction: int, wait: bool) -> Outcome:
+        settings = self._state.settings
+        require_classifier(settings)
+        # As on HTTP: a server default prompt applies to single texts, and a pair then fails.
+        options = EncodeOptions(truncate, _direction(direction), settings.default_prompt)
+        result = await self._run([item], options, family="predict", wait=wait)
+        predictions = [
+            tei_pb2.Prediction(score=score, label=label)
+            for score, label in ranked_predictions(result.rows[0], raw_scores, settings.labels())
+        ]
+        return tei_pb2.PredictResponse(predictions=predictions, metadata=metadata_message(result.metadata)), (
+            result.metadata
+        )
+
+    def _single(self, request: tei_pb2.PredictRequest, wait: bool) -> Awaitable[Outcome]:
+        async def run() -> Outcome:
+            item = _text(request.inputs)
+            return await self._predict(item, request.raw_scores, request.truncate, request.truncation_direction, wait)
+
+        return run()
+
+    def _pair(self, request: tei_pb2.PredictPairRequest, wait: bool) -> Awaitable[Outcome]:
+        async def run() -> Outcome:
+            texts = list(request.inputs)
+            if len(texts) not in (1, 2):
+                raise ValidationError(f"`inputs` must have one or two texts, got {len(texts)}")
+            item: Input = _text(texts[0]) if len(texts) == 1 else TextPair(_text(texts[0]), _text(texts[1]))
+            return await self._predict(item, request.raw_scores, request.truncate, request.truncation_direction, wait)
+
+        return run()
+
+    async def Predict(self, request: tei_pb2.PredictRequest, context: grpc.aio.ServicerContext) -> Any:
+        return await self._unary(context, self._single(request, wait=False))
+
+    async def PredictPair(self, request: tei_pb2.PredictPairRequest, context: grpc.aio.ServicerContext) -> Any:
+        return await self._unary(context, self._pair(request, wait=False))
+
+    async def PredictStream(self, requests: AsyncIterator[tei_pb2.PredictRequest], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async for response in self._stream(requests, context, lambda r: self._single(r, wait=True)):
+            yield response
+
+    async def PredictPairStream(
+        self, requests: AsyncIterator[tei_pb2.PredictPairRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        async for response in self._stream(requests, context, lambda r: self._pair(r, wait=True)):
+            yield response
+
+
+class RerankService(_Service, tei_pb2_grpc.RerankServicer):
+    async def _rerank(
+        self, pairs: list[tuple[str, str]], raw_scores: bool, return_text: bool, truncate: bool, direction: int
+    ) -> Outcome:
+        settings = self._state.settings
+        require_reranker(settings)
+        if not pairs:
+            raise EmptyInputError("`texts` cannot be empty")
+        check_batch_size(len(pairs), settings.max_client_batch_size)
+        inputs: list[Input] = [TextPair(_text(query), _text(text)) for query, text in pairs]
+        options = EncodeOptions(truncate, _direction(direction), None)
+        # Rerank texts wait for permits, as in TEI, rather than failing the call.
+        result = await self._run(inputs, options, family="predict", wait=True)
+        ranks = []
+        for index, score in rerank_order(np.stack([row[0] for row in result.rows]), raw_scores):
+            rank = tei_pb2.Rank(index=index, score=score)
+            if return_text:
+                rank.text = pairs[index][1]
+            ranks.append(rank)
+        return tei_pb2.RerankResponse(ranks=ranks, metadata=metadata_message(result.metadata)), result.metadata
+
+    async def Rerank(self, request: tei_pb2.RerankRequest, context: grpc.aio.ServicerContext) -> Any:
+        pairs = [(request.query, text) for text in request.texts]
+        work = self._rerank(pairs, request.raw_scores, request.return_text, request.truncate,
+                            request.truncation_direction)
+        return await self._unary(context, work)
+
+    async def RerankStream(
+        self, requests: AsyncIterator[tei_pb2.RerankStreamRequest], context: grpc.aio.ServicerContext
+    ) -> Any:
+        messages = [message async for message in requests]
+        first = messages[0] if messages else tei_pb2.RerankStreamRequest()
+        pairs = [(m.query, m.text) for m in messages]
+        work = self._rerank(pairs, first.raw_scores, first.return_text, first.truncate, first.truncation_direction)
+        return await self._unary(context, work)
+
+
+class TokenizeService(_Service, tei_pb2_grpc.TokenizeServicer):
+    async def _tokenize(self, request: tei_pb2.EncodeRequest) -> Outcome:
+        prompt = self._prompt(request)
+        try:
+            [tokens] = await self._state.tokenizers.tokenize([request.inputs], request.add_special_tokens, prompt)
+        except TokenizationError as exc:
+            raise TokenizerError(exc.message) from exc
+        simple = [tei_pb2.SimpleToken(id=t.id, text=t.text, special=t.special, start=t.start, stop=t.stop)
+                  for t in tokens]
+        return tei_pb2.EncodeResponse(tokens=simple), None
+
+    async def _decode(self, request: tei_pb2.DecodeRequest) -> Outcome:
+        if not request.ids:
+            raise EmptyInputError("`ids` cannot be empty")
+        try:
+            [text] = await self._state.tokenizers.decode([list(request.ids)], request.skip_special_tokens)
+        except InvalidInputError as exc:
+            raise input_validation(exc.message) from exc
+        except TokenizationError as exc:
+            raise TokenizerError(exc.message) from exc
+        return tei_pb2.DecodeResponse(text=text), None
+
+    async def Tokenize(self, request: tei_pb2.EncodeRequest, context: grpc.aio.ServicerContext) -> Any:
+        return await self._unary(context, self._tokenize(request))
+
+    async def TokenizeStream(self, requests: AsyncIterator[tei_pb2.EncodeRequest], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async for response in self._stream(requests, context, self._tokenize):
+            yield response
+
+    async def Decode(self, request: tei_pb2.DecodeRequest, context: grpc.aio.ServicerContext) -> Any:
+        return await self._unary(context, self._decode(request))
+
+    async def DecodeStream(self, requests: AsyncIterator[tei_pb2.DecodeRequest], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async for response in self._stream(requests, context, self._decode):
+            yield response
