@@ -79,10 +79,12 @@ def test_default_prompt_name_must_exist(model_dir: Path) -> None:
 def test_model_without_weights_fails_start_up_naming_the_backend(model_dir: Path, tmp_path: Path) -> None:
     broken = tmp_path / "no-weights"
     shutil.copytree(model_dir, broken, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
-    result = _run_launcher("--model-id", str(broken))
-    assert result.returncode == 3
-    assert "with the torch backend" in result.stderr
-    assert "backend-0 failed to start" in result.stderr
+    for backend in ("onnx", "torch"):
+        result = _run_launcher("--model-id", str(broken), "--backend", backend)
+        assert result.returncode == 3
+        [line] = [line for line in result.stderr.splitlines() if "cannot load" in line]
+        assert f"cannot load {broken} with the {backend} backend" in line and "model.safetensors" in line
+        assert "backend-0 failed to start" in result.stderr
 
 
 def _children_of(prefix: str, role: str) -> list[int]:
