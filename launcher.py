@@ -55,6 +55,10 @@ TASK = os.environ.get("TASK", "")
 GRPC_MAX_PARALLEL_STREAM_REQUESTS = int(os.environ.get("GRPC_MAX_PARALLEL_STREAM_REQUESTS", "1024"))
 WORKER_STOP_TIMEOUT_S = 10.0
 SUPERVISE_TICK_S = 0.5
+# A crashed backend or tokenizer worker is restarted after these delays; more
+# crashes than that within RESTART_WINDOW_S stop the server.
+RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
+RESTART_WINDOW_S = 300.0
 # Unix socket paths beyond ~107 bytes fail to bind on Linux.
 MAX_SOCKET_PATH_BYTES = 100
 
@@ -154,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cors-allow-origin", nargs="*",
                    default=[o for o in (_env("CORS_ALLOW_ORIGIN") or "").split(",") if o.strip()],
                    help="Origins allowed by CORS (comma-separated in the env var); default any [env CORS_ALLOW_ORIGIN]")
+    p.add_argument("--default-request-timeout-ms", type=int,
+                   default=int(_env("DEFAULT_REQUEST_TIMEOUT_MS", "0") or 0),
+                   help="Deadline of requests that send no x-request-timeout-ms header; inputs still queued "
+                   "at their deadline never run and the request gets 408. 0: no deadline "
+                   "[env DEFAULT_REQUEST_TIMEOUT_MS]")
     p.add_argument("--graceful-timeout", type=float, default=float(_env("GRACEFUL_TIMEOUT", "30") or 30),
                    help="Seconds in-flight requests get to finish after SIGTERM [env GRACEFUL_TIMEOUT]")
     return p
@@ -298,6 +307,10 @@ class ChildProcess:
     env: dict[str, str]
     socket_path: str | None = None
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    # Backends and tokenizer workers come back after a crash; the router does not.
+    restartable: bool = False
+    restarts: list[float] = field(default_factory=list)  # monotonic times of recent restarts
+    restart_at: float | None = None
 
     def start(self) -> None:
         if self.socket_path and os.path.exists(self.socket_path):
@@ -426,7 +439,7 @@ def build_children(plan: LaunchPlan) -> tuple[list[ChildProcess], list[ChildProc
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
         backends.append(ChildProcess(f"backend-{index}", [python, "-m", "backends", "--config", encode_config(config)],
-                                     env, socket_path))
+                                     env, socket_path, restartable=True))
 
     tokenizers = []
     for index in range(args.tokenization_workers):
@@ -437,7 +450,7 @@ def build_children(plan: LaunchPlan) -> tuple[list[ChildProcess], list[ChildProc
         )
         tokenizers.append(ChildProcess(f"tokenizer-{index}",
                                        [python, "-m", "tokenizer_pool", "--config", encode_config(tconfig)],
-                                       base_env, socket_path))
+                                       base_env, socket_path, restartable=True))
 
     for child in backends + tokenizers:
         if child.socket_path and len(child.socket_path.encode()) > MAX_SOCKET_PATH_BYTES:
@@ -456,6 +469,7 @@ def build_children(plan: LaunchPlan) -> tuple[list[ChildProcess], list[ChildProc
         graceful_timeout_s=args.graceful_timeout, model_type=plan.spec.model_type,
         id2label=plan.spec.id2label, label2id=plan.spec.label2id, cors_allow_origin=args.cors_allow_origin or [],
         task=TASK, grpc_port=args.grpc_port, grpc_max_parallel_stream_requests=GRPC_MAX_PARALLEL_STREAM_REQUESTS,
+        default_request_timeout_ms=args.default_request_timeout_ms,
     )
     if args.revision is not None:
         rconfig.revision = args.revision
@@ -524,18 +538,38 @@ class Launcher:
         return self._supervise()
 
     def _supervise(self) -> int:
+        """Restart crashed workers with backoff; stop everything if the router dies
+        or a worker keeps crashing. The router notices a worker's return by itself
+        (its health checks), so a restart needs no handshake here."""
         while not self._stop.wait(SUPERVISE_TICK_S):
+            now = time.monotonic()
             for child in self._all_children():
-                if child.exit_code() is not None:
-                    logger.error("%s %s; stopping the server", child.name, child.describe_exit())
+                if child.restart_at is not None:
+                    if now >= child.restart_at:
+                        child.restart_at = None
+                        child.start()
+                        logger.info("%s restarted", child.name)
+                    continue
+                if child.exit_code() is None:
+                    continue
+                recent = [t for t in child.restarts if now - t < RESTART_WINDOW_S]
+                if not child.restartable or len(recent) >= len(RESTART_BACKOFF_S):
+                    why = "" if not child.restartable else f" ({len(recent)} restarts in {RESTART_WINDOW_S:.0f}s)"
+                    logger.error("%s %s%s; stopping the server", child.name, child.describe_exit(), why)
                     self._shutdown()
                     return EXIT_CHILD_DIED
+                delay = RESTART_BACKOFF_S[len(recent)]
+                logger.warning("%s %s; restarting it in %.1fs (%d/%d)", child.name, child.describe_exit(), delay,
+                               len(recent) + 1, len(RESTART_BACKOFF_S))
+                child.restarts = [*recent, now]
+                child.restart_at = now + delay
         self._shutdown()
         return 0
 
     def _shutdown(self) -> None:
         # The router first, so in-flight requests drain while backends still run.
-        stop_children([self._router], self._plan.args.graceful_timeout + 5)
+        # Drain, then Hypercorn's own close (5 s), then the lifespan's shutdown.
+        stop_children([self._router], self._plan.args.graceful_timeout + 15)
         stop_children(self._backends + self._tokenizers, WORKER_STOP_TIMEOUT_S)
         logger.info("all processes stopped")
 

@@ -6,6 +6,8 @@ router never sees an `AioRpcError`.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 
 import grpc
@@ -13,9 +15,21 @@ import numpy as np
 
 from proto.codec import unpack_tensor
 from proto.gen_pb import backend_pb2, backend_pb2_grpc
-from router.errors import BackendError
+from router.errors import BackendDownError, BackendError
+
+logger = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 512 * 1024 * 1024
+# A restarted backend is back within a second or two: reconnect quickly instead
+# of gRPC's default backoff (up to two minutes).
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+RECOVERY_POLL_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -29,14 +43,31 @@ class BackendClient:
     def __init__(self, socket_path: str, name: str) -> None:
         self.name = name
         self.socket_path = socket_path
-        self._channel = grpc.aio.insecure_channel(
-            f"unix://{socket_path}",
-            options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        self._channel = grpc.aio.insecure_channel(f"unix://{socket_path}", options=CHANNEL_OPTIONS)
         self._stub = backend_pb2_grpc.BackendStub(self._channel)
+        self._up = asyncio.Event()
+        self._up.set()
+        self._recovery: asyncio.Task[None] | None = None
+
+    @property
+    def is_up(self) -> bool:
+        return self._up.is_set()
+
+    async def wait_until_up(self) -> None:
+        await self._up.wait()
+
+    def mark_down(self) -> None:
+        """Stop sending batches here until a Health call succeeds again."""
+        if not self._up.is_set():
+            return
+        self._up.clear()
+        self._recovery = asyncio.create_task(self._recover(), name=f"recover-{self.name}")
+
+    async def _recover(self) -> None:
+        while not await self.health(timeout_s=1.0):
+            await asyncio.sleep(RECOVERY_POLL_S)
+        logger.info("%s is back", self.name)
+        self._up.set()
 
     async def info(self, timeout_s: float = 10.0) -> backend_pb2.InfoResponse:
         try:
@@ -74,6 +105,8 @@ class BackendClient:
             raise BackendError(f"Backend error: malformed response from {self.name}: {exc}") from exc
 
     async def close(self) -> None:
+        if self._recovery is not None:
+            self._recovery.cancel()
         await self._channel.close()
 
 
@@ -82,5 +115,5 @@ def _translate(exc: grpc.aio.AioRpcError, name: str) -> BackendError:
     if exc.code() == grpc.StatusCode.UNAVAILABLE:
         # The requests of a batch on a dead backend fail with 424, as TEI fails
         # a batch whose backend errored.
-        return BackendError(f"Backend error: {name} unavailable: {details}")
+        return BackendDownError(f"Backend error: {name} unavailable: {details}")
     return BackendError(f"Backend error: Inference error: {details}")

@@ -21,7 +21,12 @@ import numpy as np
 
 from proto.codec import pack_u32
 from proto.gen_pb import backend_pb2
+from router.errors import DeadlineExceededError
 from router.metrics import Metrics
+
+
+def _deadline_message(entry: QueueEntry, now: float) -> str:
+    return f"deadline exceeded: the input waited {(now - entry.enqueued_at) * 1000:.0f} ms in the queue"
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,8 @@ class QueueEntry:
     future: asyncio.Future[EntryResult]
     # Wants one vector per token (/embed_all) instead of a pooled one.
     raw: bool = False
+    # perf_counter() time after which the entry must not run; None: no deadline.
+    deadline: float | None = None
     enqueued_at: float = field(default_factory=time.perf_counter)
 
     def __len__(self) -> int:
@@ -96,11 +103,18 @@ class BatchQueue:
     def take_batch(self) -> FormedBatch | None:
         entries: list[QueueEntry] = []
         max_len = token_sum = 0
+        now = time.perf_counter()
         while self._entries:
             entry = self._entries[0]
             if entry.future.done():
                 self._entries.popleft()
-                self._metrics.request_failure.inc(err="dropped")
+                if not isinstance(entry.future.exception() if not entry.future.cancelled() else None,
+                                  DeadlineExceededError):
+                    self._metrics.request_failure.inc(err="dropped")
+                continue
+            if entry.deadline is not None and now > entry.deadline:
+                self._entries.popleft()
+                entry.future.set_exception(DeadlineExceededError(_deadline_message(entry, now)))
                 continue
             length = len(entry)
             cost = max(max_len, length) * (len(entries) + 1) if self.padded else token_sum + length

@@ -18,7 +18,7 @@ import numpy as np
 from proto.gen_pb import backend_pb2
 from router.backend_client import BackendClient, BatchOutput
 from router.batch_queue import BatchQueue, EntryResult, FormedBatch
-from router.errors import BackendError, EmbedServeError
+from router.errors import BackendDownError, BackendError, EmbedServeError
 from router.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -38,9 +38,8 @@ class Dispatcher:
 
     def start(self) -> None:
         for backend in self._backends:
-            call = backend.embed if self._kind == "embed" else backend.predict
             for slot in range(SLOTS_PER_BACKEND):
-                task = asyncio.create_task(self._run_slot(call), name=f"dispatch-{backend.name}-{slot}")
+                task = asyncio.create_task(self._run_slot(backend), name=f"dispatch-{backend.name}-{slot}")
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
@@ -49,8 +48,14 @@ class Dispatcher:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _run_slot(self, call: Callable[[backend_pb2.Batch], Awaitable[BatchOutput]]) -> None:
+    async def _run_slot(self, backend: BackendClient) -> None:
+        call: Callable[[backend_pb2.Batch], Awaitable[BatchOutput]] = (
+            backend.embed if self._kind == "embed" else backend.predict
+        )
         while True:
+            # A backend that is down takes no batches: they wait in the queue for it
+            # (or go to another backend) instead of failing one after the other.
+            await backend.wait_until_up()
             batch = await self._queue.next_batch()
             self._metrics.batch_next_size.observe(len(batch.entries))
             self._metrics.batch_next_tokens.observe(batch.token_sum)
@@ -58,6 +63,12 @@ class Dispatcher:
             try:
                 output = await call(batch.message)
                 values = _split_results(batch, output)
+            except BackendDownError as exc:
+                logger.warning("%s is down; its batch of %d fails and it gets no more until healthy",
+                               backend.name, len(batch.entries))
+                backend.mark_down()
+                _fail(batch, exc)
+                continue
             except EmbedServeError as exc:
                 _fail(batch, exc)
                 continue

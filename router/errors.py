@@ -6,9 +6,10 @@
     ├── UnauthorizedError       401  (empty body, as TEI)
     ├── PayloadTooLargeError    413  Validation
     ├── UnsupportedMediaError   415  Validation
+    ├── DeadlineExceededError   408  Timeout      (queued past its x-request-timeout-ms)
     ├── ValidationError         422  Validation
     ├── TokenizerError          422  Tokenizer
-    ├── BackendError            424  Backend
+    ├── BackendError            424  Backend      (BackendDownError: the process is gone)
     ├── OverloadedError         429  Overloaded
     └── BackendUnavailableError 503  Unhealthy
 
@@ -71,6 +72,14 @@ class UnsupportedMediaError(EmbedServeError):
     metric_label = "validation"
 
 
+class DeadlineExceededError(EmbedServeError):
+    """The request's deadline passed before its inputs ran; they never reach a backend."""
+
+    status = 408
+    error_type = "Timeout"
+    metric_label = "deadline"
+
+
 class ValidationError(EmbedServeError):
     status = 422
     error_type = "Validation"
@@ -91,6 +100,10 @@ class BackendError(EmbedServeError):
     status = 424
     error_type = "Backend"
     metric_label = "inference"
+
+
+class BackendDownError(BackendError):
+    """The backend process is gone (crashed, restarting): its batch fails."""
 
 
 class ModelTypeError(BackendError):

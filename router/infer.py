@@ -17,6 +17,7 @@ import numpy as np
 from router.batch_queue import BatchQueue, EntryResult, QueueEntry
 from router.errors import (
     BackendUnavailableError,
+    DeadlineExceededError,
     OverloadedError,
     TokenizerError,
     input_validation,
@@ -141,16 +142,19 @@ class Inference:
         family: Family = "embed",
         method: Method = "single",
         wait_for_permit: bool = False,
+        deadline: float | None = None,
     ) -> InferenceResult:
         """Tokenize, queue and run every input, and count it in the metrics.
 
         `raw` asks for per-token vectors; `wait_for_permit` queues for capacity
-        instead of failing with 429 (gRPC streams).
+        instead of failing with 429 (gRPC streams); past `deadline` (a
+        perf_counter() time) inputs still queued are withdrawn and the call fails
+        with DeadlineExceededError.
         """
         metrics = self._metrics
         metrics.request_count.inc(method=method)
         (metrics.embed_count if family == "embed" else metrics.predict_count).inc(len(inputs))
-        result = await self._run(inputs, options, raw, wait_for_permit)
+        result = await self._run(inputs, options, raw, wait_for_permit, deadline)
         (metrics.embed_success if family == "embed" else metrics.predict_success).inc(len(inputs))
         metrics.request_success.inc(method=method)
         meta = result.metadata
@@ -162,7 +166,9 @@ class Inference:
             durations.observe(meta)
         return result
 
-    async def _run(self, inputs: list[Input], options: EncodeOptions, raw: bool, wait_for_permit: bool) -> InferenceResult:
+    async def _run(
+        self, inputs: list[Input], options: EncodeOptions, raw: bool, wait_for_permit: bool, deadline: float | None
+    ) -> InferenceResult:
         started = time.perf_counter()
         if wait_for_permit:
             await self.permits.acquire(len(inputs))
@@ -172,11 +178,15 @@ class Inference:
             encodings = await self._encode(inputs, options)
             tokenized = time.perf_counter()
             loop = asyncio.get_running_loop()
-            entries = [QueueEntry(e.input_ids, e.token_type_ids, loop.create_future(), raw) for e in encodings]
+            if deadline is not None and time.perf_counter() >= deadline:
+                raise DeadlineExceededError("deadline exceeded before the inputs were queued")
+            entries = [
+                QueueEntry(e.input_ids, e.token_type_ids, loop.create_future(), raw, deadline) for e in encodings
+            ]
             for entry in entries:
                 self._metrics.request_input_length.observe(len(entry))
                 self._queue.append(entry)
-            results = await _gather_or_cancel([entry.future for entry in entries])
+            results = await _gather_or_cancel([entry.future for entry in entries], deadline)
         finally:
             self.permits.release(len(inputs))
         total_s = time.perf_counter() - started
@@ -202,10 +212,22 @@ class Inference:
             raise BackendUnavailableError(exc.message) from exc
 
 
-async def _gather_or_cancel(futures: list[asyncio.Future[EntryResult]]) -> list[EntryResult]:
-    """Await every entry; on failure or cancellation, withdraw the rest from the queue."""
+async def _gather_or_cancel(futures: list[asyncio.Future[EntryResult]], deadline: float | None) -> list[EntryResult]:
+    """Await every entry; on failure, cancellation or deadline, withdraw the rest from the queue."""
     try:
-        return list(await asyncio.gather(*futures))
+        timeout = None if deadline is None else max(0.0, deadline - time.perf_counter())
+        # asyncio.wait, not wait_for(gather): a timeout must not cancel the entries,
+        # which the queue would then count as disconnects.
+        done, pending = await asyncio.wait(futures, timeout=timeout, return_when=asyncio.FIRST_EXCEPTION)
+        for future in futures:
+            if future in done and not future.cancelled() and future.exception() is not None:
+                raise future.exception()  # type: ignore[misc]
+        if pending:
+            error = DeadlineExceededError("deadline exceeded: the request's inputs did not run in time")
+            for future in pending:
+                future.set_exception(error)
+            raise error
+        return [future.result() for future in futures]
     except BaseException:
         for future in futures:
             if not future.done():

@@ -35,7 +35,9 @@ async def run(settings: RouterSettings) -> None:
     app = create_app(settings)
     config = Config()
     config.bind = [bind_address(settings.hostname, settings.port)]
-    config.graceful_timeout = settings.graceful_timeout_s
+    # The drain happens before Hypercorn is told to stop (shutdown_trigger); what
+    # is left then are idle keep-alive connections.
+    config.graceful_timeout = 5.0
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.keep_alive_timeout = 75  # above common load-balancer idle timeouts
@@ -47,11 +49,18 @@ async def run(settings: RouterSettings) -> None:
     watch_parent(lambda: loop.call_soon_threadsafe(stop.set))
 
     async def shutdown_trigger() -> None:
+        # 1) wait for SIGTERM; 2) drain: /health turns 503 (readiness), new requests
+        # get 503 while the port stays open, gRPC takes no new calls; 3) once every
+        # accepted request is answered (or the graceful timeout ran out), let
+        # Hypercorn close its listeners and connections.
         await stop.wait()
-        logger.info("draining in-flight requests (up to %.0fs)", settings.graceful_timeout_s)
         state = getattr(app.state, "embedserve", None)
-        if state is not None:
-            state.begin_drain()
+        if state is None:
+            return
+        logger.info("draining %d in-flight request(s) (up to %.0fs)", state.in_flight, settings.graceful_timeout_s)
+        state.begin_drain()
+        if not await state.wait_idle(settings.graceful_timeout_s):
+            logger.warning("graceful timeout: %d request(s) still in flight are cut off", state.in_flight)
 
     await serve(app, config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
     logger.info("router stopped")

@@ -39,6 +39,7 @@ class RouterSettings:
     task: str = ""
     grpc_port: int = 0
     grpc_max_parallel_stream_requests: int = 1024
+    default_request_timeout_ms: int = 0
 
     @property
     def is_splade(self) -> bool:
@@ -81,4 +82,5 @@ class RouterSettings:
             task=config.task,
             grpc_port=config.grpc_port,
             grpc_max_parallel_stream_requests=config.grpc_max_parallel_stream_requests or 1024,
+            default_request_timeout_ms=config.default_request_timeout_ms,
         )

@@ -5,6 +5,7 @@ Built in the app's lifespan; no module-level state anywhere in the router.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -41,6 +42,9 @@ class AppState:
     draining: bool = False
     # Called once when SIGTERM starts the drain (the gRPC server stops taking calls).
     on_drain: list[Callable[[], None]] = field(default_factory=list)
+    # HTTP requests between accepted and answered; the drain waits for none.
+    in_flight: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     def begin_drain(self) -> None:
         if self.draining:
@@ -48,3 +52,22 @@ class AppState:
         self.draining = True
         for callback in self.on_drain:
             callback()
+
+    def request_started(self) -> None:
+        self.in_flight += 1
+        self.idle.clear()
+
+    def request_finished(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self.idle.set()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """True once no accepted request is left; False if `timeout_s` ran out first."""
+        if self.in_flight == 0:
+            return True
+        try:
+            await asyncio.wait_for(self.idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True

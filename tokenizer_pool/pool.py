@@ -67,7 +67,11 @@ class TokenizerPool:
     def __init__(self, socket_paths: list[str]) -> None:
         if not socket_paths:
             raise ValueError("a tokenizer pool needs at least one worker socket")
-        self._channels = [grpc.aio.insecure_channel(f"unix://{path}") for path in socket_paths]
+        # A restarted worker is back within a second: reconnect quickly.
+        options = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+                   ("grpc.max_reconnect_backoff_ms", 1000), ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                   ("grpc.max_send_message_length", 64 * 1024 * 1024)]
+        self._channels = [grpc.aio.insecure_channel(f"unix://{path}", options=options) for path in socket_paths]
         self._stubs = [tokenizer_pb2_grpc.TokenizerStub(channel) for channel in self._channels]
         self._in_flight = [0] * len(self._stubs)
 

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from starlette.requests import Request
 from starlette.responses import Response
 
-from router.errors import EmbedServeError
+from router.errors import BackendUnavailableError, EmbedServeError, ValidationError
 from router.infer import EncodeOptions, Family, InferenceResult, Method, ResponseMetadata
 from router.routes._http import app_state, json_response, read_json_body, until_disconnected
 from router.schemas import decode_body
@@ -38,7 +38,11 @@ def endpoint(schema: type[B], handler: Handler[B], *, openai_errors: bool = Fals
     async def serve(request: Request) -> Response:
         state = app_state(request)
         started = time.perf_counter()
+        state.request_started()
         try:
+            if state.draining:
+                raise BackendUnavailableError("the server is shutting down")
+            request.state.deadline = _deadline(request, state, started)
             body = decode_body(await read_json_body(request, state.settings.payload_limit), schema)
             outcome = await handler(request, state, body)
         except EmbedServeError as exc:
@@ -47,6 +51,8 @@ def endpoint(schema: type[B], handler: Handler[B], *, openai_errors: bool = Fals
                 headers = {"connection": "close"} if exc.status in (413, 415) else None
                 return json_response(exc.to_openai_body(), status_code=exc.status, headers=headers)
             raise
+        finally:
+            state.request_finished()
         headers = None
         if outcome.metadata is not None:
             headers = outcome.metadata.headers()
@@ -77,4 +83,21 @@ async def run_inputs(
     raw: bool = False,
 ) -> InferenceResult:
     """Run inputs through the pool and queue, cancelled if the client goes away."""
-    return await until_disconnected(request, state.inference.run(inputs, options, raw=raw, family=family, method=method))
+    work = state.inference.run(
+        inputs, options, raw=raw, family=family, method=method, deadline=getattr(request.state, "deadline", None)
+    )
+    return await until_disconnected(request, work)
+
+
+DEADLINE_HEADER = "x-request-timeout-ms"
+
+
+def _deadline(request: Request, state: AppState, started: float) -> float | None:
+    """perf_counter() time by which the request's inputs must have run, if any."""
+    header = request.headers.get(DEADLINE_HEADER)
+    if header is None:
+        timeout_ms = state.settings.default_request_timeout_ms
+        return started + timeout_ms / 1000 if timeout_ms > 0 else None
+    if not header.strip().isdigit() or int(header) <= 0:
+        raise ValidationError(f"`{DEADLINE_HEADER}` must be a positive number of milliseconds, got {header!r}")
+    return started + int(header) / 1000
