@@ -63,6 +63,18 @@ class RunningServer:
             )
             return response
 
+    def child_pids(self, role: str) -> list[int]:
+        """Processes of `role` (router, backends, tokenizer_pool) this server started."""
+        return child_pids(self.uds_prefix, role)
+
+    def rss_kib(self) -> dict[str, int]:
+        """Resident memory of the launcher and each of its children."""
+        pids = {"launcher": self.process.pid}
+        for role in ("router", "backends", "tokenizer_pool"):
+            for index, pid in enumerate(self.child_pids(role)):
+                pids[f"{role}-{index}"] = pid
+        return {name: _rss_kib(pid) for name, pid in pids.items()}
+
     def metric(self, series: str) -> float:
         """A series' value from /metrics; a bare name sums all its label sets."""
         total = 0.0
@@ -73,6 +85,27 @@ class RunningServer:
             if key == series or ("{" not in series and key.startswith(series + "{")):
                 total += float(value)
         return total
+
+
+def child_pids(prefix: str, role: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if f"-m {role} " in cmdline and prefix in cmdline:
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 def _wait_healthy(server: RunningServer) -> None:
