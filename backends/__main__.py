@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from proto.child import configure_logging, parse_config, watch_parent
+from proto.child import configure_logging, parse_config, serve_on_socket
 from proto.gen_pb import config_pb2
 
 if TYPE_CHECKING:
@@ -43,22 +41,8 @@ async def serve(config: config_pb2.BackendConfig) -> None:
 
     server = grpc.aio.server(options=GRPC_OPTIONS)
     backend_pb2_grpc.add_BackendServicer_to_server(servicer, server)
-    if os.path.exists(config.socket_path):
-        os.unlink(config.socket_path)
-    server.add_insecure_port(f"unix://{config.socket_path}")
-    await server.start()
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    watch_parent(lambda: loop.call_soon_threadsafe(stop.set))
-    await stop.wait()
-    logger.info("stopping")
-    await server.stop(grace=5)
+    await serve_on_socket(server, config.socket_path, grace_s=5)
     servicer.close()
-    if os.path.exists(config.socket_path):
-        os.unlink(config.socket_path)
 
 
 def _warm_up(engine: Backend) -> None:

@@ -9,15 +9,18 @@ SIGKILL never leaves orphans behind.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
+import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
@@ -87,3 +90,22 @@ def watch_parent(on_parent_gone: Callable[[], object]) -> None:
         return
     stdin_fd = sys.stdin.fileno()
     threading.Thread(target=wait_for_eof, name="parent-watch", daemon=True).start()
+
+
+async def serve_on_socket(server: grpc.aio.Server, socket_path: str, grace_s: float) -> None:
+    """Serve `server` on a Unix socket until SIGTERM, SIGINT or the launcher's exit,
+    then stop within `grace_s`. A stale socket file is removed first, so its mere
+    presence never passes for readiness, and the socket is removed at the end."""
+    if os.path.exists(socket_path):
+        os.unlink(socket_path)
+    server.add_insecure_port(f"unix://{socket_path}")
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    watch_parent(lambda: loop.call_soon_threadsafe(stop.set))
+    await stop.wait()
+    await server.stop(grace=grace_s)
+    if os.path.exists(socket_path):
+        os.unlink(socket_path)

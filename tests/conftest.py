@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +85,16 @@ class RunningServer:
             if key == series or ("{" not in series and key.startswith(series + "{")):
                 total += float(value)
         return total
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str, tick_s: float = 0.05) -> float:
+    """Poll `condition` until true (returns the monotonic time it became so), or fail the test."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout_s:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(tick_s)
+    return time.monotonic()
 
 
 def child_pids(prefix: str, role: str) -> list[int]:

@@ -4,7 +4,6 @@ from the proto: every RPC, streams included, equal to the HTTP answers."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from proto.gen_pb import tei_pb2, tei_pb2_grpc
-from tests.conftest import RunningServer, start_server
+from tests.conftest import RunningServer, start_server, wait_for
 from tests.models import build_tiny_model
 
 TEXTS = ["grpc clients work unchanged", "Zürich 東京", "a third, somewhat longer input text for the stream"]
@@ -244,14 +243,6 @@ def test_auth(guarded: RunningServer) -> None:
         assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def _wait_for(condition, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def test_cancelled_stream_items_never_reach_the_backend(guarded: RunningServer) -> None:
     server = guarded
     auth = {"Authorization": f"Bearer {KEY}"}
@@ -267,19 +258,19 @@ def test_cancelled_stream_items_never_reach_the_backend(guarded: RunningServer) 
 
     blocker = threading.Thread(target=block)
     blocker.start()
-    _wait_for(lambda: server.metric("te_request_input_length_count") >= enqueued_before + 60, 60, "the backlog")
+    wait_for(lambda: server.metric("te_request_input_length_count") >= enqueued_before + 60, 60, "the backlog")
 
     channel = _channel(server)
     stub = tei_pb2_grpc.EmbedStub(channel)
     requests = [tei_pb2.EmbedRequest(inputs=f"stream item {i}", truncate=True) for i in range(25)]
     stream = stub.EmbedStream(iter(requests), metadata=(("authorization", f"Bearer {KEY}"),))
-    _wait_for(lambda: server.metric("te_request_input_length_count") >= enqueued_before + 85, 30, "stream queued")
+    wait_for(lambda: server.metric("te_request_input_length_count") >= enqueued_before + 85, 30, "stream queued")
     assert server.metric("te_queue_size") > 25, "the stream items must still wait behind the backlog"
     stream.cancel()
     channel.close()
 
     blocker.join(timeout=300)
     assert blocker_statuses == [200]
-    _wait_for(lambda: server.metric('te_request_failure{err="dropped"}') >= dropped_before + 25, 30, "drops")
+    wait_for(lambda: server.metric('te_request_failure{err="dropped"}') >= dropped_before + 25, 30, "drops")
     assert server.backend_counters().sequences_run - sequences_before == 60
     assert server.metric("te_queue_size") == 0

@@ -9,14 +9,13 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-import time
 from collections.abc import Iterator
 
 import httpx
 import orjson
 import pytest
 
-from tests.conftest import RunningServer, start_server
+from tests.conftest import RunningServer, start_server, wait_for
 from tests.texts import varied_texts
 
 LONG_TEXT = " ".join(["retrieval augmented generation pipelines embed passages"] * 40)  # > 256 tokens
@@ -87,14 +86,6 @@ def _raw_request(port: int, texts: list[str]) -> socket.socket:
     return sock
 
 
-def _wait_for(condition, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def test_disconnected_clients_inputs_never_reach_backend(slow_queue_server: RunningServer) -> None:
     server = slow_queue_server
     port = int(server.url.rsplit(":", 1)[1])
@@ -107,18 +98,18 @@ def test_disconnected_clients_inputs_never_reach_backend(slow_queue_server: Runn
         target=lambda: blocker_statuses.extend(asyncio.run(_fire(server.url, blocker_bodies, concurrency=6)))
     )
     blocker.start()
-    _wait_for(lambda: server.metric("te_request_input_length_count") >= enqueued_before + 240, 60, "the backlog")
+    wait_for(lambda: server.metric("te_request_input_length_count") >= enqueued_before + 240, 60, "the backlog")
 
     # 500 clients, each with one input queued behind the backlog, then all gone.
     victims = [_raw_request(port, [f"victim {i}"]) for i in range(500)]
-    _wait_for(lambda: server.metric("te_request_input_length_count") >= enqueued_before + 740, 60, "victims queued")
+    wait_for(lambda: server.metric("te_request_input_length_count") >= enqueued_before + 740, 60, "victims queued")
     assert server.metric("te_queue_size") > 500, "the victims must still be waiting behind the backlog"
     for sock in victims:
         sock.close()
 
     blocker.join(timeout=300)
     assert blocker_statuses == [200] * 6
-    _wait_for(lambda: server.metric('te_request_failure{err="dropped"}') >= 500, 60, "dropped entries")
+    wait_for(lambda: server.metric('te_request_failure{err="dropped"}') >= 500, 60, "dropped entries")
 
     assert server.backend_counters().sequences_run - sequences_before == 240
     assert server.metric('te_request_failure{err="dropped"}') == 500

@@ -17,18 +17,9 @@ import httpx
 import pytest
 
 from proto.gen_pb import tei_pb2, tei_pb2_grpc
-from tests.conftest import RunningServer, start_server
+from tests.conftest import RunningServer, start_server, wait_for
 
 LONG_TEXT = " ".join(["a server earns trust by what it does when things go wrong"] * 25)
-
-
-def _wait_for(condition, timeout_s: float, what: str, tick_s: float = 0.05) -> float:  # type: ignore[no-untyped-def]
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout_s:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(tick_s)
-    return time.monotonic()
 
 
 @dataclass
@@ -82,11 +73,11 @@ def test_backend_killed_mid_batch_recovers_without_restarting_the_launcher(tmp_p
         log = LoadLog()
         load = threading.Thread(target=_fire, args=(server.url, [{"inputs": [LONG_TEXT] * 16}] * 6, log))
         load.start()
-        _wait_for(lambda: server.backend_counters().batches_run >= 2, 60, "batches running")
+        wait_for(lambda: server.backend_counters().batches_run >= 2, 60, "batches running")
 
         killed_at = time.monotonic()
         os.kill(backend_pid, signal.SIGKILL)
-        _wait_for(lambda: _health(server) == 503, 10, "/health 503", tick_s=0.02)
+        wait_for(lambda: _health(server) == 503, 10, "/health 503", tick_s=0.02)
         load.join(timeout=180)
         assert not load.is_alive()
 
@@ -96,7 +87,7 @@ def test_backend_killed_mid_batch_recovers_without_restarting_the_launcher(tmp_p
             if outcome.status == 424:  # the requests whose batch died with the backend
                 assert outcome.ended - killed_at < 5.0
 
-        _wait_for(lambda: _health(server) == 200, 120, "/health 200 after the restart", tick_s=0.2)
+        wait_for(lambda: _health(server) == 200, 120, "/health 200 after the restart", tick_s=0.2)
         assert server.child_pids("backends") != [backend_pid]
         assert server.process.poll() is None and server.process.pid == launcher_pid
         response = httpx.post(f"{server.url}/embed", json={"inputs": ["after the restart"] * 4}, timeout=60)
@@ -112,11 +103,11 @@ def test_sigterm_under_load_finishes_what_was_accepted(tmp_path: Path) -> None:
         before = LoadLog()
         load = threading.Thread(target=_fire, args=(server.url, [{"inputs": [LONG_TEXT] * 8}] * 8, before))
         load.start()
-        _wait_for(lambda: server.metric("te_request_input_length_count") >= 64, 60, "all accepted")
+        wait_for(lambda: server.metric("te_request_input_length_count") >= 64, 60, "all accepted")
 
         server.process.send_signal(signal.SIGTERM)
         signalled_at = time.monotonic()
-        _wait_for(lambda: _health(server) in (503, 0), 10, "readiness off", tick_s=0.02)
+        wait_for(lambda: _health(server) in (503, 0), 10, "readiness off", tick_s=0.02)
         after = LoadLog()
         late = threading.Thread(target=_fire, args=(server.url, [{"inputs": ["too late"]}] * 5, after))
         late.start()
@@ -202,7 +193,7 @@ def test_queued_inputs_past_their_deadline_never_run(deadline_server: RunningSer
     patient = {"x-request-timeout-ms": "600000"}
     blocker = threading.Thread(target=_fire, args=(server.url, [{"inputs": [LONG_TEXT] * 50}], blocker_log, patient))
     blocker.start()
-    _wait_for(lambda: server.metric("te_request_input_length_count") >= enqueued_before + 50, 60, "the backlog")
+    wait_for(lambda: server.metric("te_request_input_length_count") >= enqueued_before + 50, 60, "the backlog")
 
     started = time.monotonic()
     by_header = httpx.post(f"{server.url}/embed", json={"inputs": ["late 1", "late 2", "late 3"]},

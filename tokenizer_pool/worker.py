@@ -9,12 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 from pathlib import Path
 
 import grpc
 
-from proto.child import configure_logging, parse_config, watch_parent
+from proto.child import configure_logging, parse_config, serve_on_socket
 from proto.codec import pack_u32, unpack_u32
 from proto.gen_pb import config_pb2, tokenizer_pb2, tokenizer_pb2_grpc
 from tokenizer_pool.encoder import Direction, EncodeError, Encoder, EncoderInput, TextPair
@@ -96,21 +95,8 @@ async def serve(config: config_pb2.TokenizerConfig) -> None:
     encoder = Encoder(Path(config.model_dir), config.max_input_length)
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
     tokenizer_pb2_grpc.add_TokenizerServicer_to_server(TokenizerServicer(encoder), server)
-    if os.path.exists(config.socket_path):
-        os.unlink(config.socket_path)
-    server.add_insecure_port(f"unix://{config.socket_path}")
-    await server.start()
     logger.info("tokenizer worker ready")
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    watch_parent(lambda: loop.call_soon_threadsafe(stop.set))
-    await stop.wait()
-    await server.stop(grace=2)
-    if os.path.exists(config.socket_path):
-        os.unlink(config.socket_path)
+    await serve_on_socket(server, config.socket_path, grace_s=2)
 
 
 def main() -> None:
