@@ -53,6 +53,20 @@ class EmbedOutput:
     pooled: F32Array  # [sequences not raw, width], batch order
     token_rows: F32Array  # [tokens of the raw sequences, hidden], batch order
 
+    @classmethod
+    def assemble(
+        cls, pooled: dict[int, F32Array], raw: dict[int, F32Array], width: int, token_width: int
+    ) -> EmbedOutput:
+        """From per-sequence results keyed by batch index (chunks finish out of order)."""
+        return cls(
+            pooled=np.stack([pooled[i] for i in sorted(pooled)]).astype(np.float32, copy=False)
+            if pooled
+            else np.empty((0, width), np.float32),
+            token_rows=np.concatenate([raw[i] for i in sorted(raw)]).astype(np.float32, copy=False)
+            if raw
+            else np.empty((0, token_width), np.float32),
+        )
+
 
 class Backend(Protocol):
     """An engine that runs forward passes for one model on one device.

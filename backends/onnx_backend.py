@@ -125,13 +125,7 @@ class OnnxBackend:
             for row, seq in enumerate(chunk.indices):
                 if seq in batch.raw_indices:
                     raw[seq] = states[row, : int(chunk.lengths[row])]
-        width = self.hidden_size
-        return EmbedOutput(
-            pooled=np.stack([pooled[i] for i in sorted(pooled)]).astype(np.float32) if pooled else np.empty((0, width), np.float32),
-            token_rows=np.concatenate([raw[i] for i in sorted(raw)]).astype(np.float32)
-            if raw
-            else np.empty((0, self._token_width), np.float32),
-        )
+        return EmbedOutput.assemble(pooled, raw, self.hidden_size, self._token_width)
 
     def predict(self, batch: ModelBatch) -> F32Array:
         if not self._is_classifier:

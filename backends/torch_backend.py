@@ -111,12 +111,7 @@ class TorchBackend:
                 for row, seq in enumerate(chunk.indices):
                     if seq in batch.raw_indices:
                         raw[seq] = hidden[row, : int(chunk.lengths[row])]
-        return EmbedOutput(
-            pooled=np.stack([pooled[i] for i in sorted(pooled)]) if pooled else np.empty((0, self.hidden_size), np.float32),
-            token_rows=np.concatenate([raw[i] for i in sorted(raw)])
-            if raw
-            else np.empty((0, self._token_width), np.float32),
-        )
+        return EmbedOutput.assemble(pooled, raw, self.hidden_size, self._token_width)
 
     @torch.inference_mode()
     def predict(self, batch: ModelBatch) -> F32Array:
