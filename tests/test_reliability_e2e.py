@@ -101,9 +101,9 @@ def test_backend_killed_mid_batch_recovers_without_restarting_the_launcher(tmp_p
 def test_sigterm_under_load_finishes_what_was_accepted(tmp_path: Path) -> None:
     with start_server("--max-batch-requests", "2", "--graceful-timeout", "60", tmp_dir=tmp_path) as server:
         before = LoadLog()
-        load = threading.Thread(target=_fire, args=(server.url, [{"inputs": [LONG_TEXT] * 8}] * 8, before))
+        load = threading.Thread(target=_fire, args=(server.url, [{"inputs": [LONG_TEXT] * 16}] * 8, before))
         load.start()
-        wait_for(lambda: server.metric("te_request_input_length_count") >= 64, 60, "all accepted")
+        wait_for(lambda: server.metric("te_request_input_length_count") >= 128, 60, "all accepted")
 
         server.process.send_signal(signal.SIGTERM)
         signalled_at = time.monotonic()
@@ -115,7 +115,7 @@ def test_sigterm_under_load_finishes_what_was_accepted(tmp_path: Path) -> None:
         load.join(timeout=180)
 
         assert [o.status for o in before.outcomes] == [200] * 8
-        assert all(o.ended > signalled_at for o in before.outcomes[:1]), "the load must still run at SIGTERM"
+        assert max(o.ended for o in before.outcomes) > signalled_at, "the load must still run at SIGTERM"
         # Later requests are refused with 503 while the drain runs (or find the port
         # closed once it is over).
         assert {o.status for o in after.outcomes} <= {503, None}
