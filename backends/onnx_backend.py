@@ -175,7 +175,12 @@ def resolve_onnx_model(model_dir: Path, task: str, cache_dir: Path) -> Path:
         main_export(str(model_dir), output=scratch, task=task, library_name="transformers", do_validation=False)
         if not (scratch / "model.onnx").is_file():
             raise ValueError(f"optimum produced no model.onnx for task {task}")
-        os.replace(scratch, target.parent)
+        try:
+            os.replace(scratch, target.parent)
+        except OSError:
+            # Another backend (one per GPU) finished the same export first: use its copy.
+            if not target.is_file():
+                raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     logger.info("exported in %.1fs", time.monotonic() - started)
