@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from backends.base import EmbedOutput, EngineSpec, ModelBatch
-from backends.padding import padded_chunks
+from backends.padding import PaddedEngine, padded_chunks
 from backends.pooling import pool
 from proto.codec import F32Array
 
@@ -38,7 +38,7 @@ HIDDEN_OUTPUTS = ("last_hidden_state", "token_embeddings")
 CACHE_FORMAT = "2"  # bump when the export or optimisation recipe changes
 
 
-class OnnxBackend:
+class OnnxBackend(PaddedEngine):
     name = "onnx"
 
     def __init__(self, spec: EngineSpec) -> None:
@@ -92,18 +92,6 @@ class OnnxBackend:
             self._output = found[0]
         self._token_width = int(config.get("hidden_size") or config.get("dim") or 0)
         self.hidden_size = int(config["vocab_size"]) if pooling == "splade" else self._token_width
-
-    @property
-    def is_classifier(self) -> bool:
-        return self._is_classifier
-
-    @property
-    def is_padded(self) -> bool:
-        return True
-
-    @property
-    def max_batch_size(self) -> int | None:
-        return None
 
     def health(self) -> None:
         return None

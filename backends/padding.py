@@ -63,3 +63,22 @@ def padded_chunks(batch: ModelBatch, max_chunk_tokens: int | None, pad_token_id:
             types[row, :length] = batch.token_type_ids[start : start + length]
             mask[row, :length] = 1
         yield PaddedChunk(chunk, ids, types, mask, chunk_lengths)
+
+
+class PaddedEngine:
+    """What every engine that runs padded chunks tells the router: it pads (so the
+    queue budgets max_len x n), takes any batch size, and is a classifier or not."""
+
+    _is_classifier: bool
+
+    @property
+    def is_classifier(self) -> bool:
+        return self._is_classifier
+
+    @property
+    def is_padded(self) -> bool:
+        return True
+
+    @property
+    def max_batch_size(self) -> int | None:
+        return None

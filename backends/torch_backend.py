@@ -15,7 +15,7 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
 from backends.base import EmbedOutput, EngineSpec, ModelBatch
-from backends.padding import padded_chunks
+from backends.padding import PaddedEngine, padded_chunks
 from proto.codec import F32Array
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ CPU_CHUNK_TOKENS = 8192
 SPLADE_CHUNK_TOKENS = 1024
 
 
-class TorchBackend:
+class TorchBackend(PaddedEngine):
     name = "torch"
 
     def __init__(self, spec: EngineSpec, trust_remote_code: bool = False) -> None:
@@ -74,18 +74,6 @@ class TorchBackend:
         # Pad with the model's own padding id: RoBERTa-like models derive
         # position ids from it.
         self._pad_token_id = int(getattr(config, "pad_token_id", None) or 0)
-
-    @property
-    def is_classifier(self) -> bool:
-        return self._is_classifier
-
-    @property
-    def is_padded(self) -> bool:
-        return True
-
-    @property
-    def max_batch_size(self) -> int | None:
-        return None
 
     def health(self) -> None:
         if self.device.startswith("cuda"):
