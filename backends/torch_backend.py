@@ -1,6 +1,11 @@
-"""Torch engine: transformers models on CPU or one CUDA device, SDPA attention.
+"""Torch engine: transformers models on CPU or one CUDA device.
 
-Batches run padded, as length-sorted chunks (`backends/padding.py`).
+BERT-like encoders on a GPU run unpadded, all sequences packed into one row with
+varlen attention (`backends/varlen.py`), when an installed kernel provides it.
+Everything else runs padded SDPA, as length-sorted chunks (`backends/padding.py`).
+`EMBEDSERVE_TORCH_ATTENTION` overrides the choice: `auto` (the default), `padded`,
+or `varlen` (fail to load unless it can run unpadded; on CPU it uses the exact
+per-sequence kernel, for testing).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelF
 
 from backends.base import EmbedOutput, EngineSpec, ModelBatch
 from backends.padding import PaddedEngine, padded_chunks
+from backends.varlen import NamedKernel, PackedBatch, VarlenEncoder, find_fast_kernel, pool_packed, reference_attention, unsupported_reason
 from proto.codec import F32Array
 
 logger = logging.getLogger(__name__)
@@ -27,6 +33,7 @@ POOLINGS = ("cls", "mean", "last_token", "splade")
 CPU_CHUNK_TOKENS = 8192
 # 1024 tokens x a 30k vocabulary of float32 logits is already ~125 MB.
 SPLADE_CHUNK_TOKENS = 1024
+ATTENTION_MODES = ("auto", "padded", "varlen")
 
 
 class TorchBackend(PaddedEngine):
@@ -74,6 +81,36 @@ class TorchBackend(PaddedEngine):
         # Pad with the model's own padding id: RoBERTa-like models derive
         # position ids from it.
         self._pad_token_id = int(getattr(config, "pad_token_id", None) or 0)
+        self._varlen = None if trust_remote_code else self._unpadded_encoder(DTYPES[dtype])
+        self.attention = f"varlen ({self._varlen.kernel.name})" if self._varlen else "padded sdpa"
+        logger.info("attention: %s", self.attention)
+
+    def _unpadded_encoder(self, dtype: torch.dtype) -> VarlenEncoder | None:
+        mode = os.environ.get("EMBEDSERVE_TORCH_ATTENTION", "auto")
+        if mode not in ATTENTION_MODES:
+            raise ValueError(f"EMBEDSERVE_TORCH_ATTENTION={mode!r}: choose from {', '.join(ATTENTION_MODES)}")
+        if mode == "padded":
+            return None
+        reason = unsupported_reason(self._model)
+        if reason is None and self.pooling == "splade":
+            reason = "SPLADE pools over vocabulary logits, which run in padded chunks"
+        kernel = find_fast_kernel(self.device, dtype) if reason is None else None
+        if reason is None and kernel is None:
+            if mode == "varlen" and self.device == "cpu":
+                kernel = NamedKernel("reference", reference_attention)
+            else:
+                reason = f"no varlen attention kernel works on {self.device} in {self.dtype}"
+        if kernel is None:
+            if mode == "varlen":
+                raise ValueError(f"EMBEDSERVE_TORCH_ATTENTION=varlen: {reason}")
+            if self.device != "cpu":
+                logger.info("running padded: %s", reason)
+            return None
+        return VarlenEncoder(self._model, kernel)
+
+    @property
+    def is_padded(self) -> bool:
+        return self._varlen is None
 
     def health(self) -> None:
         if self.device.startswith("cuda"):
@@ -85,6 +122,8 @@ class TorchBackend(PaddedEngine):
             raise ValueError("model is a classifier: use Predict")
         if batch.raw_indices and self.pooling == "splade":
             raise ValueError("`embed_all` is not available for SPLADE models")
+        if self._varlen is not None:
+            return self._embed_unpadded(self._varlen, batch)
         pooled: dict[int, F32Array] = {}
         raw: dict[int, F32Array] = {}
         for chunk in padded_chunks(batch, self._chunk_tokens(), self._pad_token_id):
@@ -107,6 +146,10 @@ class TorchBackend(PaddedEngine):
             raise ValueError("model is not a classifier: use Embed")
         if batch.raw_indices:
             raise ValueError("raw token outputs are not available for classifiers")
+        if self._varlen is not None:
+            packed = PackedBatch.from_batch(batch, self.device, self._varlen.position_offset)
+            logits: F32Array = self._varlen.classify(packed).float().cpu().numpy()
+            return logits
         rows: dict[int, F32Array] = {}
         for chunk in padded_chunks(batch, self._chunk_tokens(), self._pad_token_id):
             output, _ = self._forward(chunk.input_ids, chunk.token_type_ids, chunk.attention_mask)
@@ -114,6 +157,21 @@ class TorchBackend(PaddedEngine):
             for row, seq in enumerate(chunk.indices):
                 rows[seq] = logits[row]
         return np.stack([rows[i] for i in range(batch.size)])
+
+    def _embed_unpadded(self, encoder: VarlenEncoder, batch: ModelBatch) -> EmbedOutput:
+        packed = PackedBatch.from_batch(batch, self.device, encoder.position_offset)
+        hidden = encoder.hidden_states(packed)
+        pooled_rows = [seq for seq in range(batch.size) if seq not in batch.raw_indices]
+        pooled: dict[int, F32Array] = {}
+        raw: dict[int, F32Array] = {}
+        if pooled_rows:
+            values = pool_packed(hidden, packed, self.pooling).cpu().numpy()
+            pooled = {seq: values[seq] for seq in pooled_rows}
+        if batch.raw_indices:
+            bounds = batch.cu_seq_lengths
+            for seq in batch.raw_indices:
+                raw[seq] = hidden[int(bounds[seq]) : int(bounds[seq + 1])].float().cpu().numpy()
+        return EmbedOutput.assemble(pooled, raw, self.hidden_size, self._token_width)
 
     def _forward(self, ids: np.ndarray, types: np.ndarray, mask: np.ndarray) -> tuple[Any, torch.Tensor]:
         inputs = {

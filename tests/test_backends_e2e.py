@@ -91,3 +91,23 @@ def test_float16_on_cpu_is_refused_by_the_backend(model_dir: Path) -> None:
     result = _launch("--backend", "torch", "--dtype", "float16")
     assert result.returncode == 3
     assert "dtype float16 needs a GPU" in result.stderr
+
+
+def test_unpadded_torch_backend_is_budgeted_by_real_tokens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sentence_transformer  # type: ignore[no-untyped-def]
+) -> None:
+    # On CPU only the exact per-sequence kernel exists, so varlen must be asked
+    # for; on a GPU `auto` picks it for BERT-like models.
+    monkeypatch.setenv("EMBEDSERVE_TORCH_ATTENTION", "varlen")
+    texts = [" ".join(["word"] * 120), "a short query", "another short one"]
+    lengths = [len(sentence_transformer.tokenizer(t)["input_ids"]) for t in texts]
+    budget = 300
+    assert sum(lengths) <= budget < max(lengths) * len(lengths)  # fits one batch only when unpadded
+    with start_server("--backend", "torch", "--max-batch-tokens", str(budget), tmp_dir=tmp_path) as server:
+        got = _embed(server.url, texts)
+        counters = server.backend_counters()
+        assert "attention: varlen (reference)" in server.log()
+    assert counters.batches_run == 1 and counters.sequences_run == 3
+    assert counters.max_batch_tokens_seen == sum(lengths)
+    expected = sentence_transformer.encode(texts, normalize_embeddings=True)
+    assert _cosine(got, expected).min() >= 0.9999

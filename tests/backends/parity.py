@@ -1,0 +1,54 @@
+"""Shared by the engine parity tests: tokenized batches and what transformers
+computes for them text by text, with no padding anywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from backends.base import ModelBatch
+
+
+def encode(model_dir: Path, texts: list[str], pairs: list[str] | None = None) -> tuple[ModelBatch, list[list[int]], list[list[int]]]:
+    """The batch the router would send, and each sequence's ids and token types."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(100)
+    encodings = [tokenizer.encode(t) if pairs is None else tokenizer.encode(t, pairs[i]) for i, t in enumerate(texts)]
+    ids = np.concatenate([np.asarray(e.ids, np.uint32) for e in encodings])
+    types = np.concatenate([np.asarray(e.type_ids, np.uint32) for e in encodings])
+    lengths = [len(e.ids) for e in encodings]
+    cu = np.concatenate([[0], np.cumsum(lengths)]).astype(np.uint32)
+    positions = np.concatenate([np.arange(n, dtype=np.uint32) for n in lengths])
+    batch = ModelBatch(ids, types, positions, cu, max(lengths))
+    return batch, [e.ids for e in encodings], [e.type_ids for e in encodings]
+
+
+def reference_states(model: object, ids: list[int], types: list[int] | None = None) -> np.ndarray:
+    """Last hidden states of one sequence, alone (so unpadded), float32."""
+    import torch
+
+    inputs = {"input_ids": torch.tensor([ids])}
+    if types is not None:
+        inputs["token_type_ids"] = torch.tensor([types])
+    with torch.inference_mode():
+        output = model(**inputs)  # type: ignore[operator]
+    return output.last_hidden_state[0].numpy()  # type: ignore[no-any-return]
+
+
+def reference_pooled(model_dir: Path, sequences: list[list[int]], pooling: str) -> np.ndarray:
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(model_dir, attn_implementation="eager").eval()
+    rows = []
+    for ids in sequences:
+        hidden = reference_states(model, ids)
+        rows.append({"mean": hidden.mean(0), "cls": hidden[0], "last_token": hidden[-1]}[pooling])
+    return np.stack(rows)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)  # type: ignore[no-any-return]
