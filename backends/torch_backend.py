@@ -21,7 +21,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelF
 
 from backends.base import EmbedOutput, EngineSpec, ModelBatch
 from backends.padding import PaddedEngine, padded_chunks
-from backends.varlen import NamedKernel, PackedBatch, VarlenEncoder, find_fast_kernel, pool_packed, reference_attention, unsupported_reason
+from backends.varlen import NamedKernel, VarlenEncoder, find_fast_kernel, pool_packed, reference_attention, unsupported_reason
 from proto.codec import F32Array
 
 logger = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ class TorchBackend(PaddedEngine):
         if batch.raw_indices:
             raise ValueError("raw token outputs are not available for classifiers")
         if self._varlen is not None:
-            packed = PackedBatch.from_batch(batch, self.device, self._varlen.position_offset)
+            packed = self._varlen.pack(batch, self.device)
             logits: F32Array = self._varlen.classify(packed).float().cpu().numpy()
             return logits
         rows: dict[int, F32Array] = {}
@@ -159,7 +159,7 @@ class TorchBackend(PaddedEngine):
         return np.stack([rows[i] for i in range(batch.size)])
 
     def _embed_unpadded(self, encoder: VarlenEncoder, batch: ModelBatch) -> EmbedOutput:
-        packed = PackedBatch.from_batch(batch, self.device, encoder.position_offset)
+        packed = encoder.pack(batch, self.device)
         hidden = encoder.hidden_states(packed)
         pooled_rows = [seq for seq in range(batch.size) if seq not in batch.raw_indices]
         pooled: dict[int, F32Array] = {}

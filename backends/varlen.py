@@ -33,7 +33,8 @@ logger = logging.getLogger(__name__)
 # q, k, v: [tokens, heads, head_dim]; cu_seqlens: int32 [n + 1]; returns [tokens, heads, head_dim].
 AttentionKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
-# Positions count from 0 in BERT, from padding_idx + 1 in the RoBERTa family.
+# Model type -> whether positions follow RoBERTa (count from padding_idx + 1)
+# rather than BERT (count from 0).
 BERT_LIKE = {"bert": False, "roberta": True, "xlm-roberta": True, "camembert": True}
 
 
@@ -56,10 +57,19 @@ class PackedBatch:
     max_length: int
 
     @classmethod
-    def from_batch(cls, batch: ModelBatch, device: str, position_offset: int) -> PackedBatch:
+    def from_batch(cls, batch: ModelBatch, device: str, padding_idx: int | None) -> PackedBatch:
+        """`padding_idx` set: RoBERTa-style positions, else BERT's 0, 1, 2, ..."""
         lengths = batch.lengths.astype(np.int64)
         starts = np.repeat(batch.cu_seq_lengths[:-1].astype(np.int64), lengths)
-        positions = np.arange(len(batch.input_ids), dtype=np.int64) - starts + position_offset
+        if padding_idx is None:
+            positions = np.arange(len(batch.input_ids), dtype=np.int64) - starts
+        else:
+            # As transformers derives them: non-padding tokens count up from
+            # padding_idx + 1, and a padding id inside a text keeps padding_idx.
+            real = batch.input_ids != padding_idx
+            seen = np.concatenate([[0], np.cumsum(real, dtype=np.int64)])
+            counted = seen[1:] - seen[starts]
+            positions = np.where(real, padding_idx + counted, padding_idx)
         seq_index = np.repeat(np.arange(batch.size, dtype=np.int64), lengths)
 
         def put(array: np.ndarray) -> torch.Tensor:
@@ -110,8 +120,11 @@ class VarlenEncoder:
         self._model = model
         self._base = model.base_model
         config = model.config
-        self.position_offset = int(config.pad_token_id) + 1 if BERT_LIKE[config.model_type] else 0
+        self._padding_idx = int(config.pad_token_id) if BERT_LIKE[config.model_type] else None
         self._model_type = config.model_type
+
+    def pack(self, batch: ModelBatch, device: str) -> PackedBatch:
+        return PackedBatch.from_batch(batch, device, self._padding_idx)
 
     def hidden_states(self, packed: PackedBatch) -> torch.Tensor:
         """The last layer's states, [tokens, hidden]."""

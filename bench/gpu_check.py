@@ -2,10 +2,16 @@
 
 1. Builds a BERT-base-shaped model with random weights (speed does not depend on
    them) and a WordPiece tokenizer over a synthetic vocabulary.
-2. Measures the raw in-process forward throughput: fp16, SDPA, full batches of
+2. Varlen attention: which kernel the torch engine finds, and the engine's fp16
+   unpadded output against transformers in float32, text by text, for the
+   BERT-base model, a tiny XLM-RoBERTa (position offset) and a tiny reranker.
+3. The raw in-process forward throughput: fp16, SDPA, full batches of
    passage-length sequences, no tokenization, no HTTP.
-3. Starts embedserve with the torch backend on the GPU and drives it with the
-   bench's load generator; prints served tokens/s beside the raw figure.
+4. The torch engine in-process on the bench corpus's mixed lengths, padded
+   against unpadded, batches formed as the router forms them.
+5. embedserve with the torch backend on the GPU, driven by the bench's load
+   generator, unpadded (the default) and then padded; served tokens/s beside
+   the raw figure.
 """
 
 from __future__ import annotations
@@ -16,14 +22,23 @@ import os
 import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from bench.corpus import build_corpus
-from bench.load import run_load
+from bench.load import LoadResult, run_load
 from bench.server import ServerProcess, free_port, server_command
 
 VOCAB_SIZE = 30522
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+PARITY_TEXTS = 24
+PARITY_MAX_TOKENS = 126  # the tiny models have 128 (+ 2 offset) positions
+MIN_FP16_COSINE = 0.999
 
 
 def build_model(target: Path) -> Path:
@@ -43,6 +58,10 @@ def build_model(target: Path) -> Path:
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
     )
     tokenizer.save(str(target / "tokenizer.json"))
+    (target / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer",
+                                                               "model_max_length": 512}))
+    (target / "special_tokens_map.json").write_text(json.dumps(
+        {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"}))
     (target / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 512}))
     (target / "1_Pooling").mkdir(exist_ok=True)
     (target / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
@@ -52,6 +71,126 @@ def build_model(target: Path) -> Path:
     config.architectures = ["BertModel"]
     BertModel(config).save_pretrained(target)
     return target
+
+
+@contextmanager
+def attention_mode(mode: str) -> Iterator[None]:
+    previous = os.environ.get("EMBEDSERVE_TORCH_ATTENTION")
+    os.environ["EMBEDSERVE_TORCH_ATTENTION"] = mode
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("EMBEDSERVE_TORCH_ATTENTION", None)
+        else:
+            os.environ["EMBEDSERVE_TORCH_ATTENTION"] = previous
+
+
+def tokenized(model_dir: Path, texts: list[str], pairs: list[str] | None = None, max_length: int = 512) -> list[Any]:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length)
+    return [tokenizer.encode(t) if pairs is None else tokenizer.encode(t, pairs[i]) for i, t in enumerate(texts)]
+
+
+def model_batch(encodings: list[Any]) -> Any:
+    from backends.base import ModelBatch
+
+    ids = np.concatenate([np.asarray(e.ids, np.uint32) for e in encodings])
+    types = np.concatenate([np.asarray(e.type_ids, np.uint32) for e in encodings])
+    lengths = [len(e.ids) for e in encodings]
+    cu = np.concatenate([[0], np.cumsum(lengths)]).astype(np.uint32)
+    positions = np.concatenate([np.arange(n, dtype=np.uint32) for n in lengths])
+    return ModelBatch(ids, types, positions, cu, max(lengths))
+
+
+def budget_batches(encodings: list[Any], max_tokens: int) -> list[Any]:
+    """FIFO batches under a real-token budget, as the router forms them for an unpadded backend."""
+    batches, current, tokens = [], [], 0
+    for encoding in encodings:
+        if current and tokens + len(encoding.ids) > max_tokens:
+            batches.append(model_batch(current))
+            current, tokens = [], 0
+        current.append(encoding)
+        tokens += len(encoding.ids)
+    if current:
+        batches.append(model_batch(current))
+    return batches
+
+
+def engine(model_dir: Path, mode: str, pooling: str = "cls") -> Any:
+    from backends.base import EngineSpec
+    from backends.torch_backend import TorchBackend
+
+    with attention_mode(mode):
+        return TorchBackend(EngineSpec(model_dir, "cuda", "float16", pooling, Path(tempfile.mkdtemp())))
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)  # type: ignore[no-any-return]
+
+
+def check_kernels() -> dict[str, Any]:
+    import torch
+
+    from backends.varlen import FAST_KERNELS, find_fast_kernel, kernel_error
+
+    report: dict[str, Any] = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(0)}
+    for name, make in FAST_KERNELS.items():
+        for dtype in (torch.float16, torch.bfloat16):
+            try:
+                report[f"{name} {dtype}"] = f"max abs error {kernel_error(make(), 'cuda', dtype):.2e}"
+            except Exception as exc:  # noqa: BLE001 - report why a kernel is unavailable
+                report[f"{name} {dtype}"] = f"unavailable: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+    chosen = find_fast_kernel("cuda", torch.float16)
+    report["chosen fp16"] = chosen.name if chosen else None
+    return report
+
+
+def check_parity(bert_dir: Path, corpus_texts: list[str]) -> dict[str, float]:
+    """Unpadded fp16 engine output against transformers fp32, text by text (no padding anywhere)."""
+    import torch
+    import transformers
+
+    from tests.models import build_family_model, build_tiny_model
+
+    root = Path(tempfile.mkdtemp(prefix="es-parity-"))
+    texts = corpus_texts[:PARITY_TEXTS]
+    result: dict[str, float] = {}
+    for name, model_dir, pooling in [
+        ("bert-base", bert_dir, "cls"),
+        ("tiny xlm-roberta", build_family_model("xlm-roberta", root / "xlmr", bert_dir), "cls"),
+        ("tiny bert mean", build_family_model("bert", root / "bert", bert_dir), "mean"),
+    ]:
+        served = engine(model_dir, "varlen", pooling)
+        encodings = tokenized(model_dir, texts, max_length=PARITY_MAX_TOKENS)
+        got = served.embed(model_batch(encodings)).pooled
+        del served
+        reference = transformers.AutoModel.from_pretrained(model_dir, attn_implementation="eager").cuda().eval()
+        rows = []
+        with torch.inference_mode():
+            for e in encodings:
+                hidden = reference(input_ids=torch.tensor([e.ids], device="cuda")).last_hidden_state[0].float()
+                rows.append((hidden[0] if pooling == "cls" else hidden.mean(0)).cpu().numpy())
+        result[f"{name} min cosine"] = float(cosine(got, np.stack(rows)).min())
+        del reference
+
+    reranker_dir = build_tiny_model("reranker", root / "reranker", bert_dir)
+    served = engine(reranker_dir, "varlen")
+    encodings = tokenized(reranker_dir, texts[:12], pairs=texts[12:24], max_length=PARITY_MAX_TOKENS)
+    got = served.predict(model_batch(encodings))
+    reference = transformers.AutoModelForSequenceClassification.from_pretrained(reranker_dir).cuda().eval()
+    with torch.inference_mode():
+        expected = np.stack([
+            reference(input_ids=torch.tensor([e.ids], device="cuda"),
+                      token_type_ids=torch.tensor([e.type_ids], device="cuda")).logits[0].float().cpu().numpy()
+            for e in encodings
+        ])
+    result["tiny reranker max abs logit error"] = float(np.abs(got - expected).max())
+    torch.cuda.empty_cache()
+    return result
 
 
 def raw_forward_tokens_per_s(model_dir: Path, batch: int, length: int, seconds: float) -> float:
@@ -76,35 +215,107 @@ def raw_forward_tokens_per_s(model_dir: Path, batch: int, length: int, seconds: 
     return runs * batch * length / elapsed
 
 
+def engine_tokens_per_s(model_dir: Path, mode: str, batches: list[Any], seconds: float) -> tuple[float, str]:
+    """The torch engine alone (no router, no HTTP) on mixed-length batches."""
+    import torch
+
+    served = engine(model_dir, mode)
+    served.embed(batches[0])
+    torch.cuda.synchronize()
+    tokens, started, index = 0, time.perf_counter(), 0
+    while time.perf_counter() - started < seconds:
+        batch = batches[index % len(batches)]
+        served.embed(batch)  # returns host arrays: synchronous
+        tokens += len(batch.input_ids)
+        index += 1
+    elapsed = time.perf_counter() - started
+    attention = served.attention
+    del served
+    torch.cuda.empty_cache()
+    return tokens / elapsed, attention
+
+
+def served_run(model_dir: Path, mode: str, corpus: Any, args: argparse.Namespace) -> LoadResult:
+    port = free_port()
+    command = server_command(model_dir, port, ["--backend", "torch", "--dtype", "float16",
+                                               "--max-batch-tokens", str(args.max_batch_tokens),
+                                               "--max-client-batch-size", "64"])
+    with attention_mode(mode):
+        server = ServerProcess(command=command, port=port)
+        server.start()
+    try:
+        print(f"[{mode}] server healthy after {server.wait_healthy():.1f}s", flush=True)
+        run_load(server.base_url, corpus.requests[:16], min(args.concurrency, 16))  # warm-up
+        result = run_load(server.base_url, corpus.requests, args.concurrency)
+        attention_lines = [line for line in server.log_tail().splitlines() if "attention:" in line]
+        print(f"[{mode}] {attention_lines[-1] if attention_lines else 'no attention line in log'}", flush=True)
+    finally:
+        server.stop()
+    print(f"[{mode}] served: {result.texts} texts in {result.seconds:.1f}s, {result.tokens_per_s:,.0f} tokens/s, "
+          f"p50 {result.latency_ms(0.5):.0f} ms, p99 {result.latency_ms(0.99):.0f} ms, "
+          f"errors {len(result.failures)}", flush=True)
+    return result
+
+
+def section(summary: dict[str, Any], name: str, run: Callable[[], Any]) -> Any:
+    """Run one part of the check; a failure is recorded and the rest still runs (one GPU lease, one try)."""
+    started = time.perf_counter()
+    try:
+        value = run()
+    except Exception as exc:  # noqa: BLE001 - reported in the summary and the exit code
+        traceback.print_exc()
+        summary[name] = f"FAILED: {type(exc).__name__}: {exc}"
+        return None
+    summary[name] = value
+    print(f"== {name} ({time.perf_counter() - started:.0f}s): {json.dumps(value, indent=1, default=str)}", flush=True)
+    return value
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu_check")
     parser.add_argument("--texts", type=int, default=8000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--max-batch-tokens", type=int, default=32768)
+    parser.add_argument("--seconds", type=float, default=10.0, help="per in-process throughput figure")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    out = Path(os.environ["OUT"]) if os.environ.get("OUT") else None
+    summary: dict[str, Any] = {}
 
     model_dir = build_model(Path(tempfile.mkdtemp(prefix="es-gpu-")) / "bert-base-random")
-    raw = raw_forward_tokens_per_s(model_dir, batch=64, length=256, seconds=20)
-    print(f"raw in-process forward (fp16, SDPA, 64 x 256 tokens): {raw:,.0f} tokens/s", flush=True)
-
     corpus = build_corpus(model_dir, args.texts, seed=0)
-    port = free_port()
-    command = server_command(model_dir, port, ["--backend", "torch", "--dtype", "float16",
-                                               "--max-batch-tokens", str(args.max_batch_tokens),
-                                               "--max-client-batch-size", "64"])
-    server = ServerProcess(command=command, port=port)
-    server.start()
-    try:
-        print(f"server healthy after {server.wait_healthy():.1f}s", flush=True)
-        run_load(server.base_url, corpus.requests[:16], min(args.concurrency, 16))  # warm-up
-        result = run_load(server.base_url, corpus.requests, args.concurrency)
-    finally:
-        server.stop()
-    print(f"served: {result.texts} texts in {result.seconds:.1f}s, {result.tokens_per_s:,.0f} tokens/s, "
-          f"p50 {result.latency_ms(0.5):.0f} ms, p99 {result.latency_ms(0.99):.0f} ms, errors {len(result.failures)}")
-    print(f"served / raw forward tokens/s: {result.tokens_per_s / raw:.2f}")
-    return 1 if result.failures else 0
+
+    section(summary, "kernels", check_kernels)
+    parity = section(summary, "parity", lambda: check_parity(model_dir, corpus.texts))
+    raw = section(summary, "raw forward tokens/s (fp16 sdpa, 64 x 256)",
+                  lambda: raw_forward_tokens_per_s(model_dir, batch=64, length=256, seconds=args.seconds))
+    batches = budget_batches(tokenized(model_dir, corpus.texts[:2000]), args.max_batch_tokens)
+    for mode in ("padded", "auto"):
+        section(summary, f"engine tokens/s, mixed lengths, {mode}",
+                lambda: engine_tokens_per_s(model_dir, mode, batches, args.seconds))
+    served: dict[str, LoadResult] = {}
+
+    def serve(mode: str) -> dict[str, float]:
+        result = served[mode] = served_run(model_dir, mode, corpus, args)
+        return {"tokens/s": result.tokens_per_s, "texts/s": result.texts_per_s, "p50 ms": result.latency_ms(0.5),
+                "p99 ms": result.latency_ms(0.99), "errors": len(result.failures)}
+
+    for mode in ("auto", "padded"):
+        section(summary, f"served, {mode}", lambda: serve(mode))
+    if raw and "auto" in served:
+        summary["served unpadded / raw forward"] = served["auto"].tokens_per_s / raw
+    if len(served) == 2:
+        summary["served unpadded / served padded"] = served["auto"].tokens_per_s / served["padded"].tokens_per_s
+
+    print(json.dumps(summary, indent=1, default=str))
+    if out is not None:
+        (out / "gpu_check.json").write_text(json.dumps(summary, indent=1, default=str))
+    ok = parity is not None and all(v >= MIN_FP16_COSINE for k, v in parity.items() if "cosine" in k)
+    ok = ok and parity["tiny reranker max abs logit error"] < 1e-2
+    ok = ok and len(served) == 2 and all(not r.failures for r in served.values())
+    failed = [k for k, v in summary.items() if isinstance(v, str) and v.startswith("FAILED")]
+    print(f"gpu check {'ok' if ok and not failed else 'FAILED'}; failed sections: {failed or 'none'}")
+    return 0 if ok and not failed else 1
 
 
 if __name__ == "__main__":

@@ -18,4 +18,4 @@ else
 fi
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 "$PYTHON" proto/generate.py
-timeout 280 "$PYTHON" -m bench.gpu_check "$@"
+timeout 290 "$PYTHON" -m bench.gpu_check "$@"

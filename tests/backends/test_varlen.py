@@ -134,3 +134,21 @@ def test_auto_pads_on_cpu_and_varlen_refuses_unsupported(family_dirs: dict[str, 
     monkeypatch.setenv("EMBEDSERVE_TORCH_ATTENTION", "sideways")
     with pytest.raises(ValueError, match="choose from auto, padded, varlen"):
         _engine(family_dirs["bert"], "mean", tmp_path)
+
+
+def test_roberta_positions_skip_padding_ids_like_transformers() -> None:
+    from transformers.models.roberta import modeling_roberta
+
+    from backends.base import ModelBatch
+    from backends.varlen import PackedBatch
+
+    ids = np.array([0, 5, 1, 7, 2, 0, 9, 2], dtype=np.uint32)  # the first text holds the padding id 1
+    cu = np.array([0, 5, 8], dtype=np.uint32)
+    batch = ModelBatch(ids, np.zeros_like(ids), np.zeros_like(ids), cu, 5)
+    packed = PackedBatch.from_batch(batch, "cpu", padding_idx=1)
+    # transformers' own rule: a module function in 4.x, a static method in 5.x.
+    derive = getattr(modeling_roberta, "create_position_ids_from_input_ids", None) or \
+        modeling_roberta.RobertaEmbeddings.create_position_ids_from_input_ids
+    expected = [derive(torch.from_numpy(ids[a:b].astype(np.int64))[None], 1)[0] for a, b in ((0, 5), (5, 8))]
+    assert packed.position_ids.tolist() == torch.cat(expected).tolist() == [2, 3, 1, 4, 5, 2, 3, 4]
+    assert PackedBatch.from_batch(batch, "cpu", padding_idx=None).position_ids.tolist() == [0, 1, 2, 3, 4, 0, 1, 2]
