@@ -41,6 +41,10 @@ ONNX_MODEL_TYPES = (
 )
 
 # Exit codes: 2 is argparse's own for bad flags.
+# Model types whose code ships on the Hub (auto_map) but that the torch engine
+# implements itself (backends/gte.py): auto serves them without remote code.
+NATIVE_REMOTE_MODEL_TYPES = ("new",)
+
 EXIT_CONFIG_ERROR = 2
 EXIT_STARTUP_FAILED = 3
 EXIT_CHILD_DIED = 4
@@ -106,8 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", default=_env("REVISION"),
                    help="Hub revision (commit, branch or refs/pr/N) [env REVISION]")
     p.add_argument("--backend", default=_env("BACKEND", "auto"), choices=["auto", "torch", "onnx", "python"],
-                   help="Engine. auto: python for models with their own code (auto_map), torch on a GPU, "
-                   "onnx on CPU for the architectures it serves, else torch [env BACKEND]")
+                   help="Engine. auto: python for models with their own code (auto_map) except GTE, which "
+                   "torch implements natively; torch on a GPU; onnx on CPU for the architectures it serves; "
+                   "else torch [env BACKEND]")
     p.add_argument("--dtype", default=_env("DTYPE"), choices=["float32", "float16", "bfloat16", "int8"],
                    help="Weights dtype; default float32 on CPU, float16 on GPU; int8 (onnx only) is a "
                    "dynamic quantization [env DTYPE]")
@@ -285,7 +290,7 @@ def plan_launch(args: argparse.Namespace) -> LaunchPlan:
 def choose_backend(requested: str, spec: ModelSpec, gpus: list[str]) -> str:
     if requested != "auto":
         return requested
-    if spec.remote_code:
+    if spec.remote_code and spec.config_model_type not in NATIVE_REMOTE_MODEL_TYPES:
         return "python"
     if gpus:
         return "torch"

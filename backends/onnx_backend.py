@@ -47,6 +47,10 @@ class OnnxBackend(PaddedEngine):
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype} is not supported by the onnx backend ({', '.join(DTYPES)})")
         config = json.loads((model_dir / "config.json").read_text())
+        if config.get("auto_map") and not (model_dir / "onnx" / "model.onnx").is_file() \
+                and not (model_dir / "model.onnx").is_file():
+            raise ValueError(f"model type {config.get('model_type')!r} ships its own code (auto_map), which the ONNX "
+                             "export does not run; use --backend torch (GTE) or python")
         architectures = config.get("architectures") or []
         self._is_classifier = any(str(a).endswith("Classification") for a in architectures)
         if not self._is_classifier and pooling not in POOLINGS:

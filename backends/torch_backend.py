@@ -21,7 +21,8 @@ from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelF
 
 from backends.base import EmbedOutput, EngineSpec, ModelBatch
 from backends.padding import PaddedEngine, padded_chunks
-from backends.varlen import NamedKernel, VarlenEncoder, find_fast_kernel, pool_packed, reference_attention, unsupported_reason
+from backends import gte
+from backends.varlen import NamedKernel, UnpaddedEncoder, VarlenEncoder, find_fast_kernel, pool_packed, reference_attention, unsupported_reason
 from proto.codec import F32Array
 
 logger = logging.getLogger(__name__)
@@ -51,13 +52,19 @@ class TorchBackend(PaddedEngine):
             torch.set_num_threads(len(os.sched_getaffinity(0)))
 
         model_dir = spec.model_dir
-        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        # GTE's transformers code is Hub-only: unless its remote code is asked
+        # for (the python engine), run our own implementation.
+        native_gte = not trust_remote_code and gte.is_gte(model_dir)
+        config: Any = (gte.GteConfig.from_dir(model_dir) if native_gte
+                       else AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code))
         architectures = config.architectures or []
         self._is_classifier = any(a.endswith("Classification") for a in architectures)
         if not self._is_classifier and spec.pooling not in POOLINGS:
             raise ValueError(f"pooling {spec.pooling!r} is not supported by the {self.name} backend")
         self.pooling = spec.pooling
 
+        if native_gte and spec.pooling == "splade":
+            raise ValueError("SPLADE pooling is not available for GTE models")
         model_cls: type[Any]
         if self._is_classifier:
             model_cls = AutoModelForSequenceClassification
@@ -70,7 +77,10 @@ class TorchBackend(PaddedEngine):
             f.stat().st_size for f in model_dir.glob("*.bin")
         ) / 1e6
         logger.info("loading weights from %s (%.0f MB, %s, %s)", model_dir, weights_mb, self.device, dtype)
-        self._model = _load(model_cls, model_dir, DTYPES[dtype], trust_remote_code)
+        if native_gte:
+            self._model = gte.load(model_dir, config, DTYPES[dtype])
+        else:
+            self._model = _load(model_cls, model_dir, DTYPES[dtype], trust_remote_code)
         self._model.eval().to(self.device)
         logger.info("weights loaded in %.1fs", time.monotonic() - started)
 
@@ -85,13 +95,14 @@ class TorchBackend(PaddedEngine):
         self.attention = f"varlen ({self._varlen.kernel.name})" if self._varlen else "padded sdpa"
         logger.info("attention: %s", self.attention)
 
-    def _unpadded_encoder(self, dtype: torch.dtype) -> VarlenEncoder | None:
+    def _unpadded_encoder(self, dtype: torch.dtype) -> UnpaddedEncoder | None:
         mode = os.environ.get("EMBEDSERVE_TORCH_ATTENTION", "auto")
         if mode not in ATTENTION_MODES:
             raise ValueError(f"EMBEDSERVE_TORCH_ATTENTION={mode!r}: choose from {', '.join(ATTENTION_MODES)}")
         if mode == "padded":
             return None
-        reason = unsupported_reason(self._model)
+        is_gte = isinstance(self._model, (gte.GteModel, gte.GteForSequenceClassification))
+        reason = None if is_gte else unsupported_reason(self._model)
         if reason is None and self.pooling == "splade":
             reason = "SPLADE pools over vocabulary logits, which run in padded chunks"
         kernel = find_fast_kernel(self.device, dtype) if reason is None else None
@@ -106,7 +117,7 @@ class TorchBackend(PaddedEngine):
             if self.device != "cpu":
                 logger.info("running padded: %s", reason)
             return None
-        return VarlenEncoder(self._model, kernel)
+        return gte.GteUnpadded(self._model, kernel) if is_gte else VarlenEncoder(self._model, kernel)
 
     @property
     def is_padded(self) -> bool:
@@ -158,7 +169,7 @@ class TorchBackend(PaddedEngine):
                 rows[seq] = logits[row]
         return np.stack([rows[i] for i in range(batch.size)])
 
-    def _embed_unpadded(self, encoder: VarlenEncoder, batch: ModelBatch) -> EmbedOutput:
+    def _embed_unpadded(self, encoder: UnpaddedEncoder, batch: ModelBatch) -> EmbedOutput:
         packed = encoder.pack(batch, self.device)
         hidden = encoder.hidden_states(packed)
         pooled_rows = [seq for seq in range(batch.size) if seq not in batch.raw_indices]

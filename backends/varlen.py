@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -92,6 +92,19 @@ class PackedBatch:
     @property
     def last_tokens(self) -> torch.Tensor:
         return self.cu_seqlens[1:].long() - 1
+
+
+class UnpaddedEncoder(Protocol):
+    """A model driven on packed batches: `VarlenEncoder` for BERT-like
+    transformers models, `backends.gte.GteUnpadded` for GTE."""
+
+    kernel: NamedKernel
+
+    def pack(self, batch: ModelBatch, device: str) -> PackedBatch: ...
+
+    def hidden_states(self, packed: PackedBatch) -> torch.Tensor: ...
+
+    def classify(self, packed: PackedBatch) -> torch.Tensor: ...
 
 
 def unsupported_reason(model: Any) -> str | None:

@@ -47,11 +47,14 @@ def add_prompts(model_dir: Path, prompts: dict[str, str]) -> None:
 # Tiny configs of each supported architecture family; the tokenizer is the
 # bundled BERT WordPiece one (vocabulary 30522) for all of them, which is all a
 # parity test between two runtimes on the same ids needs.
+# initializer_range 0.2 rather than 0.02: with the usual tiny weights attention is
+# near uniform and layers barely move the states, so a parity test would pass
+# runtimes that got attention or positions wrong.
 _ENCODER = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                max_position_embeddings=128)
+                max_position_embeddings=128, initializer_range=0.2)
 _OFFSET_ENCODER = dict(_ENCODER, pad_token_id=1, max_position_embeddings=130)
 _DECODER = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                intermediate_size=64, max_position_embeddings=128)
+                intermediate_size=64, max_position_embeddings=128, initializer_range=0.2)
 FAMILIES: dict[str, tuple[str, str, dict[str, object], str]] = {
     # family: (config class, model class, config kwargs, pooling)
     "bert": ("BertConfig", "BertModel", _ENCODER, "mean"),
@@ -170,4 +173,295 @@ def build_remote_code_model(target: Path, tokenizer_source: Path, seed: int = 0)
         shutil.copy(tokenizer_source / name, target / name)
     (target / "1_Pooling").mkdir()
     (target / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    return target
+
+
+# A reference GTE ("new") written as remote code, the way transformers runs GTE
+# checkpoints (auto_map). The Hub's own modeling file cannot be fetched here, so
+# this one follows the published architecture and parameter names, written plainly
+# (padded eager attention with an additive mask, cached cos/sin tables) and apart
+# from the engine's implementation in backends/gte.py, which it checks.
+GTE_CONFIG_CODE = '''
+from transformers import PretrainedConfig
+
+
+class NewConfig(PretrainedConfig):
+    model_type = "new"
+
+    def __init__(self, vocab_size=30528, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                 intermediate_size=3072, hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.0,
+                 max_position_embeddings=2048, type_vocab_size=1, initializer_range=0.02, layer_norm_type="layer_norm",
+                 layer_norm_eps=1e-12, position_embedding_type="rope", rope_theta=10000.0, rope_scaling=None,
+                 classifier_dropout=None, pack_qkv=True, unpad_inputs=False, use_memory_efficient_attention=False,
+                 logn_attention_scale=False, logn_attention_clip1=False, **kwargs):
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.max_position_embeddings = max_position_embeddings
+        self.type_vocab_size = type_vocab_size
+        self.initializer_range = initializer_range
+        self.layer_norm_type = layer_norm_type
+        self.layer_norm_eps = layer_norm_eps
+        self.position_embedding_type = position_embedding_type
+        self.rope_theta = rope_theta
+        self.rope_scaling = rope_scaling
+        self.classifier_dropout = classifier_dropout
+        self.pack_qkv = pack_qkv
+        self.unpad_inputs = unpad_inputs
+        self.use_memory_efficient_attention = use_memory_efficient_attention
+        self.logn_attention_scale = logn_attention_scale
+        self.logn_attention_clip1 = logn_attention_clip1
+        super().__init__(**kwargs)
+'''
+
+GTE_MODEL_CODE = '''
+import math
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
+
+from .configuration_gte import NewConfig
+
+
+def rotary_tables(config, length):
+    dim = config.hidden_size // config.num_attention_heads
+    scaling = config.rope_scaling or {}
+    factor = scaling.get("factor", 1.0)
+    base = config.rope_theta
+    frequencies = [base ** (-2 * i / dim) for i in range(dim // 2)]
+    if factor > 1:
+        if scaling.get("mixed_b") is None:
+            frequencies = [(base * factor) ** (-2 * i / dim) / factor ** (2 / dim) for i in range(dim // 2)]
+        else:
+            b = scaling["mixed_b"]
+            a = math.log(factor) / (dim / 2) ** b
+            frequencies = [f / math.exp(a * (i + 1) ** b) for i, f in enumerate(frequencies)]
+    angles = torch.tensor([[p * f for f in frequencies] for p in range(length)], dtype=torch.float64)
+    angles = torch.cat([angles, angles], dim=1)
+    return angles.cos().float(), angles.sin().float()
+
+
+class Norm(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.rms = config.layer_norm_type == "rms_norm"
+        self.eps = config.layer_norm_eps
+        self.weight = nn.Parameter(torch.ones(config.hidden_size))
+        if not self.rms:
+            self.bias = nn.Parameter(torch.zeros(config.hidden_size))
+
+    def forward(self, x):
+        if self.rms:
+            return self.weight * (x / torch.sqrt((x * x).mean(-1, keepdim=True) + self.eps))
+        centered = x - x.mean(-1, keepdim=True)
+        return self.weight * centered / torch.sqrt((centered * centered).mean(-1, keepdim=True) + self.eps) + self.bias
+
+
+class NewEmbeddings(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        if config.type_vocab_size > 0:
+            self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        if config.position_embedding_type == "absolute":
+            self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, input_ids, token_type_ids):
+        x = self.word_embeddings(input_ids)
+        if self.config.type_vocab_size > 0:
+            x = x + self.token_type_embeddings(token_type_ids)
+        if self.config.position_embedding_type == "absolute":
+            x = x + self.position_embeddings(torch.arange(input_ids.shape[1])[None, :])
+        return self.LayerNorm(x)
+
+
+class NewAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        h = config.hidden_size
+        if config.pack_qkv:
+            self.qkv_proj = nn.Linear(h, 3 * h)
+        else:
+            self.q_proj, self.k_proj, self.v_proj = nn.Linear(h, h), nn.Linear(h, h), nn.Linear(h, h)
+        self.o_proj = nn.Linear(h, h)
+
+    def forward(self, x, bias, cos, sin, scale):
+        b, n, h = x.shape
+        heads = self.config.num_attention_heads
+        d = h // heads
+        if self.config.pack_qkv:
+            packed = self.qkv_proj(x)
+            q, k, v = packed[..., :h], packed[..., h:2 * h], packed[..., 2 * h:]
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q, k, v = [t.view(b, n, heads, d).permute(0, 2, 1, 3) for t in (q, k, v)]  # b, heads, n, d
+        if cos is not None:
+            def rotate(t):
+                return t * cos + torch.cat([-t[..., d // 2:], t[..., : d // 2]], dim=-1) * sin
+            q, k = rotate(q), rotate(k)
+        if scale is not None:
+            q = q * scale
+        scores = q @ k.transpose(-1, -2) / math.sqrt(d) + bias
+        context = torch.softmax(scores, dim=-1) @ v
+        return self.o_proj(context.permute(0, 2, 1, 3).reshape(b, n, h))
+
+
+class NewGatedMLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.size = config.intermediate_size
+        self.up_gate_proj = nn.Linear(config.hidden_size, 2 * self.size, bias=False)
+        self.down_proj = nn.Linear(self.size, config.hidden_size)
+        self.act = ACT2FN[config.hidden_act]
+
+    def forward(self, x):
+        both = self.up_gate_proj(x)
+        return self.down_proj(both[..., : self.size] * self.act(both[..., self.size:]))
+
+
+class NewLayer(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.attention = NewAttention(config)
+        self.mlp = NewGatedMLP(config)
+        self.attn_ln = Norm(config)
+        self.mlp_ln = Norm(config)
+
+    def forward(self, x, bias, cos, sin, scale):
+        x = self.attn_ln(x + self.attention(x, bias, cos, sin, scale))
+        return self.mlp_ln(x + self.mlp(x))
+
+
+class NewEncoder(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.layer = nn.ModuleList([NewLayer(config) for _ in range(config.num_hidden_layers)])
+
+
+class NewPooler(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, states):
+        return torch.tanh(self.dense(states[:, 0]))
+
+
+class NewPreTrainedModel(PreTrainedModel):
+    config_class = NewConfig
+    base_model_prefix = "new"
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(0.0, self.config.initializer_range)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.data.normal_(0.0, self.config.initializer_range)
+        if isinstance(module, (nn.LayerNorm, Norm)):
+            module.weight.data.normal_(1.0, 0.1)
+            if getattr(module, "bias", None) is not None:
+                module.bias.data.normal_(0.0, 0.1)
+
+
+class NewModel(NewPreTrainedModel):
+    def __init__(self, config, add_pooling_layer=False):
+        super().__init__(config)
+        self.embeddings = NewEmbeddings(config)
+        self.encoder = NewEncoder(config)
+        self.pooler = NewPooler(config) if add_pooling_layer else None
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, **kwargs):
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        n = input_ids.shape[1]
+        x = self.embeddings(input_ids, token_type_ids)
+        bias = (1.0 - attention_mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+        cos = sin = None
+        if self.config.position_embedding_type == "rope":
+            scaling = self.config.rope_scaling or {}
+            cos, sin = rotary_tables(self.config, max(n, int(self.config.max_position_embeddings * scaling.get("factor", 1.0))))
+            cos, sin = cos[:n], sin[:n]
+        scale = None
+        if self.config.logn_attention_scale:
+            scale = attention_mask.sum(1).float().log() / math.log(self.config.max_position_embeddings)
+            if self.config.logn_attention_clip1:
+                scale = scale.clamp(min=1)
+            scale = scale[:, None, None, None]
+        for layer in self.encoder.layer:
+            x = layer(x, bias, cos, sin, scale)
+        pooled = self.pooler(x) if self.pooler is not None else None
+        return BaseModelOutputWithPooling(last_hidden_state=x, pooler_output=pooled)
+
+
+class NewForSequenceClassification(NewPreTrainedModel):
+    def __init__(self, config):
+        super().__init__(config)
+        self.new = NewModel(config, add_pooling_layer=True)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, **kwargs):
+        pooled = self.new(input_ids, attention_mask, token_type_ids).pooler_output
+        return SequenceClassifierOutput(logits=self.classifier(pooled))
+'''
+
+GTE_TINY_CONFIG: dict[str, object] = dict(
+    vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48,
+    max_position_embeddings=128, type_vocab_size=2, rope_theta=500.0, hidden_dropout_prob=0.0,
+    # Large enough that attention is far from uniform and every part moves the output.
+    initializer_range=0.2,
+)
+
+
+def build_gte_model(target: Path, tokenizer_source: Path, seed: int = 0, classifier: bool = False,
+                    **overrides: object) -> Path:
+    """A tiny GTE ("new") checkpoint saved by the reference remote code, with its auto_map."""
+    import importlib
+    import sys
+
+    import torch
+
+    target.mkdir(parents=True)
+    package = target / "gte_reference_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "configuration_gte.py").write_text(GTE_CONFIG_CODE)
+    (package / "modeling_gte.py").write_text(GTE_MODEL_CODE)
+    sys.path.insert(0, str(target))
+    try:
+        modeling = importlib.import_module("gte_reference_pkg.modeling_gte")
+        torch.manual_seed(seed)
+        labels = {0: "LABEL_0"} if classifier else {}
+        config = modeling.NewConfig(**{**GTE_TINY_CONFIG, **overrides},
+                                    **({"id2label": labels, "label2id": {"LABEL_0": 0}} if classifier else {}))
+        architecture = "NewForSequenceClassification" if classifier else "NewModel"
+        config.architectures = [architecture]
+        config.auto_map = {"AutoConfig": "configuration_gte.NewConfig", "AutoModel": "modeling_gte.NewModel",
+                           "AutoModelForSequenceClassification": "modeling_gte.NewForSequenceClassification"}
+        getattr(modeling, architecture)(config).eval().save_pretrained(target)
+    finally:
+        sys.path.remove(str(target))
+        for name in [n for n in sys.modules if n.startswith("gte_reference_pkg")]:
+            del sys.modules[name]
+    shutil.rmtree(package)
+    (target / "configuration_gte.py").write_text(GTE_CONFIG_CODE)
+    (target / "modeling_gte.py").write_text(GTE_MODEL_CODE)
+    for name in TOKENIZER_FILES:
+        shutil.copy(tokenizer_source / name, target / name)
+    if not classifier:
+        (target / "1_Pooling").mkdir()
+        (target / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
     return target

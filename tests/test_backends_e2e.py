@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, short_socket_prefix, start_server
-from tests.models import build_remote_code_model
+from tests.models import build_gte_model, build_remote_code_model
 
 TEXTS = ["remote code models load in their own process", "short one", "Zürich 東京 café"]
 
@@ -80,6 +80,14 @@ def test_unknown_architecture_without_remote_code(tmp_path: Path, model_dir: Pat
     assert str(mystery) in line and "torch backend" in line and "mystery-net" in line
 
 
+def test_onnx_refuses_models_that_ship_their_own_code(tmp_path: Path, model_dir: Path) -> None:
+    gte = build_gte_model(tmp_path / "gte", model_dir)
+    result = _launch("--model-id", str(gte), "--backend", "onnx")
+    assert result.returncode == 3
+    [line] = [line for line in result.stderr.splitlines() if "cannot load" in line]
+    assert str(gte) in line and "onnx backend" in line and "auto_map" in line
+
+
 def test_int8_needs_the_onnx_backend(model_dir: Path) -> None:
     result = _launch("--backend", "torch", "--dtype", "int8")
     assert result.returncode == 2
@@ -110,4 +118,23 @@ def test_unpadded_torch_backend_is_budgeted_by_real_tokens(
     assert counters.batches_run == 1 and counters.sequences_run == 3
     assert counters.max_batch_tokens_seen == sum(lengths)
     expected = sentence_transformer.encode(texts, normalize_embeddings=True)
+    assert _cosine(got, expected).min() >= 0.9999
+
+
+@pytest.mark.parametrize(("backend_flag", "engine"), [([], "torch"), (["--backend", "python"], "python")],
+                         ids=["auto-native", "remote-code"])
+def test_gte_served_natively_or_by_its_remote_code(
+    backend_flag: list[str], engine: str, tmp_path: Path, model_dir: Path
+) -> None:
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    gte = build_gte_model(tmp_path / "gte", model_dir)
+    with start_server("--model-id", str(gte), *backend_flag, tmp_dir=tmp_path) as server:
+        assert httpx.get(f"{server.url}/info").json()["backend"] == engine
+        got = _embed(server.url, TEXTS, normalize=False)
+    tokenizer = AutoTokenizer.from_pretrained(gte)
+    model = AutoModel.from_pretrained(gte, trust_remote_code=True).eval()
+    with torch.inference_mode():
+        expected = np.stack([model(**tokenizer(t, return_tensors="pt")).last_hidden_state[0, 0].numpy() for t in TEXTS])
     assert _cosine(got, expected).min() >= 0.9999
