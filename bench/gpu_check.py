@@ -4,14 +4,16 @@
    them) and a WordPiece tokenizer over a synthetic vocabulary.
 2. Varlen attention: which kernel the torch engine finds, and the engine's fp16
    unpadded output against transformers in float32, text by text, for the
-   BERT-base model, a tiny XLM-RoBERTa (position offset) and a tiny reranker.
+   BERT-base model, a tiny XLM-RoBERTa (position offset), a tiny reranker, and
+   a tiny GTE (our implementation against its remote code).
 3. The raw in-process forward throughput: fp16, SDPA, full batches of
    passage-length sequences, no tokenization, no HTTP.
 4. The torch engine in-process on the bench corpus's mixed lengths, padded
    against unpadded, batches formed as the router forms them.
 5. embedserve with the torch backend on the GPU, driven by the bench's load
-   generator, unpadded (the default) and then padded; served tokens/s beside
-   the raw figure.
+   generator, unpadded (the default) and then padded, then unpadded again from
+   several load processes; served tokens/s beside the raw figure, and the cores
+   each part of the server kept busy (where the bottleneck is).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from typing import Any
 import numpy as np
 
 from bench.corpus import build_corpus
-from bench.load import LoadResult, run_load
+from bench.load import LoadResult, run_load, run_load_processes
+from bench.process_cpu import CpuMeter
 from bench.server import ServerProcess, free_port, server_command
 
 VOCAB_SIZE = 30522
@@ -193,6 +196,33 @@ def check_parity(bert_dir: Path, corpus_texts: list[str]) -> dict[str, float]:
     return result
 
 
+def check_gte_parity(bert_dir: Path, corpus_texts: list[str]) -> dict[str, float]:
+    """GTE's own implementation on the GPU (fp16, padded and unpadded) against its remote code in float32 on CPU."""
+    import torch
+
+    from tests.models import build_gte_model
+
+    gte_dir = build_gte_model(Path(tempfile.mkdtemp(prefix="es-gte-")) / "gte", bert_dir,
+                              rope_scaling={"type": "ntk", "factor": 2.0})
+    encodings = tokenized(gte_dir, corpus_texts[:PARITY_TEXTS], max_length=PARITY_MAX_TOKENS)
+    from transformers import AutoModel
+
+    reference = AutoModel.from_pretrained(gte_dir, trust_remote_code=True).eval()
+    with torch.inference_mode():
+        expected = np.stack([
+            reference(input_ids=torch.tensor([e.ids]), token_type_ids=torch.tensor([e.type_ids]))
+            .last_hidden_state[0, 0].numpy() for e in encodings
+        ])
+    result: dict[str, float] = {}
+    for mode in ("auto", "padded"):
+        served = engine(gte_dir, mode)
+        got = served.embed(model_batch(encodings)).pooled
+        result[f"gte {served.attention} min cosine"] = float(cosine(got, expected).min())
+        del served
+    torch.cuda.empty_cache()
+    return result
+
+
 def raw_forward_tokens_per_s(model_dir: Path, batch: int, length: int, seconds: float) -> float:
     import torch
     from transformers import AutoModel
@@ -235,7 +265,11 @@ def engine_tokens_per_s(model_dir: Path, mode: str, batches: list[Any], seconds:
     return tokens / elapsed, attention
 
 
-def served_run(model_dir: Path, mode: str, corpus: Any, args: argparse.Namespace) -> LoadResult:
+def served_run(model_dir: Path, mode: str, corpus: Any, args: argparse.Namespace,
+               load_processes: int = 1) -> tuple[LoadResult, dict[str, float]]:
+    """Served throughput, and the cores each part of the server (and the load generator) kept busy."""
+    import resource
+
     port = free_port()
     command = server_command(model_dir, port, ["--backend", "torch", "--dtype", "float16",
                                                "--max-batch-tokens", str(args.max_batch_tokens),
@@ -246,15 +280,29 @@ def served_run(model_dir: Path, mode: str, corpus: Any, args: argparse.Namespace
     try:
         print(f"[{mode}] server healthy after {server.wait_healthy():.1f}s", flush=True)
         run_load(server.base_url, corpus.requests[:16], min(args.concurrency, 16))  # warm-up
-        result = run_load(server.base_url, corpus.requests, args.concurrency)
+        meter = CpuMeter(f"/tmp/esb-{os.getpid()}")
+        meter.start()
+        def load_cpu_seconds() -> float:
+            own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+            return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime  # children: load processes
+
+        before = load_cpu_seconds()
+        started = time.perf_counter()
+        if load_processes == 1:
+            result = run_load(server.base_url, corpus.requests, args.concurrency)
+        else:
+            result = run_load_processes(server.base_url, corpus.requests, args.concurrency, load_processes)
+        wall = time.perf_counter() - started
+        cores = meter.cores_used(wall)
+        cores["load generator"] = round((load_cpu_seconds() - before) / wall, 2)
         attention_lines = [line for line in server.log_tail().splitlines() if "attention:" in line]
         print(f"[{mode}] {attention_lines[-1] if attention_lines else 'no attention line in log'}", flush=True)
     finally:
         server.stop()
     print(f"[{mode}] served: {result.texts} texts in {result.seconds:.1f}s, {result.tokens_per_s:,.0f} tokens/s, "
           f"p50 {result.latency_ms(0.5):.0f} ms, p99 {result.latency_ms(0.99):.0f} ms, "
-          f"errors {len(result.failures)}", flush=True)
-    return result
+          f"errors {len(result.failures)}; cores busy: {cores}", flush=True)
+    return result, cores
 
 
 def section(summary: dict[str, Any], name: str, run: Callable[[], Any]) -> Any:
@@ -277,6 +325,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--max-batch-tokens", type=int, default=32768)
     parser.add_argument("--seconds", type=float, default=10.0, help="per in-process throughput figure")
+    parser.add_argument("--load-processes", type=int, default=4)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out = Path(os.environ["OUT"]) if os.environ.get("OUT") else None
@@ -287,6 +336,7 @@ def main() -> int:
 
     section(summary, "kernels", check_kernels)
     parity = section(summary, "parity", lambda: check_parity(model_dir, corpus.texts))
+    gte_parity = section(summary, "gte parity", lambda: check_gte_parity(model_dir, corpus.texts))
     raw = section(summary, "raw forward tokens/s (fp16 sdpa, 64 x 256)",
                   lambda: raw_forward_tokens_per_s(model_dir, batch=64, length=256, seconds=args.seconds))
     batches = budget_batches(tokenized(model_dir, corpus.texts[:2000]), args.max_batch_tokens)
@@ -295,13 +345,17 @@ def main() -> int:
                 lambda: engine_tokens_per_s(model_dir, mode, batches, args.seconds))
     served: dict[str, LoadResult] = {}
 
-    def serve(mode: str) -> dict[str, float]:
-        result = served[mode] = served_run(model_dir, mode, corpus, args)
+    def serve(mode: str, load_processes: int = 1) -> dict[str, Any]:
+        result, cores = served_run(model_dir, mode, corpus, args, load_processes)
+        served[mode if load_processes == 1 else f"{mode} x{load_processes}"] = result
         return {"tokens/s": result.tokens_per_s, "texts/s": result.texts_per_s, "p50 ms": result.latency_ms(0.5),
-                "p99 ms": result.latency_ms(0.99), "errors": len(result.failures)}
+                "p99 ms": result.latency_ms(0.99), "errors": len(result.failures), "cores busy": cores}
 
     for mode in ("auto", "padded"):
         section(summary, f"served, {mode}", lambda: serve(mode))
+    # One Python client tops out before the server does: the same load from several processes.
+    section(summary, f"served, auto, {args.load_processes} load processes",
+            lambda: serve("auto", args.load_processes))
     if raw and "auto" in served:
         summary["served unpadded / raw forward"] = served["auto"].tokens_per_s / raw
     if len(served) == 2:
@@ -312,7 +366,8 @@ def main() -> int:
         (out / "gpu_check.json").write_text(json.dumps(summary, indent=1, default=str))
     ok = parity is not None and all(v >= MIN_FP16_COSINE for k, v in parity.items() if "cosine" in k)
     ok = ok and parity["tiny reranker max abs logit error"] < 1e-2
-    ok = ok and len(served) == 2 and all(not r.failures for r in served.values())
+    ok = ok and gte_parity is not None and all(v >= MIN_FP16_COSINE for v in gte_parity.values())
+    ok = ok and len(served) == 3 and all(not r.failures for r in served.values())
     failed = [k for k, v in summary.items() if isinstance(v, str) and v.startswith("FAILED")]
     print(f"gpu check {'ok' if ok and not failed else 'FAILED'}; failed sections: {failed or 'none'}")
     return 0 if ok and not failed else 1

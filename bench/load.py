@@ -101,3 +101,37 @@ async def _run(base_url: str, requests: list[list[str]], concurrency: int) -> Lo
 
 def run_load(base_url: str, requests: list[list[str]], concurrency: int) -> LoadResult:
     return asyncio.run(_run(base_url, requests, concurrency))
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """One load process's share, small enough to send back between processes."""
+
+    texts: int
+    tokens: int
+    failures: int
+    latencies_s: list[float]
+    started: float  # time.time(), comparable across processes
+    finished: float
+
+
+def _run_shard(base_url: str, requests: list[list[str]], concurrency: int) -> ShardResult:
+    started = time.time()
+    result = asyncio.run(_run(base_url, requests, concurrency))
+    return ShardResult(result.texts, result.tokens, len(result.failures), result.latencies_s, started, time.time())
+
+
+def run_load_processes(base_url: str, requests: list[list[str]], concurrency: int, processes: int) -> LoadResult:
+    """The same closed loop from several processes, for servers that outrun one Python client.
+    Vectors are checked in each process but not sent back."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    shards = [requests[i::processes] for i in range(processes)]
+    per_process = max(1, concurrency // processes)
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        results = list(pool.map(_run_shard, [base_url] * processes, shards, [per_process] * processes))
+    seconds = max(r.finished for r in results) - min(r.started for r in results)
+    failures = [Failure(-1, None, f"{r.failures} failed in one load process") for r in results if r.failures]
+    return LoadResult(texts=sum(r.texts for r in results), seconds=seconds, tokens=sum(r.tokens for r in results),
+                      latencies_s=[s for r in results for s in r.latencies_s], failures=failures)
