@@ -74,6 +74,7 @@ class GteConfig:
     def from_dir(cls, model_dir: Path) -> GteConfig:
         raw = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
         known = {name: raw[name] for name in cls.__dataclass_fields__ if raw.get(name) is not None}
+        known.update(_rope_from_parameters(raw))
         config = cls(**known)
         if config.position_embedding_type not in ("rope", "absolute"):
             raise ValueError(f"GTE position_embedding_type {config.position_embedding_type!r} is not supported")
@@ -107,6 +108,21 @@ class GteConfig:
         a = math.log(factor) / (dim / 2) ** mixed_b
         stretch = torch.exp(a * torch.arange(1, dim // 2 + 1, dtype=torch.float32) ** mixed_b)
         return torch.pow(self.rope_theta, -exponents) / stretch
+
+
+def _rope_from_parameters(raw: dict[str, Any]) -> dict[str, Any]:
+    """transformers 5 saves rotary settings as rope_parameters (rope_theta and
+    rope_scaling then absent or null); Hub checkpoints use the two older keys."""
+    params = raw.get("rope_parameters")
+    if not isinstance(params, dict):
+        return {}
+    found: dict[str, Any] = {}
+    if raw.get("rope_theta") is None and params.get("rope_theta") is not None:
+        found["rope_theta"] = params["rope_theta"]
+    kind = params.get("type") or params.get("rope_type")
+    if raw.get("rope_scaling") is None and kind not in (None, "default"):
+        found["rope_scaling"] = {"type": kind, "factor": params.get("factor", 1.0), "mixed_b": params.get("mixed_b")}
+    return found
 
 
 class RMSNorm(nn.Module):

@@ -89,3 +89,21 @@ def test_gte_weights_that_do_not_fit_are_refused(model_dir: Path, tmp_path: Path
     save_file(state, str(weights))
     with pytest.raises(ValueError, match="missing.*encoder.layer.1.mlp.up_gate_proj.weight"):
         _engine(gte_dir, tmp_path)
+
+
+def test_gte_reads_rotary_settings_saved_by_transformers_5(tmp_path: Path) -> None:
+    import json
+
+    from backends.gte import GteConfig
+
+    hub_style = {"model_type": "new", "rope_theta": 500.0, "rope_scaling": {"type": "ntk", "factor": 2.0}}
+    resaved = {"model_type": "new", "rope_theta": None, "rope_scaling": None,
+               "rope_parameters": {"rope_type": "ntk", "type": "ntk", "factor": 2.0, "rope_theta": 500.0}}
+    configs = []
+    for name, raw in (("hub", hub_style), ("resaved", resaved)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(raw))
+        configs.append(GteConfig.from_dir(tmp_path / name))
+    assert configs[0].rope_theta == configs[1].rope_theta == 500.0
+    torch.testing.assert_close(configs[0].inverse_frequencies(), configs[1].inverse_frequencies())
+    assert not torch.equal(configs[0].inverse_frequencies(), GteConfig(rope_theta=500.0).inverse_frequencies())
