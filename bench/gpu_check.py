@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -302,6 +303,9 @@ def served_run(model_dir: Path, mode: str, corpus: Any, args: argparse.Namespace
     print(f"[{mode}] served: {result.texts} texts in {result.seconds:.1f}s, {result.tokens_per_s:,.0f} tokens/s, "
           f"p50 {result.latency_ms(0.5):.0f} ms, p99 {result.latency_ms(0.99):.0f} ms, "
           f"errors {len(result.failures)}; cores busy: {cores}", flush=True)
+    if result.failures:
+        statuses = Counter(str(f.status) for f in result.failures)
+        print(f"[{mode}] failures by status: {dict(statuses)}; first: {result.failures[0].detail}", flush=True)
     return result, cores
 
 

@@ -109,7 +109,7 @@ class ShardResult:
 
     texts: int
     tokens: int
-    failures: int
+    failures: list[Failure]
     latencies_s: list[float]
     started: float  # time.time(), comparable across processes
     finished: float
@@ -118,7 +118,7 @@ class ShardResult:
 def _run_shard(base_url: str, requests: list[list[str]], concurrency: int) -> ShardResult:
     started = time.time()
     result = asyncio.run(_run(base_url, requests, concurrency))
-    return ShardResult(result.texts, result.tokens, len(result.failures), result.latencies_s, started, time.time())
+    return ShardResult(result.texts, result.tokens, result.failures, result.latencies_s, started, time.time())
 
 
 def run_load_processes(base_url: str, requests: list[list[str]], concurrency: int, processes: int) -> LoadResult:
@@ -132,6 +132,6 @@ def run_load_processes(base_url: str, requests: list[list[str]], concurrency: in
     with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
         results = list(pool.map(_run_shard, [base_url] * processes, shards, [per_process] * processes))
     seconds = max(r.finished for r in results) - min(r.started for r in results)
-    failures = [Failure(-1, None, f"{r.failures} failed in one load process") for r in results if r.failures]
+    failures = [failure for r in results for failure in r.failures]
     return LoadResult(texts=sum(r.texts for r in results), seconds=seconds, tokens=sum(r.tokens for r in results),
                       latencies_s=[s for r in results for s in r.latencies_s], failures=failures)
