@@ -1,7 +1,8 @@
-"""Torch engine: transformers models on CPU or one CUDA device.
+"""Torch engine: transformers models (and our own GTE, `backends/gte.py`) on CPU
+or one CUDA device.
 
-BERT-like encoders on a GPU run unpadded, all sequences packed into one row with
-varlen attention (`backends/varlen.py`), when an installed kernel provides it.
+BERT-like encoders and GTE on a GPU run unpadded, all sequences packed into one
+row with varlen attention (`backends/varlen.py`), when an installed kernel provides it.
 Everything else runs padded SDPA, as length-sorted chunks (`backends/padding.py`).
 `EMBEDSERVE_TORCH_ATTENTION` overrides the choice: `auto` (the default), `padded`,
 or `varlen` (fail to load unless it can run unpadded; on CPU it uses the exact
@@ -19,10 +20,18 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
+from backends import gte
 from backends.base import EmbedOutput, EngineSpec, ModelBatch
 from backends.padding import PaddedEngine, padded_chunks
-from backends import gte
-from backends.varlen import NamedKernel, UnpaddedEncoder, VarlenEncoder, find_fast_kernel, pool_packed, reference_attention, unsupported_reason
+from backends.varlen import (
+    NamedKernel,
+    UnpaddedEncoder,
+    VarlenEncoder,
+    find_fast_kernel,
+    pool_packed,
+    reference_attention,
+    unsupported_reason,
+)
 from proto.codec import F32Array
 
 logger = logging.getLogger(__name__)
@@ -179,9 +188,10 @@ class TorchBackend(PaddedEngine):
             values = pool_packed(hidden, packed, self.pooling).cpu().numpy()
             pooled = {seq: values[seq] for seq in pooled_rows}
         if batch.raw_indices:
+            states = hidden.float().cpu().numpy()  # one device-to-host copy, then slices
             bounds = batch.cu_seq_lengths
             for seq in batch.raw_indices:
-                raw[seq] = hidden[int(bounds[seq]) : int(bounds[seq + 1])].float().cpu().numpy()
+                raw[seq] = states[int(bounds[seq]) : int(bounds[seq + 1])]
         return EmbedOutput.assemble(pooled, raw, self.hidden_size, self._token_width)
 
     def _forward(self, ids: np.ndarray, types: np.ndarray, mask: np.ndarray) -> tuple[Any, torch.Tensor]:

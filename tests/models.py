@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 Kind = Literal["reranker", "classifier", "splade"]
 
@@ -81,13 +82,10 @@ def build_family_model(family: str, target: Path, tokenizer_source: Path, seed: 
     config.architectures = [model_name]
     model = getattr(transformers, model_name)(config).eval()
     model.save_pretrained(target)
-    for name in TOKENIZER_FILES:
-        shutil.copy(tokenizer_source / name, target / name)
-    pooling_config = {"pooling_mode_cls_token": pooling == "cls", "pooling_mode_mean_tokens": pooling == "mean",
-                      "pooling_mode_lasttoken": pooling == "last_token"}
-    (target / "1_Pooling").mkdir()
-    (target / "1_Pooling" / "config.json").write_text(json.dumps(pooling_config))
-    return target
+    return _finish_checkpoint(target, tokenizer_source, {
+        "pooling_mode_cls_token": pooling == "cls", "pooling_mode_mean_tokens": pooling == "mean",
+        "pooling_mode_lasttoken": pooling == "last_token",
+    })
 
 
 REMOTE_CONFIG_CODE = '''
@@ -134,46 +132,59 @@ class TinyEncoderModel(PreTrainedModel):
 '''
 
 
-def build_remote_code_model(target: Path, tokenizer_source: Path, seed: int = 0) -> Path:
-    """A model whose architecture exists only in the model directory (auto_map)."""
-    import importlib.util
+def save_with_remote_code(target: Path, code: dict[str, str], save: Callable[[Any], None]) -> None:
+    """Import `code` (file name -> source) as a package, let `save` save_pretrained a model
+    built from it into `target`, then leave the sources beside the weights for auto_map."""
+    import importlib
     import sys
 
-    import torch
-
     target.mkdir(parents=True)
-    package = target / "tiny_remote_pkg"
+    package_name = f"remote_pkg_{target.name.replace('-', '_')}"
+    package = target / package_name
     package.mkdir()
     (package / "__init__.py").write_text("")
-    (package / "configuration_tiny.py").write_text(REMOTE_CONFIG_CODE)
-    (package / "modeling_tiny.py").write_text(REMOTE_MODEL_CODE)
+    for name, source in code.items():
+        (package / name).write_text(source)
     sys.path.insert(0, str(target))
     try:
-        spec = importlib.util.find_spec("tiny_remote_pkg.modeling_tiny")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        config_module = sys.modules["tiny_remote_pkg.configuration_tiny"]
+        modules = {name.removesuffix(".py"): importlib.import_module(f"{package_name}.{name.removesuffix('.py')}")
+                   for name in code}
+        save(modules)
+    finally:
+        sys.path.remove(str(target))
+        for name in [n for n in sys.modules if n.startswith(package_name)]:
+            del sys.modules[name]
+    shutil.rmtree(package)
+    for name, source in code.items():
+        (target / name).write_text(source)
+
+
+def _finish_checkpoint(target: Path, tokenizer_source: Path, pooling: dict[str, bool] | None) -> Path:
+    for name in TOKENIZER_FILES:
+        shutil.copy(tokenizer_source / name, target / name)
+    if pooling is not None:
+        (target / "1_Pooling").mkdir()
+        (target / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    return target
+
+
+def build_remote_code_model(target: Path, tokenizer_source: Path, seed: int = 0) -> Path:
+    """A model whose architecture exists only in the model directory (auto_map)."""
+    import torch
+
+    def save(modules: dict[str, Any]) -> None:
         torch.manual_seed(seed)
-        config = config_module.TinyEncoderConfig()
+        config = modules["configuration_tiny"].TinyEncoderConfig()
         config.auto_map = {
             "AutoConfig": "configuration_tiny.TinyEncoderConfig",
             "AutoModel": "modeling_tiny.TinyEncoderModel",
         }
         config.architectures = ["TinyEncoderModel"]
-        module.TinyEncoderModel(config).eval().save_pretrained(target)
-    finally:
-        sys.path.remove(str(target))
-        for name in [n for n in sys.modules if n.startswith("tiny_remote_pkg")]:
-            del sys.modules[name]
-    shutil.rmtree(package)
-    (target / "configuration_tiny.py").write_text(REMOTE_CONFIG_CODE)
-    (target / "modeling_tiny.py").write_text(REMOTE_MODEL_CODE)
-    for name in TOKENIZER_FILES:
-        shutil.copy(tokenizer_source / name, target / name)
-    (target / "1_Pooling").mkdir()
-    (target / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
-    return target
+        modules["modeling_tiny"].TinyEncoderModel(config).eval().save_pretrained(target)
+
+    save_with_remote_code(target, {"configuration_tiny.py": REMOTE_CONFIG_CODE, "modeling_tiny.py": REMOTE_MODEL_CODE},
+                          save)
+    return _finish_checkpoint(target, tokenizer_source, {"pooling_mode_mean_tokens": True})
 
 
 # A reference GTE ("new") written as remote code, the way transformers runs GTE
@@ -429,39 +440,18 @@ GTE_TINY_CONFIG: dict[str, object] = dict(
 def build_gte_model(target: Path, tokenizer_source: Path, seed: int = 0, classifier: bool = False,
                     **overrides: object) -> Path:
     """A tiny GTE ("new") checkpoint saved by the reference remote code, with its auto_map."""
-    import importlib
-    import sys
-
     import torch
 
-    target.mkdir(parents=True)
-    package = target / "gte_reference_pkg"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "configuration_gte.py").write_text(GTE_CONFIG_CODE)
-    (package / "modeling_gte.py").write_text(GTE_MODEL_CODE)
-    sys.path.insert(0, str(target))
-    try:
-        modeling = importlib.import_module("gte_reference_pkg.modeling_gte")
+    def save(modules: dict[str, Any]) -> None:
+        modeling = modules["modeling_gte"]
         torch.manual_seed(seed)
-        labels = {0: "LABEL_0"} if classifier else {}
-        config = modeling.NewConfig(**{**GTE_TINY_CONFIG, **overrides},
-                                    **({"id2label": labels, "label2id": {"LABEL_0": 0}} if classifier else {}))
+        labels = {"id2label": {0: "LABEL_0"}, "label2id": {"LABEL_0": 0}} if classifier else {}
+        config = modeling.NewConfig(**{**GTE_TINY_CONFIG, **overrides}, **labels)
         architecture = "NewForSequenceClassification" if classifier else "NewModel"
         config.architectures = [architecture]
         config.auto_map = {"AutoConfig": "configuration_gte.NewConfig", "AutoModel": "modeling_gte.NewModel",
                            "AutoModelForSequenceClassification": "modeling_gte.NewForSequenceClassification"}
         getattr(modeling, architecture)(config).eval().save_pretrained(target)
-    finally:
-        sys.path.remove(str(target))
-        for name in [n for n in sys.modules if n.startswith("gte_reference_pkg")]:
-            del sys.modules[name]
-    shutil.rmtree(package)
-    (target / "configuration_gte.py").write_text(GTE_CONFIG_CODE)
-    (target / "modeling_gte.py").write_text(GTE_MODEL_CODE)
-    for name in TOKENIZER_FILES:
-        shutil.copy(tokenizer_source / name, target / name)
-    if not classifier:
-        (target / "1_Pooling").mkdir()
-        (target / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
-    return target
+
+    save_with_remote_code(target, {"configuration_gte.py": GTE_CONFIG_CODE, "modeling_gte.py": GTE_MODEL_CODE}, save)
+    return _finish_checkpoint(target, tokenizer_source, None if classifier else {"pooling_mode_cls_token": True})
