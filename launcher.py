@@ -40,11 +40,11 @@ ONNX_MODEL_TYPES = (
     "bert", "roberta", "xlm-roberta", "camembert", "distilbert", "mpnet", "modernbert", "qwen2", "qwen3",
 )
 
-# Exit codes: 2 is argparse's own for bad flags.
 # Model types whose code ships on the Hub (auto_map) but that the torch engine
 # implements itself (backends/gte.py): auto serves them without remote code.
 NATIVE_REMOTE_MODEL_TYPES = ("new",)
 
+# Exit codes: 2 is argparse's own for bad flags.
 EXIT_CONFIG_ERROR = 2
 EXIT_STARTUP_FAILED = 3
 EXIT_CHILD_DIED = 4
