@@ -9,24 +9,18 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.load import Throughput
+
 BATCH_SIZE = 32
 WARMUP_TEXTS = 8
 
 
 @dataclass
-class BaselineResult:
+class BaselineResult(Throughput):
     texts: int
     seconds: float
     tokens: int
     embeddings: np.ndarray  # kept to check the server's vectors against
-
-    @property
-    def texts_per_s(self) -> float:
-        return self.texts / self.seconds
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.tokens / self.seconds
 
 
 def run_baseline(model_dir: Path, texts: list[str], backend: str = "torch") -> BaselineResult:

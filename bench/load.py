@@ -19,15 +19,12 @@ class Failure:
     detail: str
 
 
-@dataclass
-class LoadResult:
+class Throughput:
+    """texts/s and tokens/s of any timed run with those three counts."""
+
     texts: int
     seconds: float
     tokens: int
-    latencies_s: list[float]
-    failures: list[Failure]
-    # Per request index, so the vectors can be lined up with the corpus order.
-    embeddings: dict[int, np.ndarray] = field(default_factory=dict)
 
     @property
     def texts_per_s(self) -> float:
@@ -36,6 +33,17 @@ class LoadResult:
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds
+
+
+@dataclass
+class LoadResult(Throughput):
+    texts: int
+    seconds: float
+    tokens: int
+    latencies_s: list[float]
+    failures: list[Failure]
+    # Per request index, so the vectors can be lined up with the corpus order.
+    embeddings: dict[int, np.ndarray] = field(default_factory=dict)
 
     def latency_ms(self, quantile: float) -> float:
         if not self.latencies_s:

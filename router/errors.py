@@ -47,6 +47,9 @@ class EmptyInputError(EmbedServeError):
     error_type = "Empty"
     metric_label = "validation"
 
+    def __init__(self, message: str = "Input validation error: `inputs` cannot be empty") -> None:
+        super().__init__(message)
+
 
 class MalformedRequestError(EmbedServeError):
     status = 400

@@ -112,21 +112,21 @@ def parse_inputs(raw: str | list[Any]) -> tuple[list[Input], bool]:
     """
     if isinstance(raw, str):
         if not raw:
-            raise EmptyInputError("Input validation error: `inputs` cannot be empty")
+            raise EmptyInputError()
         return [raw], False
     if not raw:
-        raise EmptyInputError("Input validation error: `inputs` cannot be empty")
+        raise EmptyInputError()
     if all(_is_token_id(item) for item in raw):
         return [list(raw)], False
     batch: list[Input] = []
     for item in raw:
         if isinstance(item, str):
             if not item:
-                raise EmptyInputError("Input validation error: `inputs` cannot be empty")
+                raise EmptyInputError()
             batch.append(item)
         elif isinstance(item, list) and all(_is_token_id(i) for i in item):
             if not item:
-                raise EmptyInputError("Input validation error: `inputs` cannot be empty")
+                raise EmptyInputError()
             batch.append(list(item))
         else:
             raise ValidationError(
@@ -140,10 +140,10 @@ def parse_predict_inputs(raw: str | list[Any]) -> tuple[list[Input], bool]:
     """TEI's `PredictInput`: a text, a pair `[a, b]`, or a batch of `[a]` / `[a, b]`."""
     if isinstance(raw, str):
         if not raw:
-            raise EmptyInputError("Input validation error: `inputs` cannot be empty")
+            raise EmptyInputError()
         return [raw], False
     if not raw:
-        raise EmptyInputError("Input validation error: `inputs` cannot be empty")
+        raise EmptyInputError()
     if all(isinstance(item, str) for item in raw):
         return [_single_or_pair(raw)], False
     if all(isinstance(item, list) for item in raw):
@@ -158,7 +158,7 @@ def _single_or_pair(items: list[Any]) -> Input:
     if not all(isinstance(item, str) for item in items):
         raise ValidationError("Failed to deserialize the JSON body into the target type: texts must be strings")
     if len(items) == 0 or any(not item for item in items):
-        raise EmptyInputError("Input validation error: `inputs` cannot be empty")
+        raise EmptyInputError()
     if len(items) == 1:
         return str(items[0])
     if len(items) == 2:

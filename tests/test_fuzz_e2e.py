@@ -520,29 +520,28 @@ def reranker_server(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -
         yield running
 
 
-# ---------------------------------------------------------------------------- tests
-
-
-@pytest.mark.parametrize("path", POST_ROUTES)
-def test_fuzz_embedding_server(server: RunningServer, client: httpx.Client, path: str) -> None:
-    statuses = _fuzz(client, server, "embedding", path)
-    if path in SERVED_ROUTES["embedding"]:
+def _assert_reached_the_model(statuses: dict[int, int], kind: str, path: str) -> None:
+    if path in SERVED_ROUTES[kind]:
         # Bodies that all bounce off the decoder would test nothing behind it: a good
         # share must reach the model and come back 200.
         assert statuses.get(200, 0) >= EXAMPLES_PER_ROUTE // 10, statuses
     else:
         assert 200 not in statuses, statuses
+
+
+# ---------------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("path", POST_ROUTES)
+def test_fuzz_embedding_server(server: RunningServer, client: httpx.Client, path: str) -> None:
+    _assert_reached_the_model(_fuzz(client, server, "embedding", path), "embedding", path)
     vectors = _assert_still_serving(client, server, "/embed", {"inputs": "What is deep learning?"})
     assert len(vectors) == 1 and len(vectors[0]) == HIDDEN_SIZE
 
 
 @pytest.mark.parametrize("path", POST_ROUTES)
 def test_fuzz_reranker_server(reranker_server: RunningServer, client: httpx.Client, path: str) -> None:
-    statuses = _fuzz(client, reranker_server, "reranker", path)
-    if path in SERVED_ROUTES["reranker"]:
-        assert statuses.get(200, 0) >= EXAMPLES_PER_ROUTE // 10, statuses
-    else:
-        assert 200 not in statuses, statuses
+    _assert_reached_the_model(_fuzz(client, reranker_server, "reranker", path), "reranker", path)
     # A reranker does not serve /embed (424): its normal request is a rerank.
     ranks = _assert_still_serving(client, reranker_server, "/rerank",
                                   {"query": "What is deep learning?", "texts": ["Deep learning is...", "cheese"]})

@@ -148,7 +148,7 @@ class _Service:
 
 def _text(inputs: str) -> str:
     if not inputs:
-        raise EmptyInputError("Input validation error: `inputs` cannot be empty")
+        raise EmptyInputError()
     return inputs
 
 
