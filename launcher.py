@@ -44,6 +44,12 @@ ONNX_MODEL_TYPES = (
 # implements itself (backends/gte.py): auto serves them without remote code.
 NATIVE_REMOTE_MODEL_TYPES = ("new",)
 
+# router.st_modules' activation names -> the BackendConfig enum.
+DENSE_ACTIVATIONS = {
+    "identity": config_pb2.DENSE_ACTIVATION_IDENTITY, "tanh": config_pb2.DENSE_ACTIVATION_TANH,
+    "relu": config_pb2.DENSE_ACTIVATION_RELU, "sigmoid": config_pb2.DENSE_ACTIVATION_SIGMOID,
+}
+
 # Exit codes: 2 is argparse's own for bad flags.
 EXIT_CONFIG_ERROR = 2
 EXIT_STARTUP_FAILED = 3
@@ -197,7 +203,9 @@ def resolve_model_dir(model_id: str | None, revision: str | None, cache_dir: str
             cache_dir=cache_dir,
             token=token,
             local_files_only=offline,
-            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "1_Pooling/*", "onnx/*"],
+            # Dense modules (2_Dense...) may ship only a pytorch_model.bin.
+            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "1_Pooling/*", "onnx/*",
+                            "*_Dense*/pytorch_model.bin"],
         )
     except LocalEntryNotFoundError as exc:
         raise LaunchError(
@@ -248,6 +256,9 @@ def plan_launch(args: argparse.Namespace) -> LaunchPlan:
     except ModelConfigError as exc:
         raise LaunchError(f"cannot serve {model_dir}: {exc}", EXIT_CONFIG_ERROR) from exc
     logger.info("model %s resolved to %s in %.2fs", args.model_id or DEFAULT_MODEL_ID, model_dir, time.monotonic() - started)
+    if not spec.include_prompt:
+        logger.warning("the Pooling module sets include_prompt false: prompt tokens are pooled here all the same, "
+                       "so prompted embeddings differ from sentence-transformers'")
 
     gpus = detect_gpus()
     backend = choose_backend(args.backend, spec, gpus)
@@ -430,6 +441,11 @@ def build_children(plan: LaunchPlan) -> tuple[list[ChildProcess], list[ChildProc
     uds = args.uds_path
     devices: list[tuple[str, str | None]] = [("cuda", gpu) for gpu in plan.gpus] or [("cpu", None)]
     pooling = plan.spec.pooling or "cls"
+    dense_layers = [
+        config_pb2.DenseLayer(path=str(layer.path), in_features=layer.in_features, out_features=layer.out_features,
+                              bias=layer.bias, activation=DENSE_ACTIVATIONS[layer.activation])
+        for layer in plan.spec.dense_layers
+    ]
 
     backends = []
     for index, (device, gpu) in enumerate(devices):
@@ -438,7 +454,7 @@ def build_children(plan: LaunchPlan) -> tuple[list[ChildProcess], list[ChildProc
             model_dir=str(plan.spec.model_dir), socket_path=socket_path, backend=plan.backend,
             dtype=args.dtype or "", pooling=pooling, device=device, max_batch_tokens=args.max_batch_tokens,
             json_output=args.json_output, name=f"backend-{index}", position_offset=plan.spec.position_offset,
-            cache_dir=str(CACHE_DIR),
+            cache_dir=str(CACHE_DIR), dense_layers=dense_layers,
         )
         env = dict(base_env)
         if gpu is not None:

@@ -13,23 +13,29 @@ from proto.child import configure_logging, parse_config, serve_on_socket
 from proto.gen_pb import config_pb2
 
 if TYPE_CHECKING:
-    from backends.base import Backend
+    from backends.base import Activation, Backend, EngineSpec
 
 logger = logging.getLogger("backends")
 
 EXIT_LOAD_FAILED = 3
 
+ACTIVATIONS: dict[int, Activation] = {
+    config_pb2.DENSE_ACTIVATION_IDENTITY: "identity",
+    config_pb2.DENSE_ACTIVATION_TANH: "tanh",
+    config_pb2.DENSE_ACTIVATION_RELU: "relu",
+    config_pb2.DENSE_ACTIVATION_SIGMOID: "sigmoid",
+}
+
 
 async def serve(config: config_pb2.BackendConfig) -> None:
     import grpc
 
-    from backends.base import EngineSpec
     from backends.engines import load_engine
     from backends.server import GRPC_OPTIONS, BackendServicer
     from proto.gen_pb import backend_pb2_grpc
 
     started = time.monotonic()
-    spec = EngineSpec(Path(config.model_dir), config.device, config.dtype, config.pooling, Path(config.cache_dir))
+    spec = engine_spec(config)
     try:
         engine = load_engine(config.backend, spec)
         _warm_up(engine)
@@ -43,6 +49,17 @@ async def serve(config: config_pb2.BackendConfig) -> None:
     backend_pb2_grpc.add_BackendServicer_to_server(servicer, server)
     await serve_on_socket(server, config.socket_path, grace_s=5)
     servicer.close()
+
+
+def engine_spec(config: config_pb2.BackendConfig) -> EngineSpec:
+    from backends.base import DenseSpec
+
+    dense = tuple(
+        DenseSpec(Path(layer.path), layer.in_features, layer.out_features, layer.bias, ACTIVATIONS[layer.activation])
+        for layer in config.dense_layers
+    )
+    return EngineSpec(Path(config.model_dir), config.device, config.dtype, config.pooling, Path(config.cache_dir),
+                      dense)
 
 
 def _warm_up(engine: Backend) -> None:

@@ -4,11 +4,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
 from proto.codec import F32Array, U32Array
+
+
+Activation = Literal["identity", "tanh", "relu", "sigmoid"]
+
+
+@dataclass(frozen=True)
+class DenseSpec:
+    """A sentence-transformers Dense module: activation(x @ weight.T + bias)."""
+
+    path: Path  # the module's folder: model.safetensors or pytorch_model.bin
+    in_features: int
+    out_features: int
+    bias: bool
+    activation: Activation
 
 
 @dataclass(frozen=True)
@@ -20,6 +34,7 @@ class EngineSpec:
     dtype: str  # empty: the engine's default for the device
     pooling: str  # cls, mean, last_token, splade
     cache_dir: Path  # where exports and conversions are kept between starts
+    dense_layers: tuple[DenseSpec, ...] = ()  # applied in order to pooled rows
 
 
 @dataclass(frozen=True)

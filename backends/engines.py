@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 
 from backends.base import Backend, EngineSpec
+from backends.dense import with_dense
 
 ENGINES = {
     "torch": "backends.torch_backend:TorchBackend",
@@ -19,4 +20,5 @@ def load_engine(name: str, spec: EngineSpec) -> Backend:
         raise ValueError(f"unknown backend {name!r}; choose from {', '.join(ENGINES)}")
     module_name, class_name = ENGINES[name].split(":")
     engine: Backend = getattr(importlib.import_module(module_name), class_name)(spec)
-    return engine
+    # Dense modules run on the pooled rows, the same for every engine.
+    return with_dense(engine, spec.dense_layers)

@@ -1,4 +1,4 @@
-"""What a model directory says about the model: type, pooling, limits, prompts.
+"""What a model directory says about the model: type, pooling, Dense layers, limits, prompts.
 
 Read once by the launcher, which hands the result to the router and backends
 in their config protos. Only JSON files are read here: no framework imports.
@@ -6,13 +6,14 @@ in their config protos. Only JSON files are read here: no framework imports.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from router.st_modules import DenseLayer, Pooling, pooling_of, read_json, read_pipeline
+from router.st_modules import ModelConfigError as ModelConfigError  # raised by both; importers catch it here
+
 ModelType = Literal["embedding", "classifier", "reranker"]
-Pooling = Literal["cls", "mean", "last_token", "splade"]
 
 # CLI spelling (TEI's kebab-case) -> the name /info prints.
 POOLING_FLAG_VALUES: dict[str, Pooling] = {"cls": "cls", "mean": "mean", "last-token": "last_token", "splade": "splade"}
@@ -32,10 +33,6 @@ ST_CONFIG_NAMES = (
 POSITION_OFFSET_MODEL_TYPES = ("xlm-roberta", "camembert", "roberta")
 
 
-class ModelConfigError(ValueError):
-    """The model directory cannot be served as configured."""
-
-
 @dataclass(frozen=True)
 class ModelSpec:
     model_dir: Path
@@ -51,16 +48,10 @@ class ModelSpec:
     # the directory (auto_map): such models need trust_remote_code.
     config_model_type: str = ""
     remote_code: bool = False
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ModelConfigError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ModelConfigError(f"{path} must hold a JSON object")
-    return data
+    # sentence-transformers Dense modules, applied in order after pooling.
+    dense_layers: tuple[DenseLayer, ...] = ()
+    # False: sentence-transformers leaves prompt tokens out of the pooling, which we do not.
+    include_prompt: bool = True
 
 
 def load_model_spec(model_dir: Path, pooling_flag: str | None = None) -> ModelSpec:
@@ -69,7 +60,7 @@ def load_model_spec(model_dir: Path, pooling_flag: str | None = None) -> ModelSp
         raise ModelConfigError(f"{model_dir} has no config.json")
     if not (model_dir / "tokenizer.json").is_file():
         raise ModelConfigError(f"{model_dir} has no tokenizer.json (a fast tokenizer is required)")
-    config = _read_json(config_path)
+    config = read_json(config_path)
     architectures = tuple(str(a) for a in config.get("architectures") or ())
     requested = POOLING_FLAG_VALUES.get(pooling_flag) if pooling_flag else None
     if pooling_flag and requested is None:
@@ -79,6 +70,8 @@ def load_model_spec(model_dir: Path, pooling_flag: str | None = None) -> ModelSp
     pooling: Pooling | None = None
     id2label: dict[str, str] = {}
     label2id: dict[str, int] = {}
+    dense_layers: tuple[DenseLayer, ...] = ()
+    include_prompt = True
     if requested == "splade":
         if not any(a.endswith("MaskedLM") for a in architectures):
             raise ModelConfigError("splade pooling needs a ...ForMaskedLM architecture")
@@ -90,7 +83,12 @@ def load_model_spec(model_dir: Path, pooling_flag: str | None = None) -> ModelSp
             raise ModelConfigError("a classifier's config.json needs id2label")
         model_type = "reranker" if len(id2label) == 1 else "classifier"
     else:
-        pooling = requested or _pooling_from_files(model_dir, str(config.get("model_type", "")))
+        pipeline = read_pipeline(model_dir)
+        dense_layers = pipeline.dense_layers
+        pooling_config = _pooling_config(pipeline.pooling_dir)
+        include_prompt = bool(pooling_config.get("include_prompt", True)) if pooling_config else True
+        pooling = requested or _pooling_from_config(pooling_config, pipeline.pooling_dir,
+                                                    str(config.get("model_type", "")))
 
     position_offset = 0
     if config.get("model_type") in POSITION_OFFSET_MODEL_TYPES:
@@ -105,7 +103,7 @@ def load_model_spec(model_dir: Path, pooling_flag: str | None = None) -> ModelSp
     prompts: dict[str, str] = {}
     st_config = model_dir / "config_sentence_transformers.json"
     if st_config.is_file():
-        prompts = {str(k): str(v) for k, v in (_read_json(st_config).get("prompts") or {}).items()}
+        prompts = {str(k): str(v) for k, v in (read_json(st_config).get("prompts") or {}).items()}
 
     return ModelSpec(
         model_dir=model_dir,
@@ -119,30 +117,29 @@ def load_model_spec(model_dir: Path, pooling_flag: str | None = None) -> ModelSp
         architectures=architectures,
         config_model_type=str(config.get("model_type", "")),
         remote_code=bool(config.get("auto_map")),
+        dense_layers=dense_layers,
+        include_prompt=include_prompt,
     )
 
 
-def _pooling_from_files(model_dir: Path, model_type: str) -> Pooling:
-    path = model_dir / "1_Pooling" / "config.json"
-    if not path.is_file():
+def _pooling_config(pooling_dir: Path | None) -> dict[str, Any] | None:
+    path = pooling_dir / "config.json" if pooling_dir else None
+    return read_json(path) if path is not None and path.is_file() else None
+
+
+def _pooling_from_config(config: dict[str, Any] | None, pooling_dir: Path | None, model_type: str) -> Pooling:
+    if config is None:
         if "bert" in model_type:
             return "cls"
         raise ModelConfigError("no 1_Pooling/config.json and no --pooling given")
-    pooling = _read_json(path)
-    if pooling.get("pooling_mode_cls_token"):
-        return "cls"
-    if pooling.get("pooling_mode_mean_tokens"):
-        return "mean"
-    if pooling.get("pooling_mode_lasttoken"):
-        return "last_token"
-    raise ModelConfigError(f"Pooling config {pooling} is not supported")
+    return pooling_of(config, (pooling_dir or Path()) / "config.json")
 
 
 def _max_seq_length(model_dir: Path) -> int | None:
     for name in ST_CONFIG_NAMES:
         path = model_dir / name
         if path.is_file():
-            value = _read_json(path).get("max_seq_length")
+            value = read_json(path).get("max_seq_length")
             if value:
                 return int(value)
     return None

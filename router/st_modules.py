@@ -1,0 +1,172 @@
+"""A sentence-transformers pipeline (`modules.json`) read as what we apply after
+the transformer: one pooling, then Dense layers in order.
+
+sentence-transformers runs Transformer -> Pooling -> Dense* -> Normalize. The
+engines run the transformer and the pooling, then the Dense layers; Normalize
+is the request's `normalize` flag, as in TEI. A module we cannot apply stops
+the start: serving without it would answer wrong vectors with no error.
+JSON only here, like the rest of `router/model_config.py`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+Pooling = Literal["cls", "mean", "last_token", "splade"]
+Activation = Literal["identity", "tanh", "relu", "sigmoid"]
+
+
+class ModelConfigError(ValueError):
+    """The model directory cannot be served as configured."""
+
+
+# The classic boolean keys, in TEI's order of preference (core/src/download.rs).
+CLASSIC_POOLING_KEYS: dict[str, Pooling] = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_lasttoken": "last_token",
+}
+# sentence-transformers 5.x writes one `pooling_mode` string (or a list, concatenated);
+# the other modes it knows (max, mean_sqrt_len_tokens, weightedmean) we do not run.
+POOLING_MODES: dict[str, Pooling] = {"cls": "cls", "mean": "mean", "lasttoken": "last_token"}
+
+# torch.nn classes Dense configs name, by class name: each constructed without arguments.
+ACTIVATIONS: dict[str, Activation] = {"Identity": "identity", "Tanh": "tanh", "ReLU": "relu", "Sigmoid": "sigmoid"}
+# Dense's own default when its config names no activation (sentence_transformers Dense).
+DEFAULT_ACTIVATION: Activation = "tanh"
+
+# Module classes by their last name; the package moved in 5.x
+# (sentence_transformers.models.Dense -> sentence_transformers.base.modules.dense.Dense).
+APPLIED_MODULES = ("Pooling", "Dense")
+# No effect on a served vector: Normalize is the request's `normalize`, Dropout is
+# off at inference.
+IGNORED_MODULES = ("Normalize", "Dropout")
+INPUT_MODULE = "Transformer"
+
+
+@dataclass(frozen=True)
+class DenseLayer:
+    """One Dense module: activation(x @ weight.T + bias), weights in `path`."""
+
+    path: Path
+    in_features: int
+    out_features: int
+    bias: bool
+    activation: Activation
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    pooling_dir: Path | None  # where the Pooling module's config.json lives
+    dense_layers: tuple[DenseLayer, ...] = ()
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ModelConfigError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelConfigError(f"{path} must hold a JSON object")
+    return data
+
+
+def read_pipeline(model_dir: Path) -> Pipeline:
+    """The modules after the transformer; without modules.json, `1_Pooling` alone."""
+    modules_path = model_dir / "modules.json"
+    if not modules_path.is_file():
+        return Pipeline(model_dir / "1_Pooling")
+    try:
+        modules = json.loads(modules_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ModelConfigError(f"{modules_path} is not valid JSON: {exc}") from exc
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+        raise ModelConfigError(f"{modules_path} must hold a list of modules")
+
+    pooling_dir: Path | None = None
+    dense: list[DenseLayer] = []
+    for index, module in enumerate(modules):
+        type_name = str(module.get("type", ""))
+        kind = type_name.rsplit(".", 1)[-1] if type_name.startswith("sentence_transformers.") else ""
+        folder = _module_dir(model_dir, str(module.get("path", "")))
+        if index == 0 and folder == model_dir.resolve():
+            # The model itself, whatever class loads it (remote code ships its own
+            # Transformer wrapper): the engine loads config.json and the weights.
+            continue
+        if kind == "Pooling":
+            if pooling_dir is not None or dense:
+                raise ModelConfigError("modules.json has a Pooling module after another Pooling or Dense module")
+            pooling_dir = folder
+        elif kind == "Dense":
+            dense.append(read_dense(folder))
+        elif kind in IGNORED_MODULES:
+            continue
+        else:
+            raise ModelConfigError(
+                f"modules.json module {index} ({type_name or 'no type'}) is not supported: only "
+                f"{', '.join(APPLIED_MODULES + IGNORED_MODULES)} can follow the {INPUT_MODULE}"
+            )
+    if dense and pooling_dir is None:
+        raise ModelConfigError("modules.json has Dense modules but no Pooling module before them")
+    for previous, layer in zip(dense, dense[1:]):
+        if previous.out_features != layer.in_features:
+            raise ModelConfigError(f"{layer.path.name} takes {layer.in_features} features but "
+                                f"{previous.path.name} gives {previous.out_features}")
+    return Pipeline(pooling_dir, tuple(dense))
+
+
+def _module_dir(model_dir: Path, relative: str) -> Path:
+    folder = (model_dir / relative).resolve()
+    if not folder.is_relative_to(model_dir.resolve()):
+        raise ModelConfigError(f"modules.json names {relative!r}, outside the model directory")
+    return folder
+
+
+def read_dense(folder: Path) -> DenseLayer:
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise ModelConfigError(f"Dense module {folder.name} has no config.json")
+    config = read_json(config_path)
+    try:
+        in_features, out_features = int(config["in_features"]), int(config["out_features"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelConfigError(f"{config_path} needs integer in_features and out_features") from exc
+    for key in ("module_input_name", "module_output_name"):
+        if config.get(key, "sentence_embedding") != "sentence_embedding":
+            raise ModelConfigError(f"Dense module {folder.name} reads or writes {config[key]!r}; "
+                                "only the sentence embedding is supported")
+    if not any((folder / name).is_file() for name in ("model.safetensors", "pytorch_model.bin")):
+        raise ModelConfigError(f"Dense module {folder.name} has no model.safetensors or pytorch_model.bin")
+    return DenseLayer(folder, in_features, out_features, bool(config.get("bias", True)),
+                      _activation(folder.name, config))
+
+
+def _activation(module: str, config: dict[str, Any]) -> Activation:
+    if "activation_function" not in config:
+        return DEFAULT_ACTIVATION
+    name = config["activation_function"]
+    if name is None:  # Dense(activation_function=None) means Identity
+        return "identity"
+    module_path, _, class_name = str(name).rpartition(".")
+    if module_path.startswith("torch.") and class_name in ACTIVATIONS:
+        return ACTIVATIONS[class_name]
+    raise ModelConfigError(f"Dense module {module} uses activation {name}, which is not supported "
+                        f"(supported: torch.nn {', '.join(ACTIVATIONS)})")
+
+
+def pooling_of(config: dict[str, Any], source: Path) -> Pooling:
+    """The pooling a Pooling config asks for, in either format sentence-transformers writes."""
+    if "pooling_mode" in config:
+        modes = config["pooling_mode"]
+        if isinstance(modes, list) and len(modes) == 1:
+            modes = modes[0]
+        if isinstance(modes, str) and modes in POOLING_MODES:
+            return POOLING_MODES[modes]
+    else:
+        for key, pooling in CLASSIC_POOLING_KEYS.items():
+            if config.get(key):
+                return pooling
+    raise ModelConfigError(f"Pooling config {config} is not supported ({source})")
