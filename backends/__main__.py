@@ -52,7 +52,7 @@ async def serve(config: config_pb2.BackendConfig) -> None:
 
 
 def engine_spec(config: config_pb2.BackendConfig) -> EngineSpec:
-    from backends.base import DenseSpec
+    from backends.base import DenseSpec, EngineSpec
 
     dense = tuple(
         DenseSpec(Path(layer.path), layer.in_features, layer.out_features, layer.bias, ACTIVATIONS[layer.activation])

@@ -455,3 +455,57 @@ def build_gte_model(target: Path, tokenizer_source: Path, seed: int = 0, classif
 
     save_with_remote_code(target, {"configuration_gte.py": GTE_CONFIG_CODE, "modeling_gte.py": GTE_MODEL_CODE}, save)
     return _finish_checkpoint(target, tokenizer_source, None if classifier else {"pooling_mode_cls_token": True})
+
+
+# Dense modules after pooling: (out_features, torch.nn activation class name, bias).
+DenseLayers = list[tuple[int, str, bool]]
+# Two layers, so order matters, and both of Dense's usual activations (LaBSE: Tanh; stella: Identity).
+DEFAULT_DENSE: DenseLayers = [(24, "Tanh", True), (20, "Identity", False)]
+
+
+def build_st_dense_model(target: Path, tokenizer_source: Path, dense: DenseLayers = DEFAULT_DENSE,
+                         seed: int = 0) -> Path:
+    """A tiny BERT pipeline saved by the installed sentence-transformers:
+    Transformer -> Pooling (mean) -> Dense... -> Normalize, in its own (5.x) file formats."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+    base = build_family_model("bert", target.with_name(target.name + "-base"), tokenizer_source, seed)
+    transformer = Transformer(str(base))
+    width = transformer.get_embedding_dimension()
+    modules = [transformer, Pooling(width, pooling_mode="mean"), *_dense_modules(width, dense, seed), Normalize()]
+    SentenceTransformer(modules=modules, device="cpu").save(str(target))
+    return target
+
+
+def add_dense_modules(model_dir: Path, dense: DenseLayers = DEFAULT_DENSE, seed: int = 0) -> Path:
+    """Turn a checkpoint with 1_Pooling into a sentence-transformers pipeline with Dense
+    modules: modules.json plus each module saved by sentence-transformers itself. The
+    Pooling config keeps the classic format (`pooling_mode_*_tokens` booleans)."""
+    width = int(json.loads((model_dir / "config.json").read_text())["hidden_size"])
+    pooling = json.loads((model_dir / "1_Pooling" / "config.json").read_text())
+    (model_dir / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": width, **pooling}))
+    entries = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    for index, module in enumerate(_dense_modules(width, dense, seed), start=2):
+        folder = f"{index}_Dense"
+        (model_dir / folder).mkdir()
+        module.save(str(model_dir / folder))
+        entries.append({"idx": index, "name": str(index), "path": folder, "type": "sentence_transformers.models.Dense"})
+    (model_dir / "modules.json").write_text(json.dumps(entries))
+    return model_dir
+
+
+def _dense_modules(width: int, dense: DenseLayers, seed: int) -> list[Any]:
+    import torch
+    from sentence_transformers.sentence_transformer.modules import Dense
+
+    torch.manual_seed(seed + 1)
+    modules = []
+    for out_features, activation, bias in dense:
+        layer = Dense(width, out_features, bias=bias, activation_function=getattr(torch.nn, activation)())
+        # Larger than nn.Linear's default init, so the activation bends the output.
+        torch.nn.init.normal_(layer.linear.weight, std=0.5)
+        modules.append(layer)
+        width = out_features
+    return modules

@@ -1,0 +1,107 @@
+"""sentence-transformers pipelines with Dense modules, served end to end by every
+engine and compared with sentence-transformers' own `encode`; modules we cannot
+apply refuse the start."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT, short_socket_prefix, start_server
+from tests.models import DEFAULT_DENSE, add_dense_modules, build_remote_code_model, build_st_dense_model
+
+TEXTS = [
+    "Dense layers project the pooled sentence embedding",
+    "short",
+    "Zürich 東京 café, naïve résumé",
+    " ".join(["a longer passage keeps padding and chunking honest"] * 12),
+]
+DENSE_WIDTH = DEFAULT_DENSE[-1][0]
+
+
+def _embed(url: str, texts: list[str], **extra: object) -> np.ndarray:
+    response = httpx.post(f"{url}/embed", json={"inputs": texts, **extra}, timeout=120)
+    assert response.status_code == 200, response.text
+    return np.asarray(response.json(), dtype=np.float32)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)  # type: ignore[no-any-return]
+
+
+def _st_encode(model_dir: Path, texts: list[str], trust_remote_code: bool = False) -> np.ndarray:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(model_dir), device="cpu", trust_remote_code=trust_remote_code)
+    return np.asarray(model.encode(texts), dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def st_dense_model(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
+    return build_st_dense_model(tmp_path_factory.mktemp("dense") / "st-dense", model_dir)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_dense_pipeline_matches_sentence_transformers(backend: str, st_dense_model: Path, tmp_path: Path) -> None:
+    # Saved by sentence-transformers 5.x: Pooling in the `pooling_mode: "mean"` format,
+    # Dense(Tanh) then Dense(Identity, no bias), then Normalize.
+    expected = _st_encode(st_dense_model, TEXTS)
+    assert expected.shape == (len(TEXTS), DENSE_WIDTH)
+    with start_server("--model-id", str(st_dense_model), "--backend", backend, tmp_dir=tmp_path) as server:
+        assert httpx.get(f"{server.url}/info").json()["backend"] == backend
+        got = _embed(server.url, TEXTS)
+        raw = _embed(server.url, TEXTS, normalize=False)
+        openai = httpx.post(f"{server.url}/v1/embeddings", json={"input": TEXTS[:2]}, timeout=60).json()
+        too_wide = httpx.post(f"{server.url}/v1/embeddings", json={"input": "x", "dimensions": DENSE_WIDTH + 1})
+        matryoshka = _embed(server.url, TEXTS[:1], dimensions=8)
+        per_token = httpx.post(f"{server.url}/embed_all", json={"inputs": TEXTS[1]}, timeout=60).json()
+    assert got.shape == (len(TEXTS), DENSE_WIDTH)
+    assert _cosine(got, expected).min() >= 0.9999
+    assert _cosine(raw, expected).min() >= 0.9999 and not np.allclose(np.linalg.norm(raw, axis=1), 1.0)
+    assert [len(item["embedding"]) for item in openai["data"]] == [DENSE_WIDTH] * 2
+    assert too_wide.status_code == 422, too_wide.text
+    assert matryoshka.shape == (1, 8)
+    # Per-token vectors are the transformer's, as in TEI: Dense applies to pooled rows only.
+    assert {len(row) for row in per_token[0]} == {32}
+
+
+def test_dense_on_remote_code_matches_sentence_transformers(tmp_path: Path, model_dir: Path) -> None:
+    # Remote code (auto_map) runs in the python engine; the Dense modules after it
+    # still apply. Classic `pooling_mode_mean_tokens` Pooling config; ReLU then Sigmoid.
+    dense = [(12, "ReLU", True), (10, "Sigmoid", True)]
+    remote = add_dense_modules(build_remote_code_model(tmp_path / "remote-dense", model_dir), dense)
+    expected = _st_encode(remote, TEXTS, trust_remote_code=True)
+    with start_server("--model-id", str(remote), "--backend", "python", tmp_dir=tmp_path) as server:
+        assert httpx.get(f"{server.url}/info").json()["backend"] == "python"
+        got = _embed(server.url, TEXTS, normalize=False)
+    assert got.shape == expected.shape == (len(TEXTS), 10)
+    assert _cosine(got, expected).min() >= 0.9999
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def _launch(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "launcher", "--port", "0", "--grpc-port", "0", "--uds-path", short_socket_prefix(),
+         *args],
+        capture_output=True, text=True, timeout=180, cwd=ROOT,
+    )
+
+
+def test_unsupported_module_refuses_to_start_in_one_line(st_dense_model: Path, tmp_path: Path) -> None:
+    odd = shutil.copytree(st_dense_model, tmp_path / "lstm")
+    modules = json.loads((odd / "modules.json").read_text())
+    modules.insert(2, {"idx": 2, "name": "lstm", "path": "2_LSTM", "type": "sentence_transformers.models.LSTM"})
+    (odd / "modules.json").write_text(json.dumps(modules))
+    result = _launch("--model-id", str(odd))
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, result.stderr
+    assert "sentence_transformers.models.LSTM" in errors[0] and "is not supported" in errors[0]
+    assert "backend-0" not in result.stderr  # refused before any child started
