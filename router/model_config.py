@@ -122,17 +122,17 @@ def load_model_spec(model_dir: Path, pooling_flag: str | None = None) -> ModelSp
     )
 
 
-def _pooling_config(pooling_dir: Path | None) -> dict[str, Any] | None:
-    path = pooling_dir / "config.json" if pooling_dir else None
-    return read_json(path) if path is not None and path.is_file() else None
+def _pooling_config(pooling_dir: Path) -> dict[str, Any] | None:
+    path = pooling_dir / "config.json"
+    return read_json(path) if path.is_file() else None
 
 
-def _pooling_from_config(config: dict[str, Any] | None, pooling_dir: Path | None, model_type: str) -> Pooling:
+def _pooling_from_config(config: dict[str, Any] | None, pooling_dir: Path, model_type: str) -> Pooling:
     if config is None:
         if "bert" in model_type:
             return "cls"
-        raise ModelConfigError("no 1_Pooling/config.json and no --pooling given")
-    return pooling_of(config, (pooling_dir or Path()) / "config.json")
+        raise ModelConfigError(f"no {pooling_dir.name}/config.json and no --pooling given")
+    return pooling_of(config, pooling_dir / "config.json")
 
 
 def _max_seq_length(model_dir: Path) -> int | None:

@@ -11,6 +11,7 @@ JSON only here, like the rest of `router/model_config.py`.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -44,7 +45,6 @@ APPLIED_MODULES = ("Pooling", "Dense")
 # No effect on a served vector: Normalize is the request's `normalize`, Dropout is
 # off at inference.
 IGNORED_MODULES = ("Normalize", "Dropout")
-INPUT_MODULE = "Transformer"
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class DenseLayer:
 
 @dataclass(frozen=True)
 class Pipeline:
-    pooling_dir: Path | None  # where the Pooling module's config.json lives
+    pooling_dir: Path  # where the Pooling module's config.json lives (if anywhere)
     dense_layers: tuple[DenseLayer, ...] = ()
 
 
@@ -88,26 +88,30 @@ def read_pipeline(model_dir: Path) -> Pipeline:
 
     pooling_dir: Path | None = None
     dense: list[DenseLayer] = []
+    # Normalize is left to the request's `normalize`, which only works as the last step.
+    normalized_before_dense = False
     for index, module in enumerate(modules):
         type_name = str(module.get("type", ""))
         kind = type_name.rsplit(".", 1)[-1] if type_name.startswith("sentence_transformers.") else ""
-        folder = _module_dir(model_dir, str(module.get("path", "")))
-        if index == 0 and folder == model_dir.resolve():
-            # The model itself, whatever class loads it (remote code ships its own
-            # Transformer wrapper): the engine loads config.json and the weights.
+        if index == 0:
+            # The input module: the model itself, whatever class loads it (remote code
+            # ships its own Transformer wrapper); the engine loads config.json and weights.
             continue
+        folder = _module_dir(model_dir, str(module.get("path", "")))
         if kind == "Pooling":
             if pooling_dir is not None or dense:
                 raise ModelConfigError("modules.json has a Pooling module after another Pooling or Dense module")
             pooling_dir = folder
         elif kind == "Dense":
+            if normalized_before_dense:
+                raise ModelConfigError("modules.json normalizes before a Dense module, which is not supported")
             dense.append(read_dense(folder))
         elif kind in IGNORED_MODULES:
-            continue
+            normalized_before_dense |= kind == "Normalize"
         else:
             raise ModelConfigError(
                 f"modules.json module {index} ({type_name or 'no type'}) is not supported: only "
-                f"{', '.join(APPLIED_MODULES + IGNORED_MODULES)} can follow the {INPUT_MODULE}"
+                f"{', '.join(APPLIED_MODULES + IGNORED_MODULES)} can follow the transformer"
             )
     if dense and pooling_dir is None:
         raise ModelConfigError("modules.json has Dense modules but no Pooling module before them")
@@ -115,14 +119,16 @@ def read_pipeline(model_dir: Path) -> Pipeline:
         if previous.out_features != layer.in_features:
             raise ModelConfigError(f"{layer.path.name} takes {layer.in_features} features but "
                                 f"{previous.path.name} gives {previous.out_features}")
-    return Pipeline(pooling_dir, tuple(dense))
+    # No Pooling module named: TEI reads 1_Pooling all the same.
+    return Pipeline(pooling_dir or model_dir / "1_Pooling", tuple(dense))
 
 
 def _module_dir(model_dir: Path, relative: str) -> Path:
-    folder = (model_dir / relative).resolve()
-    if not folder.is_relative_to(model_dir.resolve()):
+    # Lexically, not resolve(): Hub snapshots and local copies may hold symlinks.
+    normalized = os.path.normpath(relative)
+    if os.path.isabs(normalized) or normalized == ".." or normalized.startswith("../"):
         raise ModelConfigError(f"modules.json names {relative!r}, outside the model directory")
-    return folder
+    return model_dir / normalized
 
 
 def read_dense(folder: Path) -> DenseLayer:

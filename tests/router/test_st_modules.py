@@ -111,7 +111,7 @@ def test_dense_without_activation_is_tanh(model_dir: Path, tmp_path: Path) -> No
     target = _pipeline(model_dir, tmp_path / "m", {"pooling_mode": "mean"}, [TRANSFORMER, POOLING, _dense("2_Dense", 2)],
                        {"2_Dense": config})
     [layer] = load_model_spec(target).dense_layers
-    assert layer == DenseLayer((target / "2_Dense").resolve(), 384, 256, True, "tanh")
+    assert layer == DenseLayer(target / "2_Dense", 384, 256, True, "tanh")
 
 
 @pytest.mark.parametrize(("modules", "message"), [
@@ -124,6 +124,8 @@ def test_dense_without_activation_is_tanh(model_dir: Path, tmp_path: Path) -> No
     ([TRANSFORMER, POOLING, _dense("../elsewhere", 2)], "outside the model directory"),
     ([TRANSFORMER, POOLING, _dense("2_Dense", 2), _dense("2_Dense", 3)], "takes 384 features but 2_Dense gives 256"),
     ([TRANSFORMER, POOLING, _dense("9_Dense", 2)], "9_Dense has no config.json"),
+    ([TRANSFORMER, POOLING, {"idx": 2, "name": "2", "path": "2_Normalize", "type": NEW_NORMALIZE_TYPE},
+      _dense("2_Dense", 3)], "normalizes before a Dense module"),
 ])
 def test_pipelines_we_cannot_serve(model_dir: Path, tmp_path: Path, modules: list[dict[str, Any]], message: str) -> None:
     target = _pipeline(model_dir, tmp_path / "m", {"pooling_mode": "mean"}, modules, {"2_Dense": DENSE_384_256})
