@@ -1,9 +1,11 @@
 """sentence-transformers Dense modules, applied to pooled rows for every engine.
 
-One place, in numpy: whatever runtime pooled the rows (torch, onnxruntime, remote
-code), the Dense layers run the same way after it, as sentence-transformers runs
-them (Pooling -> Dense -> Dense ...). Per-token outputs (`embed_all`) stay the
-transformer's, as in TEI.
+One place: whatever runtime pooled the rows (torch, onnxruntime, remote code),
+the Dense layers run the same way after it, as sentence-transformers runs them
+(Pooling -> Dense -> Dense ...), in float32. Engines that already run torch run
+them with torch on their device, so a GPU does the multiplications (embeddinggemma's
+768x3072 and 3072x768 layers took numpy ~140 ms for 256 rows on two busy cores);
+the others with numpy. Per-token outputs (`embed_all`) stay the transformer's, as in TEI.
 """
 
 from __future__ import annotations
@@ -11,15 +13,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from backends.base import Backend, DenseSpec, EmbedOutput, ModelBatch
+from backends.base import Activation, Backend, DenseSpec, EmbedOutput, ModelBatch
 from proto.codec import F32Array
 
 logger = logging.getLogger(__name__)
 
 WEIGHT_KEY, BIAS_KEY = "linear.weight", "linear.bias"
+# Engines whose process has torch loaded anyway: their Dense layers run in torch.
+TORCH_ENGINES = ("torch", "python")
 
 
 def _sigmoid(x: F32Array) -> F32Array:
@@ -28,7 +33,7 @@ def _sigmoid(x: F32Array) -> F32Array:
     return result
 
 
-ACTIVATIONS: dict[str, Callable[[F32Array], F32Array]] = {
+NUMPY_ACTIVATIONS: dict[Activation, Callable[[F32Array], F32Array]] = {
     "identity": lambda x: x,
     "tanh": np.tanh,
     "relu": lambda x: np.maximum(x, 0.0),
@@ -40,14 +45,14 @@ ACTIVATIONS: dict[str, Callable[[F32Array], F32Array]] = {
 class DenseLayer:
     weight: F32Array  # [out_features, in_features], as torch.nn.Linear keeps it
     bias: F32Array | None
-    activation: Callable[[F32Array], F32Array]
+    activation: Activation
     name: str
 
     def __call__(self, rows: F32Array) -> F32Array:
         out = rows @ self.weight.T
         if self.bias is not None:
             out += self.bias
-        return self.activation(out).astype(np.float32, copy=False)
+        return NUMPY_ACTIVATIONS[self.activation](out).astype(np.float32, copy=False)
 
 
 def load_layer(spec: DenseSpec) -> DenseLayer:
@@ -62,7 +67,7 @@ def load_layer(spec: DenseSpec) -> DenseLayer:
     if spec.bias and (bias is None or bias.shape != (spec.out_features,)):
         raise ValueError(f"Dense module {name}: {BIAS_KEY} should be [{spec.out_features}]")
     return DenseLayer(np.ascontiguousarray(weight, np.float32),
-                      None if bias is None else np.asarray(bias, np.float32), ACTIVATIONS[spec.activation], name)
+                      None if bias is None else np.asarray(bias, np.float32), spec.activation, name)
 
 
 def _read_weights(spec: DenseSpec) -> dict[str, np.ndarray]:
@@ -86,20 +91,21 @@ def _read_weights(spec: DenseSpec) -> dict[str, np.ndarray]:
 
 
 class DenseHead:
-    """The Dense layers of one model, in order."""
+    """The Dense layers of one model, in order; with `torch_device`, run by torch there."""
 
-    def __init__(self, layers: Sequence[DenseLayer]) -> None:
+    def __init__(self, layers: Sequence[DenseLayer], torch_device: str | None = None) -> None:
         self.layers = tuple(layers)
+        self._torch = _TorchLayers(self.layers, torch_device) if torch_device else None
 
     @classmethod
-    def load(cls, specs: Sequence[DenseSpec], pooled_width: int) -> DenseHead:
+    def load(cls, specs: Sequence[DenseSpec], pooled_width: int, torch_device: str | None = None) -> DenseHead:
         width = pooled_width
         for spec in specs:
             if spec.in_features != width:
                 raise ValueError(f"Dense module {spec.path.name} takes {spec.in_features} features "
                                  f"but receives {width}")
             width = spec.out_features
-        return cls([load_layer(spec) for spec in specs])
+        return cls([load_layer(spec) for spec in specs], torch_device)
 
     @property
     def out_features(self) -> int:
@@ -107,9 +113,39 @@ class DenseHead:
 
     def __call__(self, pooled: F32Array) -> F32Array:
         rows = pooled.astype(np.float32, copy=False)
+        if self._torch is not None:
+            return self._torch(rows)
         for layer in self.layers:
             rows = layer(rows)
         return rows
+
+
+class _TorchLayers:
+    """The same layers as float32 torch tensors on one device."""
+
+    def __init__(self, layers: Sequence[DenseLayer], device: str) -> None:
+        import torch
+
+        activations: dict[Activation, Callable[[Any], Any]] = {
+            "identity": lambda x: x, "tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid,
+        }
+        self._device = device
+        self._layers = [
+            (torch.from_numpy(layer.weight).to(device),
+             None if layer.bias is None else torch.from_numpy(layer.bias).to(device),
+             activations[layer.activation])
+            for layer in layers
+        ]
+
+    def __call__(self, rows: F32Array) -> F32Array:
+        import torch
+
+        with torch.inference_mode():
+            values = torch.from_numpy(rows).to(self._device)
+            for weight, bias, activation in self._layers:
+                values = activation(torch.nn.functional.linear(values, weight, bias))
+            result: F32Array = values.cpu().numpy()
+        return result
 
 
 class DenseEngine:
@@ -155,4 +191,5 @@ def with_dense(engine: Backend, specs: Sequence[DenseSpec]) -> Backend:
         return engine
     if engine.is_classifier or engine.pooling == "splade":
         raise ValueError("Dense modules apply to pooled sentence embeddings, not to classifiers or SPLADE")
-    return DenseEngine(engine, DenseHead.load(specs, engine.hidden_size))
+    torch_device = engine.device if engine.name in TORCH_ENGINES else None
+    return DenseEngine(engine, DenseHead.load(specs, engine.hidden_size, torch_device))

@@ -32,13 +32,14 @@ def _save_dense(folder: Path, in_features: int, out_features: int, activation: A
     return DenseSpec(folder, in_features, out_features, bias, activation), module
 
 
+@pytest.mark.parametrize("torch_device", [None, "cpu"], ids=["numpy", "torch"])
 @pytest.mark.parametrize("weights", ["safetensors", "pytorch_model.bin", "bfloat16"])
-def test_head_matches_sentence_transformers_dense(tmp_path: Path, weights: str) -> None:
+def test_head_matches_sentence_transformers_dense(tmp_path: Path, weights: str, torch_device: str | None) -> None:
     import torch
 
     layers = [(16, 12, "tanh", True), (12, 12, "relu", True), (12, 8, "sigmoid", False), (8, 6, "identity", True)]
     saved = [_save_dense(tmp_path / f"{i + 2}_Dense", *layer, weights, seed=i) for i, layer in enumerate(layers)]
-    head = DenseHead.load([spec for spec, _ in saved], pooled_width=16)
+    head = DenseHead.load([spec for spec, _ in saved], pooled_width=16, torch_device=torch_device)
     rows = np.random.default_rng(0).normal(size=(5, 16)).astype(np.float32) * 3
     features = {"sentence_embedding": torch.from_numpy(rows)}
     with torch.inference_mode():
