@@ -29,7 +29,8 @@ async def serve(config: config_pb2.BackendConfig) -> None:
     from proto.gen_pb import backend_pb2_grpc
 
     started = time.monotonic()
-    spec = EngineSpec(Path(config.model_dir), config.device, config.dtype, config.pooling, Path(config.cache_dir))
+    spec = EngineSpec(Path(config.model_dir), config.device, config.dtype, config.pooling, Path(config.cache_dir),
+                      config.cache_max_bytes)
     try:
         engine = load_engine(config.backend, spec)
         _warm_up(engine)
