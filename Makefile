@@ -1,35 +1,46 @@
-# make serve  - create .venv, install, start the server on the default model
-# make test   - create .venv, install, type-check (mypy strict), run the whole test suite
+# make serve  - create .venv, install the server (requirements-serve.lock), start it on the default model
+# make test   - create .venv, install the server and the test tools (requirements.lock),
+#               type-check (mypy strict), run the whole test suite
 # make bench  - run the load benchmark against a fresh server and print ratios
 # make proto  - regenerate the protobuf/gRPC modules into proto/gen_pb/
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+SERVE_STAMP := $(VENV)/.installed-serve
+DEV_STAMP := $(VENV)/.installed-dev
 ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install proto serve test typecheck bench clean
+.PHONY: install install-serve proto serve test typecheck bench clean
 
-$(STAMP): pyproject.toml requirements.lock
+$(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -r requirements.lock
+
+# The serve lock is complete, so it installs without resolving dependencies.
+$(SERVE_STAMP): pyproject.toml requirements-serve.lock | $(PY)
+	$(PY) -m pip install --quiet --no-deps -r requirements-serve.lock
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
-	touch $(STAMP)
+	touch $(SERVE_STAMP)
 
-proto/gen_pb/__init__.py: $(STAMP) $(wildcard proto/*.proto) proto/generate.py
+$(DEV_STAMP): $(SERVE_STAMP) requirements.lock
+	$(PY) -m pip install --quiet -r requirements.lock
+	touch $(DEV_STAMP)
+
+proto/gen_pb/__init__.py: $(SERVE_STAMP) $(wildcard proto/*.proto) proto/generate.py
 	$(PY) proto/generate.py
 
-proto: $(STAMP)
+proto: $(SERVE_STAMP)
 	$(PY) proto/generate.py
 
-install: $(STAMP) proto/gen_pb/__init__.py
+install-serve: $(SERVE_STAMP) proto/gen_pb/__init__.py
 
-serve: install
+install: $(DEV_STAMP) proto/gen_pb/__init__.py
+
+serve: install-serve
 	$(VENV)/bin/embedserve $(ARGS)
 
 typecheck: install

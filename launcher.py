@@ -59,6 +59,8 @@ EXIT_CHILD_DIED = 4
 STARTUP_TIMEOUT_S = float(os.environ.get("EMBEDSERVE_STARTUP_TIMEOUT_S", "600"))
 # ONNX exports and int8 conversions are kept here between starts.
 CACHE_DIR = Path(os.environ.get("EMBEDSERVE_CACHE_DIR") or Path.home() / ".cache" / "embedserve")
+# Past this size, the least recently used exports are removed (0: no cap).
+CACHE_MAX_BYTES = int(float(os.environ.get("EMBEDSERVE_CACHE_MAX_GB", "10")) * 1e9)
 # TEI's TASK: "sentence-similarity" makes POST / answer as /similarity.
 TASK = os.environ.get("TASK", "")
 # TEI's bound on the items of one gRPC stream in flight at once.
@@ -454,7 +456,7 @@ def build_children(plan: LaunchPlan) -> tuple[list[ChildProcess], list[ChildProc
             model_dir=str(plan.spec.model_dir), socket_path=socket_path, backend=plan.backend,
             dtype=args.dtype or "", pooling=pooling, device=device, max_batch_tokens=args.max_batch_tokens,
             json_output=args.json_output, name=f"backend-{index}", position_offset=plan.spec.position_offset,
-            cache_dir=str(CACHE_DIR), dense_layers=dense_layers,
+            cache_dir=str(CACHE_DIR), cache_max_bytes=CACHE_MAX_BYTES, dense_layers=dense_layers,
         )
         env = dict(base_env)
         if gpu is not None:

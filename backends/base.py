@@ -34,6 +34,7 @@ class EngineSpec:
     dtype: str  # empty: the engine's default for the device
     pooling: str  # cls, mean, last_token, splade
     cache_dir: Path  # where exports and conversions are kept between starts
+    cache_max_bytes: int = 0  # the cache's size cap; 0: none
     dense_layers: tuple[DenseSpec, ...] = ()  # applied in order to pooled rows
 
 

