@@ -210,11 +210,15 @@ def resolve_model_dir(model_id: str | None, revision: str | None, cache_dir: str
                             "*_Dense*/pytorch_model.bin"],
         )
     except LocalEntryNotFoundError as exc:
-        raise LaunchError(
-            f"model {model_id} is neither a local directory nor in the Hugging Face cache"
-            + (" (HF_HUB_OFFLINE is set)" if offline else ""),
-            EXIT_CONFIG_ERROR,
-        ) from exc
+        if offline:
+            message = (f"model {model_id} is neither a local directory nor in the Hugging Face cache, and "
+                       "HF_HUB_OFFLINE is set: download it once with HF_HUB_OFFLINE=0 (README: Offline use)")
+        else:
+            # huggingface_hub says only "check your connection"; the cause names what failed.
+            cause = exc.__cause__ or exc.__context__
+            why = f"{type(cause).__name__}: {str(cause).splitlines()[0][:200]}" if cause else str(exc)
+            message = f"cannot download model {model_id} from the Hugging Face Hub, and it is not in the cache ({why})"
+        raise LaunchError(message, EXIT_CONFIG_ERROR) from exc
     except (HfHubHTTPError, OSError, ValueError) as exc:
         raise LaunchError(f"cannot fetch model {model_id}: {exc}", EXIT_CONFIG_ERROR) from exc
     return Path(path)

@@ -68,6 +68,19 @@ def test_unknown_hub_id_offline_is_one_clear_line(tmp_path: Path) -> None:
     errors = _error_lines(result.stderr)
     assert len(errors) == 1, result.stderr
     assert "neither a local directory nor in the Hugging Face cache" in errors[0]
+    assert "HF_HUB_OFFLINE=0" in errors[0]
+
+
+def test_a_failed_download_says_it_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A closed local port stands in for a network that cannot reach the Hub.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    result = _run_launcher("--model-id", "nobody/no-such-model", "--huggingface-hub-cache", str(tmp_path))
+    assert result.returncode == 2
+    errors = _error_lines(result.stderr)
+    assert len(errors) == 1, result.stderr
+    assert "cannot download model nobody/no-such-model from the Hugging Face Hub" in errors[0]
+    assert "ConnectionError" in errors[0]
 
 
 def test_default_prompt_name_must_exist(model_dir: Path) -> None:
