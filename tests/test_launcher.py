@@ -54,6 +54,23 @@ def test_help_lists_the_flags() -> None:
         assert flag in out
 
 
+def test_help_shows_real_defaults_never_none_nor_a_secret() -> None:
+    env = {**os.environ, "API_KEY": "help-must-not-show-this"}
+    out = subprocess.run([sys.executable, "-m", "launcher", "--help"], capture_output=True, text=True, cwd=ROOT,
+                         env=env).stdout
+    assert "None" not in out and "help-must-not-show-this" not in out
+    assert "(default: 16384)" in out and "(default: auto)" in out
+
+
+def test_unresolvable_hostname_stops_at_once_with_one_clear_line() -> None:
+    result = _run_launcher("--hostname", "no-such-host.invalid")
+    assert result.returncode == 2
+    errors = _error_lines(result.stderr)
+    assert len(errors) == 1, result.stderr
+    assert "--hostname 'no-such-host.invalid' is not an IP address and does not resolve" in errors[0]
+    assert "model " not in result.stderr  # refused before the model is even looked at
+
+
 def test_missing_model_directory_is_one_clear_line() -> None:
     result = _run_launcher("--model-id", "/nonexistent/model/dir")
     assert result.returncode == 2
