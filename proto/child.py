@@ -37,13 +37,14 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import grpc
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from proto.gen_pb import config_pb2
 
 M = TypeVar("M", bound=Message)
 
 _LENGTH = struct.Struct(">I")
+NOT_FROM_LAUNCHER = "this process is started by the embedserve launcher, which sends its configuration on stdin"
 # Far above any real config (prompts and labels included); a garbled length
 # must not make the child wait for gigabytes.
 MAX_CONFIG_BYTES = 64 * 1024 * 1024
@@ -57,11 +58,16 @@ def encode_config(message: Message) -> bytes:
 
 def read_config(message_type: type[M], fd: int = 0) -> M:
     """Read the one config frame from the launcher's pipe (stdin by default)."""
+    if os.isatty(fd):
+        raise SystemExit(NOT_FROM_LAUNCHER)
     (size,) = _LENGTH.unpack(_read_exactly(fd, _LENGTH.size))
     if size > MAX_CONFIG_BYTES:
-        raise SystemExit(f"config frame of {size} bytes on stdin: not started by the embedserve launcher?")
+        raise SystemExit(f"a config frame of {size} bytes: {NOT_FROM_LAUNCHER}")
     message: M = message_type()
-    message.ParseFromString(_read_exactly(fd, size))
+    try:
+        message.ParseFromString(_read_exactly(fd, size))
+    except DecodeError as exc:
+        raise SystemExit(f"a config that does not parse ({exc}): {NOT_FROM_LAUNCHER}") from exc
     return message
 
 
@@ -71,7 +77,7 @@ def _read_exactly(fd: int, size: int) -> bytes:
     while left:
         chunk = os.read(fd, left)
         if not chunk:
-            raise SystemExit("stdin closed before the configuration arrived: this process is started by embedserve")
+            raise SystemExit(f"stdin closed before the configuration arrived: {NOT_FROM_LAUNCHER}")
         chunks.append(chunk)
         left -= len(chunk)
     return b"".join(chunks)
