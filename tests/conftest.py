@@ -135,7 +135,8 @@ def start_server(
     argv = [sys.executable, "-m", "launcher", "--hostname", "127.0.0.1", "--port", str(port), "--uds-path", uds,
             "--grpc-port", str(grpc_port), *args]
     with log_path.open("wb") as log:
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})})
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                   env={**os.environ, **(env or {})})
     server = RunningServer(f"http://127.0.0.1:{port}", uds, process, log_path, f"127.0.0.1:{grpc_port}")
     try:
         _wait_healthy(server)

@@ -23,8 +23,9 @@ LONG_TEXT = " ".join(["graceful shutdown drains requests that were accepted"] * 
 
 def _run_launcher(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "launcher", "--port", "0", "--grpc-port", "0", "--uds-path", short_socket_prefix(),
-         *args],
+        # An explicit --hostname: $HOSTNAME may not resolve on every machine (later args win).
+        [sys.executable, "-m", "launcher", "--hostname", "127.0.0.1", "--port", "0", "--grpc-port", "0",
+         "--uds-path", short_socket_prefix(), *args],
         capture_output=True, text=True, timeout=timeout_s, cwd=ROOT,
     )
 

@@ -37,8 +37,10 @@ def _server_pids(server: RunningServer) -> dict[str, int]:
 @pytest.mark.parametrize(
     ("args", "env", "key"),
     [
-        (("--api-key", FLAG_KEY, "--hf-token", HF_FLAG_TOKEN), {"API_KEY": ENV_KEY, "HF_TOKEN": HF_ENV_TOKEN}, FLAG_KEY),
-        ((), {"API_KEY": ENV_KEY, "HF_TOKEN": HF_ENV_TOKEN}, ENV_KEY),
+        # The flags win over the environment; neither may show anywhere.
+        (("--api-key", FLAG_KEY, "--hf-token", HF_FLAG_TOKEN), {"API_KEY": ENV_KEY, "HF_TOKEN": HF_ENV_TOKEN},
+         FLAG_KEY),
+        ((), {"API_KEY": ENV_KEY, "HF_TOKEN": HF_ENV_TOKEN, "HUGGING_FACE_HUB_TOKEN": HF_ENV_TOKEN}, ENV_KEY),
     ],
     ids=["flags", "environment"],
 )
