@@ -3,10 +3,10 @@
 Configuration. The launcher starts a child as `python -m <role> <name>` (the
 name only for `ps`) with a pipe on stdin, and writes the child's config proto
 there at once: a 4-byte big-endian length, then the serialized message. The
-child reads exactly that first (`read_config`); argv and the environment carry
-no configuration, because `/proc/<pid>/cmdline` is world-readable and the
-config holds the API key. The launcher keeps the pipe open and writes nothing
-more.
+child reads exactly that first (`read_config`). Argv carries none of it,
+because `/proc/<pid>/cmdline` is world-readable and the config holds the API
+key; the environment children inherit has no secrets (proto/redact.py). The
+launcher keeps the pipe open and writes nothing more.
 
 Lifetime. A child exits when it reads EOF on that pipe, i.e. when the launcher
 is gone, even by SIGKILL, so it never leaves orphans behind. The order matters
