@@ -9,6 +9,9 @@ and the child counts as up once its socket answers a Health RPC (the router: onc
 /health answers 200). A child that exits during start-up fails the launch at once.
 SIGTERM/SIGINT drain the router first, then stop the workers. A child that dies
 later is named in the log, the rest are stopped, and the launcher exits non-zero.
+If the launcher itself is killed, the children keep that order on their own
+(proto/child.py). On any exit, socket files the children left are removed.
+Secrets never reach argv or a child's environment (proto/redact.py).
 """
 
 from __future__ import annotations
@@ -28,8 +31,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from google.protobuf.message import Message
+
 from proto.child import configure_logging, encode_config
 from proto.gen_pb import config_pb2
+from proto.redact import child_environment, scrub_argv
+from router.bind import BindError, host_port, local_host, resolve_bind_hosts
 from router.model_config import POOLING_FLAG_VALUES, ModelConfigError, ModelSpec, load_model_spec
 
 logger = logging.getLogger("launcher")
@@ -66,6 +73,8 @@ TASK = os.environ.get("TASK", "")
 # TEI's bound on the items of one gRPC stream in flight at once.
 GRPC_MAX_PARALLEL_STREAM_REQUESTS = int(os.environ.get("GRPC_MAX_PARALLEL_STREAM_REQUESTS", "1024"))
 WORKER_STOP_TIMEOUT_S = 10.0
+# After the graceful timeout the router still closes Hypercorn (5 s) and its lifespan.
+ROUTER_STOP_MARGIN_S = 15.0
 SUPERVISE_TICK_S = 0.5
 # A crashed backend or tokenizer worker is restarted after these delays; more
 # crashes than that within RESTART_WINDOW_S stop the server.
@@ -104,13 +113,26 @@ def _default_tokenization_workers() -> int:
     return min(max(len(os.sched_getaffinity(0)) - 1, 1), 64)
 
 
+# Flags whose value must not appear in --help even when it comes from the environment.
+SECRET_FLAGS = frozenset({"api_key", "hf_token"})
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's real default; nothing where the default is "unset" or a secret."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.dest in SECRET_FLAGS:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """TEI's flags, each with its environment-variable twin (the flag wins)."""
     p = argparse.ArgumentParser(
         prog="embedserve",
         description="Serve text embeddings with TEI's HTTP API. Every flag can also be set "
         "through the environment variable named in its help.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("--model-id", default=_env("MODEL_ID"),
                    help="Local model directory or Hugging Face Hub id [env MODEL_ID]. "
@@ -152,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--served-model-name", default=_env("SERVED_MODEL_NAME"),
                    help="Model name in OpenAI responses; default the model id [env SERVED_MODEL_NAME]")
     p.add_argument("--hostname", default=_env("HOSTNAME", "0.0.0.0"),
-                   help="IP address to bind; a non-IP value binds 0.0.0.0 [env HOSTNAME]")
+                   help="Address HTTP and gRPC listen on: an IP, or a name bound to what it resolves to "
+                   "[env HOSTNAME]")
     p.add_argument("-p", "--port", type=int, default=int(_env("PORT", "3000") or 3000), help="HTTP port [env PORT]")
     p.add_argument("--grpc-port", type=int, default=int(_env("GRPC_PORT", "50051") or 50051),
                    help="Port of the tei.v1 gRPC API, served beside HTTP from the same queue; 0 turns it off "
@@ -160,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--uds-path", default=_env("UDS_PATH", "/tmp/text-embeddings-inference-server"),
                    help="Prefix of the Unix sockets of the backends and tokenizer workers [env UDS_PATH]")
     p.add_argument("--api-key", default=_env("API_KEY"),
-                   help="Require `Authorization: Bearer <key>` on inference routes [env API_KEY]")
+                   help="Require `Authorization: Bearer <key>` on inference routes; API_KEY keeps it off "
+                   "the command line [env API_KEY]")
     p.add_argument("--payload-limit", type=int, default=int(_env("PAYLOAD_LIMIT", "2000000") or 2000000),
                    help="Largest request body in bytes; larger gets 413 [env PAYLOAD_LIMIT]")
     p.add_argument("--json-output", action="store_true", default=_bool(_env("JSON_OUTPUT", "false") or "false"),
@@ -247,6 +271,7 @@ class LaunchPlan:
 
     args: argparse.Namespace
     model_id: str
+    bind_hosts: tuple[str, ...]
     spec: ModelSpec
     backend: str
     gpus: list[str]
@@ -256,6 +281,10 @@ class LaunchPlan:
 
 def plan_launch(args: argparse.Namespace) -> LaunchPlan:
     started = time.monotonic()
+    try:
+        bind_hosts = resolve_bind_hosts(args.hostname)
+    except BindError as exc:
+        raise LaunchError(str(exc), EXIT_CONFIG_ERROR) from exc
     model_dir = resolve_model_dir(args.model_id, args.revision, args.huggingface_hub_cache, args.hf_token)
     try:
         spec = load_model_spec(model_dir, args.pooling)
@@ -301,7 +330,8 @@ def plan_launch(args: argparse.Namespace) -> LaunchPlan:
                         ("--tokenization-workers", args.tokenization_workers)):
         if value <= 0:
             raise LaunchError(f"{name} must be positive, got {value}", EXIT_CONFIG_ERROR)
-    return LaunchPlan(args, args.model_id or DEFAULT_MODEL_ID, spec, backend, gpus, max_input_length, default_prompt)
+    return LaunchPlan(args, args.model_id or DEFAULT_MODEL_ID, bind_hosts, spec, backend, gpus, max_input_length,
+                      default_prompt)
 
 
 def choose_backend(requested: str, spec: ModelSpec, gpus: list[str]) -> str:
@@ -321,13 +351,15 @@ def choose_backend(requested: str, spec: ModelSpec, gpus: list[str]) -> str:
 
 @dataclass
 class ChildProcess:
-    """A child the launcher owns. Its stdin is a pipe: when the launcher dies,
-    the child reads EOF and exits (see proto/child.py)."""
+    """A child the launcher owns. Its stdin is a pipe that first carries its
+    config; when the launcher dies, the child reads EOF and exits (proto/child.py)."""
 
     name: str
     argv: list[str]
     env: dict[str, str]
+    config: Message
     socket_path: str | None = None
+    pass_fds: tuple[int, ...] = ()
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     # Backends and tokenizer workers come back after a crash; the router does not.
     restartable: bool = False
@@ -339,7 +371,22 @@ class ChildProcess:
             os.unlink(self.socket_path)  # a stale socket must not pass for readiness
         # A new session: Ctrl+C in the terminal reaches only the launcher, which
         # then stops the children in order.
-        self.popen = subprocess.Popen(self.argv, stdin=subprocess.PIPE, env=self.env, start_new_session=True)
+        self.popen = subprocess.Popen(self.argv, stdin=subprocess.PIPE, env=self.env, start_new_session=True,
+                                      pass_fds=self.pass_fds)
+        assert self.popen.stdin is not None
+        try:
+            self.popen.stdin.write(encode_config(self.config))
+            self.popen.stdin.flush()
+        except BrokenPipeError:
+            pass  # it died before reading; supervision reports its exit
+
+    def remove_socket(self) -> None:
+        """Remove the socket file a child killed or crashed left behind."""
+        if self.socket_path and os.path.lexists(self.socket_path):
+            try:
+                os.unlink(self.socket_path)
+            except OSError as exc:
+                logger.warning("cannot remove %s: %s", self.socket_path, exc)
 
     def exit_code(self) -> int | None:
         return None if self.popen is None else self.popen.poll()
@@ -440,10 +487,38 @@ def wait_until_healthy(
             stop.wait(0.05)
 
 
-def build_children(plan: LaunchPlan) -> tuple[list[ChildProcess], list[ChildProcess], ChildProcess]:
+@dataclass
+class RouterPipe:
+    """The pipe that tells workers the router has exited (proto/child.py): the
+    router gets the write end, every worker the read end. The launcher keeps
+    the read end for restarted workers and closes its write end once the router
+    runs, so EOF then means "router gone" and nothing else."""
+
+    read_fd: int
+    write_fd: int | None
+
+    @classmethod
+    def open(cls) -> RouterPipe:
+        read_fd, write_fd = os.pipe()
+        return cls(read_fd, write_fd)
+
+    def close_write_end(self) -> None:
+        if self.write_fd is not None:
+            os.close(self.write_fd)
+            self.write_fd = None
+
+
+def build_children(
+    plan: LaunchPlan, router_pipe: RouterPipe
+) -> tuple[list[ChildProcess], list[ChildProcess], ChildProcess]:
     args = plan.args
     python = sys.executable
-    base_env = dict(os.environ)
+    base_env = child_environment(os.environ)
+    # A worker serves the draining router at most this long after the launcher is gone.
+    router_link = config_pb2.RouterLink(
+        fd=router_pipe.read_fd, timeout_s=args.graceful_timeout + ROUTER_STOP_MARGIN_S + 5
+    )
+    worker_fds = (router_pipe.read_fd,)
     uds = args.uds_path
     devices: list[tuple[str, str | None]] = [("cuda", gpu) for gpu in plan.gpus] or [("cpu", None)]
     pooling = plan.spec.pooling or "cls"
@@ -461,23 +536,23 @@ def build_children(plan: LaunchPlan) -> tuple[list[ChildProcess], list[ChildProc
             dtype=args.dtype or "", pooling=pooling, device=device, max_batch_tokens=args.max_batch_tokens,
             json_output=args.json_output, name=f"backend-{index}", position_offset=plan.spec.position_offset,
             cache_dir=str(CACHE_DIR), cache_max_bytes=CACHE_MAX_BYTES, dense_layers=dense_layers,
+            router_link=router_link,
         )
         env = dict(base_env)
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
-        backends.append(ChildProcess(f"backend-{index}", [python, "-m", "backends", "--config", encode_config(config)],
-                                     env, socket_path, restartable=True))
+        backends.append(ChildProcess(f"backend-{index}", [python, "-m", "backends", f"backend-{index}"], env, config,
+                                     socket_path, worker_fds, restartable=True))
 
     tokenizers = []
     for index in range(args.tokenization_workers):
         socket_path = f"{uds}-tokenizer-{index}"
         tconfig = config_pb2.TokenizerConfig(
             model_dir=str(plan.spec.model_dir), socket_path=socket_path, max_input_length=plan.max_input_length,
-            json_output=args.json_output, name=f"tokenizer-{index}",
+            json_output=args.json_output, name=f"tokenizer-{index}", router_link=router_link,
         )
-        tokenizers.append(ChildProcess(f"tokenizer-{index}",
-                                       [python, "-m", "tokenizer_pool", "--config", encode_config(tconfig)],
-                                       base_env, socket_path, restartable=True))
+        tokenizers.append(ChildProcess(f"tokenizer-{index}", [python, "-m", "tokenizer_pool", f"tokenizer-{index}"],
+                                       base_env, tconfig, socket_path, worker_fds, restartable=True))
 
     for child in backends + tokenizers:
         if child.socket_path and len(child.socket_path.encode()) > MAX_SOCKET_PATH_BYTES:
@@ -487,7 +562,8 @@ def build_children(plan: LaunchPlan) -> tuple[list[ChildProcess], list[ChildProc
         model_id=plan.model_id, served_model_name=args.served_model_name or plan.model_id,
         backend_sockets=[c.socket_path or "" for c in backends],
         tokenizer_sockets=[c.socket_path or "" for c in tokenizers],
-        hostname=args.hostname, port=args.port, max_concurrent_requests=args.max_concurrent_requests,
+        hostname=args.hostname, bind_hosts=plan.bind_hosts, port=args.port,
+        max_concurrent_requests=args.max_concurrent_requests,
         max_batch_tokens=args.max_batch_tokens, max_batch_requests=args.max_batch_requests or 0,
         max_client_batch_size=args.max_client_batch_size, auto_truncate=args.auto_truncate,
         max_input_length=plan.max_input_length, position_offset=plan.spec.position_offset,
@@ -504,21 +580,16 @@ def build_children(plan: LaunchPlan) -> tuple[list[ChildProcess], list[ChildProc
         rconfig.default_prompt = plan.default_prompt
     if args.api_key is not None:
         rconfig.api_key = args.api_key
-    router = ChildProcess("router", [python, "-m", "router", "--config", encode_config(rconfig)], base_env)
+    assert router_pipe.write_fd is not None
+    router = ChildProcess("router", [python, "-m", "router", "router"], base_env, rconfig,
+                          pass_fds=(router_pipe.write_fd,))
     return backends, tokenizers, router
 
 
-def _local_url(hostname: str, port: int, path: str) -> str:
-    host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(hostname, hostname)
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    try:
-        import ipaddress
-
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        host = "127.0.0.1"  # a non-IP hostname makes the router bind 0.0.0.0
-    return f"http://{host}:{port}{path}"
+def _local_url(bind_hosts: Sequence[str], port: int, path: str) -> str:
+    """The router's own URL for the launcher, on the first address it binds."""
+    host = local_host(bind_hosts[0])
+    return f"http://{host_port(host, port)}{path}"
 
 
 # ---------------------------------------------------------------- supervision
@@ -529,7 +600,8 @@ class Launcher:
         self._plan = plan
         self._stop = threading.Event()
         self._signal_count = 0
-        self._backends, self._tokenizers, self._router = build_children(plan)
+        self._router_pipe = RouterPipe.open()
+        self._backends, self._tokenizers, self._router = build_children(plan, self._router_pipe)
 
     def _handle_signal(self, signum: int, frame: object) -> None:
         self._signal_count += 1
@@ -555,8 +627,9 @@ class Launcher:
             logger.info("started %d backend(s) and %d tokenizer worker(s)", len(self._backends), len(self._tokenizers))
             wait_until_healthy(workers, self._stop)
             self._router.start()
-            args = self._plan.args
-            wait_until_healthy([self._router], self._stop, _local_url(args.hostname, args.port, "/health"), workers)
+            self._router_pipe.close_write_end()
+            health_url = _local_url(self._plan.bind_hosts, self._plan.args.port, "/health")
+            wait_until_healthy([self._router], self._stop, health_url, workers)
         except LaunchError:
             self._shutdown()
             raise
@@ -596,14 +669,19 @@ class Launcher:
     def _shutdown(self) -> None:
         # The router first, so in-flight requests drain while backends still run.
         # Drain, then Hypercorn's own close (5 s), then the lifespan's shutdown.
-        stop_children([self._router], self._plan.args.graceful_timeout + 15)
+        stop_children([self._router], self._plan.args.graceful_timeout + ROUTER_STOP_MARGIN_S)
         stop_children(self._backends + self._tokenizers, WORKER_STOP_TIMEOUT_S)
+        # A child killed or crashed never removed its socket; the next start must not find it.
+        for child in self._all_children():
+            child.remove_socket()
         logger.info("all processes stopped")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging("launcher", args.json_output)
+    if argv is None:  # our own command line, not a caller's list
+        scrub_argv([args.api_key, args.hf_token])
     try:
         plan = plan_launch(args)
         return Launcher(plan).run()

@@ -1,4 +1,5 @@
-"""Entry point of one backend process: `python -m backends --config '<BackendConfig json>'`."""
+"""Entry point of one backend process: `python -m backends backend-<n>`, its BackendConfig
+on stdin (proto/child.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from proto.child import configure_logging, parse_config, serve_on_socket
+from proto.child import configure_logging, read_config, serve_on_socket
 from proto.gen_pb import config_pb2
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ async def serve(config: config_pb2.BackendConfig) -> None:
 
     server = grpc.aio.server(options=GRPC_OPTIONS)
     backend_pb2_grpc.add_BackendServicer_to_server(servicer, server)
-    await serve_on_socket(server, config.socket_path, grace_s=5)
+    await serve_on_socket(server, config.socket_path, grace_s=5, router_link=config.router_link)
     servicer.close()
 
 
@@ -77,7 +78,7 @@ def _warm_up(engine: Backend) -> None:
 
 
 def main() -> None:
-    config = parse_config(config_pb2.BackendConfig)
+    config = read_config(config_pb2.BackendConfig)
     configure_logging(config.name or "backend", config.json_output)
     asyncio.run(serve(config))
 

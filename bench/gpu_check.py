@@ -281,7 +281,8 @@ def served_run(model_dir: Path, mode: str, corpus: Any, args: argparse.Namespace
     try:
         print(f"[{mode}] server healthy after {server.wait_healthy():.1f}s", flush=True)
         run_load(server.base_url, corpus.requests[:16], min(args.concurrency, 16))  # warm-up
-        meter = CpuMeter(f"/tmp/esb-{os.getpid()}")
+        assert server.popen is not None
+        meter = CpuMeter(server.popen.pid)
         meter.start()
         def load_cpu_seconds() -> float:
             own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -16,30 +16,36 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS_PER_S  # utime + stime
 
 
-def role_pids(marker: str) -> dict[str, list[int]]:
-    """Children of the server whose command line holds `marker` (its socket prefix)."""
+def _parent_pid(pid: str) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def role_pids(launcher_pid: int) -> dict[str, list[int]]:
+    """Children of the launcher `launcher_pid`, by the role in their command line
+    (`python -m <role> <name>`; their configuration is not in argv)."""
     found: dict[str, list[int]] = {role: [] for role in ROLES}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
+            if _parent_pid(entry.name) != launcher_pid:
+                continue
+            args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except (OSError, IndexError, ValueError):
             continue
-        for role in ROLES:
-            if f"-m {role} " in cmdline and marker in cmdline:
-                found[role].append(int(entry.name))
+        if "-m" in args[:-1] and (role := args[args.index("-m") + 1]) in found:
+            found[role].append(int(entry.name))
     return found
 
 
 @dataclass
 class CpuMeter:
-    marker: str
+    launcher_pid: int
     _start: dict[int, float] = field(default_factory=dict)
     _pids: dict[str, list[int]] = field(default_factory=dict)
 
     def start(self) -> None:
-        self._pids = role_pids(self.marker)
+        self._pids = role_pids(self.launcher_pid)
         self._start = {pid: _cpu_seconds(pid) for pids in self._pids.values() for pid in pids}
 
     def cores_used(self, wall_seconds: float) -> dict[str, float]:

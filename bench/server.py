@@ -36,7 +36,7 @@ def server_command(model_dir: Path, port: int, extra_args: list[str]) -> list[st
     script = Path(sys.executable).with_name("embedserve")
     base = [str(script)] if script.exists() else [sys.executable, "-m", "launcher"]
     # --hostname is explicit because the launcher also reads $HOSTNAME, which shells set
-    # to the machine name (a non-IP value would bind 0.0.0.0). The short per-pid
+    # to the machine name (a name binds what it resolves to). The short per-pid
     # socket prefix keeps Unix socket paths under the kernel's length limit.
     return [
         *base,

@@ -7,7 +7,6 @@ module is the one place the router process handles signals.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import signal
 
@@ -16,25 +15,16 @@ from hypercorn.config import Config
 
 from proto.child import watch_parent
 from router.app import create_app
+from router.bind import host_port
 from router.settings import RouterSettings
 
 logger = logging.getLogger(__name__)
 
 
-def bind_address(hostname: str, port: int) -> str:
-    try:
-        address = ipaddress.ip_address(hostname)
-    except ValueError:
-        # Kubernetes and Docker set HOSTNAME to the pod name: TEI falls back too.
-        logger.warning("hostname %r is not an IP address; binding 0.0.0.0", hostname)
-        return f"0.0.0.0:{port}"
-    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
-
-
 async def run(settings: RouterSettings) -> None:
     app = create_app(settings)
     config = Config()
-    config.bind = [bind_address(settings.hostname, settings.port)]
+    config.bind = [host_port(host, settings.port) for host in settings.bind_hosts]
     # The drain happens before Hypercorn is told to stop (shutdown_trigger); what
     # is left then are idle keep-alive connections.
     config.graceful_timeout = 5.0

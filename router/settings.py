@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from proto.gen_pb import config_pb2
+from router.bind import resolve_bind_hosts
 
 
 @dataclass(frozen=True)
@@ -13,7 +14,8 @@ class RouterSettings:
     served_model_name: str
     backend_sockets: tuple[str, ...]
     tokenizer_sockets: tuple[str, ...]
-    hostname: str = "0.0.0.0"
+    # IP addresses both HTTP and gRPC listen on (router/bind.py).
+    bind_hosts: tuple[str, ...] = ("0.0.0.0",)
     port: int = 3000
     revision: str | None = None
     model_dtype: str = "float32"
@@ -56,7 +58,7 @@ class RouterSettings:
             served_model_name=config.served_model_name or config.model_id,
             backend_sockets=tuple(config.backend_sockets),
             tokenizer_sockets=tuple(config.tokenizer_sockets),
-            hostname=config.hostname or "0.0.0.0",
+            bind_hosts=tuple(config.bind_hosts) or resolve_bind_hosts(config.hostname or "0.0.0.0"),
             port=config.port,
             revision=config.revision if config.HasField("revision") else None,
             model_dtype=config.model_dtype or "float32",

@@ -80,7 +80,7 @@ class RunningServer:
 
     def child_pids(self, role: str) -> list[int]:
         """Processes of `role` (router, backends, tokenizer_pool) this server started."""
-        return child_pids(self.uds_prefix, role)
+        return child_pids(self.process.pid, role)
 
     def rss_kib(self) -> dict[str, int]:
         """Resident memory of the launcher and each of its children."""
@@ -112,8 +112,8 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str, tick_s:
     return time.monotonic()
 
 
-def child_pids(prefix: str, role: str) -> list[int]:
-    return sorted(role_pids(prefix).get(role, []))
+def child_pids(launcher_pid: int, role: str) -> list[int]:
+    return sorted(role_pids(launcher_pid).get(role, []))
 
 
 def _rss_kib(pid: int) -> int:
@@ -139,14 +139,18 @@ def _wait_healthy(server: RunningServer) -> None:
 
 
 @contextmanager
-def start_server(*args: str, tmp_dir: Path, expect_clean_exit: bool = True) -> Iterator[RunningServer]:
+def start_server(
+    *args: str, tmp_dir: Path, expect_clean_exit: bool = True, env: dict[str, str] | None = None
+) -> Iterator[RunningServer]:
+    """The launcher with `args` (after the defaults below, so they win) and `env` added to ours."""
     port, grpc_port = free_port(), free_port()
     uds = short_socket_prefix()
     log_path = tmp_dir / f"embedserve-{port}.log"
     argv = [sys.executable, "-m", "launcher", "--hostname", "127.0.0.1", "--port", str(port), "--uds-path", uds,
             "--grpc-port", str(grpc_port), *args]
     with log_path.open("wb") as log:
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                   env={**os.environ, **(env or {})})
     server = RunningServer(f"http://127.0.0.1:{port}", uds, process, log_path, f"127.0.0.1:{grpc_port}")
     try:
         _wait_healthy(server)

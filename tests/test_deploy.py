@@ -859,8 +859,9 @@ def test_dockerfile_entrypoint_and_cmd_parse_with_the_launcher(flavor: str) -> N
     assert args.huggingface_hub_cache == "/data"
     assert env["EMBEDSERVE_CACHE_DIR"].startswith("/data/")
     assert env["HF_HOME"] and env["PATH"].startswith("/opt/venv/bin:")
-    # The healthcheck asks the port the launcher binds.
+    # The healthcheck asks the address and port the launcher binds.
     assert "/health" in final.last("HEALTHCHECK") and "PORT" in final.last("HEALTHCHECK")
+    assert "HOSTNAME" in final.last("HEALTHCHECK")
 
 
 @pytest.mark.parametrize("flavor", DOCKERFILES)

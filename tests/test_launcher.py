@@ -23,8 +23,9 @@ LONG_TEXT = " ".join(["graceful shutdown drains requests that were accepted"] * 
 
 def _run_launcher(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "launcher", "--port", "0", "--grpc-port", "0", "--uds-path", short_socket_prefix(),
-         *args],
+        # An explicit --hostname: $HOSTNAME may not resolve on every machine (later args win).
+        [sys.executable, "-m", "launcher", "--hostname", "127.0.0.1", "--port", "0", "--grpc-port", "0",
+         "--uds-path", short_socket_prefix(), *args],
         capture_output=True, text=True, timeout=timeout_s, cwd=ROOT,
     )
 
@@ -52,6 +53,23 @@ def test_help_lists_the_flags() -> None:
     for flag in ("--model-id", "--max-batch-tokens", "--tokenization-workers", "--uds-path", "--payload-limit",
                  "--default-prompt-name", "--json-output", "--huggingface-hub-cache", "--graceful-timeout"):
         assert flag in out
+
+
+def test_help_shows_real_defaults_never_none_nor_a_secret() -> None:
+    env = {**os.environ, "API_KEY": "help-must-not-show-this"}
+    out = subprocess.run([sys.executable, "-m", "launcher", "--help"], capture_output=True, text=True, cwd=ROOT,
+                         env=env).stdout
+    assert "None" not in out and "help-must-not-show-this" not in out
+    assert "(default: 16384)" in out and "(default: auto)" in out
+
+
+def test_unresolvable_hostname_stops_at_once_with_one_clear_line() -> None:
+    result = _run_launcher("--hostname", "no-such-host.invalid")
+    assert result.returncode == 2
+    errors = _error_lines(result.stderr)
+    assert len(errors) == 1, result.stderr
+    assert "--hostname 'no-such-host.invalid' is not an IP address and does not resolve" in errors[0]
+    assert "model " not in result.stderr  # refused before the model is even looked at
 
 
 def test_missing_model_directory_is_one_clear_line() -> None:

@@ -214,3 +214,70 @@ def test_queued_inputs_past_their_deadline_never_run(deadline_server: RunningSer
     assert server.metric('te_request_failure{err="deadline"}') == 2
     bad = httpx.post(f"{server.url}/embed", json={"inputs": "x"}, headers={"x-request-timeout-ms": "soon"})
     assert bad.status_code == 422
+
+
+# ------------------------------------------------------------------ the launcher killed
+
+
+def _exited(pid: int) -> bool:
+    """Gone, or a zombie nobody has reaped yet (it no longer runs either way)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def _socket_files(server: RunningServer) -> list[str]:
+    return sorted(str(p) for p in Path(server.uds_prefix).parent.glob(Path(server.uds_prefix).name + "*"))
+
+
+MEDIUM_TEXT = " ".join(["the router answers first and the backend keeps serving it"] * 5)
+
+
+def test_launcher_killed_under_load_router_drains_then_children_exit(tmp_path: Path) -> None:
+    args = ("--graceful-timeout", "300", "--tokenization-workers", "2")
+    with start_server(*args, tmp_dir=tmp_path, expect_clean_exit=False) as server:
+        children = [pid for role in ("router", "backends", "tokenizer_pool") for pid in server.child_pids(role)]
+        assert len(children) == 4
+        log = LoadLog()
+        load = threading.Thread(target=_fire, args=(server.url, [{"inputs": [MEDIUM_TEXT] * 32}] * 16, log))
+        load.start()
+        wait_for(lambda: server.metric("te_request_input_length_count") >= 16 * 32, 120, "all 16 requests accepted")
+
+        server.process.kill()
+        killed_at = time.monotonic()
+        load.join(timeout=400)
+        assert not load.is_alive()
+        assert [o.status for o in log.outcomes] == [200] * 16
+        assert max(o.ended for o in log.outcomes) > killed_at, "the load must still run at the kill"
+        answered_at = max(o.ended for o in log.outcomes)
+
+        wait_for(lambda: all(_exited(pid) for pid in children), 60, "every child to exit")
+        assert _socket_files(server) == []
+        print(f"16 requests answered {answered_at - killed_at:.1f}s after the kill; "
+              f"children gone {time.monotonic() - answered_at:.1f}s after the last answer")
+
+
+def test_crash_looping_backend_stops_the_server_without_leaving_sockets(tmp_path: Path) -> None:
+    with start_server(tmp_dir=tmp_path, expect_clean_exit=False) as server:
+        socket_path = f"{server.uds_prefix}-backend-0"
+        killed: list[int] = []
+        while server.process.poll() is None:
+            # The launcher removes the old socket before it spawns the new backend,
+            # so a new pid plus a socket file means the new backend is serving.
+            def serving() -> bool:
+                pids = server.child_pids("backends")
+                return server.process.poll() is not None or (
+                    bool(pids) and pids[0] not in killed and os.path.exists(socket_path))
+
+            wait_for(serving, 120, "the backend to (re)start", tick_s=0.1)
+            if server.process.poll() is not None:
+                break
+            [pid] = server.child_pids("backends")
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+            assert len(killed) <= 6, "the launcher must give up after 5 restarts"
+        assert server.process.wait(timeout=60) == 4
+        assert len(killed) == 6
+        assert "restarts in 300s); stopping the server" in server.log()
+        assert _socket_files(server) == []

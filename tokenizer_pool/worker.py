@@ -1,4 +1,5 @@
-"""One tokenizer worker process: `python -m tokenizer_pool --config '<TokenizerConfig json>'`.
+"""One tokenizer worker process: `python -m tokenizer_pool tokenizer-<n>`, its TokenizerConfig on
+stdin (proto/child.py).
 
 Requests are encoded inline on the worker's event loop: the process does nothing
 else, and the pool on the router side spreads load across workers.
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import grpc
 
-from proto.child import configure_logging, parse_config, serve_on_socket
+from proto.child import configure_logging, read_config, serve_on_socket
 from proto.codec import pack_u32, unpack_u32
 from proto.gen_pb import config_pb2, tokenizer_pb2, tokenizer_pb2_grpc
 from tokenizer_pool.encoder import Direction, EncodeError, Encoder, EncoderInput, TextPair
@@ -96,12 +97,12 @@ async def serve(config: config_pb2.TokenizerConfig) -> None:
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
     tokenizer_pb2_grpc.add_TokenizerServicer_to_server(TokenizerServicer(encoder), server)
     logger.info("tokenizer worker ready")
-    await serve_on_socket(server, config.socket_path, grace_s=2)
+    await serve_on_socket(server, config.socket_path, grace_s=2, router_link=config.router_link)
 
 
 def main() -> None:
     # One worker is one core: no rayon threads inside the tokenizers library.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    config = parse_config(config_pb2.TokenizerConfig)
+    config = read_config(config_pb2.TokenizerConfig)
     configure_logging(config.name or "tokenizer", config.json_output)
     asyncio.run(serve(config))

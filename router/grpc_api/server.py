@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from proto.gen_pb import tei_pb2, tei_pb2_grpc
+from router.bind import host_port
 from router.grpc_api.servicers import EmbedService, InfoService, PredictService, RerankService, TokenizeService
 from router.state import AppState
 
@@ -86,10 +87,12 @@ class GrpcFrontend:
             [*SERVICES.values(), health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
             self._server,
         )
-        host = settings.hostname if ":" not in settings.hostname else f"[{settings.hostname}]"
-        self.port = self._server.add_insecure_port(f"{host}:{settings.grpc_port}")
-        if not self.port:
-            raise RuntimeError(f"cannot bind the gRPC port {settings.grpc_port}")
+        # The same addresses as HTTP (router/bind.py); every one must bind.
+        for host in settings.bind_hosts:
+            address = host_port(host, settings.grpc_port)
+            self.port = self._server.add_insecure_port(address)
+            if not self.port:
+                raise RuntimeError(f"cannot bind the gRPC port on {address}")
         self._monitor: asyncio.Task[None] | None = None
         self._stopping: asyncio.Task[None] | None = None
 
