@@ -12,12 +12,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import h2.config
 import h2.connection
 import httpx
 import orjson
 import pytest
 
+from proto.gen_pb import tei_pb2, tei_pb2_grpc
 from tests.conftest import RunningServer, start_server, wait_for
 
 BODY_READ_TIMEOUT_S = 3.0
@@ -131,6 +133,27 @@ def test_aborted_requests_count_once_each_not_per_input(server: RunningServer) -
     assert server.metric("te_request_failure") == failures + 10
     assert server.metric("te_request_success") == successes
     _quiet_since(server, offset)
+
+
+def test_cancelled_grpc_calls_count_once_each(server: RunningServer) -> None:
+    dropped = server.metric('te_request_failure{err="dropped"}')
+    enqueued = server.metric("te_request_input_length_count")
+    backlog: list[int] = []
+    blocker = threading.Thread(target=lambda: backlog.append(
+        httpx.post(f"{server.url}/embed", json={"inputs": [LONG_TEXT] * 32}, timeout=300).status_code))
+    blocker.start()
+    wait_for(lambda: server.metric("te_request_input_length_count") >= enqueued + 32, 60, "the backlog")
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stub = tei_pb2_grpc.EmbedStub(channel)
+        calls = [stub.Embed.future(tei_pb2.EmbedRequest(inputs=f"cancelled {i}")) for i in range(5)]
+        wait_for(lambda: server.metric("te_request_input_length_count") >= enqueued + 37, 60, "the calls queued")
+        assert server.metric("te_queue_size") >= 5, "the calls must still wait behind the backlog"
+        for call in calls:
+            call.cancel()
+        wait_for(lambda: server.metric('te_request_failure{err="dropped"}') >= dropped + 5, 30, "the drops")
+    blocker.join(timeout=300)
+    assert backlog == [200]
+    assert server.metric('te_request_failure{err="dropped"}') == dropped + 5
 
 
 # ------------------------------------------------------------------ body read timeout
