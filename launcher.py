@@ -202,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "[env DEFAULT_REQUEST_TIMEOUT_MS]")
     p.add_argument("--graceful-timeout", type=float, default=float(_env("GRACEFUL_TIMEOUT", "30") or 30),
                    help="Seconds in-flight requests get to finish after SIGTERM [env GRACEFUL_TIMEOUT]")
+    p.add_argument("--body-read-timeout", type=float, default=float(_env("BODY_READ_TIMEOUT", "30") or 30),
+                   help="Seconds a request body may take to arrive after its headers; slower gets 408; 0: no limit "
+                   "(embedserve's own; TEI has none) [env BODY_READ_TIMEOUT]")
     return p
 
 
@@ -572,7 +575,7 @@ def build_children(
         graceful_timeout_s=args.graceful_timeout, model_type=plan.spec.model_type,
         id2label=plan.spec.id2label, label2id=plan.spec.label2id, cors_allow_origin=args.cors_allow_origin or [],
         task=TASK, grpc_port=args.grpc_port, grpc_max_parallel_stream_requests=GRPC_MAX_PARALLEL_STREAM_REQUESTS,
-        default_request_timeout_ms=args.default_request_timeout_ms,
+        default_request_timeout_ms=args.default_request_timeout_ms, body_read_timeout_s=args.body_read_timeout,
     )
     if args.revision is not None:
         rconfig.revision = args.revision

@@ -77,11 +77,7 @@ async def _embedserve_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, EmbedServeError)  # registered for this class only
     if exc.status == 401:
         return Response(status_code=401)
-    headers = None
-    if exc.status in (413, 415):
-        # Answered before the body was read: the connection cannot be reused, and
-        # saying so keeps clients from sending their next request into it.
-        headers = {"connection": "close"}
+    headers = {"connection": "close"} if exc.closes_connection else None
     return json_response(exc.to_body(), status_code=exc.status, headers=headers)
 
 

@@ -3,7 +3,8 @@
 All state lives on one event loop, so no locks: handlers `append` entries and
 await their futures; dispatch slots `await next_batch()`. A batch is formed the
 moment a backend slot asks for one, from whatever is queued, in arrival order:
-- an entry whose future is done (its client went away) is dropped unseen;
+- an entry whose future is done (its client went away) is dropped unseen
+  (the transport counts the request in te_request_failure, once per request);
 - the next entry goes in only if the batch still fits `max_batch_tokens`,
   counted as max_len x n for padded backends and as the token sum otherwise;
   otherwise it stays at the front (strict FIFO, no skipping ahead);
@@ -107,10 +108,8 @@ class BatchQueue:
         while self._entries:
             entry = self._entries[0]
             if entry.future.done():
+                # Its request already failed or left, and was counted then, once.
                 self._entries.popleft()
-                if not isinstance(entry.future.exception() if not entry.future.cancelled() else None,
-                                  DeadlineExceededError):
-                    self._metrics.request_failure.inc(err="dropped")
                 continue
             if entry.deadline is not None and now > entry.deadline:
                 self._entries.popleft()

@@ -7,11 +7,12 @@
     ├── PayloadTooLargeError    413  Validation
     ├── UnsupportedMediaError   415  Validation
     ├── DeadlineExceededError   408  Timeout      (queued past its x-request-timeout-ms)
+    ├── BodyReadTimeoutError    408  Timeout      (body slower than --body-read-timeout)
     ├── ValidationError         422  Validation
     ├── TokenizerError          422  Tokenizer
     ├── BackendError            424  Backend      (BackendDownError: the process is gone)
     ├── OverloadedError         429  Overloaded
-    └── BackendUnavailableError 503  Unhealthy
+    └── BackendUnavailableError 503  Unhealthy    (ShuttingDownError: SIGTERM's drain)
 
 Bodies are TEI's `{"error": ..., "error_type": ...}`; the OpenAI-compatible routes
 use `{"message", "code", "type"}` instead (see `to_openai_body`).
@@ -27,6 +28,9 @@ class EmbedServeError(Exception):
     error_type: ClassVar[str] = "Backend"
     # Label of te_request_failure{err=...}
     metric_label: ClassVar[str] = "inference"
+    # Answered before the body was fully read: the connection cannot be reused,
+    # and saying so keeps clients from sending their next request into it.
+    closes_connection: ClassVar[bool] = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -67,12 +71,14 @@ class PayloadTooLargeError(EmbedServeError):
     status = 413
     error_type = "Validation"
     metric_label = "validation"
+    closes_connection = True
 
 
 class UnsupportedMediaError(EmbedServeError):
     status = 415
     error_type = "Validation"
     metric_label = "validation"
+    closes_connection = True
 
 
 class DeadlineExceededError(EmbedServeError):
@@ -81,6 +87,15 @@ class DeadlineExceededError(EmbedServeError):
     status = 408
     error_type = "Timeout"
     metric_label = "deadline"
+
+
+class BodyReadTimeoutError(EmbedServeError):
+    """The body did not arrive within --body-read-timeout: a slow or stalled upload."""
+
+    status = 408
+    error_type = "Timeout"
+    metric_label = "body_timeout"
+    closes_connection = True
 
 
 class ValidationError(EmbedServeError):
@@ -126,6 +141,15 @@ class BackendUnavailableError(EmbedServeError):
     status = 503
     error_type = "Unhealthy"
     metric_label = "inference"
+
+
+class ShuttingDownError(BackendUnavailableError):
+    """SIGTERM's drain has begun: no new request is taken."""
+
+    closes_connection = True
+
+    def __init__(self, message: str = "the server is shutting down") -> None:
+        super().__init__(message)
 
 
 def input_validation(message: str) -> ValidationError:

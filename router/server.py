@@ -14,6 +14,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from proto.child import watch_parent
+from router import prompt_close
 from router.app import create_app
 from router.bind import host_port
 from router.settings import RouterSettings
@@ -52,5 +53,6 @@ async def run(settings: RouterSettings) -> None:
         if not await state.wait_idle(settings.graceful_timeout_s):
             logger.warning("graceful timeout: %d request(s) still in flight are cut off", state.in_flight)
 
+    prompt_close.install()
     await serve(app, config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
     logger.info("router stopped")

@@ -42,6 +42,8 @@ class RouterSettings:
     grpc_port: int = 0
     grpc_max_parallel_stream_requests: int = 1024
     default_request_timeout_ms: int = 0
+    # Seconds a request body may take to arrive; 0: no limit.
+    body_read_timeout_s: float = 30.0
 
     @property
     def is_splade(self) -> bool:
@@ -85,4 +87,5 @@ class RouterSettings:
             grpc_port=config.grpc_port,
             grpc_max_parallel_stream_requests=config.grpc_max_parallel_stream_requests or 1024,
             default_request_timeout_ms=config.default_request_timeout_ms,
+            body_read_timeout_s=config.body_read_timeout_s,
         )

@@ -51,7 +51,8 @@ def test_flags_have_tei_defaults_and_env_twins(monkeypatch: pytest.MonkeyPatch) 
 def test_help_lists_the_flags() -> None:
     out = subprocess.run([sys.executable, "-m", "launcher", "--help"], capture_output=True, text=True, cwd=ROOT).stdout
     for flag in ("--model-id", "--max-batch-tokens", "--tokenization-workers", "--uds-path", "--payload-limit",
-                 "--default-prompt-name", "--json-output", "--huggingface-hub-cache", "--graceful-timeout"):
+                 "--default-prompt-name", "--json-output", "--huggingface-hub-cache", "--graceful-timeout",
+                 "--body-read-timeout"):
         assert flag in out
 
 

@@ -86,11 +86,18 @@ class _Service:
         await context.abort(STATUS_BY_ERROR_TYPE.get(exc.error_type, grpc.StatusCode.INTERNAL), exc.message)
         raise AssertionError("context.abort returned")  # it always raises
 
+    def _count_dropped(self) -> None:
+        # One per request (per stream item), as HTTP counts a client that left.
+        self._state.metrics.request_failure.inc(err="dropped")
+
     async def _unary(self, context: grpc.aio.ServicerContext, work: Awaitable[Outcome]) -> Any:
         try:
             response, meta = await work
         except EmbedServeError as exc:
             await self._abort(context, exc)
+        except asyncio.CancelledError:
+            self._count_dropped()  # the client cancelled or left
+            raise
         if meta is not None:
             # TEI sends its x-* timing headers as gRPC metadata on unary calls too.
             await context.send_initial_metadata(tuple(meta.headers().items()))
@@ -109,9 +116,17 @@ class _Service:
             maxsize=self._state.settings.grpc_max_parallel_stream_requests
         )
 
+        def count_if_dropped(item: asyncio.Future[Outcome]) -> None:
+            if item.cancelled():
+                self._count_dropped()
+
         async def read() -> None:
             async for request in requests:
-                await pending.put(asyncio.ensure_future(handle(request)))
+                item = asyncio.ensure_future(handle(request))
+                # A callback, not an except clause: an item cancelled before it
+                # started never runs its own code, yet its request is dropped too.
+                item.add_done_callback(count_if_dropped)
+                await pending.put(item)
             await pending.put(None)
 
         reader = asyncio.ensure_future(read())

@@ -10,7 +10,7 @@ import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from router.errors import PayloadTooLargeError, UnsupportedMediaError
+from router.errors import BodyReadTimeoutError, PayloadTooLargeError, ShuttingDownError, UnsupportedMediaError
 from router.state import AppState
 
 T = TypeVar("T")
@@ -31,6 +31,28 @@ def json_response(content: Any, status_code: int = 200, headers: dict[str, str] 
     return Response(
         orjson.dumps(content, option=JSON_OPTIONS), status_code=status_code, headers=headers, media_type="application/json"
     )
+
+
+async def read_body(request: Request, state: AppState) -> bytes:
+    """The JSON body, within the body read timeout.
+
+    A client that leaves mid-upload is ClientGone (answered quietly, counted as
+    dropped); SIGTERM's drain cuts a read short with 503.
+    """
+    timeout_s = state.settings.body_read_timeout_s
+    try:
+        async with asyncio.timeout(timeout_s if timeout_s > 0 else None) as limit:
+            state.body_reads.add(limit)
+            try:
+                return await read_json_body(request, state.settings.payload_limit)
+            finally:
+                state.body_reads.discard(limit)
+    except TimeoutError:
+        if state.draining:
+            raise ShuttingDownError() from None
+        raise BodyReadTimeoutError(f"the request body did not arrive within {timeout_s:g}s") from None
+    except ClientDisconnect:
+        raise ClientGone() from None
 
 
 async def read_json_body(request: Request, limit: int) -> bytes:

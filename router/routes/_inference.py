@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 from starlette.requests import Request
 from starlette.responses import Response
 
-from router.errors import BackendUnavailableError, EmbedServeError, ValidationError
+from router.errors import EmbedServeError, ShuttingDownError, ValidationError
 from router.infer import EncodeOptions, Family, InferenceResult, Method, ResponseMetadata
-from router.routes._http import app_state, json_response, read_json_body, until_disconnected
+from router.routes._http import ClientGone, app_state, json_response, read_body, until_disconnected
 from router.schemas import decode_body
 from router.state import AppState
 from tokenizer_pool.pool import Input
@@ -38,21 +38,30 @@ def endpoint(schema: type[B], handler: Handler[B], *, openai_errors: bool = Fals
     async def serve(request: Request) -> Response:
         state = app_state(request)
         started = time.perf_counter()
-        state.request_started()
         try:
             if state.draining:
-                raise BackendUnavailableError("the server is shutting down")
+                raise ShuttingDownError()
             request.state.deadline = _deadline(request, state, started)
-            body = decode_body(await read_json_body(request, state.settings.payload_limit), schema)
-            outcome = await handler(request, state, body)
+            raw = await read_body(request, state)
+            # In flight only now: SIGTERM's drain waits for requests it can answer,
+            # not for uploads that may never complete.
+            state.request_started()
+            try:
+                if state.draining:
+                    raise ShuttingDownError()
+                outcome = await handler(request, state, decode_body(raw, schema))
+            finally:
+                state.request_finished()
         except EmbedServeError as exc:
             state.metrics.request_failure.inc(err=exc.metric_label)
             if openai_errors:
-                headers = {"connection": "close"} if exc.status in (413, 415) else None
+                headers = {"connection": "close"} if exc.closes_connection else None
                 return json_response(exc.to_openai_body(), status_code=exc.status, headers=headers)
             raise
-        finally:
-            state.request_finished()
+        except ClientGone:
+            # Once per request, however many inputs it had (TEI counts requests).
+            state.metrics.request_failure.inc(err="dropped")
+            raise
         headers = None
         if outcome.metadata is not None:
             headers = outcome.metadata.headers()
