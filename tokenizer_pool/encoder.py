@@ -106,33 +106,35 @@ class Encoder:
         return prompt + self._tokenizer.decode(ids.tolist(), skip_special_tokens=True), True
 
     def tokenize(self, inputs: list[str], add_special_tokens: bool, prompt: str | None) -> list[TokenColumns]:
-        """Tokens with the text they cover and UTF-8 byte offsets (TEI's /tokenize).
+        """Tokens with the text they cover and UTF-8 byte offsets (TEI's /tokenize)."""
+        self.check_tokenizable(inputs, prompt)
+        return [self.tokenize_one(item, add_special_tokens, prompt) for item in inputs]
 
-        Never truncated, so over the character limit the input is refused.
-        """
-        self._set_truncation(False, "right")
+    def check_tokenizable(self, inputs: list[str], prompt: str | None) -> None:
+        """/tokenize never truncates: any input over the character limit is refused."""
         limit = character_limit(self.max_input_length)
-        results = []
         for item in inputs:
-            text = (prompt or "") + item
-            check_characters(len(text), limit)
-            encoding = self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
-            byte_at = _byte_offsets(text)
-            texts: list[str] = []
-            starts: list[int | None] = []
-            stops: list[int | None] = []
-            special = [bool(flag) for flag in encoding.special_tokens_mask]
-            for token, is_special, (start, stop) in zip(encoding.tokens, special, encoding.offsets):
-                if is_special:
-                    texts.append(token)
-                    starts.append(None)
-                    stops.append(None)
-                else:
-                    texts.append(text[start:stop])
-                    starts.append(byte_at(start))
-                    stops.append(byte_at(stop))
-            results.append(TokenColumns(list(encoding.ids), texts, special, starts, stops))
-        return results
+            check_characters(len(prompt or "") + len(item), limit)
+
+    def tokenize_one(self, item: str, add_special_tokens: bool, prompt: str | None) -> TokenColumns:
+        self._set_truncation(False, "right")
+        text = (prompt or "") + item
+        encoding = self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        byte_at = _byte_offsets(text)
+        texts: list[str] = []
+        starts: list[int | None] = []
+        stops: list[int | None] = []
+        special = [bool(flag) for flag in encoding.special_tokens_mask]
+        for token, is_special, (start, stop) in zip(encoding.tokens, special, encoding.offsets):
+            if is_special:
+                texts.append(token)
+                starts.append(None)
+                stops.append(None)
+            else:
+                texts.append(text[start:stop])
+                starts.append(byte_at(start))
+                stops.append(byte_at(stop))
+        return TokenColumns(list(encoding.ids), texts, special, starts, stops)
 
     def decode(self, id_lists: list[np.ndarray], skip_special_tokens: bool) -> list[str]:
         for ids in id_lists:

@@ -66,8 +66,8 @@ class TokenizerPool:
             raise ValueError("a tokenizer pool needs at least one worker socket")
         self.character_limit = character_limit(max_input_length)
         # A restarted worker is back within a second: reconnect quickly. Answers are
-        # not capped: /tokenize of a legal batch (each input under the character
-        # limit, the body under --payload-limit) can exceed 100 MB of JSON, as in TEI.
+        # not capped: one input's /tokenize result, legal under the character limit,
+        # can pass 64 MB of JSON on a long-context model (~60 bytes per token).
         options = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
                    ("grpc.max_reconnect_backoff_ms", 1000), ("grpc.max_receive_message_length", -1),
                    ("grpc.max_send_message_length", 64 * 1024 * 1024)]
@@ -108,19 +108,30 @@ class TokenizerPool:
         self, inputs: list[str], add_special_tokens: bool, prompt: str | None, token_format: TokenFormat
     ) -> list[bytes]:
         """Each input's tokens, written by the worker in `token_format`: a JSON array
-        of TEI's token objects, or a serialized tei.v1.EncodeResponse."""
+        of TEI's token objects, or a serialized tei.v1.EncodeResponse.
+
+        The worker answers one message per input, so the router's loop never
+        handles more than one input's tokens at a time.
+        """
         for item in inputs:
             # /tokenize never truncates: over the limit is always a refusal.
             self._check(len(prompt or "") + len(item))
         request = tokenizer_pb2.TokenizeRequest(
             inputs=inputs, add_special_tokens=add_special_tokens, prompt=prompt, format=FORMATS[token_format]
         )
-        response: tokenizer_pb2.TokenizeResponse = await self._call("Tokenize", request)
-        if len(response.results) != len(inputs):
+        worker = self._least_busy()
+        self._in_flight[worker] += 1
+        try:
+            results = [result.tokens async for result in self._stubs[worker].Tokenize(request)]
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc) from exc
+        finally:
+            self._in_flight[worker] -= 1
+        if len(results) != len(inputs):
             raise TokenizerFailedError(
-                f"tokenizer worker returned {len(response.results)} results for {len(inputs)} inputs. This is a bug."
+                f"tokenizer worker returned {len(results)} results for {len(inputs)} inputs. This is a bug."
             )
-        return list(response.results)
+        return results
 
     async def decode(self, id_lists: list[list[int]], skip_special_tokens: bool) -> list[str]:
         request = tokenizer_pb2.DecodeRequest(ids=[pack_u32(ids) for ids in id_lists], skip_special_tokens=skip_special_tokens)
@@ -153,7 +164,7 @@ class TokenizerPool:
             raise InvalidInputError(str(exc)) from exc
 
     async def _call(self, method: str, request: Message) -> Message:
-        worker = min(range(len(self._stubs)), key=self._in_flight.__getitem__)
+        worker = self._least_busy()
         self._in_flight[worker] += 1
         try:
             response: Message = await getattr(self._stubs[worker], method)(request)
@@ -162,6 +173,9 @@ class TokenizerPool:
         finally:
             self._in_flight[worker] -= 1
         return response
+
+    def _least_busy(self) -> int:
+        return min(range(len(self._stubs)), key=self._in_flight.__getitem__)
 
     async def health(self, timeout_s: float = 2.0) -> bool:
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -69,25 +69,24 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
             ]
         )
 
-    async def Tokenize(self, request: tokenizer_pb2.TokenizeRequest, context: grpc.aio.ServicerContext) -> tokenizer_pb2.TokenizeResponse:
+    async def Tokenize(
+        self, request: tokenizer_pb2.TokenizeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[tokenizer_pb2.TokenizeResult]:
         prompt = request.prompt if request.HasField("prompt") else None
-        inputs, add_special, fmt = list(request.inputs), request.add_special_tokens, request.format
+        inputs, add_special = list(request.inputs), request.add_special_tokens
+        write = _tei_message if request.format == tokenizer_pb2.TOKENIZE_FORMAT_TEI_PROTO else _json_array
         try:
-            return await self._off_loop(lambda: self._tokenized(inputs, add_special, prompt, fmt))
+            self._encoder.check_tokenizable(inputs, prompt)  # all of them, before any answer
         except EncodeError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except Exception as exc:
-            logger.exception("tokenizer failed")
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"tokenizer error {exc}")
-        raise AssertionError("context.abort returned")  # it always raises
-
-    def _tokenized(
-        self, inputs: list[str], add_special_tokens: bool, prompt: str | None, fmt: int
-    ) -> tokenizer_pb2.TokenizeResponse:
-        write = _tei_message if fmt == tokenizer_pb2.TOKENIZE_FORMAT_TEI_PROTO else _json_array
-        return tokenizer_pb2.TokenizeResponse(
-            results=[write(tokens) for tokens in self._encoder.tokenize(inputs, add_special_tokens, prompt)]
-        )
+        for item in inputs:
+            # One input per turn on the thread: an Encode arriving meanwhile runs in between.
+            try:
+                tokens = await self._off_loop(lambda: write(self._encoder.tokenize_one(item, add_special, prompt)))
+            except Exception as exc:
+                logger.exception("tokenizer failed")
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"tokenizer error {exc}")
+            yield tokenizer_pb2.TokenizeResult(tokens=tokens)
 
     async def Decode(self, request: tokenizer_pb2.DecodeRequest, context: grpc.aio.ServicerContext) -> tokenizer_pb2.DecodeResponse:
         try:

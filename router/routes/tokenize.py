@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import orjson
 from starlette.requests import Request
 
 from router.errors import EmptyInputError
 from router.model_ops import resolve_prompt
+from router.routes._http import JsonPieces
 from router.routes._inference import Outcome, endpoint
 from router.schemas import DecodeRequest, TokenizeRequest, check_batch_size, parse_decode_ids
 from router.state import AppState
@@ -19,8 +19,8 @@ async def handle_tokenize(request: Request, state: AppState, body: TokenizeReque
     check_batch_size(len(inputs), state.settings.max_client_batch_size)
     prompt = resolve_prompt(state.settings, body.prompt_name)
     arrays = await state.inference.tokenize(inputs, body.add_special_tokens, prompt, "json")
-    # The worker wrote each input's JSON; the loop only copies bytes, however many tokens.
-    return Outcome([orjson.Fragment(array) for array in arrays])
+    # The worker wrote each input's JSON: the loop only passes on bytes, one input at a time.
+    return Outcome(JsonPieces.array(arrays))
 
 
 async def handle_decode(request: Request, state: AppState, body: DecodeRequest) -> Outcome:
