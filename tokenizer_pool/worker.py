@@ -1,8 +1,8 @@
 """One tokenizer worker process: `python -m tokenizer_pool --config '<TokenizerConfig json>'`.
 
-Tokenizing runs on one worker thread, in arrival order, so the event loop stays
-free to answer Health while a large (legal) input is being tokenized: the router's
-/health asks every worker with a short timeout. The pool on the router side
+Encoding, tokenizing and decoding run on one thread, in arrival order, so the
+event loop stays free to answer Health while a large (legal) input is being
+tokenized: the router's /health asks every worker with a short timeout. The pool on the router side
 spreads load across workers.
 """
 
@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -82,15 +83,19 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
         for item in inputs:
             # One input per turn on the thread: an Encode arriving meanwhile runs in between.
             try:
-                tokens = await self._off_loop(lambda: write(self._encoder.tokenize_one(item, add_special, prompt)))
+                tokens = await self._off_loop(partial(self._tokens, write, item, add_special, prompt))
             except Exception as exc:
                 logger.exception("tokenizer failed")
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"tokenizer error {exc}")
             yield tokenizer_pb2.TokenizeResult(tokens=tokens)
 
+    def _tokens(self, write: Callable[[TokenColumns], bytes], item: str, add_special: bool, prompt: str | None) -> bytes:
+        return write(self._encoder.tokenize_one(item, add_special, prompt))
+
     async def Decode(self, request: tokenizer_pb2.DecodeRequest, context: grpc.aio.ServicerContext) -> tokenizer_pb2.DecodeResponse:
         try:
-            texts = self._encoder.decode([unpack_u32(ids) for ids in request.ids], request.skip_special_tokens)
+            id_lists = [unpack_u32(ids) for ids in request.ids]
+            texts = await self._off_loop(lambda: self._encoder.decode(id_lists, request.skip_special_tokens))
         except (EncodeError, ValueError) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except Exception as exc:
