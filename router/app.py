@@ -37,7 +37,7 @@ CLIENT_CLOSED_REQUEST = 499
 
 async def connect_services(settings: RouterSettings) -> AppState:
     metrics = Metrics(settings.max_input_length)
-    tokenizers = TokenizerPool(list(settings.tokenizer_sockets))
+    tokenizers = TokenizerPool(list(settings.tokenizer_sockets), settings.max_input_length)
     backends = [BackendClient(path, f"backend-{i}") for i, path in enumerate(settings.backend_sockets)]
     infos = await asyncio.gather(*(backend.info() for backend in backends))
     first = infos[0]

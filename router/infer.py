@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 
@@ -27,10 +28,13 @@ from tokenizer_pool.pool import (
     Encoding,
     Input,
     InvalidInputError,
+    TokenFormat,
     TokenizerFailedError,
     TokenizerPool,
     TokenizerUnavailableError,
 )
+
+T = TypeVar("T")
 
 
 Family = Literal["embed", "predict"]
@@ -202,14 +206,31 @@ class Inference:
         return InferenceResult([r.values for r in results], [len(e.input_ids) for e in encodings], metadata)
 
     async def _encode(self, inputs: list[Input], options: EncodeOptions) -> list[Encoding]:
-        try:
-            return await self._tokenizers.encode(inputs, options.truncate, options.direction, options.prompt)
-        except InvalidInputError as exc:
-            raise input_validation(exc.message) from exc
-        except TokenizerFailedError as exc:
-            raise TokenizerError(exc.message) from exc
-        except TokenizerUnavailableError as exc:
-            raise BackendUnavailableError(exc.message) from exc
+        return await _translated(
+            self._tokenizers.encode(inputs, options.truncate, options.direction, options.prompt)
+        )
+
+    async def tokenize(
+        self, inputs: list[str], add_special_tokens: bool, prompt: str | None, token_format: TokenFormat
+    ) -> list[bytes]:
+        """/tokenize and gRPC Tokenize: each input's tokens, ready to send in `token_format`
+        (no permits, as in TEI). Over the character limit → 422 before any worker sees it."""
+        return await _translated(self._tokenizers.tokenize(inputs, add_special_tokens, prompt, token_format))
+
+    async def decode(self, id_lists: list[list[int]], skip_special_tokens: bool) -> list[str]:
+        return await _translated(self._tokenizers.decode(id_lists, skip_special_tokens))
+
+
+async def _translated(call: Awaitable[T]) -> T:
+    """Await a tokenizer pool call, turning its errors into router errors."""
+    try:
+        return await call
+    except InvalidInputError as exc:
+        raise input_validation(exc.message) from exc
+    except TokenizerFailedError as exc:
+        raise TokenizerError(exc.message) from exc
+    except TokenizerUnavailableError as exc:
+        raise BackendUnavailableError(exc.message) from exc
 
 
 async def _gather_or_cancel(futures: list[asyncio.Future[EntryResult]], deadline: float | None) -> list[EntryResult]:

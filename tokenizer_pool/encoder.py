@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -9,15 +10,11 @@ from typing import Literal
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-# TEI refuses (or cuts) inputs longer than max_input_length x this many characters
-# before tokenizing, so a huge string cannot stall a worker.
-MAX_CHAR_MULTIPLIER = 250
+from tokenizer_pool.limits import EncodeError, character_limit, check_characters, guard_text
+
+__all__ = ["Direction", "EncodeError", "EncodedInput", "Encoder", "EncoderInput", "TextPair", "TokenColumns"]
 
 Direction = Literal["right", "left"]
-
-
-class EncodeError(ValueError):
-    """An input the client must fix (too long, bad ids); maps to 422."""
 
 
 @dataclass(frozen=True)
@@ -30,12 +27,15 @@ EncoderInput = str | np.ndarray | TextPair
 
 
 @dataclass(frozen=True)
-class TokenInfo:
-    id: int
-    text: str
-    special: bool
-    start: int | None
-    stop: int | None
+class TokenColumns:
+    """One input's tokens as parallel lists: far cheaper than an object per token
+    when a legal input has a hundred thousand of them."""
+
+    ids: list[int]
+    texts: list[str]
+    special: list[bool]
+    starts: list[int | None]
+    stops: list[int | None]
 
 
 @dataclass(frozen=True)
@@ -61,14 +61,14 @@ class Encoder:
         texts: list[str | tuple[str, str]] = []
         characters: list[int] = []
         specials: list[bool] = []
-        limit = self.max_input_length * MAX_CHAR_MULTIPLIER
+        limit = character_limit(self.max_input_length)
         for item in inputs:
             if isinstance(item, TextPair):
                 if prompt is not None:
                     raise EncodeError("`prompt_name` cannot be set with dual inputs")
                 characters.append(len(item.first) + len(item.second))
                 # Each side of a pair gets half the character budget, as in TEI.
-                texts.append((_guard(item.first, truncate, limit // 2), _guard(item.second, truncate, limit // 2)))
+                texts.append((guard_text(item.first, truncate, limit // 2), guard_text(item.second, truncate, limit // 2)))
                 specials.append(True)
                 continue
             if isinstance(item, str):
@@ -77,7 +77,7 @@ class Encoder:
             else:
                 text, add_special = self._text_of_ids(item, prompt)
                 characters.append(len(item))
-            texts.append(_guard(text, truncate, limit))
+            texts.append(guard_text(text, truncate, limit))
             specials.append(add_special)
         self._set_truncation(truncate, direction)
         results = []
@@ -105,24 +105,36 @@ class Encoder:
             return self._tokenizer.decode(ids.tolist(), skip_special_tokens=False), False
         return prompt + self._tokenizer.decode(ids.tolist(), skip_special_tokens=True), True
 
-    def tokenize(self, inputs: list[str], add_special_tokens: bool, prompt: str | None) -> list[list[TokenInfo]]:
+    def tokenize(self, inputs: list[str], add_special_tokens: bool, prompt: str | None) -> list[TokenColumns]:
         """Tokens with the text they cover and UTF-8 byte offsets (TEI's /tokenize)."""
-        self._set_truncation(False, "right")
-        results = []
+        self.check_tokenizable(inputs, prompt)
+        return [self.tokenize_one(item, add_special_tokens, prompt) for item in inputs]
+
+    def check_tokenizable(self, inputs: list[str], prompt: str | None) -> None:
+        """/tokenize never truncates: any input over the character limit is refused."""
+        limit = character_limit(self.max_input_length)
         for item in inputs:
-            text = (prompt or "") + item
-            encoding = self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
-            byte_at = np.concatenate([[0], np.cumsum([len(ch.encode("utf-8")) for ch in text], dtype=np.int64)])
-            tokens = []
-            for token_id, token, special, (start, stop) in zip(
-                encoding.ids, encoding.tokens, encoding.special_tokens_mask, encoding.offsets
-            ):
-                if special:
-                    tokens.append(TokenInfo(token_id, token, True, None, None))
-                else:
-                    tokens.append(TokenInfo(token_id, text[start:stop], False, int(byte_at[start]), int(byte_at[stop])))
-            results.append(tokens)
-        return results
+            check_characters(len(prompt or "") + len(item), limit)
+
+    def tokenize_one(self, item: str, add_special_tokens: bool, prompt: str | None) -> TokenColumns:
+        self._set_truncation(False, "right")
+        text = (prompt or "") + item
+        encoding = self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        byte_at = _byte_offsets(text)
+        texts: list[str] = []
+        starts: list[int | None] = []
+        stops: list[int | None] = []
+        special = [bool(flag) for flag in encoding.special_tokens_mask]
+        for token, is_special, (start, stop) in zip(encoding.tokens, special, encoding.offsets):
+            if is_special:
+                texts.append(token)
+                starts.append(None)
+                stops.append(None)
+            else:
+                texts.append(text[start:stop])
+                starts.append(byte_at(start))
+                stops.append(byte_at(stop))
+        return TokenColumns(list(encoding.ids), texts, special, starts, stops)
 
     def decode(self, id_lists: list[np.ndarray], skip_special_tokens: bool) -> list[str]:
         for ids in id_lists:
@@ -144,10 +156,11 @@ class Encoder:
         self._truncation = wanted
 
 
-def _guard(text: str, truncate: bool, limit: int) -> str:
-    """TEI's character guard: refuse, or cut to `limit` bytes on a character boundary."""
-    if len(text) <= limit:
-        return text
-    if not truncate:
-        raise EncodeError(f"`inputs` must have less than {limit} characters. Given: {len(text)}")
-    return text.encode("utf-8")[:limit].decode("utf-8", errors="ignore")
+def _byte_offsets(text: str) -> Callable[[int], int]:
+    """Character offset -> UTF-8 byte offset in `text`."""
+    if text.isascii():
+        return int
+    table: list[int] = np.concatenate(
+        [[0], np.cumsum([len(ch.encode("utf-8")) for ch in text], dtype=np.int64)]
+    ).tolist()
+    return table.__getitem__

@@ -2,6 +2,8 @@
 
 Each call goes to the worker with the fewest calls in flight, so one slow request
 (a huge text) does not hold up others queued behind it on the same worker.
+TEI's character guard is applied here, before anything is sent: an over-long
+input is refused (or cut) without occupying a worker.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from google.protobuf.message import Message
 
 from proto.codec import pack_u32, unpack_u32
 from proto.gen_pb import tokenizer_pb2, tokenizer_pb2_grpc
+from tokenizer_pool.limits import EncodeError, character_limit, check_characters, guard_text
 
 
 class TokenizationError(Exception):
@@ -51,25 +54,22 @@ class TextPair:
     second: str
 
 
-@dataclass(frozen=True)
-class Token:
-    id: int
-    text: str
-    special: bool
-    start: int | None
-    stop: int | None
-
-
 Input = str | list[int] | TextPair
+TokenFormat = Literal["json", "tei"]
+
+FORMATS = {"json": tokenizer_pb2.TOKENIZE_FORMAT_JSON, "tei": tokenizer_pb2.TOKENIZE_FORMAT_TEI_PROTO}
 
 
 class TokenizerPool:
-    def __init__(self, socket_paths: list[str]) -> None:
+    def __init__(self, socket_paths: list[str], max_input_length: int) -> None:
         if not socket_paths:
             raise ValueError("a tokenizer pool needs at least one worker socket")
-        # A restarted worker is back within a second: reconnect quickly.
+        self.character_limit = character_limit(max_input_length)
+        # A restarted worker is back within a second: reconnect quickly. Answers are
+        # not capped: one input's /tokenize result, legal under the character limit,
+        # can pass 64 MB of JSON on a long-context model (~60 bytes per token).
         options = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
-                   ("grpc.max_reconnect_backoff_ms", 1000), ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                   ("grpc.max_reconnect_backoff_ms", 1000), ("grpc.max_receive_message_length", -1),
                    ("grpc.max_send_message_length", 64 * 1024 * 1024)]
         self._channels = [grpc.aio.insecure_channel(f"unix://{path}", options=options) for path in socket_paths]
         self._stubs = [tokenizer_pb2_grpc.TokenizerStub(channel) for channel in self._channels]
@@ -86,8 +86,9 @@ class TokenizerPool:
         direction: Literal["right", "left"],
         prompt: str | None,
     ) -> list[Encoding]:
+        bounded = [self._bounded(item, truncate, prompt) for item in inputs]
         request = tokenizer_pb2.EncodeRequest(
-            inputs=[_encode_input(item) for item in inputs],
+            inputs=[_encode_input(item) for item in bounded],
             truncate=truncate,
             truncation_direction=(
                 tokenizer_pb2.TRUNCATION_DIRECTION_LEFT if direction == "left" else tokenizer_pb2.TRUNCATION_DIRECTION_RIGHT
@@ -103,26 +104,67 @@ class TokenizerPool:
             Encoding(unpack_u32(e.input_ids), unpack_u32(e.token_type_ids), e.characters) for e in response.encodings
         ]
 
-    async def tokenize(self, inputs: list[str], add_special_tokens: bool, prompt: str | None) -> list[list[Token]]:
-        request = tokenizer_pb2.TokenizeRequest(inputs=inputs, add_special_tokens=add_special_tokens, prompt=prompt)
-        response: tokenizer_pb2.TokenizeResponse = await self._call("Tokenize", request)
-        return [
-            [
-                Token(
-                    t.id, t.text, t.special, t.start if t.HasField("start") else None, t.stop if t.HasField("stop") else None
-                )
-                for t in tokens.tokens
-            ]
-            for tokens in response.results
-        ]
+    async def tokenize(
+        self, inputs: list[str], add_special_tokens: bool, prompt: str | None, token_format: TokenFormat
+    ) -> list[bytes]:
+        """Each input's tokens, written by the worker in `token_format`: a JSON array
+        of TEI's token objects, or a serialized tei.v1.EncodeResponse.
+
+        The worker answers one message per input, so the router's loop never
+        handles more than one input's tokens at a time.
+        """
+        for item in inputs:
+            # /tokenize never truncates: over the limit is always a refusal.
+            self._check(len(prompt or "") + len(item))
+        request = tokenizer_pb2.TokenizeRequest(
+            inputs=inputs, add_special_tokens=add_special_tokens, prompt=prompt, format=FORMATS[token_format]
+        )
+        worker = self._least_busy()
+        self._in_flight[worker] += 1
+        try:
+            results = [result.tokens async for result in self._stubs[worker].Tokenize(request)]
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc) from exc
+        finally:
+            self._in_flight[worker] -= 1
+        if len(results) != len(inputs):
+            raise TokenizerFailedError(
+                f"tokenizer worker returned {len(results)} results for {len(inputs)} inputs. This is a bug."
+            )
+        return results
 
     async def decode(self, id_lists: list[list[int]], skip_special_tokens: bool) -> list[str]:
         request = tokenizer_pb2.DecodeRequest(ids=[pack_u32(ids) for ids in id_lists], skip_special_tokens=skip_special_tokens)
         response: tokenizer_pb2.DecodeResponse = await self._call("Decode", request)
         return list(response.texts)
 
+    def _bounded(self, item: Input, truncate: bool, prompt: str | None) -> Input:
+        """TEI's character guard on one input: refused, cut, or as it was.
+
+        Ids are left to the worker, which guards the text they decode to.
+        """
+        if isinstance(item, TextPair):
+            half = self.character_limit // 2  # each side of a pair gets half, as in TEI
+            if not truncate:
+                self._check(len(item.first), half)
+                self._check(len(item.second), half)
+            return TextPair(guard_text(item.first, True, half), guard_text(item.second, True, half))
+        if isinstance(item, str):
+            if not truncate:
+                self._check(len(prompt or "") + len(item))
+            # Cutting the text alone is enough for the worker to make the exact cut
+            # of prompt + text.
+            return guard_text(item, True, self.character_limit)
+        return item
+
+    def _check(self, characters: int, limit: int | None = None) -> None:
+        try:
+            check_characters(characters, self.character_limit if limit is None else limit)
+        except EncodeError as exc:
+            raise InvalidInputError(str(exc)) from exc
+
     async def _call(self, method: str, request: Message) -> Message:
-        worker = min(range(len(self._stubs)), key=self._in_flight.__getitem__)
+        worker = self._least_busy()
         self._in_flight[worker] += 1
         try:
             response: Message = await getattr(self._stubs[worker], method)(request)
@@ -131,6 +173,9 @@ class TokenizerPool:
         finally:
             self._in_flight[worker] -= 1
         return response
+
+    def _least_busy(self) -> int:
+        return min(range(len(self._stubs)), key=self._in_flight.__getitem__)
 
     async def health(self, timeout_s: float = 2.0) -> bool:
         try:

@@ -1,8 +1,10 @@
 """One tokenizer worker process: `python -m tokenizer_pool tokenizer-<n>`, its TokenizerConfig on
 stdin (proto/child.py).
 
-Requests are encoded inline on the worker's event loop: the process does nothing
-else, and the pool on the router side spreads load across workers.
+Encoding, tokenizing and decoding run on one thread, in arrival order, so the
+event loop stays free to answer Health while a large (legal) input is being
+tokenized: the router's /health asks every worker with a short timeout. The pool on the router side
+spreads load across workers.
 """
 
 from __future__ import annotations
@@ -10,21 +12,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
+import orjson
 
 from proto.child import configure_logging, read_config, serve_on_socket
 from proto.codec import pack_u32, unpack_u32
-from proto.gen_pb import config_pb2, tokenizer_pb2, tokenizer_pb2_grpc
-from tokenizer_pool.encoder import Direction, EncodeError, Encoder, EncoderInput, TextPair
+from proto.gen_pb import config_pb2, tei_pb2, tokenizer_pb2, tokenizer_pb2_grpc
+from tokenizer_pool.encoder import Direction, EncodeError, EncodedInput, Encoder, EncoderInput, TextPair, TokenColumns
 
 logger = logging.getLogger("tokenizer_pool")
+
+T = TypeVar("T")
 
 
 class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
     def __init__(self, encoder: Encoder) -> None:
         self._encoder = encoder
+        # One thread: the encoder is not thread-safe (it switches truncation per call),
+        # and a worker is meant to use one core.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+
+    async def _off_loop(self, work: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, work)
 
     async def Encode(self, request: tokenizer_pb2.EncodeRequest, context: grpc.aio.ServicerContext) -> tokenizer_pb2.EncodeResponse:
         direction: Direction = (
@@ -33,12 +48,18 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
         prompt = request.prompt if request.HasField("prompt") else None
         try:
             inputs = [_input_of(item) for item in request.inputs]
-            encoded = self._encoder.encode(inputs, request.truncate, direction, prompt)
+            encoded = await self._off_loop(lambda: self._encoded(inputs, request.truncate, direction, prompt))
         except EncodeError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except Exception as exc:  # tokenizers raises plain Exceptions on odd input
             logger.exception("tokenizer failed")
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"tokenizer error {exc}")
+        return encoded
+
+    def _encoded(
+        self, inputs: list[EncoderInput], truncate: bool, direction: Direction, prompt: str | None
+    ) -> tokenizer_pb2.EncodeResponse:
+        encoded: list[EncodedInput] = self._encoder.encode(inputs, truncate, direction, prompt)
         return tokenizer_pb2.EncodeResponse(
             encodings=[
                 tokenizer_pb2.Encoding(
@@ -50,28 +71,32 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
             ]
         )
 
-    async def Tokenize(self, request: tokenizer_pb2.TokenizeRequest, context: grpc.aio.ServicerContext) -> tokenizer_pb2.TokenizeResponse:
+    async def Tokenize(
+        self, request: tokenizer_pb2.TokenizeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[tokenizer_pb2.TokenizeResult]:
         prompt = request.prompt if request.HasField("prompt") else None
+        inputs, add_special = list(request.inputs), request.add_special_tokens
+        write = _tei_message if request.format == tokenizer_pb2.TOKENIZE_FORMAT_TEI_PROTO else _json_array
         try:
-            results = self._encoder.tokenize(list(request.inputs), request.add_special_tokens, prompt)
-        except Exception as exc:
-            logger.exception("tokenizer failed")
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"tokenizer error {exc}")
-        return tokenizer_pb2.TokenizeResponse(
-            results=[
-                tokenizer_pb2.TokenList(
-                    tokens=[
-                        tokenizer_pb2.Token(id=t.id, text=t.text, special=t.special, start=t.start, stop=t.stop)
-                        for t in tokens
-                    ]
-                )
-                for tokens in results
-            ]
-        )
+            self._encoder.check_tokenizable(inputs, prompt)  # all of them, before any answer
+        except EncodeError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        for item in inputs:
+            # One input per turn on the thread: an Encode arriving meanwhile runs in between.
+            try:
+                tokens = await self._off_loop(partial(self._tokens, write, item, add_special, prompt))
+            except Exception as exc:
+                logger.exception("tokenizer failed")
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"tokenizer error {exc}")
+            yield tokenizer_pb2.TokenizeResult(tokens=tokens)
+
+    def _tokens(self, write: Callable[[TokenColumns], bytes], item: str, add_special: bool, prompt: str | None) -> bytes:
+        return write(self._encoder.tokenize_one(item, add_special, prompt))
 
     async def Decode(self, request: tokenizer_pb2.DecodeRequest, context: grpc.aio.ServicerContext) -> tokenizer_pb2.DecodeResponse:
         try:
-            texts = self._encoder.decode([unpack_u32(ids) for ids in request.ids], request.skip_special_tokens)
+            id_lists = [unpack_u32(ids) for ids in request.ids]
+            texts = await self._off_loop(lambda: self._encoder.decode(id_lists, request.skip_special_tokens))
         except (EncodeError, ValueError) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except Exception as exc:
@@ -81,6 +106,27 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
 
     async def Health(self, request: tokenizer_pb2.HealthRequest, context: grpc.aio.ServicerContext) -> tokenizer_pb2.HealthResponse:
         return tokenizer_pb2.HealthResponse()
+
+
+def _json_array(tokens: TokenColumns) -> bytes:
+    return orjson.dumps(
+        [
+            {"id": i, "text": text, "special": special, "start": start, "stop": stop}
+            for i, text, special, start, stop in zip(tokens.ids, tokens.texts, tokens.special, tokens.starts, tokens.stops)
+        ]
+    )
+
+
+def _tei_message(tokens: TokenColumns) -> bytes:
+    # Unset start/stop (special tokens) stay absent, as in TEI.
+    message = tei_pb2.EncodeResponse(
+        tokens=[
+            tei_pb2.SimpleToken(id=i, text=text, special=special, start=start, stop=stop)
+            for i, text, special, start, stop in zip(tokens.ids, tokens.texts, tokens.special, tokens.starts, tokens.stops)
+        ]
+    )
+    serialized: bytes = message.SerializeToString()
+    return serialized
 
 
 def _input_of(item: tokenizer_pb2.EncodeInput) -> EncoderInput:

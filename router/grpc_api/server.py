@@ -28,6 +28,10 @@ SERVICES_BY_MODEL_TYPE = {
     "reranker": ("Predict", "Rerank"),
 }
 HEALTH_INTERVAL_S = 2.0
+# TEI's tonic server keeps tonic's default 4 MiB cap on a request message (larger:
+# RESOURCE_EXHAUSTED). Below it, an over-long text reaches the character guard
+# and gets INVALID_ARGUMENT, as in TEI.
+MAX_REQUEST_MESSAGE_BYTES = 4 * 1024 * 1024
 # Health and reflection stay open without a key, as in TEI.
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
@@ -75,7 +79,8 @@ class GrpcFrontend:
         interceptors = [ApiKeyInterceptor(settings.api_key)] if settings.api_key else []
         self._state = state
         # No SO_REUSEPORT: a second server on a taken port must fail, not share it.
-        self._server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
+        self._server = grpc.aio.server(interceptors=interceptors, options=[
+            ("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", MAX_REQUEST_MESSAGE_BYTES)])
         tei_pb2_grpc.add_InfoServicer_to_server(InfoService(state), self._server)
         tei_pb2_grpc.add_EmbedServicer_to_server(EmbedService(state), self._server)
         tei_pb2_grpc.add_PredictServicer_to_server(PredictService(state), self._server)

@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 
 from proto.gen_pb import tei_pb2, tei_pb2_grpc
-from router.errors import EmbedServeError, EmptyInputError, TokenizerError, ValidationError, input_validation
+from router.errors import EmbedServeError, EmptyInputError, ValidationError
 from router.infer import EncodeOptions, Family, InferenceResult, ResponseMetadata
 from router.model_ops import (
     ranked_predictions,
@@ -34,7 +34,7 @@ from router.routes.health import VERSION
 from router.schemas import check_batch_size, check_dimensions
 from router.state import AppState
 from router.vectors import finish_embeddings
-from tokenizer_pool.pool import Input, InvalidInputError, TextPair, TokenizationError
+from tokenizer_pool.pool import Input, TextPair
 
 # tei-contract §2.3
 STATUS_BY_ERROR_TYPE = {
@@ -333,23 +333,14 @@ class RerankService(_Service, tei_pb2_grpc.RerankServicer):
 class TokenizeService(_Service, tei_pb2_grpc.TokenizeServicer):
     async def _tokenize(self, request: tei_pb2.EncodeRequest) -> Outcome:
         prompt = self._prompt(request)
-        try:
-            [tokens] = await self._state.tokenizers.tokenize([request.inputs], request.add_special_tokens, prompt)
-        except TokenizationError as exc:
-            raise TokenizerError(exc.message) from exc
-        simple = [tei_pb2.SimpleToken(id=t.id, text=t.text, special=t.special, start=t.start, stop=t.stop)
-                  for t in tokens]
-        return tei_pb2.EncodeResponse(tokens=simple), None
+        [message] = await self._state.inference.tokenize([request.inputs], request.add_special_tokens, prompt, "tei")
+        # The worker built the tei.v1 message; parsing it back is one C pass, not a Python loop per token.
+        return tei_pb2.EncodeResponse.FromString(message), None
 
     async def _decode(self, request: tei_pb2.DecodeRequest) -> Outcome:
         if not request.ids:
             raise EmptyInputError("`ids` cannot be empty")
-        try:
-            [text] = await self._state.tokenizers.decode([list(request.ids)], request.skip_special_tokens)
-        except InvalidInputError as exc:
-            raise input_validation(exc.message) from exc
-        except TokenizationError as exc:
-            raise TokenizerError(exc.message) from exc
+        [text] = await self._state.inference.decode([list(request.ids)], request.skip_special_tokens)
         return tei_pb2.DecodeResponse(text=text), None
 
     async def Tokenize(self, request: tei_pb2.EncodeRequest, context: grpc.aio.ServicerContext) -> Any:

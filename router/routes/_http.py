@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from router.errors import BodyReadTimeoutError, PayloadTooLargeError, ShuttingDownError, UnsupportedMediaError
 from router.state import AppState
@@ -27,7 +28,37 @@ def app_state(request: Request) -> AppState:
     return state
 
 
+@dataclass(frozen=True)
+class JsonPieces:
+    """A JSON body already written, in pieces that are sent one by one and never
+    joined: a /tokenize answer can be tens of MB, and one copy of it all would hold
+    the event loop."""
+
+    pieces: list[bytes]
+
+    @classmethod
+    def array(cls, items: list[bytes]) -> JsonPieces:
+        pieces = [b"["]
+        for index, item in enumerate(items):
+            pieces.extend((b",", item) if index else (item,))
+        pieces.append(b"]")
+        return cls(pieces)
+
+    def response(self, status_code: int, headers: dict[str, str] | None) -> Response:
+        async def body() -> AsyncIterator[bytes]:
+            for piece in self.pieces:
+                yield piece
+
+        # A known length, as TEI sends, rather than chunked encoding.
+        length = {"content-length": str(sum(len(piece) for piece in self.pieces))}
+        return StreamingResponse(
+            body(), status_code=status_code, headers={**(headers or {}), **length}, media_type="application/json"
+        )
+
+
 def json_response(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    if isinstance(content, JsonPieces):
+        return content.response(status_code, headers)
     return Response(
         orjson.dumps(content, option=JSON_OPTIONS), status_code=status_code, headers=headers, media_type="application/json"
     )

@@ -40,3 +40,20 @@ def test_ids_prompts_and_counts(encoder: Encoder) -> None:
     assert prompted.input_ids.tolist() == [101, 7592, 2088, 102]
     with pytest.raises(EncodeError, match="out of the vocabulary"):
         encoder.encode([np.array([10**6], np.uint32)], truncate=True, direction="right", prompt=None)
+
+
+def test_tokenize_refuses_past_the_character_guard_and_never_truncates(encoder: Encoder) -> None:
+    with pytest.raises(EncodeError, match=r"must have less than 4000 characters. Given: 4001"):
+        encoder.tokenize(["ok", "a" * 3990], add_special_tokens=True, prompt="0123456789a")
+    tokens = encoder.tokenize(["word " * 100], add_special_tokens=True, prompt=None)[0]
+    assert len(tokens.ids) == 102  # far past max_input_length: /tokenize shows every token
+    assert (tokens.texts[0], tokens.starts[0], tokens.special[0]) == ("[CLS]", None, True)
+
+
+def test_tokenize_offsets_are_utf8_bytes(encoder: Encoder) -> None:
+    text = "Zürich 東京 ok"
+    tokens = encoder.tokenize([text], add_special_tokens=False, prompt=None)[0]
+    encoded = text.encode()
+    for piece, start, stop in zip(tokens.texts, tokens.starts, tokens.stops):
+        assert start is not None and stop is not None
+        assert encoded[start:stop].decode() == piece
