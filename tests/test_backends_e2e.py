@@ -13,20 +13,13 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.backends.parity import cosine, embed_over_http
 from tests.conftest import ROOT, short_socket_prefix, start_server
 from tests.models import build_gte_model, build_remote_code_model
 
 TEXTS = ["remote code models load in their own process", "short one", "Zürich 東京 café"]
 
 
-def _embed(url: str, texts: list[str], **extra: object) -> np.ndarray:
-    response = httpx.post(f"{url}/embed", json={"inputs": texts, **extra}, timeout=60)
-    assert response.status_code == 200, response.text
-    return np.asarray(response.json(), dtype=np.float32)
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize("backend_flag", [["--backend", "python"], []], ids=["explicit", "auto"])
@@ -39,25 +32,25 @@ def test_remote_code_model_served_by_the_python_backend(
     remote = build_remote_code_model(tmp_path / "remote", model_dir)
     with start_server("--model-id", str(remote), *backend_flag, tmp_dir=tmp_path) as server:
         assert httpx.get(f"{server.url}/info").json()["backend"] == "python"
-        got = _embed(server.url, TEXTS)
+        got = embed_over_http(server.url, TEXTS)
     tokenizer = AutoTokenizer.from_pretrained(remote)
     model = AutoModel.from_pretrained(remote, trust_remote_code=True).eval()
     with torch.inference_mode():
         expected = np.stack([model(**tokenizer(t, return_tensors="pt")).last_hidden_state[0].mean(0).numpy()
                              for t in TEXTS])
-    assert _cosine(got, expected).min() >= 0.9999
+    assert cosine(got, expected).min() >= 0.9999
 
 
 def test_auto_picks_onnx_on_cpu_and_int8_stays_close(tmp_path: Path, sentence_transformer) -> None:  # type: ignore[no-untyped-def]
     with start_server(tmp_dir=tmp_path) as server:
         info = httpx.get(f"{server.url}/info").json()
         assert (info["backend"], info["model_dtype"]) == ("onnx", "float32")
-        float32 = _embed(server.url, TEXTS)
+        float32 = embed_over_http(server.url, TEXTS)
     with start_server("--dtype", "int8", tmp_dir=tmp_path) as server:
         assert httpx.get(f"{server.url}/info").json()["model_dtype"] == "int8"
-        int8 = _embed(server.url, TEXTS)
-    assert _cosine(float32, sentence_transformer.encode(TEXTS)).min() >= 0.9999
-    assert _cosine(int8, float32).min() >= 0.97
+        int8 = embed_over_http(server.url, TEXTS)
+    assert cosine(float32, sentence_transformer.encode(TEXTS)).min() >= 0.9999
+    assert cosine(int8, float32).min() >= 0.97
 
 
 def _launch(*args: str) -> subprocess.CompletedProcess[str]:
@@ -112,13 +105,13 @@ def test_unpadded_torch_backend_is_budgeted_by_real_tokens(
     budget = 300
     assert sum(lengths) <= budget < max(lengths) * len(lengths)  # fits one batch only when unpadded
     with start_server("--backend", "torch", "--max-batch-tokens", str(budget), tmp_dir=tmp_path) as server:
-        got = _embed(server.url, texts)
+        got = embed_over_http(server.url, texts)
         counters = server.backend_counters()
         assert "attention: varlen (reference)" in server.log()
     assert counters.batches_run == 1 and counters.sequences_run == 3
     assert counters.max_batch_tokens_seen == sum(lengths)
     expected = sentence_transformer.encode(texts, normalize_embeddings=True)
-    assert _cosine(got, expected).min() >= 0.9999
+    assert cosine(got, expected).min() >= 0.9999
 
 
 @pytest.mark.parametrize(("backend_flag", "engine"), [([], "torch"), (["--backend", "python"], "python")],
@@ -132,9 +125,9 @@ def test_gte_served_natively_or_by_its_remote_code(
     gte = build_gte_model(tmp_path / "gte", model_dir)
     with start_server("--model-id", str(gte), *backend_flag, tmp_dir=tmp_path) as server:
         assert httpx.get(f"{server.url}/info").json()["backend"] == engine
-        got = _embed(server.url, TEXTS, normalize=False)
+        got = embed_over_http(server.url, TEXTS, normalize=False)
     tokenizer = AutoTokenizer.from_pretrained(gte)
     model = AutoModel.from_pretrained(gte, trust_remote_code=True).eval()
     with torch.inference_mode():
         expected = np.stack([model(**tokenizer(t, return_tensors="pt")).last_hidden_state[0, 0].numpy() for t in TEXTS])
-    assert _cosine(got, expected).min() >= 0.9999
+    assert cosine(got, expected).min() >= 0.9999

@@ -14,6 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.backends.parity import cosine, embed_over_http
 from tests.conftest import ROOT, short_socket_prefix, start_server
 from tests.models import DEFAULT_DENSE, add_dense_modules, build_remote_code_model, build_st_dense_model
 
@@ -26,14 +27,6 @@ TEXTS = [
 DENSE_WIDTH = DEFAULT_DENSE[-1][0]
 
 
-def _embed(url: str, texts: list[str], **extra: object) -> np.ndarray:
-    response = httpx.post(f"{url}/embed", json={"inputs": texts, **extra}, timeout=120)
-    assert response.status_code == 200, response.text
-    return np.asarray(response.json(), dtype=np.float32)
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)  # type: ignore[no-any-return]
 
 
 def _st_encode(model_dir: Path, texts: list[str], trust_remote_code: bool = False) -> np.ndarray:
@@ -56,15 +49,15 @@ def test_dense_pipeline_matches_sentence_transformers(backend: str, st_dense_mod
     assert expected.shape == (len(TEXTS), DENSE_WIDTH)
     with start_server("--model-id", str(st_dense_model), "--backend", backend, tmp_dir=tmp_path) as server:
         assert httpx.get(f"{server.url}/info").json()["backend"] == backend
-        got = _embed(server.url, TEXTS)
-        raw = _embed(server.url, TEXTS, normalize=False)
+        got = embed_over_http(server.url, TEXTS)
+        raw = embed_over_http(server.url, TEXTS, normalize=False)
         openai = httpx.post(f"{server.url}/v1/embeddings", json={"input": TEXTS[:2]}, timeout=60).json()
         too_wide = httpx.post(f"{server.url}/v1/embeddings", json={"input": "x", "dimensions": DENSE_WIDTH + 1})
-        matryoshka = _embed(server.url, TEXTS[:1], dimensions=8)
+        matryoshka = embed_over_http(server.url, TEXTS[:1], dimensions=8)
         per_token = httpx.post(f"{server.url}/embed_all", json={"inputs": TEXTS[1]}, timeout=60).json()
     assert got.shape == (len(TEXTS), DENSE_WIDTH)
-    assert _cosine(got, expected).min() >= 0.9999
-    assert _cosine(raw, expected).min() >= 0.9999 and not np.allclose(np.linalg.norm(raw, axis=1), 1.0)
+    assert cosine(got, expected).min() >= 0.9999
+    assert cosine(raw, expected).min() >= 0.9999 and not np.allclose(np.linalg.norm(raw, axis=1), 1.0)
     assert [len(item["embedding"]) for item in openai["data"]] == [DENSE_WIDTH] * 2
     assert too_wide.status_code == 422, too_wide.text
     assert matryoshka.shape == (1, 8)
@@ -80,9 +73,9 @@ def test_dense_on_remote_code_matches_sentence_transformers(tmp_path: Path, mode
     expected = _st_encode(remote, TEXTS, trust_remote_code=True)
     with start_server("--model-id", str(remote), "--backend", "python", tmp_dir=tmp_path) as server:
         assert httpx.get(f"{server.url}/info").json()["backend"] == "python"
-        got = _embed(server.url, TEXTS, normalize=False)
+        got = embed_over_http(server.url, TEXTS, normalize=False)
     assert got.shape == expected.shape == (len(TEXTS), 10)
-    assert _cosine(got, expected).min() >= 0.9999
+    assert cosine(got, expected).min() >= 0.9999
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 

@@ -52,3 +52,12 @@ def reference_pooled(model_dir: Path, sequences: list[list[int]], pooling: str) 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)  # type: ignore[no-any-return]
+
+
+def embed_over_http(url: str, texts: list[str], **extra: object) -> np.ndarray:
+    """A server's /embed answer for `texts`, as float32 rows."""
+    import httpx
+
+    response = httpx.post(f"{url}/embed", json={"inputs": texts, **extra}, timeout=120)
+    assert response.status_code == 200, response.text
+    return np.asarray(response.json(), dtype=np.float32)
