@@ -333,6 +333,9 @@ def plan_launch(args: argparse.Namespace) -> LaunchPlan:
                         ("--tokenization-workers", args.tokenization_workers)):
         if value <= 0:
             raise LaunchError(f"{name} must be positive, got {value}", EXIT_CONFIG_ERROR)
+    for name, seconds in (("--body-read-timeout", args.body_read_timeout), ("--graceful-timeout", args.graceful_timeout)):
+        if seconds < 0:
+            raise LaunchError(f"{name} must be 0 or more seconds, got {seconds}", EXIT_CONFIG_ERROR)
     return LaunchPlan(args, args.model_id or DEFAULT_MODEL_ID, bind_hosts, spec, backend, gpus, max_input_length,
                       default_prompt)
 

@@ -177,3 +177,12 @@ def test_json_output_logs_json_lines() -> None:
     result = _run_launcher("--json-output", "--model-id", "/nonexistent/model/dir")
     lines = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
     assert lines and lines[-1]["level"] == "ERROR" and "does not exist" in lines[-1]["message"]
+
+
+@pytest.mark.parametrize("flag", ["--body-read-timeout", "--graceful-timeout"])
+def test_negative_timeouts_are_refused_in_one_line(flag: str) -> None:
+    result = _run_launcher("--hostname", "127.0.0.1", flag, "-1")
+    assert result.returncode == 2
+    errors = _error_lines(result.stderr)
+    assert len(errors) == 1, result.stderr
+    assert f"{flag} must be 0 or more seconds, got -1.0" in errors[0]
