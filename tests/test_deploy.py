@@ -75,6 +75,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
        for path in sorted((CHART / "ci").glob("*-values.yaml"))},
     "hostpath-nogrpc": {
         "server": {"grpcPort": 0, "jsonOutput": False, "gracefulTimeout": 12.5, "autoTruncate": False,
+                   "bodyReadTimeout": 7.5, "exportCacheMaxGB": 2.5, "defaultRequestTimeoutMs": 20000,
                    "modelId": "/var/models/e5-small", "pooling": "mean", "corsAllowOrigin": ["*"]},
         "modelStorage": {"type": "hostPath", "mountPath": "/var/models", "readOnly": True,
                          "hostPath": {"path": "/mnt/models", "type": "Directory"}},
@@ -437,6 +438,9 @@ def test_args_parse_with_the_launchers_parser(release: Release) -> None:
     assert args.auto_truncate is server["autoTruncate"]
     assert args.json_output is server["jsonOutput"]
     assert args.graceful_timeout == server["gracefulTimeout"]
+    assert args.body_read_timeout == server["bodyReadTimeout"]
+    assert args.default_request_timeout_ms == server["defaultRequestTimeoutMs"]
+    assert float(container_env(release.server)["EMBEDSERVE_CACHE_MAX_GB"]) == server["exportCacheMaxGB"]
     assert args.cors_allow_origin == server["corsAllowOrigin"]
     assert args.huggingface_hub_cache == release.merged["modelStorage"]["mountPath"]
     # Secrets arrive through env valueFrom, never on the command line.

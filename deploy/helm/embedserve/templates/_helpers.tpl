@@ -132,6 +132,8 @@ render as floats (2e+06).
 {{- with $s.defaultPrompt }}{{ $args = concat $args (list "--default-prompt" .) }}{{ end }}
 {{- $args = concat $args (list "--payload-limit" ($s.payloadLimit | int64 | toString)) }}
 {{- $args = concat $args (list "--graceful-timeout" ($s.gracefulTimeout | toString)) }}
+{{- $args = concat $args (list "--body-read-timeout" ($s.bodyReadTimeout | toString)) }}
+{{- $args = concat $args (list "--default-request-timeout-ms" ($s.defaultRequestTimeoutMs | int64 | toString)) }}
 {{- if $s.jsonOutput }}{{ $args = append $args "--json-output" }}{{ end }}
 {{- with $s.corsAllowOrigin }}{{ $args = concat $args (list "--cors-allow-origin") . }}{{ end }}
 {{- $args = concat $args $s.extraArgs }}
