@@ -30,6 +30,7 @@ from bench.server import HOST, ServerError, ServerProcess, free_port, server_com
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SERVER_ROLES = ("router", "tokenizer_pool", "backends")  # the issue's "outside the model" sum
 WARMUP_TEXTS = 300
+CALIBRATION_TEXTS = 400
 TOKENIZER_MAX_LENGTH = 512
 
 
@@ -37,8 +38,14 @@ TOKENIZER_MAX_LENGTH = 512
 class RunFigures:
     """One run: CPU milliseconds per served request by role, and what the load saw."""
 
+    server_args: str
     ms_per_request: dict[str, float]  # router, tokenizer_pool, backends, server total, launcher, load generator
     idle_cores: dict[str, float]  # per role while no request was in flight, to show the floor is ~0
+    # This machine's speed at the time: a plain encode's CPU ms per text, measured just
+    # before and after the load. On a shared VM the same work costs more CPU seconds
+    # when neighbours are busy, so "server total" over this is the steadier figure.
+    plain_encode_ms: float
+    total_in_plain_encodes: float
     requests: int
     texts: int
     seconds: float
@@ -47,6 +54,17 @@ class RunFigures:
     p99_ms: float
     failures: dict[str, int]
     failure_examples: dict[str, str]
+
+
+def _glue_server_args(argv: list[str]) -> list[str]:
+    """argparse reads `--server-args --router-workers 2` as two flags; glue the value on."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] == "--server-args":
+            out[-1] = f"--server-args={arg}"
+        else:
+            out.append(arg)
+    return out
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -58,10 +76,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--texts", type=int, default=4000, help="corpus texts per run (default 4000)")
     parser.add_argument("--seed", type=int, default=0, help="corpus seed (default 0)")
     parser.add_argument("--backend", default="torch", choices=["torch", "onnx"], help="default torch")
-    parser.add_argument("--server-args", default="", help='extra embedserve flags, e.g. "--router-workers 2"')
+    parser.add_argument("--server-args", action="append", default=None,
+                        help='extra embedserve flags, e.g. "--router-workers 2"; repeat it to compare servers: '
+                             'their runs alternate (A B A B ...), so a busy neighbour hits both alike')
     parser.add_argument("--idle-s", type=float, default=1.0, help="idle CPU sample before each run (default 1)")
     parser.add_argument("--json-out", default=None, help="default bench/results/cpu-<timestamp>.json")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_glue_server_args(argv))
+    args.server_args = args.server_args or [""]
     if min(args.runs, args.clients, args.load_processes, args.texts) < 1:
         parser.error("--runs, --clients, --load-processes and --texts must be at least 1")
     return args
@@ -88,11 +109,12 @@ def plain_tokenizer_ms(model_dir: Path, texts: list[str]) -> float:
     return (time.process_time() - started) / len(texts) * 1000.0
 
 
-def measure_run(model_dir: Path, args: argparse.Namespace, requests: list[list[str]],
+def measure_run(model_dir: Path, args: argparse.Namespace, server_args: str, requests: list[list[str]],
                 warmup: list[list[str]]) -> RunFigures:
+    calibration = [text for request in requests for text in request][:CALIBRATION_TEXTS]
     port = free_port()
     server = ServerProcess(server_command(model_dir, port, ["--backend", args.backend,
-                                                            *shlex.split(args.server_args)]), port)
+                                                            *shlex.split(server_args)]), port)
     print(f"starting server: {shlex.join(server.command)}", flush=True)
     server.start()
     try:
@@ -105,24 +127,29 @@ def measure_run(model_dir: Path, args: argparse.Namespace, requests: list[list[s
         meter.start()
         time.sleep(args.idle_s)
         idle = {role: round(s / args.idle_s, 3) for role, s in meter.seconds_spent().items()}
+        encode_before = plain_tokenizer_ms(model_dir, calibration)
         meter = CpuMeter(server.popen.pid)
         result = run_load_processes(HOST, port, requests, args.clients, args.load_processes, on_start=meter.start)
         spent = meter.seconds_spent()
+        encode_ms = (encode_before + plain_tokenizer_ms(model_dir, calibration)) / 2
     finally:
         code = server.stop()
         if code not in (0, None):
             print(f"server exited with code {code}; log tail:\n{server.log_tail()}", flush=True)
         else:
             server.remove_log()
-    return figures(spent, idle, result)
+    return figures(server_args, spent, idle, result, encode_ms)
 
 
-def figures(spent: dict[str, float], idle: dict[str, float], result: MpLoadResult) -> RunFigures:
+def figures(server_args: str, spent: dict[str, float], idle: dict[str, float], result: MpLoadResult,
+            encode_ms: float) -> RunFigures:
     per_request = max(result.requests, 1)
     ms = {role: spent[role] / per_request * 1000.0 for role in (*SERVER_ROLES, "launcher")}
     ms["server total"] = sum(ms[role] for role in SERVER_ROLES)
     ms["load generator"] = result.client_cpu_s / per_request * 1000.0
-    return RunFigures(ms_per_request={k: round(v, 3) for k, v in ms.items()}, idle_cores=idle,
+    return RunFigures(server_args=server_args, ms_per_request={k: round(v, 3) for k, v in ms.items()}, idle_cores=idle,
+                      plain_encode_ms=round(encode_ms, 4),
+                      total_in_plain_encodes=round(ms["server total"] / encode_ms, 1),
                       requests=result.requests, texts=result.texts, seconds=round(result.seconds, 2),
                       requests_per_s=round(result.requests_per_s, 1), p50_ms=round(result.latency_ms(0.5), 1),
                       p99_ms=round(result.latency_ms(0.99), 1), failures=dict(result.failures),
@@ -130,15 +157,25 @@ def figures(spent: dict[str, float], idle: dict[str, float], result: MpLoadResul
 
 
 def format_runs(runs: list[RunFigures]) -> str:
+    """One table per server variant, runs in the order they ran."""
+    variants = dict.fromkeys(run.server_args for run in runs)
+    return "\n\n".join(f"server args: {variant or '(none)'}\n" + _table([r for r in runs if r.server_args == variant])
+                        for variant in variants)
+
+
+def _table(runs: list[RunFigures]) -> str:
     columns = ("router", "tokenizer_pool", "backends", "server total", "launcher", "load generator")
-    lines = ["| run | " + " | ".join(columns) + " | req/s | p50 / p99 ms | failures |",
-             "|---|" + "---|" * (len(columns) + 3)]
+    lines = ["| run | " + " | ".join(columns) + " | plain encode ms/text | total / encode | req/s | p50 / p99 ms "
+             "| failures |", "|---|" + "---|" * (len(columns) + 5)]
     for index, run in enumerate(runs, 1):
         cells = " | ".join(f"{run.ms_per_request[c]:.2f}" for c in columns)
-        lines.append(f"| {index} | {cells} | {run.requests_per_s:.0f} | {run.p50_ms:.0f} / {run.p99_ms:.0f} | "
+        lines.append(f"| {index} | {cells} | {run.plain_encode_ms:.3f} | {run.total_in_plain_encodes:.1f} "
+                     f"| {run.requests_per_s:.0f} | {run.p50_ms:.0f} / {run.p99_ms:.0f} | "
                      f"{run.failures or 0} |")
     means = " | ".join(f"{statistics.fmean(r.ms_per_request[c] for r in runs):.2f}" for c in columns)
-    lines.append(f"| mean | {means} | {statistics.fmean(r.requests_per_s for r in runs):.0f} | | |")
+    lines.append(f"| mean | {means} | {statistics.fmean(r.plain_encode_ms for r in runs):.3f} "
+                 f"| {statistics.fmean(r.total_in_plain_encodes for r in runs):.1f} "
+                 f"| {statistics.fmean(r.requests_per_s for r in runs):.0f} | | |")
     return "\n".join(lines)
 
 
@@ -151,29 +188,28 @@ def main(argv: list[str]) -> int:
     print(f"corpus: {len(corpus)} texts in {len(corpus.requests)} requests "
           f"({len(corpus) / len(corpus.requests):.2f} per request, seed {args.seed}); "
           f"{args.clients} clients over {args.load_processes} load processes", flush=True)
-    tokenizer_ms = plain_tokenizer_ms(bundled, corpus.texts)
-    print(f"plain tokenizers encode: {tokenizer_ms:.3f} ms CPU per text, "
-          f"{tokenizer_ms * len(corpus) / len(corpus.requests):.2f} ms per request", flush=True)
     runs: list[RunFigures] = []
     with tempfile.TemporaryDirectory(prefix="embedserve-near-free-") as tmp:
         model_dir = build_near_free_model(Path(tmp), bundled)
         for index in range(args.runs):
-            try:
-                run = measure_run(model_dir, args, corpus.requests, warmup.requests)
-            except ServerError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 1
-            runs.append(run)
-            print(f"run {index + 1}: {run.ms_per_request} ms CPU per request; {run.requests} requests in "
-                  f"{run.seconds:.1f}s; idle cores {run.idle_cores}; failures {run.failures or 'none'} "
-                  f"{run.failure_examples or ''}", flush=True)
+            for server_args in args.server_args:
+                try:
+                    run = measure_run(model_dir, args, server_args, corpus.requests, warmup.requests)
+                except ServerError as exc:
+                    print(f"error: {exc}", file=sys.stderr)
+                    return 1
+                runs.append(run)
+                print(f"run {index + 1} [{server_args or 'no extra args'}]: {run.ms_per_request} ms CPU per "
+                      f"request; {run.requests} requests in {run.seconds:.1f}s; plain encode "
+                      f"{run.plain_encode_ms:.3f} ms/text; idle cores {run.idle_cores}; "
+                      f"failures {run.failures or 'none'} {run.failure_examples or ''}", flush=True)
     print()
     print(format_runs(runs))
     json_out = Path(args.json_out) if args.json_out else \
         RESULTS_DIR / f"cpu-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
     json_out.parent.mkdir(parents=True, exist_ok=True)
     config = {**vars(args), "requests": len(corpus.requests), "texts_per_request": len(corpus) / len(corpus.requests),
-              "plain_tokenizer_ms_per_text": round(tokenizer_ms, 4), "timestamp": datetime.now().isoformat()}
+              "timestamp": datetime.now().isoformat()}
     json_out.write_text(json.dumps({"config": config, "runs": [asdict(r) for r in runs]}, indent=1))
     print(f"results: {json_out}")
     return 1 if any(r.failures for r in runs) else 0
