@@ -4,8 +4,9 @@ Issue 12's CPU figure: a near-free model (random 1-layer, 32-wide BERT with the 
 tokenizer) behind a fresh server per run, 32 clients sending 1-8 bench-corpus texts per
 `/v1/embeddings` request with base64 responses. The model costs almost nothing, so the
 router, tokenizer workers and backend CPU read from /proc is the serving overhead.
-CPU seconds from /proc hardly move when other work shares the machine; wall-clock
-throughput does, so it is printed but is not the figure.
+CPU seconds move far less with other work on the machine than wall-clock throughput
+(printed, but not the figure); they still move, so each run also times a plain encode,
+and --compare-tree alternates two trees' servers for a before/after (bench/CPU_NOTES.md).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 
 from bench.corpus import build_corpus
-from bench.mp_load import MpLoadResult, run_load_processes
+from bench.mp_load import MpLoadResult, run_client_processes
 from bench.near_free_model import build_near_free_model
 from bench.process_cpu import TICKS_PER_S, CpuMeter
 from bench.server import HOST, REPO_ROOT, ServerError, ServerProcess, free_port, server_command
@@ -134,7 +135,7 @@ def measure_run(model_dir: Path, args: argparse.Namespace, tree: Path, server_ar
     try:
         print(f"server healthy after {server.wait_healthy():.1f}s", flush=True)
         assert server.popen is not None
-        warm = run_load_processes(HOST, port, warmup, args.clients, args.load_processes)
+        warm = run_client_processes(HOST, port, warmup, args.clients, args.load_processes)
         if warm.failures:
             print(f"warm-up failures: {dict(warm.failures)} {warm.failure_examples}", flush=True)
         meter = CpuMeter(server.popen.pid)
@@ -149,7 +150,7 @@ def measure_run(model_dir: Path, args: argparse.Namespace, tree: Path, server_ar
             meter.start()
             busy.append(machine_busy_s())
 
-        result = run_load_processes(HOST, port, requests, args.clients, args.load_processes, on_start=start_meters)
+        result = run_client_processes(HOST, port, requests, args.clients, args.load_processes, on_start=start_meters)
         spent = meter.seconds_spent()
         # Cores busy with anything but this server and the load: how noisy the neighbours were.
         others = (machine_busy_s() - busy[0] - sum(spent.values()) - result.client_cpu_s) / result.seconds

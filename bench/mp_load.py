@@ -194,8 +194,8 @@ def _get_from(channel: Any, workers: list[Any], deadline: float) -> Any:
                 raise RuntimeError("the load processes stopped answering") from None
 
 
-def run_load_processes(host: str, port: int, requests: list[list[str]], clients: int, processes: int,
-                       on_start: Callable[[], None] | None = None) -> MpLoadResult:
+def run_client_processes(host: str, port: int, requests: list[list[str]], clients: int, processes: int,
+                         on_start: Callable[[], None] | None = None) -> MpLoadResult:
     """Send every request once from `clients` connections spread over `processes`
     processes; `on_start` runs when all are connected, just before the first request."""
     processes = max(1, min(processes, clients))

@@ -25,9 +25,9 @@ def build_near_free_model(target: Path, tokenizer_source: Path, seed: int = 0) -
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=_vocab_size(tokenizer_source), hidden_size=HIDDEN_SIZE, num_hidden_layers=1,
                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=512,
-                        type_vocab_size=2)
+                        type_vocab_size=2)  # type: ignore[no-untyped-call]
     config.architectures = ["BertModel"]
-    BertModel(config).eval().save_pretrained(target)
+    BertModel(config).eval().save_pretrained(target)  # type: ignore[no-untyped-call]
     for name in TOKENIZER_FILES:
         shutil.copy(tokenizer_source / name, target / name)
     # Mean pooling, as the bundled model declares, so the server needs no --pooling.

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bench.mp_load import BAD_BODY, run_load_processes
+from bench.mp_load import BAD_BODY, run_client_processes
 
 TOKENS_PER_TEXT = 3
 
@@ -97,8 +97,8 @@ def test_every_request_once_and_failures_by_status(stub: StubServer) -> None:
     kinds = ["ok", "please-503", "please-bad", "please-close", "please-chunked"]
     requests = [[kinds[i % len(kinds)] if i % len(kinds) else f"ok-{i}", "filler"] for i in range(60)]
     started: list[bool] = []
-    result = run_load_processes("127.0.0.1", stub.port, requests, clients=6, processes=2,
-                                on_start=lambda: started.append(True))
+    result = run_client_processes("127.0.0.1", stub.port, requests, clients=6, processes=2,
+                                  on_start=lambda: started.append(True))
     assert started == [True]
     assert sum(stub.received.values()) == len(requests)
     assert all(count == 1 for first, count in stub.received.items() if first.startswith("ok-"))
@@ -111,5 +111,5 @@ def test_every_request_once_and_failures_by_status(stub: StubServer) -> None:
 def test_refused_connections_are_transport_failures() -> None:
     from bench.server import free_port
 
-    result = run_load_processes("127.0.0.1", free_port(), [["a"], ["b"], ["c"]], clients=2, processes=1)
+    result = run_client_processes("127.0.0.1", free_port(), [["a"], ["b"], ["c"]], clients=2, processes=1)
     assert result.failures == Counter({"transport": 3}) and result.requests == 0
