@@ -86,13 +86,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="another source tree (e.g. a git worktree of main, protos generated): its server "
                              "runs too, alternating with this tree's, for a before/after on the same machine state")
     parser.add_argument("--warmup-texts", type=int, default=WARMUP_TEXTS,
-                        help=f"texts sent before the timed load (default {WARMUP_TEXTS})")
+                        help=f"texts sent before the timed load, 0 for none (default {WARMUP_TEXTS})")
     parser.add_argument("--idle-s", type=float, default=1.0, help="idle CPU sample before each run (default 1)")
     parser.add_argument("--json-out", default=None, help="default bench/results/cpu-<timestamp>.json")
     args = parser.parse_args(_glue_server_args(argv))
     args.server_args = args.server_args or [""]
-    if min(args.runs, args.clients, args.load_processes, args.texts) < 1:
-        parser.error("--runs, --clients, --load-processes and --texts must be at least 1")
+    if min(args.runs, args.clients, args.load_processes, args.texts) < 1 or args.warmup_texts < 0:
+        parser.error("--runs, --clients, --load-processes and --texts must be at least 1, --warmup-texts at least 0")
     return args
 
 
@@ -135,9 +135,10 @@ def measure_run(model_dir: Path, args: argparse.Namespace, tree: Path, server_ar
     try:
         print(f"server healthy after {server.wait_healthy():.1f}s", flush=True)
         assert server.popen is not None
-        warm = run_client_processes(HOST, port, warmup, args.clients, args.load_processes)
-        if warm.failures:
-            print(f"warm-up failures: {dict(warm.failures)} {warm.failure_examples}", flush=True)
+        if warmup:
+            warm = run_client_processes(HOST, port, warmup, args.clients, args.load_processes)
+            if warm.failures:
+                print(f"warm-up failures: {dict(warm.failures)} {warm.failure_examples}", flush=True)
         meter = CpuMeter(server.popen.pid)
         meter.start()
         time.sleep(args.idle_s)
@@ -210,7 +211,7 @@ def main(argv: list[str]) -> int:
     bundled = _bundled_model_dir()
     corpus = build_corpus(bundled, args.texts, args.seed)
     # Another seed, so the timed run embeds each corpus text once and no cache flatters it.
-    warmup = build_corpus(bundled, max(args.warmup_texts, 1), args.seed + 1_000_003)
+    warmup = build_corpus(bundled, args.warmup_texts, args.seed + 1_000_003)
     print(f"corpus: {len(corpus)} texts in {len(corpus.requests)} requests "
           f"({len(corpus) / len(corpus.requests):.2f} per request, seed {args.seed}); "
           f"{args.clients} clients over {args.load_processes} load processes", flush=True)

@@ -11,8 +11,8 @@ from bench.__main__ import main
 
 def test_one_short_run_reports_each_role(tmp_path: Path) -> None:
     out = tmp_path / "cpu.json"
-    code = main(["cpu-per-request", "--runs", "1", "--texts", "120", "--clients", "8", "--warmup-texts", "16",
-                 "--idle-s", "0.1",
+    code = main(["cpu-per-request", "--runs", "1", "--texts", "120", "--clients", "8", "--load-processes", "1",
+                 "--warmup-texts", "0", "--idle-s", "0.1",
                  "--json-out", str(out)])
     assert code == 0
     report = json.loads(out.read_text())
