@@ -2,6 +2,7 @@
 # make test   - create .venv, install the server and the test tools (requirements.lock),
 #               type-check (mypy strict), run the whole test suite
 # make bench  - run the load benchmark against a fresh server and print ratios
+# make bench-cpu - server CPU ms per request by role on a near-free model (BENCH_ARGS="--runs 3 ...")
 # make proto  - regenerate the protobuf/gRPC modules into proto/gen_pb/
 
 PYTHON ?= python3
@@ -15,7 +16,7 @@ BENCH_ARGS ?=
 
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install install-serve proto serve test typecheck bench clean
+.PHONY: install install-serve proto serve test typecheck bench bench-cpu clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +52,9 @@ test: install typecheck
 
 bench: install
 	$(PY) -m bench $(BENCH_ARGS)
+
+bench-cpu: install
+	$(PY) -m bench cpu-per-request $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) proto/gen_pb

@@ -131,6 +131,11 @@ def run_server_phase(opts: Options, corpus: Corpus, scenario: Scenario) -> LoadR
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["cpu-per-request"]:
+        from bench.cpu_per_request import main as cpu_main
+
+        return cpu_main(argv[1:])
     opts = parse_args(argv)
     corpus = build_corpus(opts.model_dir, opts.texts, opts.seed)
     print(f"corpus: {len(corpus)} texts in {len(corpus.requests)} requests (seed {opts.seed})", flush=True)

@@ -131,7 +131,8 @@ def _run_shard(base_url: str, requests: list[list[str]], concurrency: int) -> Sh
 
 def run_load_processes(base_url: str, requests: list[list[str]], concurrency: int, processes: int) -> LoadResult:
     """The same closed loop from several processes, for servers that outrun one Python client.
-    Vectors are checked in each process but not sent back."""
+    Vectors are checked in each process but not sent back. `bench.mp_load` is the lighter
+    generator (raw HTTP/1.1, base64, failures by status) for saturating a server."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 

@@ -43,10 +43,18 @@ class CpuMeter:
     launcher_pid: int
     _start: dict[int, float] = field(default_factory=dict)
     _pids: dict[str, list[int]] = field(default_factory=dict)
+    _launcher_start: float = 0.0
 
     def start(self) -> None:
         self._pids = role_pids(self.launcher_pid)
         self._start = {pid: _cpu_seconds(pid) for pids in self._pids.values() for pid in pids}
+        self._launcher_start = _cpu_seconds(self.launcher_pid)
+
+    def seconds_spent(self) -> dict[str, float]:
+        """CPU seconds per role since start(), plus the launcher's own (supervision)."""
+        spent = {role: sum(_cpu_seconds(pid) - self._start[pid] for pid in pids) for role, pids in self._pids.items()}
+        spent["launcher"] = _cpu_seconds(self.launcher_pid) - self._launcher_start
+        return spent
 
     def cores_used(self, wall_seconds: float) -> dict[str, float]:
         """Average cores busy per role since start(); the busiest single process of a role too."""

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 
 HOST = "127.0.0.1"
+REPO_ROOT = Path(__file__).resolve().parent.parent
 HEALTH_TIMEOUT_S = 300.0
 HEALTH_POLL_S = 0.5
 STOP_TIMEOUT_S = 30.0
@@ -33,8 +34,10 @@ def free_port() -> int:
 
 
 def server_command(model_dir: Path, port: int, extra_args: list[str]) -> list[str]:
-    script = Path(sys.executable).with_name("embedserve")
-    base = [str(script)] if script.exists() else [sys.executable, "-m", "launcher"]
+    # `-m launcher`, run in a tree's root (ServerProcess.cwd), serves that tree's code:
+    # the `embedserve` script imports whichever checkout the venv was installed from,
+    # another one when several git worktrees share one venv.
+    base = [sys.executable, "-m", "launcher"]
     # --hostname is explicit because the launcher also reads $HOSTNAME, which shells set
     # to the machine name (a name binds what it resolves to). The short per-pid
     # socket prefix keeps Unix socket paths under the kernel's length limit.
@@ -53,6 +56,7 @@ def server_command(model_dir: Path, port: int, extra_args: list[str]) -> list[st
 class ServerProcess:
     command: list[str]
     port: int
+    cwd: Path = REPO_ROOT  # the source tree whose launcher and children run
     popen: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     _log_file: object = field(default=None, repr=False)
@@ -72,7 +76,7 @@ class ServerProcess:
         # Own session, so a Ctrl-C here does not also reach the launcher (it treats a
         # second signal as "kill everything now") and killpg can reach its children.
         self.popen = subprocess.Popen(self.command, stdout=handle, stderr=subprocess.STDOUT, env=env,
-                                      start_new_session=True)
+                                      cwd=self.cwd, start_new_session=True)
 
     def log_tail(self) -> str:
         if self.log_path is None or not self.log_path.exists():
