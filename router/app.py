@@ -23,6 +23,7 @@ from router.errors import EmbedServeError
 from router.grpc_api.server import GrpcFrontend
 from router.infer import Inference
 from router.metrics import Metrics
+from router.operations import Operations
 from router.queue_owner import InprocQueueHandle, QueueOwner
 from router.routes import default, embed, health, predict, tokenize
 from router.routes._http import ClientGone, json_response
@@ -65,7 +66,8 @@ async def connect_services(settings: RouterSettings) -> AppState:
     kind: Kind = "embed" if settings.model_type == "embedding" else "predict"
     handle = InprocQueueHandle(QueueOwner(queue, backends, metrics, kind))
     inference = Inference(tokenizers, handle, metrics, settings.max_concurrent_requests)
-    return AppState(settings, metrics, tokenizers, backends, facts, handle, inference)
+    operations = Operations(settings, facts.hidden_size, inference)
+    return AppState(settings, metrics, tokenizers, backends, facts, handle, inference, operations)
 
 
 async def close_services(state: AppState) -> None:

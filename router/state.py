@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from router.backend_client import BackendClient
 from router.infer import Inference
 from router.metrics import Metrics
+from router.operations import Operations
 from router.queue_handle import QueueHandle
 from router.settings import RouterSettings
 from tokenizer_pool.pool import TokenizerPool
@@ -38,6 +39,8 @@ class AppState:
     # The front's only way to the batch queue and its dispatch to the backends.
     queue: QueueHandle
     inference: Inference
+    # What HTTP routes and gRPC servicers call: one method per operation.
+    operations: Operations
     draining: bool = False
     # Called once when SIGTERM starts the drain (the gRPC server stops taking calls).
     on_drain: list[Callable[[], None]] = field(default_factory=list)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Literal, NoReturn, TypeVar
+from typing import Any, Literal, NoReturn, Protocol, TypeVar
 
 import grpc
 import numpy as np
@@ -19,21 +19,11 @@ import numpy as np
 from proto.gen_pb import tei_pb2, tei_pb2_grpc
 from router.errors import EmbedServeError, EmptyInputError, ValidationError
 from router.infer import EncodeOptions, Family, InferenceResult, ResponseMetadata
-from router.model_ops import (
-    ranked_predictions,
-    require_classifier,
-    require_dense,
-    require_reranker,
-    require_splade,
-    require_token_embeddings,
-    rerank_order,
-    resolve_prompt,
-    sparse_entries,
-)
+from router.model_ops import require_reranker, rerank_order, resolve_prompt
+from router.operations import CallLimits, Truncation
 from router.routes.health import VERSION
-from router.schemas import check_batch_size, check_dimensions
+from router.schemas import check_batch_size
 from router.state import AppState
-from router.vectors import finish_embeddings
 from tokenizer_pool.pool import Input, TextPair
 
 # tei-contract §2.3
@@ -161,6 +151,25 @@ class _Service:
         return resolve_prompt(self._state.settings, name)
 
 
+class _Truncatable(Protocol):
+    """The truncation fields every tei.v1 inference message has."""
+
+    @property
+    def truncate(self) -> bool: ...
+
+    @property
+    def truncation_direction(self) -> int: ...
+
+
+def _truncation(message: _Truncatable) -> Truncation:
+    # gRPC's `truncate` is a plain bool: false unless the client set it, never the server's default.
+    return Truncation(message.truncate, _direction(message.truncation_direction))
+
+
+def _prompt_name(message: Any) -> str | None:
+    return str(message.prompt_name) if message.HasField("prompt_name") else None
+
+
 def _text(inputs: str) -> str:
     if not inputs:
         raise EmptyInputError()
@@ -191,31 +200,32 @@ class InfoService(_Service, tei_pb2_grpc.InfoServicer):
 
 class EmbedService(_Service, tei_pb2_grpc.EmbedServicer):
     async def _embed(self, request: tei_pb2.EmbedRequest, wait: bool) -> Outcome:
-        settings = self._state.settings
-        normalize = request.normalize if request.HasField("normalize") else True
-        require_dense(settings, normalize)
-        dimensions = request.dimensions if request.HasField("dimensions") else None
-        check_dimensions(dimensions, self._state.facts.hidden_size)
-        options = EncodeOptions(request.truncate, _direction(request.truncation_direction), self._prompt(request))
-        result = await self._run([_text(request.inputs)], options, family="embed", wait=wait)
-        vector = finish_embeddings(result.rows, normalize, dimensions)[0]
+        result = await self._state.operations.embed_pooled(
+            request.inputs,
+            _truncation(request),
+            _prompt_name(request),
+            request.normalize if request.HasField("normalize") else True,
+            request.dimensions if request.HasField("dimensions") else None,
+            CallLimits(wait_for_permit=wait),
+        )
+        [vector] = result.vectors
         response = tei_pb2.EmbedResponse(embeddings=vector.tolist(), metadata=metadata_message(result.metadata))
         return response, result.metadata
 
     async def _embed_sparse(self, request: tei_pb2.EmbedSparseRequest, wait: bool) -> Outcome:
-        require_splade(self._state.settings)
-        options = EncodeOptions(request.truncate, _direction(request.truncation_direction), self._prompt(request))
-        result = await self._run([_text(request.inputs)], options, family="embed", wait=wait)
-        values = [tei_pb2.SparseValue(index=i, value=v) for i, v in sparse_entries(result.rows[0])]
+        result = await self._state.operations.embed_sparse(
+            request.inputs, _truncation(request), _prompt_name(request), CallLimits(wait_for_permit=wait)
+        )
+        values = [tei_pb2.SparseValue(index=i, value=v) for i, v in result.weights[0]]
         return tei_pb2.EmbedSparseResponse(sparse_embeddings=values, metadata=metadata_message(result.metadata)), (
             result.metadata
         )
 
     async def _embed_all(self, request: tei_pb2.EmbedAllRequest, wait: bool) -> Outcome:
-        require_token_embeddings(self._state.settings)
-        options = EncodeOptions(request.truncate, _direction(request.truncation_direction), self._prompt(request))
-        result = await self._run([_text(request.inputs)], options, family="embed", wait=wait, raw=True)
-        tokens = [tei_pb2.TokenEmbedding(embeddings=row.tolist()) for row in np.asarray(result.rows[0])]
+        result = await self._state.operations.embed_all(
+            request.inputs, _truncation(request), _prompt_name(request), CallLimits(wait_for_permit=wait)
+        )
+        tokens = [tei_pb2.TokenEmbedding(embeddings=row.tolist()) for row in np.asarray(result.matrices[0])]
         return tei_pb2.EmbedAllResponse(token_embeddings=tokens, metadata=metadata_message(result.metadata)), (
             result.metadata
         )
@@ -245,24 +255,18 @@ class EmbedService(_Service, tei_pb2_grpc.EmbedServicer):
 
 
 class PredictService(_Service, tei_pb2_grpc.PredictServicer):
-    async def _predict(self, item: Input, raw_scores: bool, truncate: bool, direction: int, wait: bool) -> Outcome:
-        settings = self._state.settings
-        require_classifier(settings)
-        # As on HTTP: a server default prompt applies to single texts, and a pair then fails.
-        options = EncodeOptions(truncate, _direction(direction), settings.default_prompt)
-        result = await self._run([item], options, family="predict", wait=wait)
-        predictions = [
-            tei_pb2.Prediction(score=score, label=label)
-            for score, label in ranked_predictions(result.rows[0], raw_scores, settings.labels())
-        ]
+    async def _predict(self, inputs: str | list[str], request: _Truncatable, raw_scores: bool, wait: bool) -> Outcome:
+        result = await self._state.operations.predict(
+            inputs, _truncation(request), raw_scores, CallLimits(wait_for_permit=wait)
+        )
+        predictions = [tei_pb2.Prediction(score=score, label=label) for score, label in result.ranked[0]]
         return tei_pb2.PredictResponse(predictions=predictions, metadata=metadata_message(result.metadata)), (
             result.metadata
         )
 
     def _single(self, request: tei_pb2.PredictRequest, wait: bool) -> Awaitable[Outcome]:
         async def run() -> Outcome:
-            item = _text(request.inputs)
-            return await self._predict(item, request.raw_scores, request.truncate, request.truncation_direction, wait)
+            return await self._predict(request.inputs, request, request.raw_scores, wait)
 
         return run()
 
@@ -271,8 +275,8 @@ class PredictService(_Service, tei_pb2_grpc.PredictServicer):
             texts = list(request.inputs)
             if len(texts) not in (1, 2):
                 raise ValidationError(f"`inputs` must have one or two texts, got {len(texts)}")
-            item: Input = _text(texts[0]) if len(texts) == 1 else TextPair(_text(texts[0]), _text(texts[1]))
-            return await self._predict(item, request.raw_scores, request.truncate, request.truncation_direction, wait)
+            # A list of one or two texts is a single text or a pair, as in HTTP's /predict.
+            return await self._predict(texts, request, request.raw_scores, wait)
 
         return run()
 

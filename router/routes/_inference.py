@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from router.errors import EmbedServeError, ShuttingDownError, ValidationError
 from router.infer import EncodeOptions, Family, InferenceResult, Method, ResponseMetadata
+from router.operations import CallLimits, Truncation
 from router.routes._http import ClientGone, app_state, json_response, read_body, until_disconnected
 from router.schemas import decode_body
 from router.state import AppState
@@ -72,6 +73,17 @@ def endpoint(schema: type[B], handler: Handler[B], *, openai_errors: bool = Fals
 
 
 # ------------------------------------------------------------------ shared steps
+
+
+def truncation(truncate: bool | None, direction: str) -> Truncation:
+    """TEI's HTTP fields: `truncate` may be absent (the server's default); the
+    direction is accepted in either case."""
+    return Truncation(truncate, "left" if direction.lower() == "left" else "right")
+
+
+def call_limits(request: Request) -> CallLimits:
+    """HTTP calls fail fast with 429 and end at the request's deadline, if any."""
+    return CallLimits(wait_for_permit=False, deadline=getattr(request.state, "deadline", None))
 
 
 def encode_options(state: AppState, truncate: bool | None, direction: str, prompt: str | None) -> EncodeOptions:

@@ -6,26 +6,21 @@ import numpy as np
 from starlette.requests import Request
 
 from router.errors import EmptyInputError
-from router.model_ops import ranked_predictions, require_classifier, require_reranker, rerank_order
-from router.routes._inference import Outcome, encode_options, endpoint, run_inputs
-from router.schemas import PredictRequest, RerankRequest, check_batch_size, parse_predict_inputs
+from router.model_ops import require_reranker, rerank_order
+from router.routes._http import until_disconnected
+from router.routes._inference import Outcome, call_limits, encode_options, endpoint, run_inputs, truncation
+from router.schemas import PredictRequest, RerankRequest, check_batch_size
 from router.state import AppState
 from tokenizer_pool.pool import Input, TextPair
 
 
 async def handle_predict(request: Request, state: AppState, body: PredictRequest) -> Outcome:
-    require_classifier(state.settings)
-    inputs, is_batch = parse_predict_inputs(body.inputs)
-    check_batch_size(len(inputs), state.settings.max_client_batch_size)
-    # TEI applies the server's default prompt to single texts; a pair then fails.
-    options = encode_options(state, body.truncate, body.truncation_direction, state.settings.default_prompt)
-    result = await run_inputs(request, state, inputs, options, "batch" if is_batch else "single", "predict")
-    labels = state.settings.labels()
-    predictions = [
-        [{"score": score, "label": label} for score, label in ranked_predictions(logits, body.raw_scores, labels)]
-        for logits in result.rows
-    ]
-    return Outcome(predictions if is_batch else predictions[0], result.metadata)
+    work = state.operations.predict(
+        body.inputs, truncation(body.truncate, body.truncation_direction), body.raw_scores, call_limits(request)
+    )
+    result = await until_disconnected(request, work)
+    predictions = [[{"score": score, "label": label} for score, label in ranked] for ranked in result.ranked]
+    return Outcome(predictions if result.is_batch else predictions[0], result.metadata)
 
 
 async def handle_rerank(request: Request, state: AppState, body: RerankRequest) -> Outcome:

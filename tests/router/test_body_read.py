@@ -22,7 +22,7 @@ def _state(body_read_timeout_s: float) -> AppState:
         body_read_timeout_s=body_read_timeout_s,
     )
     # read_body reads only the settings, `draining` and `body_reads`.
-    return AppState(settings, Metrics(512), None, [], None, None, None)  # type: ignore[arg-type]
+    return AppState(settings, Metrics(512), None, [], None, None, None, None)  # type: ignore[arg-type]
 
 
 def _request(*messages: dict[str, Any]) -> Request:
