@@ -1,8 +1,9 @@
 """One input list in, one result per input out: permits, tokenization, queueing.
 
-Handlers of every transport call `Inference`; it owns the concurrency permits
-and turns pool errors into router errors. Front side of the future process
-boundary: it reaches the batch queue only through its `QueueHandle`.
+The operations (router/operations.py) call `Inference`; it owns the concurrency
+permits and turns tokenizer pool errors into router errors, for every call in
+one place. Front side of the future process boundary: it reaches the batch
+queue only through its `QueueHandle`.
 """
 
 from __future__ import annotations

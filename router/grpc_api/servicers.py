@@ -1,4 +1,5 @@
-"""The tei.v1 services, on the same tokenizer pool, queue and permits as HTTP.
+"""The tei.v1 services: decode each message, call the operation HTTP calls too
+(router/operations.py), encode the answer.
 
 gRPC differs from HTTP where TEI's does (tei-contract §4.4): one input per
 message; `truncate` is a plain bool defaulting to false; unary calls fail fast
@@ -17,14 +18,11 @@ import grpc
 import numpy as np
 
 from proto.gen_pb import tei_pb2, tei_pb2_grpc
-from router.errors import EmbedServeError, EmptyInputError, ValidationError
-from router.infer import EncodeOptions, Family, InferenceResult, ResponseMetadata
-from router.model_ops import require_reranker, rerank_order, resolve_prompt
+from router.errors import EmbedServeError, ValidationError
+from router.infer import ResponseMetadata
 from router.operations import CallLimits, Truncation
 from router.routes.health import VERSION
-from router.schemas import check_batch_size
 from router.state import AppState
-from tokenizer_pool.pool import Input, TextPair
 
 # tei-contract §2.3
 STATUS_BY_ERROR_TYPE = {
@@ -138,17 +136,6 @@ class _Service:
                 if item is not None:
                     item.cancel()
 
-    async def _run(
-        self, inputs: list[Input], options: EncodeOptions, *, family: Family, wait: bool, raw: bool = False
-    ) -> InferenceResult:
-        return await self._state.inference.run(
-            inputs, options, raw=raw, family=family, method="single" if len(inputs) == 1 else "batch",
-            wait_for_permit=wait,
-        )
-
-    def _prompt(self, message: Any) -> str | None:
-        name = message.prompt_name if message.HasField("prompt_name") else None
-        return resolve_prompt(self._state.settings, name)
 
 
 class _Truncatable(Protocol):
@@ -168,12 +155,6 @@ def _truncation(message: _Truncatable) -> Truncation:
 
 def _prompt_name(message: Any) -> str | None:
     return str(message.prompt_name) if message.HasField("prompt_name") else None
-
-
-def _text(inputs: str) -> str:
-    if not inputs:
-        raise EmptyInputError()
-    return inputs
 
 
 class InfoService(_Service, tei_pb2_grpc.InfoServicer):
@@ -301,17 +282,13 @@ class RerankService(_Service, tei_pb2_grpc.RerankServicer):
     async def _rerank(
         self, pairs: list[tuple[str, str]], raw_scores: bool, return_text: bool, truncate: bool, direction: int
     ) -> Outcome:
-        settings = self._state.settings
-        require_reranker(settings)
-        if not pairs:
-            raise EmptyInputError("`texts` cannot be empty")
-        check_batch_size(len(pairs), settings.max_client_batch_size)
-        inputs: list[Input] = [TextPair(_text(query), _text(text)) for query, text in pairs]
-        options = EncodeOptions(truncate, _direction(direction), None)
         # Rerank texts wait for permits, as in TEI, rather than failing the call.
-        result = await self._run(inputs, options, family="predict", wait=True)
+        result = await self._state.operations.rerank(
+            pairs, Truncation(truncate, _direction(direction)), raw_scores, CallLimits(wait_for_permit=True),
+            is_batch=len(pairs) != 1,
+        )
         ranks = []
-        for index, score in rerank_order(np.stack([row[0] for row in result.rows]), raw_scores):
+        for index, score in result.order:
             rank = tei_pb2.Rank(index=index, score=score)
             if return_text:
                 rank.text = pairs[index][1]
@@ -336,15 +313,14 @@ class RerankService(_Service, tei_pb2_grpc.RerankServicer):
 
 class TokenizeService(_Service, tei_pb2_grpc.TokenizeServicer):
     async def _tokenize(self, request: tei_pb2.EncodeRequest) -> Outcome:
-        prompt = self._prompt(request)
-        [message] = await self._state.inference.tokenize([request.inputs], request.add_special_tokens, prompt, "tei")
+        [message] = await self._state.operations.tokenize(
+            [request.inputs], request.add_special_tokens, _prompt_name(request), "tei"
+        )
         # The worker built the tei.v1 message; parsing it back is one C pass, not a Python loop per token.
         return tei_pb2.EncodeResponse.FromString(message), None
 
     async def _decode(self, request: tei_pb2.DecodeRequest) -> Outcome:
-        if not request.ids:
-            raise EmptyInputError("`ids` cannot be empty")
-        [text] = await self._state.inference.decode([list(request.ids)], request.skip_special_tokens)
+        [text] = await self._state.operations.decode([list(request.ids)], request.skip_special_tokens)
         return tei_pb2.DecodeResponse(text=text), None
 
     async def Tokenize(self, request: tei_pb2.EncodeRequest, context: grpc.aio.ServicerContext) -> Any:

@@ -5,21 +5,18 @@ from __future__ import annotations
 
 import base64
 
-import numpy as np
 from starlette.requests import Request
 
-from router.errors import EmptyInputError
-from router.model_ops import require_embedding, resolve_prompt
 from router.operations import Truncation
 from router.routes._http import until_disconnected
-from router.routes._inference import Outcome, call_limits, encode_options, endpoint, run_inputs, truncation
+from router.routes._inference import Outcome, call_limits, endpoint, truncation
 from router.schemas import (
     EmbedAllRequest,
     EmbedRequest,
     EmbedSparseRequest,
     OpenAIEmbeddingsRequest,
+    SimilarityParameters,
     SimilarityRequest,
-    check_batch_size,
 )
 from router.state import AppState
 
@@ -51,27 +48,13 @@ async def handle_embed_sparse(request: Request, state: AppState, body: EmbedSpar
 
 
 async def handle_similarity(request: Request, state: AppState, body: SimilarityRequest) -> Outcome:
-    require_embedding(state.settings)
-    sentences = body.inputs.sentences
-    if not sentences:
-        raise EmptyInputError("`inputs.sentences` cannot be empty")
-    check_batch_size(len(sentences) + 1, state.settings.max_client_batch_size)
-    params = body.parameters
-    options = encode_options(
-        state,
-        params.truncate if params else None,
-        params.truncation_direction if params else "right",
-        resolve_prompt(state.settings, params.prompt_name if params else None),
+    params = body.parameters or SimilarityParameters()
+    work = state.operations.similarity(
+        body.inputs.source_sentence, body.inputs.sentences, truncation(params.truncate, params.truncation_direction),
+        params.prompt_name, call_limits(request),
     )
-    if not body.inputs.source_sentence or not all(sentences):
-        raise EmptyInputError("Input validation error: `inputs` cannot be empty")
-    texts: list[str | list[int]] = [body.inputs.source_sentence, *sentences]
-    result = await run_inputs(request, state, list(texts), options, "batch", "embed")
-    vectors = np.stack(result.rows).astype(np.float64)
-    source, others = vectors[0], vectors[1:]
-    denominators = np.linalg.norm(others, axis=1) * np.linalg.norm(source)
-    denominators[denominators == 0] = 1.0
-    return Outcome((others @ source / denominators).astype(np.float32), result.metadata)
+    result = await until_disconnected(request, work)
+    return Outcome(result.scores, result.metadata)
 
 
 async def handle_openai(request: Request, state: AppState, body: OpenAIEmbeddingsRequest) -> Outcome:
