@@ -18,11 +18,13 @@ from starlette.routing import Route
 from router.auth import ApiKeyMiddleware
 from router.backend_client import BackendClient
 from router.batch_queue import BatchQueue
-from router.dispatcher import Dispatcher, Kind
+from router.dispatcher import Kind
 from router.errors import EmbedServeError
 from router.grpc_api.server import GrpcFrontend
 from router.infer import Inference
 from router.metrics import Metrics
+from router.operations import Operations
+from router.queue_owner import InprocQueueHandle, QueueOwner
 from router.routes import default, embed, health, predict, tokenize
 from router.routes._http import ClientGone, json_response
 from router.settings import RouterSettings
@@ -62,13 +64,14 @@ async def connect_services(settings: RouterSettings) -> AppState:
         metrics=metrics,
     )
     kind: Kind = "embed" if settings.model_type == "embedding" else "predict"
-    dispatcher = Dispatcher(queue, backends, metrics, kind)
-    inference = Inference(tokenizers, queue, metrics, settings.max_concurrent_requests)
-    return AppState(settings, metrics, tokenizers, backends, facts, queue, dispatcher, inference)
+    handle = InprocQueueHandle(QueueOwner(queue, backends, metrics, kind))
+    inference = Inference(tokenizers, handle, metrics, settings.max_concurrent_requests)
+    operations = Operations(settings, facts.hidden_size, inference)
+    return AppState(settings, metrics, tokenizers, backends, facts, handle, inference, operations)
 
 
 async def close_services(state: AppState) -> None:
-    await state.dispatcher.stop()
+    await state.queue.close()
     await state.tokenizers.close()
     await asyncio.gather(*(backend.close() for backend in state.backends))
 
@@ -101,7 +104,7 @@ def create_app(settings: RouterSettings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state = await connect_services(settings)
-        state.dispatcher.start()
+        await state.queue.start()
         app.state.embedserve = state
         app.state.openapi_document = None
         grpc_frontend = None

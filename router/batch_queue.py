@@ -1,5 +1,8 @@
 """The token-budget batch queue (TEI's core/src/queue.rs, in asyncio).
 
+Owner side of the future process boundary: fronts reach it only through a
+`QueueHandle` (router/queue_handle.py), never directly.
+
 All state lives on one event loop, so no locks: handlers `append` entries and
 await their futures; dispatch slots `await next_batch()`. A batch is formed the
 moment a backend slot asks for one, from whatever is queued, in arrival order:
@@ -24,17 +27,11 @@ from proto.codec import pack_u32
 from proto.gen_pb import backend_pb2
 from router.errors import DeadlineExceededError
 from router.metrics import Metrics
+from router.queue_handle import EntryResult
 
 
 def _deadline_message(entry: QueueEntry, now: float) -> str:
     return f"deadline exceeded: the input waited {(now - entry.enqueued_at) * 1000:.0f} ms in the queue"
-
-
-@dataclass(frozen=True)
-class EntryResult:
-    values: np.ndarray
-    queue_time_s: float
-    inference_time_s: float
 
 
 @dataclass(eq=False)
@@ -84,11 +81,14 @@ class BatchQueue:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def append(self, entry: QueueEntry) -> None:
+    def check_fits(self, entry: QueueEntry) -> None:
         if len(entry) > self.max_batch_tokens:
             raise RuntimeError(
                 f"an entry of {len(entry)} tokens can never fit max_batch_tokens {self.max_batch_tokens}. This is a bug."
             )
+
+    def append(self, entry: QueueEntry) -> None:
+        self.check_fits(entry)
         self._entries.append(entry)
         self._metrics.queue_size.set(len(self._entries))
         self._not_empty.set()

@@ -1,5 +1,7 @@
 """Moves batches from the queue to the backends and results back to the callers.
 
+Owner side of the future process boundary, beside the queue (router/queue_owner.py).
+
 Each backend gets `SLOTS_PER_BACKEND` dispatch tasks. With two, the next batch is
 already formed and sitting in the backend's receive queue while the current one
 runs, so the device never waits for the router between batches.
@@ -17,9 +19,10 @@ import numpy as np
 
 from proto.gen_pb import backend_pb2
 from router.backend_client import BackendClient, BatchOutput
-from router.batch_queue import BatchQueue, EntryResult, FormedBatch
+from router.batch_queue import BatchQueue, FormedBatch
 from router.errors import BackendDownError, BackendError, EmbedServeError
 from router.metrics import Metrics
+from router.queue_handle import EntryResult
 
 logger = logging.getLogger(__name__)
 

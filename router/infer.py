@@ -1,7 +1,9 @@
 """One input list in, one result per input out: permits, tokenization, queueing.
 
-Handlers of every transport call `Inference`; it owns the concurrency permits
-and turns pool errors into router errors.
+The operations (router/operations.py) call `Inference`; it owns the concurrency
+permits and turns tokenizer pool errors into router errors, for every call in
+one place. Front side of the future process boundary: it reaches the batch
+queue only through its `QueueHandle`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from typing import Literal, TypeVar
 
 import numpy as np
 
-from router.batch_queue import BatchQueue, EntryResult, QueueEntry
 from router.errors import (
     BackendUnavailableError,
     DeadlineExceededError,
@@ -24,6 +25,7 @@ from router.errors import (
     input_validation,
 )
 from router.metrics import Metrics
+from router.queue_handle import EntryResult, QueueHandle, Submission, TokenizedInput
 from tokenizer_pool.pool import (
     Encoding,
     Input,
@@ -131,7 +133,7 @@ class Permits:
 
 
 class Inference:
-    def __init__(self, tokenizers: TokenizerPool, queue: BatchQueue, metrics: Metrics, max_concurrent_requests: int) -> None:
+    def __init__(self, tokenizers: TokenizerPool, queue: QueueHandle, metrics: Metrics, max_concurrent_requests: int) -> None:
         self._tokenizers = tokenizers
         self._queue = queue
         self._metrics = metrics
@@ -181,16 +183,13 @@ class Inference:
         try:
             encodings = await self._encode(inputs, options)
             tokenized = time.perf_counter()
-            loop = asyncio.get_running_loop()
             if deadline is not None and time.perf_counter() >= deadline:
                 raise DeadlineExceededError("deadline exceeded before the inputs were queued")
-            entries = [
-                QueueEntry(e.input_ids, e.token_type_ids, loop.create_future(), raw, deadline) for e in encodings
-            ]
-            for entry in entries:
-                self._metrics.request_input_length.observe(len(entry))
-                self._queue.append(entry)
-            results = await _gather_or_cancel([entry.future for entry in entries], deadline)
+            queued = [TokenizedInput(e.input_ids, e.token_type_ids) for e in encodings]
+            for item in queued:
+                self._metrics.request_input_length.observe(len(item))
+            submission = self._queue.submit(queued, raw=raw, deadline=deadline)
+            results = await _await_or_abort(self._queue, submission, deadline)
         finally:
             self.permits.release(len(inputs))
         total_s = time.perf_counter() - started
@@ -233,8 +232,9 @@ async def _translated(call: Awaitable[T]) -> T:
         raise BackendUnavailableError(exc.message) from exc
 
 
-async def _gather_or_cancel(futures: list[asyncio.Future[EntryResult]], deadline: float | None) -> list[EntryResult]:
-    """Await every entry; on failure, cancellation or deadline, withdraw the rest from the queue."""
+async def _await_or_abort(queue: QueueHandle, submission: Submission, deadline: float | None) -> list[EntryResult]:
+    """Await every input; on failure, cancellation or deadline, withdraw the rest from the queue."""
+    futures = submission.results
     try:
         timeout = None if deadline is None else max(0.0, deadline - time.perf_counter())
         # asyncio.wait, not wait_for(gather): a timeout must not cancel the entries,
@@ -250,10 +250,8 @@ async def _gather_or_cancel(futures: list[asyncio.Future[EntryResult]], deadline
             raise error
         return [future.result() for future in futures]
     except BaseException:
+        queue.abort(submission)
         for future in futures:
-            if not future.done():
-                future.cancel()
-            elif not future.cancelled():
+            if future.done() and not future.cancelled():
                 future.exception()  # mark retrieved: the first error is the one raised
         raise
-

@@ -1,5 +1,6 @@
-"""Model-level rules shared by the HTTP and gRPC front ends: which model type
-serves which call, prompts, and turning raw outputs into answers."""
+"""Model-level rules the operations (router/operations.py) apply for HTTP and
+gRPC alike: which model type serves which call, prompts, and turning raw
+outputs into answers."""
 
 from __future__ import annotations
 

@@ -10,10 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from router.backend_client import BackendClient
-from router.batch_queue import BatchQueue
-from router.dispatcher import Dispatcher
 from router.infer import Inference
 from router.metrics import Metrics
+from router.operations import Operations
+from router.queue_handle import QueueHandle
 from router.settings import RouterSettings
 from tokenizer_pool.pool import TokenizerPool
 
@@ -36,9 +36,11 @@ class AppState:
     tokenizers: TokenizerPool
     backends: list[BackendClient]
     facts: BackendFacts
-    queue: BatchQueue
-    dispatcher: Dispatcher
+    # The front's only way to the batch queue and its dispatch to the backends.
+    queue: QueueHandle
     inference: Inference
+    # What HTTP routes and gRPC servicers call: one method per operation.
+    operations: Operations
     draining: bool = False
     # Called once when SIGTERM starts the drain (the gRPC server stops taking calls).
     on_drain: list[Callable[[], None]] = field(default_factory=list)

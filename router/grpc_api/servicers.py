@@ -1,4 +1,5 @@
-"""The tei.v1 services, on the same tokenizer pool, queue and permits as HTTP.
+"""The tei.v1 services: decode each message, call the operation HTTP calls too
+(router/operations.py), encode the answer.
 
 gRPC differs from HTTP where TEI's does (tei-contract §4.4): one input per
 message; `truncate` is a plain bool defaulting to false; unary calls fail fast
@@ -11,30 +12,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Literal, NoReturn, TypeVar
+from typing import Any, Literal, NoReturn, Protocol, TypeVar
 
 import grpc
 import numpy as np
 
 from proto.gen_pb import tei_pb2, tei_pb2_grpc
-from router.errors import EmbedServeError, EmptyInputError, ValidationError
-from router.infer import EncodeOptions, Family, InferenceResult, ResponseMetadata
-from router.model_ops import (
-    ranked_predictions,
-    require_classifier,
-    require_dense,
-    require_reranker,
-    require_splade,
-    require_token_embeddings,
-    rerank_order,
-    resolve_prompt,
-    sparse_entries,
-)
+from router.errors import EmbedServeError, ValidationError
+from router.infer import ResponseMetadata
+from router.operations import CallLimits, Truncation
 from router.routes.health import VERSION
-from router.schemas import check_batch_size, check_dimensions
 from router.state import AppState
-from router.vectors import finish_embeddings
-from tokenizer_pool.pool import Input, TextPair
 
 # tei-contract §2.3
 STATUS_BY_ERROR_TYPE = {
@@ -148,23 +136,25 @@ class _Service:
                 if item is not None:
                     item.cancel()
 
-    async def _run(
-        self, inputs: list[Input], options: EncodeOptions, *, family: Family, wait: bool, raw: bool = False
-    ) -> InferenceResult:
-        return await self._state.inference.run(
-            inputs, options, raw=raw, family=family, method="single" if len(inputs) == 1 else "batch",
-            wait_for_permit=wait,
-        )
-
-    def _prompt(self, message: Any) -> str | None:
-        name = message.prompt_name if message.HasField("prompt_name") else None
-        return resolve_prompt(self._state.settings, name)
 
 
-def _text(inputs: str) -> str:
-    if not inputs:
-        raise EmptyInputError()
-    return inputs
+class _Truncatable(Protocol):
+    """The truncation fields every tei.v1 inference message has."""
+
+    @property
+    def truncate(self) -> bool: ...
+
+    @property
+    def truncation_direction(self) -> int: ...
+
+
+def _truncation(message: _Truncatable) -> Truncation:
+    # gRPC's `truncate` is a plain bool: false unless the client set it, never the server's default.
+    return Truncation(message.truncate, _direction(message.truncation_direction))
+
+
+def _prompt_name(message: Any) -> str | None:
+    return str(message.prompt_name) if message.HasField("prompt_name") else None
 
 
 class InfoService(_Service, tei_pb2_grpc.InfoServicer):
@@ -191,31 +181,32 @@ class InfoService(_Service, tei_pb2_grpc.InfoServicer):
 
 class EmbedService(_Service, tei_pb2_grpc.EmbedServicer):
     async def _embed(self, request: tei_pb2.EmbedRequest, wait: bool) -> Outcome:
-        settings = self._state.settings
-        normalize = request.normalize if request.HasField("normalize") else True
-        require_dense(settings, normalize)
-        dimensions = request.dimensions if request.HasField("dimensions") else None
-        check_dimensions(dimensions, self._state.facts.hidden_size)
-        options = EncodeOptions(request.truncate, _direction(request.truncation_direction), self._prompt(request))
-        result = await self._run([_text(request.inputs)], options, family="embed", wait=wait)
-        vector = finish_embeddings(result.rows, normalize, dimensions)[0]
+        result = await self._state.operations.embed_pooled(
+            request.inputs,
+            _truncation(request),
+            _prompt_name(request),
+            request.normalize if request.HasField("normalize") else True,
+            request.dimensions if request.HasField("dimensions") else None,
+            CallLimits(wait_for_permit=wait),
+        )
+        [vector] = result.vectors
         response = tei_pb2.EmbedResponse(embeddings=vector.tolist(), metadata=metadata_message(result.metadata))
         return response, result.metadata
 
     async def _embed_sparse(self, request: tei_pb2.EmbedSparseRequest, wait: bool) -> Outcome:
-        require_splade(self._state.settings)
-        options = EncodeOptions(request.truncate, _direction(request.truncation_direction), self._prompt(request))
-        result = await self._run([_text(request.inputs)], options, family="embed", wait=wait)
-        values = [tei_pb2.SparseValue(index=i, value=v) for i, v in sparse_entries(result.rows[0])]
+        result = await self._state.operations.embed_sparse(
+            request.inputs, _truncation(request), _prompt_name(request), CallLimits(wait_for_permit=wait)
+        )
+        values = [tei_pb2.SparseValue(index=i, value=v) for i, v in result.weights[0]]
         return tei_pb2.EmbedSparseResponse(sparse_embeddings=values, metadata=metadata_message(result.metadata)), (
             result.metadata
         )
 
     async def _embed_all(self, request: tei_pb2.EmbedAllRequest, wait: bool) -> Outcome:
-        require_token_embeddings(self._state.settings)
-        options = EncodeOptions(request.truncate, _direction(request.truncation_direction), self._prompt(request))
-        result = await self._run([_text(request.inputs)], options, family="embed", wait=wait, raw=True)
-        tokens = [tei_pb2.TokenEmbedding(embeddings=row.tolist()) for row in np.asarray(result.rows[0])]
+        result = await self._state.operations.embed_all(
+            request.inputs, _truncation(request), _prompt_name(request), CallLimits(wait_for_permit=wait)
+        )
+        tokens = [tei_pb2.TokenEmbedding(embeddings=row.tolist()) for row in np.asarray(result.matrices[0])]
         return tei_pb2.EmbedAllResponse(token_embeddings=tokens, metadata=metadata_message(result.metadata)), (
             result.metadata
         )
@@ -245,24 +236,18 @@ class EmbedService(_Service, tei_pb2_grpc.EmbedServicer):
 
 
 class PredictService(_Service, tei_pb2_grpc.PredictServicer):
-    async def _predict(self, item: Input, raw_scores: bool, truncate: bool, direction: int, wait: bool) -> Outcome:
-        settings = self._state.settings
-        require_classifier(settings)
-        # As on HTTP: a server default prompt applies to single texts, and a pair then fails.
-        options = EncodeOptions(truncate, _direction(direction), settings.default_prompt)
-        result = await self._run([item], options, family="predict", wait=wait)
-        predictions = [
-            tei_pb2.Prediction(score=score, label=label)
-            for score, label in ranked_predictions(result.rows[0], raw_scores, settings.labels())
-        ]
+    async def _predict(self, inputs: str | list[str], request: _Truncatable, raw_scores: bool, wait: bool) -> Outcome:
+        result = await self._state.operations.predict(
+            inputs, _truncation(request), raw_scores, CallLimits(wait_for_permit=wait)
+        )
+        predictions = [tei_pb2.Prediction(score=score, label=label) for score, label in result.ranked[0]]
         return tei_pb2.PredictResponse(predictions=predictions, metadata=metadata_message(result.metadata)), (
             result.metadata
         )
 
     def _single(self, request: tei_pb2.PredictRequest, wait: bool) -> Awaitable[Outcome]:
         async def run() -> Outcome:
-            item = _text(request.inputs)
-            return await self._predict(item, request.raw_scores, request.truncate, request.truncation_direction, wait)
+            return await self._predict(request.inputs, request, request.raw_scores, wait)
 
         return run()
 
@@ -271,8 +256,8 @@ class PredictService(_Service, tei_pb2_grpc.PredictServicer):
             texts = list(request.inputs)
             if len(texts) not in (1, 2):
                 raise ValidationError(f"`inputs` must have one or two texts, got {len(texts)}")
-            item: Input = _text(texts[0]) if len(texts) == 1 else TextPair(_text(texts[0]), _text(texts[1]))
-            return await self._predict(item, request.raw_scores, request.truncate, request.truncation_direction, wait)
+            # A list of one or two texts is a single text or a pair, as in HTTP's /predict.
+            return await self._predict(texts, request, request.raw_scores, wait)
 
         return run()
 
@@ -297,17 +282,13 @@ class RerankService(_Service, tei_pb2_grpc.RerankServicer):
     async def _rerank(
         self, pairs: list[tuple[str, str]], raw_scores: bool, return_text: bool, truncate: bool, direction: int
     ) -> Outcome:
-        settings = self._state.settings
-        require_reranker(settings)
-        if not pairs:
-            raise EmptyInputError("`texts` cannot be empty")
-        check_batch_size(len(pairs), settings.max_client_batch_size)
-        inputs: list[Input] = [TextPair(_text(query), _text(text)) for query, text in pairs]
-        options = EncodeOptions(truncate, _direction(direction), None)
         # Rerank texts wait for permits, as in TEI, rather than failing the call.
-        result = await self._run(inputs, options, family="predict", wait=True)
+        result = await self._state.operations.rerank(
+            pairs, Truncation(truncate, _direction(direction)), raw_scores, CallLimits(wait_for_permit=True),
+            is_batch=len(pairs) != 1,
+        )
         ranks = []
-        for index, score in rerank_order(np.stack([row[0] for row in result.rows]), raw_scores):
+        for index, score in result.order:
             rank = tei_pb2.Rank(index=index, score=score)
             if return_text:
                 rank.text = pairs[index][1]
@@ -332,15 +313,14 @@ class RerankService(_Service, tei_pb2_grpc.RerankServicer):
 
 class TokenizeService(_Service, tei_pb2_grpc.TokenizeServicer):
     async def _tokenize(self, request: tei_pb2.EncodeRequest) -> Outcome:
-        prompt = self._prompt(request)
-        [message] = await self._state.inference.tokenize([request.inputs], request.add_special_tokens, prompt, "tei")
+        [message] = await self._state.operations.tokenize(
+            [request.inputs], request.add_special_tokens, _prompt_name(request), "tei"
+        )
         # The worker built the tei.v1 message; parsing it back is one C pass, not a Python loop per token.
         return tei_pb2.EncodeResponse.FromString(message), None
 
     async def _decode(self, request: tei_pb2.DecodeRequest) -> Outcome:
-        if not request.ids:
-            raise EmptyInputError("`ids` cannot be empty")
-        [text] = await self._state.inference.decode([list(request.ids)], request.skip_special_tokens)
+        [text] = await self._state.operations.decode([list(request.ids)], request.skip_special_tokens)
         return tei_pb2.DecodeResponse(text=text), None
 
     async def Tokenize(self, request: tei_pb2.EncodeRequest, context: grpc.aio.ServicerContext) -> Any:

@@ -1,5 +1,5 @@
-"""The shape every inference route shares: decode the body, check the model type,
-run, count, answer with TEI's x-* headers.
+"""The shape every inference route shares: decode the body, call one operation
+(router/operations.py), count, answer with TEI's x-* headers.
 
 A route is a `handler(request, state, body) -> Outcome`; `endpoint()` wraps it
 into a Starlette endpoint. /vertex calls the handlers directly.
@@ -16,11 +16,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from router.errors import EmbedServeError, ShuttingDownError, ValidationError
-from router.infer import EncodeOptions, Family, InferenceResult, Method, ResponseMetadata
-from router.routes._http import ClientGone, app_state, json_response, read_body, until_disconnected
+from router.infer import ResponseMetadata
+from router.operations import CallLimits, Truncation
+from router.routes._http import ClientGone, app_state, json_response, read_body
 from router.schemas import decode_body
 from router.state import AppState
-from tokenizer_pool.pool import Input
 
 B = TypeVar("B")
 
@@ -74,28 +74,15 @@ def endpoint(schema: type[B], handler: Handler[B], *, openai_errors: bool = Fals
 # ------------------------------------------------------------------ shared steps
 
 
-def encode_options(state: AppState, truncate: bool | None, direction: str, prompt: str | None) -> EncodeOptions:
-    return EncodeOptions(
-        truncate=state.settings.auto_truncate if truncate is None else truncate,
-        direction="left" if direction.lower() == "left" else "right",
-        prompt=prompt,
-    )
+def truncation(truncate: bool | None, direction: str) -> Truncation:
+    """TEI's HTTP fields: `truncate` may be absent (the server's default); the
+    direction is accepted in either case."""
+    return Truncation(truncate, "left" if direction.lower() == "left" else "right")
 
 
-async def run_inputs(
-    request: Request,
-    state: AppState,
-    inputs: list[Input],
-    options: EncodeOptions,
-    method: Method,
-    family: Family,
-    raw: bool = False,
-) -> InferenceResult:
-    """Run inputs through the pool and queue, cancelled if the client goes away."""
-    work = state.inference.run(
-        inputs, options, raw=raw, family=family, method=method, deadline=getattr(request.state, "deadline", None)
-    )
-    return await until_disconnected(request, work)
+def call_limits(request: Request) -> CallLimits:
+    """HTTP calls fail fast with 429 and end at the request's deadline, if any."""
+    return CallLimits(wait_for_permit=False, deadline=getattr(request.state, "deadline", None))
 
 
 DEADLINE_HEADER = "x-request-timeout-ms"

@@ -5,95 +5,65 @@ from __future__ import annotations
 
 import base64
 
-import numpy as np
 from starlette.requests import Request
 
-from router.errors import EmptyInputError
-from router.infer import EncodeOptions
-from router.model_ops import (
-    require_dense,
-    require_embedding,
-    require_splade,
-    require_token_embeddings,
-    resolve_prompt,
-    sparse_entries,
-)
-from router.routes._inference import Outcome, encode_options, endpoint, run_inputs
+from router.operations import Truncation
+from router.routes._http import until_disconnected
+from router.routes._inference import Outcome, call_limits, endpoint, truncation
 from router.schemas import (
     EmbedAllRequest,
     EmbedRequest,
     EmbedSparseRequest,
     OpenAIEmbeddingsRequest,
+    SimilarityParameters,
     SimilarityRequest,
-    check_batch_size,
-    check_dimensions,
-    parse_inputs,
 )
 from router.state import AppState
-from router.vectors import finish_embeddings
 
 
 async def handle_embed(request: Request, state: AppState, body: EmbedRequest) -> Outcome:
-    require_dense(state.settings, body.normalize)
-    inputs, is_batch = parse_inputs(body.inputs)
-    check_batch_size(len(inputs), state.settings.max_client_batch_size)
-    check_dimensions(body.dimensions, state.facts.hidden_size)
-    options = encode_options(state, body.truncate, body.truncation_direction, resolve_prompt(state.settings, body.prompt_name))
-    result = await run_inputs(request, state, inputs, options, "batch" if is_batch else "single", "embed")
-    return Outcome(finish_embeddings(result.rows, body.normalize, body.dimensions), result.metadata)
+    work = state.operations.embed_pooled(
+        body.inputs, truncation(body.truncate, body.truncation_direction), body.prompt_name, body.normalize,
+        body.dimensions, call_limits(request),
+    )
+    result = await until_disconnected(request, work)
+    return Outcome(result.vectors, result.metadata)
 
 
 async def handle_embed_all(request: Request, state: AppState, body: EmbedAllRequest) -> Outcome:
-    require_token_embeddings(state.settings)
-    inputs, is_batch = parse_inputs(body.inputs)
-    check_batch_size(len(inputs), state.settings.max_client_batch_size)
-    options = encode_options(state, body.truncate, body.truncation_direction, resolve_prompt(state.settings, body.prompt_name))
-    result = await run_inputs(request, state, inputs, options, "batch" if is_batch else "single", "embed", raw=True)
-    return Outcome(result.rows, result.metadata)
+    work = state.operations.embed_all(
+        body.inputs, truncation(body.truncate, body.truncation_direction), body.prompt_name, call_limits(request)
+    )
+    result = await until_disconnected(request, work)
+    return Outcome(result.matrices, result.metadata)
 
 
 async def handle_embed_sparse(request: Request, state: AppState, body: EmbedSparseRequest) -> Outcome:
-    require_splade(state.settings)
-    inputs, is_batch = parse_inputs(body.inputs)
-    check_batch_size(len(inputs), state.settings.max_client_batch_size)
-    options = encode_options(state, body.truncate, body.truncation_direction, resolve_prompt(state.settings, body.prompt_name))
-    result = await run_inputs(request, state, inputs, options, "batch" if is_batch else "single", "embed")
-    sparse = [[{"index": i, "value": v} for i, v in sparse_entries(row)] for row in result.rows]
+    work = state.operations.embed_sparse(
+        body.inputs, truncation(body.truncate, body.truncation_direction), body.prompt_name, call_limits(request)
+    )
+    result = await until_disconnected(request, work)
+    sparse = [[{"index": i, "value": v} for i, v in weights] for weights in result.weights]
     return Outcome(sparse, result.metadata)
 
 
 async def handle_similarity(request: Request, state: AppState, body: SimilarityRequest) -> Outcome:
-    require_embedding(state.settings)
-    sentences = body.inputs.sentences
-    if not sentences:
-        raise EmptyInputError("`inputs.sentences` cannot be empty")
-    check_batch_size(len(sentences) + 1, state.settings.max_client_batch_size)
-    params = body.parameters
-    options = encode_options(
-        state,
-        params.truncate if params else None,
-        params.truncation_direction if params else "right",
-        resolve_prompt(state.settings, params.prompt_name if params else None),
+    params = body.parameters or SimilarityParameters()
+    work = state.operations.similarity(
+        body.inputs.source_sentence, body.inputs.sentences, truncation(params.truncate, params.truncation_direction),
+        params.prompt_name, call_limits(request),
     )
-    if not body.inputs.source_sentence or not all(sentences):
-        raise EmptyInputError("Input validation error: `inputs` cannot be empty")
-    texts: list[str | list[int]] = [body.inputs.source_sentence, *sentences]
-    result = await run_inputs(request, state, list(texts), options, "batch", "embed")
-    vectors = np.stack(result.rows).astype(np.float64)
-    source, others = vectors[0], vectors[1:]
-    denominators = np.linalg.norm(others, axis=1) * np.linalg.norm(source)
-    denominators[denominators == 0] = 1.0
-    return Outcome((others @ source / denominators).astype(np.float32), result.metadata)
+    result = await until_disconnected(request, work)
+    return Outcome(result.scores, result.metadata)
 
 
 async def handle_openai(request: Request, state: AppState, body: OpenAIEmbeddingsRequest) -> Outcome:
-    require_dense(state.settings, normalize=True)
-    inputs, is_batch = parse_inputs(body.input)
-    check_batch_size(len(inputs), state.settings.max_client_batch_size)
-    check_dimensions(body.dimensions, state.facts.hidden_size)
-    options = EncodeOptions(truncate=state.settings.auto_truncate, prompt=state.settings.default_prompt)
-    result = await run_inputs(request, state, inputs, options, "batch" if is_batch else "single", "embed")
-    vectors = finish_embeddings(result.rows, True, body.dimensions)
+    # OpenAI's API has no truncation, prompt or normalize fields: the server's defaults, normalized.
+    work = state.operations.embed_pooled(
+        body.input, Truncation(truncate=None), None, True, body.dimensions, call_limits(request)
+    )
+    result = await until_disconnected(request, work)
+    vectors = result.vectors
     data: list[dict[str, object]]
     if body.encoding_format == "base64":
         data = [

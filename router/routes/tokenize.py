@@ -4,29 +4,22 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
-from router.errors import EmptyInputError
-from router.model_ops import resolve_prompt
 from router.routes._http import JsonPieces
 from router.routes._inference import Outcome, endpoint
-from router.schemas import DecodeRequest, TokenizeRequest, check_batch_size, parse_decode_ids
+from router.schemas import DecodeRequest, TokenizeRequest, parse_decode_ids
 from router.state import AppState
 
 
 async def handle_tokenize(request: Request, state: AppState, body: TokenizeRequest) -> Outcome:
     inputs = [body.inputs] if isinstance(body.inputs, str) else body.inputs
-    if not inputs:
-        raise EmptyInputError("`inputs` cannot be empty")
-    check_batch_size(len(inputs), state.settings.max_client_batch_size)
-    prompt = resolve_prompt(state.settings, body.prompt_name)
-    arrays = await state.inference.tokenize(inputs, body.add_special_tokens, prompt, "json")
+    arrays = await state.operations.tokenize(inputs, body.add_special_tokens, body.prompt_name, "json")
     # The worker wrote each input's JSON: the loop only passes on bytes, one input at a time.
     return Outcome(JsonPieces.array(arrays))
 
 
 async def handle_decode(request: Request, state: AppState, body: DecodeRequest) -> Outcome:
     id_lists, _ = parse_decode_ids(body.ids)
-    check_batch_size(len(id_lists), state.settings.max_client_batch_size)
-    return Outcome(await state.inference.decode(id_lists, body.skip_special_tokens))
+    return Outcome(await state.operations.decode(id_lists, body.skip_special_tokens))
 
 
 tokenize = endpoint(TokenizeRequest, handle_tokenize)

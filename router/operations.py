@@ -1,0 +1,258 @@
+"""One method per operation, shared by HTTP and gRPC (TEI's core/src/infer.rs).
+
+A transport decodes its request into the arguments below, calls one method and
+encodes what comes back. Everything between lives here, once: the model-type
+check, the client batch limit, `dimensions`, the prompt, the server's default
+truncation, the run through permits, tokenizer and queue, and the finishing
+(Matryoshka cut, normalization). Errors are router errors; each transport maps
+them to its own status (HTTP in router/app.py, gRPC in grpc_api/servicers.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from router.errors import EmptyInputError
+from router.infer import EncodeOptions, Family, Inference, InferenceResult, ResponseMetadata
+from router.model_ops import (
+    ranked_predictions,
+    rerank_order,
+    require_classifier,
+    require_dense,
+    require_embedding,
+    require_reranker,
+    require_splade,
+    require_token_embeddings,
+    resolve_prompt,
+    sparse_entries,
+)
+from router.schemas import check_batch_size, check_dimensions, parse_inputs, parse_predict_inputs
+from router.settings import RouterSettings
+from router.vectors import finish_embeddings
+from tokenizer_pool.pool import Input, TextPair, TokenFormat
+
+
+@dataclass(frozen=True)
+class Truncation:
+    # None: the server's --auto-truncate (HTTP's default; gRPC always sends a bool).
+    truncate: bool | None
+    direction: Literal["right", "left"] = "right"
+
+
+@dataclass(frozen=True)
+class CallLimits:
+    """How the transport wants the call run."""
+
+    # Queue for permits instead of failing with 429 (gRPC stream items).
+    wait_for_permit: bool = False
+    # perf_counter() instant after which inputs still queued fail; None: none.
+    deadline: float | None = None
+
+
+@dataclass(frozen=True)
+class PooledEmbeddings:
+    vectors: np.ndarray
+    token_counts: list[int]
+    metadata: ResponseMetadata
+    is_batch: bool
+
+
+@dataclass(frozen=True)
+class TokenEmbeddings:
+    """One [tokens, hidden] matrix per input."""
+
+    matrices: list[np.ndarray]
+    metadata: ResponseMetadata
+    is_batch: bool
+
+
+@dataclass(frozen=True)
+class SparseEmbeddings:
+    """Per input, its non-zero SPLADE weights as (index, value), ascending index."""
+
+    weights: list[list[tuple[int, float]]]
+    metadata: ResponseMetadata
+    is_batch: bool
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Per input, (score, label) for every label, best first."""
+
+    ranked: list[list[tuple[float, str]]]
+    metadata: ResponseMetadata
+    is_batch: bool
+
+
+@dataclass(frozen=True)
+class Similarities:
+    """Cosine similarity of the source sentence to each other sentence, in order."""
+
+    scores: np.ndarray
+    metadata: ResponseMetadata
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """(index, score) of each text, best first."""
+
+    order: list[tuple[int, float]]
+    metadata: ResponseMetadata
+
+
+class Operations:
+    """Each method checks the model type first, then the inputs, then runs (TEI's order)."""
+
+    def __init__(self, settings: RouterSettings, hidden_size: int, inference: Inference) -> None:
+        self._settings = settings
+        self._hidden_size = hidden_size
+        self._inference = inference
+
+    async def embed_pooled(
+        self,
+        inputs: str | list[Any],
+        truncation: Truncation,
+        prompt_name: str | None,
+        normalize: bool,
+        dimensions: int | None,
+        limits: CallLimits,
+    ) -> PooledEmbeddings:
+        """/embed, /v1/embeddings and gRPC Embed: one pooled vector per input.
+
+        `inputs` as the client sent it (TEI's untagged `Input`: a text, ids, or a
+        batch of either); a gRPC message's single text is a plain string.
+        """
+        require_dense(self._settings, normalize)
+        parsed, is_batch = self._parsed(inputs)
+        check_dimensions(dimensions, self._hidden_size)
+        result = await self._run(parsed, is_batch, truncation, prompt_name, limits, "embed")
+        vectors = finish_embeddings(result.rows, normalize, dimensions)
+        return PooledEmbeddings(vectors, result.token_counts, result.metadata, is_batch)
+
+    async def embed_all(
+        self, inputs: str | list[Any], truncation: Truncation, prompt_name: str | None, limits: CallLimits
+    ) -> TokenEmbeddings:
+        """/embed_all and gRPC EmbedAll: every token's vector, unpooled."""
+        require_token_embeddings(self._settings)
+        parsed, is_batch = self._parsed(inputs)
+        result = await self._run(parsed, is_batch, truncation, prompt_name, limits, "embed", raw=True)
+        return TokenEmbeddings(result.rows, result.metadata, is_batch)
+
+    async def embed_sparse(
+        self, inputs: str | list[Any], truncation: Truncation, prompt_name: str | None, limits: CallLimits
+    ) -> SparseEmbeddings:
+        """/embed_sparse and gRPC EmbedSparse: SPLADE weights."""
+        require_splade(self._settings)
+        parsed, is_batch = self._parsed(inputs)
+        result = await self._run(parsed, is_batch, truncation, prompt_name, limits, "embed")
+        return SparseEmbeddings([sparse_entries(row) for row in result.rows], result.metadata, is_batch)
+
+    async def similarity(
+        self, source: str, sentences: list[str], truncation: Truncation, prompt_name: str | None, limits: CallLimits
+    ) -> Similarities:
+        """/similarity (HTTP only, as in TEI): the source and the sentences embedded in one call."""
+        settings = self._settings
+        require_embedding(settings)
+        if not sentences:
+            raise EmptyInputError("`inputs.sentences` cannot be empty")
+        check_batch_size(len(sentences) + 1, settings.max_client_batch_size)
+        options = self._encode_options(truncation, resolve_prompt(settings, prompt_name))
+        if not source or not all(sentences):
+            raise EmptyInputError()
+        texts: list[Input] = [source, *sentences]
+        result = await self._inference.run(
+            texts, options, family="embed", method="batch",
+            wait_for_permit=limits.wait_for_permit, deadline=limits.deadline,
+        )
+        vectors = np.stack(result.rows).astype(np.float64)
+        source_vector, others = vectors[0], vectors[1:]
+        denominators = np.linalg.norm(others, axis=1) * np.linalg.norm(source_vector)
+        denominators[denominators == 0] = 1.0
+        return Similarities((others @ source_vector / denominators).astype(np.float32), result.metadata)
+
+    async def predict(
+        self, inputs: str | list[Any], truncation: Truncation, raw_scores: bool, limits: CallLimits
+    ) -> Predictions:
+        """/predict, gRPC Predict and PredictPair: a text, a pair, or a batch of either.
+
+        TEI applies the server's default prompt to single texts; a pair then fails.
+        """
+        require_classifier(self._settings)
+        parsed, is_batch = parse_predict_inputs(inputs)
+        check_batch_size(len(parsed), self._settings.max_client_batch_size)
+        options = self._encode_options(truncation, self._settings.default_prompt)
+        result = await self._inference.run(
+            parsed, options, family="predict", method="batch" if is_batch else "single",
+            wait_for_permit=limits.wait_for_permit, deadline=limits.deadline,
+        )
+        labels = self._settings.labels()
+        ranked = [ranked_predictions(logits, raw_scores, labels) for logits in result.rows]
+        return Predictions(ranked, result.metadata, is_batch)
+
+    async def rerank(
+        self, pairs: list[tuple[str, str]], truncation: Truncation, raw_scores: bool, limits: CallLimits, *, is_batch: bool
+    ) -> Ranking:
+        """/rerank, gRPC Rerank and RerankStream: (query, text) pairs, scored by the
+        first logit. `is_batch` is how the transport counts the call in
+        te_request_count (HTTP: always a batch; gRPC: a batch unless one text)."""
+        settings = self._settings
+        require_reranker(settings)
+        if not pairs:
+            raise EmptyInputError("`texts` cannot be empty")
+        check_batch_size(len(pairs), settings.max_client_batch_size)
+        if not all(query and text for query, text in pairs):
+            raise EmptyInputError()
+        inputs: list[Input] = [TextPair(query, text) for query, text in pairs]
+        result = await self._inference.run(
+            inputs, self._encode_options(truncation, None), family="predict",
+            method="batch" if is_batch else "single",
+            wait_for_permit=limits.wait_for_permit, deadline=limits.deadline,
+        )
+        order = rerank_order(np.stack([row[0] for row in result.rows]), raw_scores)
+        return Ranking(order, result.metadata)
+
+    async def tokenize(
+        self, inputs: list[str], add_special_tokens: bool, prompt_name: str | None, token_format: TokenFormat
+    ) -> list[bytes]:
+        """/tokenize and gRPC Tokenize: each input's tokens, written by a worker in
+        `token_format` (no permits and no queue, as in TEI)."""
+        if not inputs:
+            raise EmptyInputError("`inputs` cannot be empty")
+        check_batch_size(len(inputs), self._settings.max_client_batch_size)
+        prompt = resolve_prompt(self._settings, prompt_name)
+        return await self._inference.tokenize(inputs, add_special_tokens, prompt, token_format)
+
+    async def decode(self, id_lists: list[list[int]], skip_special_tokens: bool) -> list[str]:
+        """/decode and gRPC Decode: each id list back to text."""
+        if not id_lists or not all(id_lists):
+            raise EmptyInputError("`ids` cannot be empty")
+        check_batch_size(len(id_lists), self._settings.max_client_batch_size)
+        return await self._inference.decode(id_lists, skip_special_tokens)
+
+    def _parsed(self, inputs: str | list[Any]) -> tuple[list[Input], bool]:
+        parsed, is_batch = parse_inputs(inputs)
+        check_batch_size(len(parsed), self._settings.max_client_batch_size)
+        return parsed, is_batch
+
+    async def _run(
+        self,
+        inputs: list[Input],
+        is_batch: bool,
+        truncation: Truncation,
+        prompt_name: str | None,
+        limits: CallLimits,
+        family: Family,
+        raw: bool = False,
+    ) -> InferenceResult:
+        options = self._encode_options(truncation, resolve_prompt(self._settings, prompt_name))
+        return await self._inference.run(
+            inputs, options, raw=raw, family=family, method="batch" if is_batch else "single",
+            wait_for_permit=limits.wait_for_permit, deadline=limits.deadline,
+        )
+
+    def _encode_options(self, truncation: Truncation, prompt: str | None) -> EncodeOptions:
+        truncate = self._settings.auto_truncate if truncation.truncate is None else truncation.truncate
+        return EncodeOptions(truncate=truncate, direction=truncation.direction, prompt=prompt)

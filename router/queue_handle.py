@@ -1,0 +1,86 @@
+"""How a front reaches the batch queue: a handle with `submit` and `abort`.
+
+The front side (`Inference`, the HTTP routes, the gRPC servicers) never touches
+`BatchQueue` or `Dispatcher`; it holds a `QueueHandle`. Today the only
+implementation is `InprocQueueHandle` (router/queue_owner.py), which calls the
+queue owner on the same event loop. A cross-process one (fronts in several
+processes, one queue owner, issue 12) implements the same protocol by sending
+submit and abort messages; the front's code does not change. TEI's `Queue` is
+such a handle; vLLM keeps `InprocClient` and `AsyncMPClient` behind one
+interface the same way.
+
+Everything that crosses the handle is plain data (arrays, numbers, errors), so
+that it can become a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TokenizedInput:
+    """One input as the queue takes it: the tokenizer's ids, nothing else."""
+
+    input_ids: np.ndarray
+    token_type_ids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass(frozen=True)
+class EntryResult:
+    """One input's answer: its pooled row, or its [tokens, hidden] matrix if raw."""
+
+    values: np.ndarray
+    queue_time_s: float
+    inference_time_s: float
+
+
+@dataclass(eq=False)
+class Submission:
+    """One call's inputs in the queue, one future per input, in order.
+
+    The front awaits the futures; a future the front resolves or cancels itself
+    (deadline, client gone) is settled for the queue too, once `abort` is called.
+    """
+
+    results: list[asyncio.Future[EntryResult]]
+
+
+class QueueHandle(Protocol):
+    """The queue as a front sees it (front side of the future process boundary)."""
+
+    @property
+    def max_batch_requests(self) -> int | None:
+        """Inputs per batch at most (shown by /info and gRPC Info); None: no limit."""
+        ...
+
+    def submit(self, inputs: Sequence[TokenizedInput], *, raw: bool, deadline: float | None) -> Submission:
+        """Queue every input of one call, in order.
+
+        `raw` asks for per-token vectors (/embed_all). Past `deadline` (a
+        `time.perf_counter()` instant: CLOCK_MONOTONIC, the same in every process
+        of the machine) an input still queued fails with DeadlineExceededError
+        instead of running.
+        """
+        ...
+
+    def abort(self, submission: Submission) -> None:
+        """Withdraw the submission's inputs that have not run yet: they never
+        reach a backend. Their futures the front has not settled are cancelled."""
+        ...
+
+    async def start(self) -> None:
+        """Ready to take submissions (in-process: the dispatch tasks run)."""
+        ...
+
+    async def close(self) -> None:
+        """No more submissions; what is in flight is abandoned."""
+        ...

@@ -1,0 +1,66 @@
+"""The queue owner and the in-process handle to it.
+
+`QueueOwner` is the owner side of the future process boundary (issue 12): the
+one token-budget `BatchQueue` and the `Dispatcher` that feeds the backends from
+it. `InprocQueueHandle` is the `QueueHandle` for a front on the same event loop:
+submit appends entries whose futures the dispatcher settles; abort cancels
+them, and the queue drops cancelled entries unseen when it forms a batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from router.backend_client import BackendClient
+from router.batch_queue import BatchQueue, QueueEntry
+from router.dispatcher import Dispatcher, Kind
+from router.metrics import Metrics
+from router.queue_handle import Submission, TokenizedInput
+
+
+class QueueOwner:
+    def __init__(self, queue: BatchQueue, backends: list[BackendClient], metrics: Metrics, kind: Kind) -> None:
+        self.queue = queue
+        self._dispatcher = Dispatcher(queue, backends, metrics, kind)
+
+    def append(self, entries: Sequence[QueueEntry]) -> None:
+        # All or nothing: an entry that can never fit fails the call before any runs.
+        for entry in entries:
+            self.queue.check_fits(entry)
+        for entry in entries:
+            self.queue.append(entry)
+
+    def start(self) -> None:
+        self._dispatcher.start()
+
+    async def stop(self) -> None:
+        await self._dispatcher.stop()
+
+
+class InprocQueueHandle:
+    """A front's handle on a `QueueOwner` in its own process and event loop."""
+
+    def __init__(self, owner: QueueOwner) -> None:
+        self._owner = owner
+
+    @property
+    def max_batch_requests(self) -> int | None:
+        return self._owner.queue.max_batch_requests
+
+    def submit(self, inputs: Sequence[TokenizedInput], *, raw: bool, deadline: float | None) -> Submission:
+        loop = asyncio.get_running_loop()
+        entries = [QueueEntry(i.input_ids, i.token_type_ids, loop.create_future(), raw, deadline) for i in inputs]
+        self._owner.append(entries)
+        return Submission([entry.future for entry in entries])
+
+    def abort(self, submission: Submission) -> None:
+        for future in submission.results:
+            if not future.done():
+                future.cancel()
+
+    async def start(self) -> None:
+        self._owner.start()
+
+    async def close(self) -> None:
+        await self._owner.stop()
