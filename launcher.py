@@ -62,16 +62,33 @@ EXIT_CONFIG_ERROR = 2
 EXIT_STARTUP_FAILED = 3
 EXIT_CHILD_DIED = 4
 
+
+def _env_number(name: str, default: float) -> float:
+    """An environment-only numeric setting; a bad value stops the launcher in one
+    line, as a bad flag does, not with a traceback at import."""
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        print(f"embedserve: error: {name} must be a number >= 0, got {raw!r}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG_ERROR)
+    return value
+
+
 # Environment-only settings (no TEI flag exists for them).
-STARTUP_TIMEOUT_S = float(os.environ.get("EMBEDSERVE_STARTUP_TIMEOUT_S", "600"))
+STARTUP_TIMEOUT_S = _env_number("EMBEDSERVE_STARTUP_TIMEOUT_S", 600)
 # ONNX exports and int8 conversions are kept here between starts.
 CACHE_DIR = Path(os.environ.get("EMBEDSERVE_CACHE_DIR") or Path.home() / ".cache" / "embedserve")
 # Past this size, the least recently used exports are removed (0: no cap).
-CACHE_MAX_BYTES = int(float(os.environ.get("EMBEDSERVE_CACHE_MAX_GB", "10")) * 1e9)
+CACHE_MAX_BYTES = int(_env_number("EMBEDSERVE_CACHE_MAX_GB", 10) * 1e9)
 # TEI's TASK: "sentence-similarity" makes POST / answer as /similarity.
 TASK = os.environ.get("TASK", "")
 # TEI's bound on the items of one gRPC stream in flight at once.
-GRPC_MAX_PARALLEL_STREAM_REQUESTS = int(os.environ.get("GRPC_MAX_PARALLEL_STREAM_REQUESTS", "1024"))
+GRPC_MAX_PARALLEL_STREAM_REQUESTS = int(_env_number("GRPC_MAX_PARALLEL_STREAM_REQUESTS", 1024))
 WORKER_STOP_TIMEOUT_S = 10.0
 # After the graceful timeout the router still closes Hypercorn (5 s) and its lifespan.
 ROUTER_STOP_MARGIN_S = 15.0

@@ -186,3 +186,10 @@ def test_negative_timeouts_are_refused_in_one_line(flag: str) -> None:
     errors = _error_lines(result.stderr)
     assert len(errors) == 1, result.stderr
     assert f"{flag} must be 0 or more seconds, got -1.0" in errors[0]
+
+
+def test_a_bad_environment_only_number_is_refused_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMBEDSERVE_CACHE_MAX_GB", "lots")
+    result = _run_launcher("--hostname", "127.0.0.1")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "embedserve: error: EMBEDSERVE_CACHE_MAX_GB must be a number >= 0, got 'lots'"
