@@ -311,9 +311,10 @@ def plan_launch(args: argparse.Namespace) -> LaunchPlan:
     except ModelConfigError as exc:
         raise LaunchError(f"cannot serve {model_dir}: {exc}", EXIT_CONFIG_ERROR) from exc
     logger.info("model %s resolved to %s in %.2fs", args.model_id or DEFAULT_MODEL_ID, model_dir, time.monotonic() - started)
-    if not spec.include_prompt:
-        logger.warning("the Pooling module sets include_prompt false: prompt tokens are pooled here all the same, "
-                       "so prompted embeddings differ from sentence-transformers'")
+    if not spec.include_prompt and spec.pooling not in ("mean", None):
+        # sentence-transformers leaves prompt tokens out of the attention mask, which
+        # only mean pooling reads among the poolings served here.
+        logger.warning("the Pooling module sets include_prompt false, which %s pooling does not use", spec.pooling)
 
     gpus = detect_gpus()
     backend = choose_backend(args.backend, spec, gpus)
@@ -573,6 +574,7 @@ def build_children(
         tconfig = config_pb2.TokenizerConfig(
             model_dir=str(plan.spec.model_dir), socket_path=socket_path, max_input_length=plan.max_input_length,
             json_output=args.json_output, name=f"tokenizer-{index}", router_link=router_link,
+            exclude_prompt_from_pooling=not plan.spec.include_prompt and pooling == "mean",
         )
         tokenizers.append(ChildProcess(f"tokenizer-{index}", [python, "-m", "tokenizer_pool", f"tokenizer-{index}"],
                                        base_env, tconfig, socket_path, worker_fds, restartable=True))

@@ -49,6 +49,8 @@ class ModelBatch:
     max_length: int
     # Indices of sequences that want per-token vectors instead of a pooled one.
     raw_indices: frozenset[int] = frozenset()
+    # Per sequence, the first token mean pooling counts; None: all from the first.
+    pool_starts: U32Array | None = None
 
     @property
     def size(self) -> int:

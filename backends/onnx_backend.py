@@ -116,7 +116,8 @@ class OnnxBackend(PaddedEngine):
             states = self._forward(chunk.input_ids, chunk.token_type_ids, chunk.attention_mask)
             pooled_rows = [row for row, seq in enumerate(chunk.indices) if seq not in batch.raw_indices]
             if pooled_rows:
-                values = pool(self.pooling, states[pooled_rows], chunk.attention_mask[pooled_rows])
+                values = pool(self.pooling, states[pooled_rows], chunk.attention_mask[pooled_rows],
+                              chunk.mean_mask[pooled_rows])
                 for value, row in zip(values, pooled_rows):
                     pooled[chunk.indices[row]] = value
             for row, seq in enumerate(chunk.indices):

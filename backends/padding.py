@@ -27,6 +27,9 @@ class PaddedChunk:
     token_type_ids: np.ndarray  # int64 [n, max_len]
     attention_mask: np.ndarray  # int64 [n, max_len]
     lengths: np.ndarray  # int64 [n]
+    # The tokens mean pooling counts: the attention mask less each sequence's
+    # leading prompt tokens where the model excludes them (ModelBatch.pool_starts).
+    mean_mask: np.ndarray  # int64 [n, max_len]
 
 
 def length_sorted_chunks(lengths: np.ndarray, max_chunk_tokens: int | None) -> Iterator[list[int]]:
@@ -62,7 +65,12 @@ def padded_chunks(batch: ModelBatch, max_chunk_tokens: int | None, pad_token_id:
             ids[row, :length] = batch.input_ids[start : start + length]
             types[row, :length] = batch.token_type_ids[start : start + length]
             mask[row, :length] = 1
-        yield PaddedChunk(chunk, ids, types, mask, chunk_lengths)
+        mean_mask = mask
+        if batch.pool_starts is not None:
+            mean_mask = mask.copy()
+            for row, seq in enumerate(chunk):
+                mean_mask[row, : int(batch.pool_starts[seq])] = 0
+        yield PaddedChunk(chunk, ids, types, mask, chunk_lengths, mean_mask)
 
 
 class PaddedEngine:

@@ -56,7 +56,15 @@ def decode_batch(request: backend_pb2.Batch, padded: bool, max_batch_tokens: int
     raw_indices = frozenset(int(i) for i in request.raw_indices)
     if any(i >= len(cu) - 1 for i in raw_indices):
         raise BatchRejected("raw_indices names a sequence outside the batch")
-    batch = ModelBatch(input_ids, token_type_ids, position_ids, cu, int(request.max_length), raw_indices)
+    pool_starts = None
+    if request.pool_starts:
+        try:
+            pool_starts = unpack_u32(request.pool_starts)
+        except ValueError as exc:
+            raise BatchRejected(str(exc)) from exc
+        if len(pool_starts) != len(cu) - 1:
+            raise BatchRejected("pool_starts needs one value per sequence")
+    batch = ModelBatch(input_ids, token_type_ids, position_ids, cu, int(request.max_length), raw_indices, pool_starts)
     if max_batch_size is not None and batch.size > max_batch_size:
         raise BatchRejected(f"batch of {batch.size} sequences exceeds this backend's limit of {max_batch_size}")
     if batch.cost(padded) > max_batch_tokens:

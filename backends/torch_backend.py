@@ -150,7 +150,9 @@ class TorchBackend(PaddedEngine):
             output, mask = self._forward(chunk.input_ids, chunk.token_type_ids, chunk.attention_mask)
             pooled_rows = [row for row, seq in enumerate(chunk.indices) if seq not in batch.raw_indices]
             if pooled_rows:
-                values = self._pool(output, mask).float().cpu().numpy()
+                mean_mask = mask if chunk.mean_mask is chunk.attention_mask else \
+                    torch.from_numpy(chunk.mean_mask).to(self.device)
+                values = self._pool(output, mask, mean_mask).float().cpu().numpy()
                 for row in pooled_rows:
                     pooled[chunk.indices[row]] = values[row]
             if len(pooled_rows) < len(chunk.indices):
@@ -185,7 +187,7 @@ class TorchBackend(PaddedEngine):
         pooled: dict[int, F32Array] = {}
         raw: dict[int, F32Array] = {}
         if pooled_rows:
-            values = pool_packed(hidden, packed, self.pooling).cpu().numpy()
+            values = pool_packed(hidden, packed, self.pooling, batch.pool_starts).cpu().numpy()
             pooled = {seq: values[seq] for seq in pooled_rows}
         if batch.raw_indices:
             states = hidden.float().cpu().numpy()  # one device-to-host copy, then slices
@@ -203,7 +205,7 @@ class TorchBackend(PaddedEngine):
             inputs["token_type_ids"] = torch.from_numpy(types).to(self.device)
         return self._model(**inputs), inputs["attention_mask"]
 
-    def _pool(self, output: Any, mask: torch.Tensor) -> torch.Tensor:
+    def _pool(self, output: Any, mask: torch.Tensor, mean_mask: torch.Tensor) -> torch.Tensor:
         if self.pooling == "splade":
             # max over real tokens of log(1 + relu(logits)); padding contributes 0.
             activations = torch.log1p(torch.relu(output.logits.float())) * mask.unsqueeze(-1)
@@ -212,7 +214,7 @@ class TorchBackend(PaddedEngine):
         if self.pooling == "cls":
             return hidden[:, 0]
         if self.pooling == "mean":
-            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            weights = mean_mask.unsqueeze(-1).to(hidden.dtype)
             summed = (hidden * weights).sum(dim=1, dtype=torch.float32)
             return summed / weights.sum(dim=1, dtype=torch.float32).clamp(min=1.0)
         last = mask.sum(dim=1) - 1  # right padding: the last real token

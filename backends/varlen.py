@@ -171,8 +171,11 @@ class VarlenEncoder:
         return layer.output(layer.intermediate(attended), attended)  # type: ignore[no-any-return]
 
 
-def pool_packed(hidden: torch.Tensor, packed: PackedBatch, pooling: str) -> torch.Tensor:
-    """One float32 row per sequence from packed states."""
+def pool_packed(
+    hidden: torch.Tensor, packed: PackedBatch, pooling: str, pool_starts: np.ndarray | None = None
+) -> torch.Tensor:
+    """One float32 row per sequence from packed states; mean pooling counts each
+    sequence's tokens from `pool_starts` on (all of them when None)."""
     if pooling == "cls":
         return hidden[packed.first_tokens].float()
     if pooling == "last_token":
@@ -180,8 +183,15 @@ def pool_packed(hidden: torch.Tensor, packed: PackedBatch, pooling: str) -> torc
     if pooling == "mean":
         n = packed.lengths.shape[0]
         sums = torch.zeros(n, hidden.shape[1], dtype=torch.float32, device=hidden.device)
-        sums.index_add_(0, packed.seq_index, hidden.float())
-        return sums / packed.lengths.unsqueeze(1).to(torch.float32)
+        if pool_starts is None:
+            sums.index_add_(0, packed.seq_index, hidden.float())
+            return sums / packed.lengths.unsqueeze(1).to(torch.float32)
+        starts = torch.from_numpy(pool_starts.astype(np.int64)).to(hidden.device)
+        offsets = torch.arange(hidden.shape[0], device=hidden.device) - packed.first_tokens[packed.seq_index]
+        counted = (offsets >= starts[packed.seq_index]).to(torch.float32)
+        sums.index_add_(0, packed.seq_index, hidden.float() * counted.unsqueeze(1))
+        counts = torch.zeros(n, dtype=torch.float32, device=hidden.device).index_add_(0, packed.seq_index, counted)
+        return sums / counts.clamp(min=1.0).unsqueeze(1)
     raise ValueError(f"pooling {pooling!r} has no unpadded implementation")
 
 

@@ -43,6 +43,8 @@ class QueueEntry:
     raw: bool = False
     # perf_counter() time after which the entry must not run; None: no deadline.
     deadline: float | None = None
+    # Leading tokens mean pooling leaves out (the prompt, include_prompt false).
+    pool_start: int = 0
     enqueued_at: float = field(default_factory=time.perf_counter)
 
     def __len__(self) -> int:
@@ -142,4 +144,6 @@ class BatchQueue:
             cu_seq_lengths=pack_u32(cu),
             max_length=max_len,
             raw_indices=[i for i, e in enumerate(entries) if e.raw],
+            pool_starts=pack_u32(np.fromiter((e.pool_start for e in entries), dtype=np.int64, count=len(entries)))
+            if any(e.pool_start for e in entries) else b"",
         )

@@ -185,7 +185,7 @@ class Inference:
             tokenized = time.perf_counter()
             if deadline is not None and time.perf_counter() >= deadline:
                 raise DeadlineExceededError("deadline exceeded before the inputs were queued")
-            queued = [TokenizedInput(e.input_ids, e.token_type_ids) for e in encodings]
+            queued = [TokenizedInput(e.input_ids, e.token_type_ids, e.pool_start) for e in encodings]
             for item in queued:
                 self._metrics.request_input_length.observe(len(item))
             submission = self._queue.submit(queued, raw=raw, deadline=deadline)

@@ -25,10 +25,12 @@ import numpy as np
 
 @dataclass(frozen=True)
 class TokenizedInput:
-    """One input as the queue takes it: the tokenizer's ids, nothing else."""
+    """One input as the queue takes it: the tokenizer's ids and where pooling starts."""
 
     input_ids: np.ndarray
     token_type_ids: np.ndarray
+    # Leading tokens mean pooling leaves out (the prompt, include_prompt false).
+    pool_start: int = 0
 
     def __len__(self) -> int:
         return len(self.input_ids)

@@ -50,7 +50,8 @@ class InprocQueueHandle:
 
     def submit(self, inputs: Sequence[TokenizedInput], *, raw: bool, deadline: float | None) -> Submission:
         loop = asyncio.get_running_loop()
-        entries = [QueueEntry(i.input_ids, i.token_type_ids, loop.create_future(), raw, deadline) for i in inputs]
+        entries = [QueueEntry(i.input_ids, i.token_type_ids, loop.create_future(), raw, deadline, i.pool_start)
+                   for i in inputs]
         self._owner.append(entries)
         return Submission([entry.future for entry in entries])
 

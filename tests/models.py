@@ -478,6 +478,21 @@ def build_st_dense_model(target: Path, tokenizer_source: Path, dense: DenseLayer
     return target
 
 
+def build_st_prompt_model(target: Path, tokenizer_source: Path, include_prompt: bool, seed: int = 0) -> Path:
+    """A tiny BERT pipeline with a `query` prompt and mean pooling whose Pooling module
+    sets `include_prompt`, saved by the installed sentence-transformers."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+    base = build_family_model("bert", target.with_name(target.name + "-base"), tokenizer_source, seed)
+    transformer = Transformer(str(base))
+    pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="mean", include_prompt=include_prompt)
+    model = SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu",
+                                prompts={"query": "query: a question to look up "})
+    model.save(str(target))
+    return target
+
+
 def add_dense_modules(model_dir: Path, dense: DenseLayers = DEFAULT_DENSE, seed: int = 0) -> Path:
     """Turn a checkpoint with 1_Pooling into a sentence-transformers pipeline with Dense
     modules: modules.json plus each module saved by sentence-transformers itself. The

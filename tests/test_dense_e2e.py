@@ -27,8 +27,6 @@ TEXTS = [
 DENSE_WIDTH = DEFAULT_DENSE[-1][0]
 
 
-
-
 def _st_encode(model_dir: Path, texts: list[str], trust_remote_code: bool = False) -> np.ndarray:
     from sentence_transformers import SentenceTransformer
 

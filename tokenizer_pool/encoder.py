@@ -43,10 +43,12 @@ class EncodedInput:
     input_ids: np.ndarray
     token_type_ids: np.ndarray
     characters: int
+    # Leading tokens mean pooling leaves out (include_prompt false); 0: none.
+    pool_start: int = 0
 
 
 class Encoder:
-    def __init__(self, model_dir: Path, max_input_length: int) -> None:
+    def __init__(self, model_dir: Path, max_input_length: int, exclude_prompt_from_pooling: bool = False) -> None:
         tokenizer_file = model_dir / "tokenizer.json"
         if not tokenizer_file.is_file():
             raise FileNotFoundError(f"{tokenizer_file} is missing: a fast tokenizer is required")
@@ -56,6 +58,8 @@ class Encoder:
         self._truncation: tuple[Direction, int] | None = None
         self.max_input_length = max_input_length
         self._vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
+        self._exclude_prompt_from_pooling = exclude_prompt_from_pooling
+        self._prompt_lengths: dict[str, int] = {}
 
     def encode(self, inputs: list[EncoderInput], truncate: bool, direction: Direction, prompt: str | None) -> list[EncodedInput]:
         texts: list[str | tuple[str, str]] = []
@@ -80,6 +84,7 @@ class Encoder:
             texts.append(guard_text(text, truncate, limit))
             specials.append(add_special)
         self._set_truncation(truncate, direction)
+        pool_start = self._prompt_length(prompt) if prompt is not None and self._exclude_prompt_from_pooling else 0
         results = []
         for sequence, add_special, chars in zip(texts, specials, characters):
             if isinstance(sequence, tuple):
@@ -93,8 +98,22 @@ class Encoder:
                 )
             if len(ids) == 0:
                 raise EncodeError("`inputs` cannot be empty")
-            results.append(EncodedInput(ids, np.asarray(encoding.type_ids, dtype=np.uint32), chars))
+            results.append(EncodedInput(ids, np.asarray(encoding.type_ids, dtype=np.uint32), chars, pool_start))
         return results
+
+    def _prompt_length(self, prompt: str) -> int:
+        """sentence-transformers' prompt_length: the prompt encoded alone, less its
+        closing special token, i.e. the leading special token plus the prompt's."""
+        known = self._prompt_lengths.get(prompt)
+        if known is None:
+            # Outside the request's truncation: the prompt is measured whole.
+            saved = self._tokenizer.truncation
+            self._tokenizer.no_truncation()
+            known = max(len(self._tokenizer.encode(prompt, add_special_tokens=True).ids) - 1, 0)
+            if saved is not None:
+                self._tokenizer.enable_truncation(**saved)
+            self._prompt_lengths[prompt] = known
+        return known
 
     def _text_of_ids(self, ids: np.ndarray, prompt: str | None) -> tuple[str, bool]:
         # TEI decodes client ids to text and re-encodes them, so truncation and

@@ -46,6 +46,8 @@ class Encoding:
     input_ids: np.ndarray
     token_type_ids: np.ndarray
     characters: int
+    # Leading tokens mean pooling leaves out (the prompt, include_prompt false).
+    pool_start: int = 0
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,8 @@ class TokenizerPool:
                 f"tokenizer worker returned {len(response.encodings)} encodings for {len(inputs)} inputs. This is a bug."
             )
         return [
-            Encoding(unpack_u32(e.input_ids), unpack_u32(e.token_type_ids), e.characters) for e in response.encodings
+            Encoding(unpack_u32(e.input_ids), unpack_u32(e.token_type_ids), e.characters, e.pool_start)
+            for e in response.encodings
         ]
 
     async def tokenize(

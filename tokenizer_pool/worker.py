@@ -66,6 +66,7 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
                     input_ids=pack_u32(e.input_ids),
                     token_type_ids=pack_u32(e.token_type_ids),
                     characters=e.characters,
+                    pool_start=e.pool_start,
                 )
                 for e in encoded
             ]
@@ -139,7 +140,7 @@ def _input_of(item: tokenizer_pb2.EncodeInput) -> EncoderInput:
 
 
 async def serve(config: config_pb2.TokenizerConfig) -> None:
-    encoder = Encoder(Path(config.model_dir), config.max_input_length)
+    encoder = Encoder(Path(config.model_dir), config.max_input_length, config.exclude_prompt_from_pooling)
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
     tokenizer_pb2_grpc.add_TokenizerServicer_to_server(TokenizerServicer(encoder), server)
     logger.info("tokenizer worker ready")

@@ -57,3 +57,16 @@ def test_tokenize_offsets_are_utf8_bytes(encoder: Encoder) -> None:
     for piece, start, stop in zip(tokens.texts, tokens.starts, tokens.stops):
         assert start is not None and stop is not None
         assert encoded[start:stop].decode() == piece
+
+
+def test_prompt_tokens_left_out_of_pooling_only_when_asked(model_dir: Path) -> None:
+    # all-MiniLM's tokenizer: "query : " is [CLS] query : [SEP], so the prompt takes 3 leading tokens.
+    excluding = Encoder(model_dir, max_input_length=16, exclude_prompt_from_pooling=True)
+    text = " ".join(f"w{i}" for i in range(40))
+    prompted = excluding.encode([text, "hi"], truncate=True, direction="right", prompt="query: ")
+    assert [e.pool_start for e in prompted] == [3, 3]
+    # The prompt is measured whole, whatever the request's truncation.
+    assert excluding.encode(["hi"], truncate=True, direction="left", prompt="query: ")[0].pool_start == 3
+    assert excluding.encode(["hi"], truncate=True, direction="right", prompt=None)[0].pool_start == 0
+    including = Encoder(model_dir, max_input_length=16)
+    assert including.encode(["hi"], truncate=True, direction="right", prompt="query: ")[0].pool_start == 0
