@@ -122,11 +122,7 @@ def run_server_phase(opts: Options, corpus: Corpus, scenario: Scenario) -> LoadR
         print(f"server phase: {len(corpus.requests)} requests, concurrency {opts.concurrency}", flush=True)
         return run_load(server.base_url, corpus.requests, opts.concurrency)
     finally:
-        code = server.stop()
-        if code not in (0, None):
-            print(f"server exited with code {code}; log tail:\n{server.log_tail()}", flush=True)
-        else:
-            server.remove_log()
+        server.stop_and_report()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -157,11 +157,7 @@ def measure_run(model_dir: Path, args: argparse.Namespace, tree: Path, server_ar
         others = (machine_busy_s() - busy[0] - sum(spent.values()) - result.client_cpu_s) / result.seconds
         encode_ms = (encode_before + plain_tokenizer_ms(model_dir, calibration)) / 2
     finally:
-        code = server.stop()
-        if code not in (0, None):
-            print(f"server exited with code {code}; log tail:\n{server.log_tail()}", flush=True)
-        else:
-            server.remove_log()
+        server.stop_and_report()
     return figures(str(tree), server_args, spent, idle, result, encode_ms, others)
 
 

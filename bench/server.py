@@ -120,3 +120,11 @@ class ServerProcess:
     def remove_log(self) -> None:
         if self.log_path is not None:
             self.log_path.unlink(missing_ok=True)
+
+    def stop_and_report(self) -> None:
+        """Stop; print the log's tail if the server did not exit cleanly, else drop the log."""
+        code = self.stop()
+        if code not in (0, None):
+            print(f"server exited with code {code}; log tail:\n{self.log_tail()}", flush=True)
+        else:
+            self.remove_log()

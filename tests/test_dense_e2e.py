@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.backends.parity import cosine, embed_over_http
+from tests.backends.parity import cosine, embed_over_http, st_encode
 from tests.conftest import ROOT, short_socket_prefix, start_server
 from tests.models import DEFAULT_DENSE, add_dense_modules, build_remote_code_model, build_st_dense_model
 
@@ -27,13 +27,6 @@ TEXTS = [
 DENSE_WIDTH = DEFAULT_DENSE[-1][0]
 
 
-def _st_encode(model_dir: Path, texts: list[str], trust_remote_code: bool = False) -> np.ndarray:
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(model_dir), device="cpu", trust_remote_code=trust_remote_code)
-    return np.asarray(model.encode(texts), dtype=np.float32)
-
-
 @pytest.fixture(scope="module")
 def st_dense_model(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
     return build_st_dense_model(tmp_path_factory.mktemp("dense") / "st-dense", model_dir)
@@ -43,7 +36,7 @@ def st_dense_model(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) ->
 def test_dense_pipeline_matches_sentence_transformers(backend: str, st_dense_model: Path, tmp_path: Path) -> None:
     # Saved by sentence-transformers 5.x: Pooling in the `pooling_mode: "mean"` format,
     # Dense(Tanh) then Dense(Identity, no bias), then Normalize.
-    expected = _st_encode(st_dense_model, TEXTS)
+    expected = st_encode(st_dense_model, TEXTS)
     assert expected.shape == (len(TEXTS), DENSE_WIDTH)
     with start_server("--model-id", str(st_dense_model), "--backend", backend, tmp_dir=tmp_path) as server:
         assert httpx.get(f"{server.url}/info").json()["backend"] == backend
@@ -68,7 +61,7 @@ def test_dense_on_remote_code_matches_sentence_transformers(tmp_path: Path, mode
     # still apply. Classic `pooling_mode_mean_tokens` Pooling config; ReLU then Sigmoid.
     dense = [(12, "ReLU", True), (10, "Sigmoid", True)]
     remote = add_dense_modules(build_remote_code_model(tmp_path / "remote-dense", model_dir), dense)
-    expected = _st_encode(remote, TEXTS, trust_remote_code=True)
+    expected = st_encode(remote, TEXTS, trust_remote_code=True)
     with start_server("--model-id", str(remote), "--backend", "python", tmp_dir=tmp_path) as server:
         assert httpx.get(f"{server.url}/info").json()["backend"] == "python"
         got = embed_over_http(server.url, TEXTS, normalize=False)

@@ -34,6 +34,14 @@ def _error_lines(output: str) -> list[str]:
     return [line for line in output.splitlines() if " ERROR " in line]
 
 
+def _the_one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """A start refused for bad configuration: exit 2 and exactly one ERROR line."""
+    assert result.returncode == 2
+    errors = _error_lines(result.stderr)
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
 def test_flags_have_tei_defaults_and_env_twins(monkeypatch: pytest.MonkeyPatch) -> None:
     args = build_parser().parse_args([])
     assert (args.max_concurrent_requests, args.max_batch_tokens, args.max_client_batch_size) == (512, 16384, 32)
@@ -66,28 +74,22 @@ def test_help_shows_real_defaults_never_none_nor_a_secret() -> None:
 
 def test_unresolvable_hostname_stops_at_once_with_one_clear_line() -> None:
     result = _run_launcher("--hostname", "no-such-host.invalid")
-    assert result.returncode == 2
-    errors = _error_lines(result.stderr)
-    assert len(errors) == 1, result.stderr
-    assert "--hostname 'no-such-host.invalid' is not an IP address and does not resolve" in errors[0]
+    error = _the_one_error_line(result)
+    assert "--hostname 'no-such-host.invalid' is not an IP address and does not resolve" in error
     assert "model " not in result.stderr  # refused before the model is even looked at
 
 
 def test_missing_model_directory_is_one_clear_line() -> None:
     result = _run_launcher("--model-id", "/nonexistent/model/dir")
-    assert result.returncode == 2
-    errors = _error_lines(result.stderr)
-    assert len(errors) == 1, result.stderr
-    assert "model directory /nonexistent/model/dir does not exist" in errors[0]
+    error = _the_one_error_line(result)
+    assert "model directory /nonexistent/model/dir does not exist" in error
 
 
 def test_unknown_hub_id_offline_is_one_clear_line(tmp_path: Path) -> None:
     result = _run_launcher("--model-id", "nobody/no-such-model", "--huggingface-hub-cache", str(tmp_path))
-    assert result.returncode == 2
-    errors = _error_lines(result.stderr)
-    assert len(errors) == 1, result.stderr
-    assert "neither a local directory nor in the Hugging Face cache" in errors[0]
-    assert "HF_HUB_OFFLINE=0" in errors[0]
+    error = _the_one_error_line(result)
+    assert "neither a local directory nor in the Hugging Face cache" in error
+    assert "HF_HUB_OFFLINE=0" in error
 
 
 def test_a_failed_download_says_it_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -95,11 +97,9 @@ def test_a_failed_download_says_it_failed(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     result = _run_launcher("--model-id", "nobody/no-such-model", "--huggingface-hub-cache", str(tmp_path))
-    assert result.returncode == 2
-    errors = _error_lines(result.stderr)
-    assert len(errors) == 1, result.stderr
-    assert "cannot download model nobody/no-such-model from the Hugging Face Hub" in errors[0]
-    assert "ConnectionError" in errors[0]
+    error = _the_one_error_line(result)
+    assert "cannot download model nobody/no-such-model from the Hugging Face Hub" in error
+    assert "ConnectionError" in error
 
 
 def test_default_prompt_name_must_exist(model_dir: Path) -> None:
@@ -182,10 +182,8 @@ def test_json_output_logs_json_lines() -> None:
 @pytest.mark.parametrize("flag", ["--body-read-timeout", "--graceful-timeout"])
 def test_negative_timeouts_are_refused_in_one_line(flag: str) -> None:
     result = _run_launcher("--hostname", "127.0.0.1", flag, "-1")
-    assert result.returncode == 2
-    errors = _error_lines(result.stderr)
-    assert len(errors) == 1, result.stderr
-    assert f"{flag} must be 0 or more seconds, got -1.0" in errors[0]
+    error = _the_one_error_line(result)
+    assert f"{flag} must be 0 or more seconds, got -1.0" in error
 
 
 def test_a_bad_environment_only_number_is_refused_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:

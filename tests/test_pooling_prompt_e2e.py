@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from tests.backends.parity import cosine, embed_over_http
+from tests.backends.parity import cosine, embed_over_http, st_encode
 from tests.conftest import start_server
 from tests.models import build_st_prompt_model
 
@@ -17,13 +16,6 @@ TEXTS = [
     "short",
     " ".join(["a longer passage keeps padding and chunking honest"] * 8),
 ]
-
-
-def _st_encode(model_dir: Path, texts: list[str], prompt_name: str | None) -> np.ndarray:
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(model_dir), device="cpu")
-    return np.asarray(model.encode(texts, prompt_name=prompt_name), dtype=np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +33,10 @@ def test_prompt_left_out_of_mean_pooling_matches_sentence_transformers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     model = prompt_models[False]
-    expected = _st_encode(model, TEXTS, "query")
-    expected_plain = _st_encode(model, TEXTS, None)
+    expected = st_encode(model, TEXTS, "query")
+    expected_plain = st_encode(model, TEXTS, None)
     # The check has teeth: pooling the prompt too gives other vectors.
-    assert cosine(_st_encode(prompt_models[True], TEXTS, "query"), expected).min() < 0.999
+    assert cosine(st_encode(prompt_models[True], TEXTS, "query"), expected).min() < 0.999
     if attention is not None:
         monkeypatch.setenv("EMBEDSERVE_TORCH_ATTENTION", attention)
     with start_server("--model-id", str(model), "--backend", backend, tmp_dir=tmp_path) as server:

@@ -61,3 +61,12 @@ def embed_over_http(url: str, texts: list[str], **extra: object) -> np.ndarray:
     response = httpx.post(f"{url}/embed", json={"inputs": texts, **extra}, timeout=120)
     assert response.status_code == 200, response.text
     return np.asarray(response.json(), dtype=np.float32)
+
+
+def st_encode(model_dir: Path, texts: list[str], prompt_name: str | None = None,
+              trust_remote_code: bool = False) -> np.ndarray:
+    """sentence-transformers' own `encode` of `texts`, float32 rows."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(model_dir), device="cpu", trust_remote_code=trust_remote_code)
+    return np.asarray(model.encode(texts, prompt_name=prompt_name), dtype=np.float32)
