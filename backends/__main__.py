@@ -32,14 +32,17 @@ async def serve(config: config_pb2.BackendConfig) -> None:
     import grpc
 
     from backends.engines import load_engine
+    from backends.model_cpu import model_threads_named
     from backends.server import GRPC_OPTIONS, BackendServicer
     from proto.gen_pb import backend_pb2_grpc
 
     started = time.monotonic()
     spec = engine_spec(config)
     try:
-        engine = load_engine(config.backend, spec)
-        _warm_up(engine)
+        # onnxruntime starts its thread pool here: those threads run the model.
+        with model_threads_named():
+            engine = load_engine(config.backend, spec)
+            _warm_up(engine)
     except Exception as exc:
         logger.error("cannot load %s with the %s backend: %s", config.model_dir, config.backend, exc)
         sys.exit(EXIT_LOAD_FAILED)

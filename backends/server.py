@@ -1,7 +1,9 @@
 """gRPC servicer of `proto/backend.proto` around one engine.
 
 The grpc.aio loop is the I/O side; forward passes run on one dedicated worker
-thread, so Health answers while a batch runs and batches never overlap.
+thread, so Health answers while a batch runs and batches never overlap. Each answer
+carries the CPU seconds the model threads spent (backends/model_cpu.py), so the
+router can tell the model's CPU from the serving overhead.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import grpc
 import numpy as np
 
 from backends.base import Backend, ModelBatch
+from backends.model_cpu import MODEL_THREAD_NAME, ModelCpuClock, set_thread_name
 from proto.codec import pack_tensor, unpack_u32
 from proto.gen_pb import backend_pb2, backend_pb2_grpc
 
@@ -76,13 +79,17 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
     def __init__(self, backend: Backend, max_batch_tokens: int) -> None:
         self._backend = backend
         self._max_batch_tokens = max_batch_tokens
-        self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
+        # Named, so the model's CPU (this thread and the intra-op workers it starts) is told apart.
+        self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward",
+                                           initializer=set_thread_name, initargs=(MODEL_THREAD_NAME,))
+        self._model_cpu = ModelCpuClock()
         self._batches_run = 0
         self._sequences_run = 0
         self._max_batch_tokens_seen = 0
 
     def close(self) -> None:
         self._compute.shutdown(wait=True, cancel_futures=True)
+        self._model_cpu.close()
 
     async def Info(self, request: backend_pb2.InfoRequest, context: grpc.aio.ServicerContext) -> backend_pb2.InfoResponse:
         backend = self._backend
@@ -105,21 +112,22 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
         )
 
     async def Embed(self, request: backend_pb2.Batch, context: grpc.aio.ServicerContext) -> backend_pb2.EmbedResponse:
-        output, cost = await self._run(request, context, self._backend.embed)
+        output, cost, model_cpu_s = await self._run(request, context, self._backend.embed)
         return backend_pb2.EmbedResponse(
-            embeddings=pack_tensor(output.pooled), token_embeddings=pack_tensor(output.token_rows), batch_tokens=cost
+            embeddings=pack_tensor(output.pooled), token_embeddings=pack_tensor(output.token_rows), batch_tokens=cost,
+            model_cpu_seconds=model_cpu_s,
         )
 
     async def Predict(self, request: backend_pb2.Batch, context: grpc.aio.ServicerContext) -> backend_pb2.PredictResponse:
-        values, cost = await self._run(request, context, self._backend.predict)
-        return backend_pb2.PredictResponse(scores=pack_tensor(values), batch_tokens=cost)
+        values, cost, model_cpu_s = await self._run(request, context, self._backend.predict)
+        return backend_pb2.PredictResponse(scores=pack_tensor(values), batch_tokens=cost, model_cpu_seconds=model_cpu_s)
 
     async def _run(
         self,
         request: backend_pb2.Batch,
         context: grpc.aio.ServicerContext,
         forward: Callable[[ModelBatch], R],
-    ) -> tuple[R, int]:
+    ) -> tuple[R, int, float]:
         backend = self._backend
         try:
             batch = decode_batch(request, backend.is_padded, self._max_batch_tokens, backend.max_batch_size)
@@ -133,11 +141,19 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:
-            values = await loop.run_in_executor(self._compute, forward, batch)
+            values, model_cpu_s = await loop.run_in_executor(self._compute, self._timed, forward, batch)
         except ValueError as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except Exception as exc:  # a forward failure must reach the router, not kill the process
             logger.exception("forward pass failed on a batch of %d sequences", batch.size)
             await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
         logger.debug("batch of %d sequences, %d tokens in %.1f ms", batch.size, cost, (time.perf_counter() - started) * 1e3)
-        return values, cost
+        return values, cost, model_cpu_s
+
+    def _timed(self, forward: Callable[[ModelBatch], R], batch: ModelBatch) -> tuple[R, float]:
+        """On the forward thread: the pass, and the model threads' CPU since the last one."""
+        try:
+            return forward(batch), self._model_cpu.take()
+        except BaseException:
+            self._model_cpu.take()  # a failed pass's CPU is not the next batch's
+            raise

@@ -37,6 +37,7 @@ class BatchOutput:
     pooled: np.ndarray  # one row per non-raw sequence, batch order
     token_rows: np.ndarray  # the raw sequences' token vectors, concatenated in batch order
     batch_tokens: int  # the batch's cost under the backend's accounting
+    model_cpu_s: float = 0.0  # CPU the backend's model threads spent for it (backends/model_cpu.py)
 
 
 class BackendClient:
@@ -87,7 +88,8 @@ class BackendClient:
         try:
             response: backend_pb2.EmbedResponse = await self._stub.Embed(batch)
             return BatchOutput(
-                unpack_tensor(response.embeddings), unpack_tensor(response.token_embeddings), response.batch_tokens
+                unpack_tensor(response.embeddings), unpack_tensor(response.token_embeddings), response.batch_tokens,
+                response.model_cpu_seconds,
             )
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, self.name) from exc
@@ -98,7 +100,7 @@ class BackendClient:
         try:
             response: backend_pb2.PredictResponse = await self._stub.Predict(batch)
             scores = unpack_tensor(response.scores)
-            return BatchOutput(scores, np.empty((0, 0), np.float32), response.batch_tokens)
+            return BatchOutput(scores, np.empty((0, 0), np.float32), response.batch_tokens, response.model_cpu_seconds)
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, self.name) from exc
         except ValueError as exc:

@@ -80,6 +80,7 @@ class Dispatcher:
                 _fail(batch, BackendError(f"Backend error: {exc}"))
                 continue
             self._metrics.backend_batch_tokens.observe(output.batch_tokens)
+            self._metrics.backend_model_cpu_seconds.inc(output.model_cpu_s)
             inference_s = time.perf_counter() - started
             for entry, value in zip(batch.entries, values):
                 if not entry.future.done():

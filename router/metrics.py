@@ -150,6 +150,8 @@ class Metrics:
             "Tokens per batch under the backend's own accounting (padded backends: max_len x n)",
             BATCH_TOKEN_BUCKETS,
         )
+        self.backend_model_cpu_seconds = Counter(
+            "embedserve_backend_model_cpu_seconds", "CPU seconds the backends' model threads spent")
         self.request_input_length = Histogram("te_request_input_length", "Tokens per input", length_buckets)
         self.request_duration = Histogram("te_request_duration", "Request duration (s)", DURATION_BUCKETS)
         self.request_tokenization_duration = Histogram(

@@ -131,3 +131,13 @@ def test_gte_served_natively_or_by_its_remote_code(
     with torch.inference_mode():
         expected = np.stack([model(**tokenizer(t, return_tensors="pt")).last_hidden_state[0, 0].numpy() for t in TEXTS])
     assert cosine(got, expected).min() >= 0.9999
+
+
+def test_backend_reports_its_model_cpu_seconds(server) -> None:  # type: ignore[no-untyped-def]
+    # The backend measures its model threads' CPU per batch; the router sums it in
+    # /metrics, where the CPU bench reads it to tell model from serving overhead.
+    before = server.metric("embedserve_backend_model_cpu_seconds")
+    texts = [" ".join(["a longer passage for the model to chew on"] * 20)] * 16
+    response = httpx.post(f"{server.url}/embed", json={"inputs": texts}, timeout=60)
+    assert response.status_code == 200
+    assert server.metric("embedserve_backend_model_cpu_seconds") > before
