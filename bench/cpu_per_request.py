@@ -4,6 +4,10 @@ Issue 12's CPU figure: a near-free model (random 1-layer, 32-wide BERT with the 
 tokenizer) behind a fresh server per run, 32 clients sending 1-8 bench-corpus texts per
 `/v1/embeddings` request with base64 responses. The model costs almost nothing, so the
 router, tokenizer workers and backend CPU read from /proc is the serving overhead.
+Even so, on a slow CPU that model is not free: the backend counts its model threads'
+CPU (`embedserve_backend_model_cpu_seconds` in /metrics, backends/model_cpu.py), and
+the table shows it apart from the backend's other CPU and from the server's total
+outside the model (router + tokenizer workers + backend - model).
 CPU seconds move far less with other work on the machine than wall-clock throughput
 (printed, but not the figure); they still move, so each run also times a plain encode,
 and --compare-tree alternates two trees' servers for a before/after (bench/CPU_NOTES.md).
@@ -22,6 +26,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
+import httpx
+
 from bench.corpus import build_corpus
 from bench.mp_load import MpLoadResult, run_client_processes
 from bench.near_free_model import build_near_free_model
@@ -31,6 +37,7 @@ from bench.server import HOST, REPO_ROOT, ServerError, ServerProcess, free_port,
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SERVER_ROLES = ("router", "tokenizer_pool", "backends")  # the issue's "outside the model" sum
 WARMUP_TEXTS = 300
+MODEL_CPU_SERIES = "embedserve_backend_model_cpu_seconds"
 CALIBRATION_TEXTS = 400
 TOKENIZER_MAX_LENGTH = 512
 
@@ -41,7 +48,9 @@ class RunFigures:
 
     tree: str
     server_args: str
-    ms_per_request: dict[str, float]  # router, tokenizer_pool, backends, server total, launcher, load generator
+    # router, tokenizer_pool, backends, server total, launcher, load generator; and where the
+    # server reports its model's CPU: backend model, backend outside model, server outside model
+    ms_per_request: dict[str, float]
     idle_cores: dict[str, float]  # per role while no request was in flight, to show the floor is ~0
     # This machine's speed at the time: a plain encode's CPU ms per text, measured just
     # before and after the load. On a shared VM the same work costs more CPU seconds
@@ -109,6 +118,14 @@ def machine_busy_s() -> float:
     return (sum(ticks[:8]) - ticks[3] - ticks[4]) / TICKS_PER_S
 
 
+def model_cpu_seconds(port: int) -> float | None:
+    """The backends' model CPU so far, from /metrics; None from a server that does not count it."""
+    text = httpx.get(f"http://{HOST}:{port}/metrics", timeout=30).text
+    values = [float(line.rpartition(" ")[2]) for line in text.splitlines()
+              if line.startswith(MODEL_CPU_SERIES) and not line.startswith("#")]
+    return sum(values) if values or f"# TYPE {MODEL_CPU_SERIES}" in text else None
+
+
 def plain_tokenizer_ms(model_dir: Path, texts: list[str]) -> float:
     """CPU ms per text of a plain single-text `tokenizers` encode: the floor under the
     tokenizer workers' figure."""
@@ -147,25 +164,34 @@ def measure_run(model_dir: Path, args: argparse.Namespace, tree: Path, server_ar
         meter = CpuMeter(server.popen.pid)
         busy: list[float] = []
 
+        model_before: list[float | None] = []
+
         def start_meters() -> None:
+            model_before.append(model_cpu_seconds(port))
             meter.start()
             busy.append(machine_busy_s())
 
         result = run_client_processes(HOST, port, requests, args.clients, args.load_processes, on_start=start_meters)
         spent = meter.seconds_spent()
+        model_after = model_cpu_seconds(port)
+        model_s = None if model_after is None or model_before[0] is None else model_after - model_before[0]
         # Cores busy with anything but this server and the load: how noisy the neighbours were.
         others = (machine_busy_s() - busy[0] - sum(spent.values()) - result.client_cpu_s) / result.seconds
         encode_ms = (encode_before + plain_tokenizer_ms(model_dir, calibration)) / 2
     finally:
         server.stop_and_report()
-    return figures(str(tree), server_args, spent, idle, result, encode_ms, others)
+    return figures(str(tree), server_args, spent, idle, result, encode_ms, others, model_s)
 
 
 def figures(tree: str, server_args: str, spent: dict[str, float], idle: dict[str, float], result: MpLoadResult,
-            encode_ms: float, others_cores: float) -> RunFigures:
+            encode_ms: float, others_cores: float, model_s: float | None = None) -> RunFigures:
     per_request = max(result.requests, 1)
     ms = {role: spent[role] / per_request * 1000.0 for role in (*SERVER_ROLES, "launcher")}
     ms["server total"] = sum(ms[role] for role in SERVER_ROLES)
+    if model_s is not None:
+        ms["backend model"] = model_s / per_request * 1000.0
+        ms["backend outside model"] = ms["backends"] - ms["backend model"]
+        ms["server outside model"] = ms["server total"] - ms["backend model"]
     ms["load generator"] = result.client_cpu_s / per_request * 1000.0
     return RunFigures(tree=tree, server_args=server_args, ms_per_request={k: round(v, 3) for k, v in ms.items()},
                       idle_cores=idle, others_cores=round(others_cores, 2),
@@ -186,20 +212,30 @@ def format_runs(runs: list[RunFigures]) -> str:
 
 
 def _table(runs: list[RunFigures]) -> str:
-    columns = ("router", "tokenizer_pool", "backends", "server total", "launcher", "load generator")
+    columns = ("router", "tokenizer_pool", "backends", "backend model", "backend outside model", "server total",
+               "server outside model", "launcher", "load generator")
     lines = ["| run | " + " | ".join(columns) + " | plain encode ms/text | total / encode | other load, cores "
              "| req/s | p50 / p99 ms | failures |", "|---|" + "---|" * (len(columns) + 6)]
     for index, run in enumerate(runs, 1):
-        cells = " | ".join(f"{run.ms_per_request[c]:.2f}" for c in columns)
+        cells = " | ".join(_cell(run.ms_per_request.get(c)) for c in columns)
         lines.append(f"| {index} | {cells} | {run.plain_encode_ms:.3f} | {run.total_in_plain_encodes:.1f} "
                      f"| {run.others_cores:.2f} | {run.requests_per_s:.0f} | {run.p50_ms:.0f} / {run.p99_ms:.0f} | "
                      f"{run.failures or 0} |")
-    means = " | ".join(f"{statistics.fmean(r.ms_per_request[c] for r in runs):.2f}" for c in columns)
+    means = " | ".join(_cell(_mean([r.ms_per_request.get(c) for r in runs])) for c in columns)
     lines.append(f"| mean | {means} | {statistics.fmean(r.plain_encode_ms for r in runs):.3f} "
                  f"| {statistics.fmean(r.total_in_plain_encodes for r in runs):.1f} "
                  f"| {statistics.fmean(r.others_cores for r in runs):.2f} "
                  f"| {statistics.fmean(r.requests_per_s for r in runs):.0f} | | |")
     return "\n".join(lines)
+
+
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.fmean(known) if len(known) == len(values) and known else None
+
+
+def _cell(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"  # n/a: a server that does not count its model's CPU
 
 
 def main(argv: list[str]) -> int:

@@ -23,3 +23,8 @@ def test_one_short_run_reports_each_role(tmp_path: Path) -> None:
     # process, so only "some" is certain at this size, not how much.
     assert ms["router"] > 0 and ms["tokenizer_pool"] > 0 and ms["backends"] > 0
     assert abs(ms["server total"] - (ms["router"] + ms["tokenizer_pool"] + ms["backends"])) < 0.01
+    # The backend's model CPU comes from its own count (ns, not ticks): some, and the
+    # columns outside the model are the totals less it.
+    assert ms["backend model"] > 0
+    assert abs(ms["backend outside model"] - (ms["backends"] - ms["backend model"])) < 0.01
+    assert abs(ms["server outside model"] - (ms["server total"] - ms["backend model"])) < 0.01
