@@ -22,7 +22,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelF
 
 from backends import gte
 from backends.base import EmbedOutput, EngineSpec, ModelBatch
-from backends.padding import PaddedEngine, padded_chunks
+from backends.padding import PaddedChunk, PaddedEngine, padded_chunks
 from backends.varlen import (
     NamedKernel,
     UnpaddedEncoder,
@@ -44,6 +44,10 @@ CPU_CHUNK_TOKENS = 8192
 # 1024 tokens x a 30k vocabulary of float32 logits is already ~125 MB.
 SPLADE_CHUNK_TOKENS = 1024
 ATTENTION_MODES = ("auto", "padded", "varlen")
+# transformers classes (4.x) that turn a 2D padding mask into a float [B, 1, L, L] for
+# SDPA (~20% of a small model's CPU in `_expand_mask`), but take a [B, 1, L] mask as
+# given and only broadcast it to [B, 1, 1, L]: the same attention, built once per row.
+BROADCAST_MASK_MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "camembert"})
 
 
 class TorchBackend(PaddedEngine):
@@ -101,6 +105,10 @@ class TorchBackend(PaddedEngine):
         # position ids from it.
         self._pad_token_id = int(getattr(config, "pad_token_id", None) or 0)
         self._varlen = None if trust_remote_code else self._unpadded_encoder(DTYPES[dtype])
+        self.broadcast_mask = (not trust_remote_code and not native_gte
+                               and getattr(config, "model_type", None) in BROADCAST_MASK_MODEL_TYPES
+                               and not getattr(config, "is_decoder", False)
+                               and getattr(self._model.config, "_attn_implementation", None) == "sdpa")
         self.attention = f"varlen ({self._varlen.kernel.name})" if self._varlen else "padded sdpa"
         logger.info("attention: %s", self.attention)
 
@@ -147,7 +155,7 @@ class TorchBackend(PaddedEngine):
         pooled: dict[int, F32Array] = {}
         raw: dict[int, F32Array] = {}
         for chunk in padded_chunks(batch, self._chunk_tokens(), self._pad_token_id):
-            output, mask = self._forward(chunk.input_ids, chunk.token_type_ids, chunk.attention_mask)
+            output, mask = self._forward(chunk)
             pooled_rows = [row for row, seq in enumerate(chunk.indices) if seq not in batch.raw_indices]
             if pooled_rows:
                 mean_mask = mask if chunk.mean_mask is chunk.attention_mask else \
@@ -174,7 +182,7 @@ class TorchBackend(PaddedEngine):
             return logits
         rows: dict[int, F32Array] = {}
         for chunk in padded_chunks(batch, self._chunk_tokens(), self._pad_token_id):
-            output, _ = self._forward(chunk.input_ids, chunk.token_type_ids, chunk.attention_mask)
+            output, _ = self._forward(chunk)
             logits = output.logits.float().cpu().numpy()
             for row, seq in enumerate(chunk.indices):
                 rows[seq] = logits[row]
@@ -196,14 +204,18 @@ class TorchBackend(PaddedEngine):
                 raw[seq] = states[int(bounds[seq]) : int(bounds[seq + 1])]
         return EmbedOutput.assemble(pooled, raw, self.hidden_size, self._token_width)
 
-    def _forward(self, ids: np.ndarray, types: np.ndarray, mask: np.ndarray) -> tuple[Any, torch.Tensor]:
+    def _forward(self, chunk: PaddedChunk) -> tuple[Any, torch.Tensor]:
+        """The model's output on one chunk, and its [n, max_len] padding mask on the device."""
+        mask = torch.from_numpy(chunk.attention_mask).to(self.device)
+        padded = int(chunk.lengths.min()) < chunk.attention_mask.shape[1]
         inputs = {
-            "input_ids": torch.from_numpy(ids).to(self.device),
-            "attention_mask": torch.from_numpy(mask).to(self.device),
+            "input_ids": torch.from_numpy(chunk.input_ids).to(self.device),
+            # Without padding transformers drops the 2D mask for SDPA altogether.
+            "attention_mask": mask.unsqueeze(1) if self.broadcast_mask and padded else mask,
         }
         if self._uses_token_types:
-            inputs["token_type_ids"] = torch.from_numpy(types).to(self.device)
-        return self._model(**inputs), inputs["attention_mask"]
+            inputs["token_type_ids"] = torch.from_numpy(chunk.token_type_ids).to(self.device)
+        return self._model(**inputs), mask
 
     def _pool(self, output: Any, mask: torch.Tensor, mean_mask: torch.Tensor) -> torch.Tensor:
         if self.pooling == "splade":

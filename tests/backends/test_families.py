@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from backends.base import EngineSpec
 from backends.engines import load_engine
+from backends.padding import padded_chunks
 from tests.backends.parity import cosine, encode, reference_pooled
 from tests.models import FAMILIES, build_family_model
 from tests.texts import varied_texts
@@ -38,3 +40,19 @@ def test_family_parity(family: str, engine: str, family_dirs: dict[str, Path], o
     expected = reference_pooled(model_dir, sequences, pooling)
     assert got.shape == expected.shape
     assert cosine(got, expected).min() >= 0.9999
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "xlm-roberta", "camembert"])
+def test_broadcast_padding_mask_changes_nothing(family: str, family_dirs: dict[str, Path], onnx_cache: Path) -> None:
+    # These classes get a [B, 1, L] mask (broadcast per row) instead of the 2D mask
+    # transformers expands to [B, 1, L, L]: padded rows must come out as before.
+    model_dir = family_dirs[family]
+    pooling = FAMILIES[family][3]
+    batch, _, _ = encode(model_dir, TEXTS)
+    assert any(c.lengths.min() < c.lengths.max() for c in padded_chunks(batch, None, 0))  # some rows are padded
+    backend = load_engine("torch", EngineSpec(model_dir, "cpu", "", pooling, onnx_cache))
+    assert backend.broadcast_mask  # type: ignore[attr-defined]
+    broadcast = backend.embed(batch).pooled  # type: ignore[attr-defined]
+    backend.broadcast_mask = False  # type: ignore[attr-defined]
+    expanded = backend.embed(batch).pooled  # type: ignore[attr-defined]
+    np.testing.assert_allclose(broadcast, expanded, rtol=0, atol=1e-5)

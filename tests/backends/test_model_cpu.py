@@ -45,17 +45,16 @@ def test_counts_the_model_thread_and_not_the_others() -> None:
 
 
 def test_torch_intra_op_workers_inherit_the_name() -> None:
-    names_before = _model_thread_ids()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
+    done, release = threading.Event(), threading.Event()
+    worker = threading.Thread(target=_torch_work, args=(done, release))
+    worker.start()
+    done.wait()
     try:
-        worker = threading.Thread(target=_torch_work)
-        worker.start()
-        worker.join()
+        # Besides the forward thread itself, the OpenMP workers it started carry its name.
+        assert len(_model_thread_ids() - {str(threading.get_native_id())}) >= 2
     finally:
-        torch.set_num_threads(threads)
-    # The forward thread has ended; the OpenMP worker it started lives on, named like it.
-    assert _model_thread_ids() - names_before
+        release.set()
+        worker.join()
 
 
 def test_model_threads_named_restores_the_name() -> None:
@@ -65,11 +64,14 @@ def test_model_threads_named_restores_the_name() -> None:
     assert thread_name() == before
 
 
-def _torch_work() -> None:
+def _torch_work(done: threading.Event, release: threading.Event) -> None:
     set_thread_name(MODEL_THREAD_NAME)
-    matrix = torch.randn(512, 512)
+    torch.set_num_threads(2)  # per calling thread under OpenMP
+    values = torch.randn(4_000_000)
     for _ in range(3):
-        matrix @ matrix
+        values.exp()  # at::parallel_for: an OpenMP team of this thread
+    done.set()
+    release.wait()
 
 
 def _model_thread_ids() -> set[str]:
