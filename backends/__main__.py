@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -82,6 +83,12 @@ def _warm_up(engine: Backend) -> None:
 
 def main() -> None:
     config = read_config(config_pb2.BackendConfig)
+    if config.device == "cpu":
+        # Before torch loads OpenMP: idle intra-op workers sleep instead of spinning
+        # between parallel regions. Spinning burns the cores the router and tokenizer
+        # workers need; on a contended 2-core box a small model's forward cost ~15x
+        # the CPU with spinning workers (bench/CPU_NOTES.md). Set it to override.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     configure_logging(config.name or "backend", config.json_output)
     asyncio.run(serve(config))
 

@@ -30,6 +30,10 @@ from contextlib import contextmanager
 logger = logging.getLogger(__name__)
 
 MODEL_THREAD_NAME = "es-model"
+# Model threads are long-lived (the forward thread, OpenMP's team): after the first
+# readings, look for new ones on every this-many only. One found late still counts
+# whole, as it was never read before.
+RESCAN_EVERY = 32
 TASKS_DIR = "/proc/self/task"
 PR_SET_NAME = 15
 PR_GET_NAME = 16
@@ -68,11 +72,13 @@ class ModelCpuClock:
     one pread per model thread.
     """
 
-    def __init__(self, tasks_dir: str = TASKS_DIR) -> None:
+    def __init__(self, tasks_dir: str = TASKS_DIR, rescan_every: int = RESCAN_EVERY) -> None:
         self._tasks_dir = tasks_dir
+        self._rescan_every = rescan_every
         self._model_fds: dict[str, int] = {}  # tid -> open schedstat
         self._last_ns: dict[str, int] = {}  # tid -> its on-CPU ns at the previous take()
         self._other_tids: set[str] = set()
+        self._takes = 0
         self.available = os.path.exists(os.path.join(tasks_dir, str(os.getpid()), "schedstat"))
         if not self.available:
             logger.warning("no per-thread schedstat here: model CPU seconds are not measured")
@@ -81,7 +87,9 @@ class ModelCpuClock:
     def take(self) -> float:
         if not self.available:
             return 0.0
-        self._find_new_threads()
+        if self._takes < self._rescan_every or self._takes % self._rescan_every == 0:
+            self._find_new_threads()
+        self._takes += 1
         spent = 0
         for tid, fd in list(self._model_fds.items()):
             try:

@@ -105,10 +105,13 @@ class TorchBackend(PaddedEngine):
         # position ids from it.
         self._pad_token_id = int(getattr(config, "pad_token_id", None) or 0)
         self._varlen = None if trust_remote_code else self._unpadded_encoder(DTYPES[dtype])
-        self.broadcast_mask = (not trust_remote_code and not native_gte
-                               and getattr(config, "model_type", None) in BROADCAST_MASK_MODEL_TYPES
-                               and not getattr(config, "is_decoder", False)
-                               and getattr(self._model.config, "_attn_implementation", None) == "sdpa")
+        bert_family = (not trust_remote_code and not native_gte and not getattr(config, "is_decoder", False)
+                       and getattr(config, "model_type", None) in BROADCAST_MASK_MODEL_TYPES)
+        self.broadcast_mask = bert_family and getattr(self._model.config, "_attn_implementation", None) == "sdpa"
+        if bert_family and model_cls is AutoModel and getattr(self._model, "pooler", None) is not None:
+            # The tanh pooler's output is never read here (pooling works on the token
+            # states; classifiers keep theirs); these classes skip it when it is None.
+            self._model.pooler = None
         self.attention = f"varlen ({self._varlen.kernel.name})" if self._varlen else "padded sdpa"
         logger.info("attention: %s", self.attention)
 
