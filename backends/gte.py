@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from backends.base import ModelBatch
-from backends.varlen import NamedKernel, PackedBatch
+from backends.varlen import NamedKernel, PackedBatch, Upload
 
 MODEL_TYPE = "new"
 # What the engine may be asked to drop from a checkpoint: heads it does not serve.
@@ -362,8 +362,8 @@ class GteUnpadded:
         self._model = model
         self._encoder = model.new if isinstance(model, GteForSequenceClassification) else model
 
-    def pack(self, batch: ModelBatch, device: str) -> PackedBatch:
-        return PackedBatch.from_batch(batch, device, padding_idx=None)  # rotary positions count from 0
+    def pack(self, batch: ModelBatch, device: str, put: Upload | None = None) -> PackedBatch:
+        return PackedBatch.from_batch(batch, device, padding_idx=None, put=put)  # rotary positions count from 0
 
     def hidden_states(self, packed: PackedBatch) -> torch.Tensor:
         def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

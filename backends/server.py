@@ -1,7 +1,9 @@
 """gRPC servicer of `proto/backend.proto` around one engine.
 
 The grpc.aio loop is the I/O side; forward passes run on one dedicated worker
-thread, so Health answers while a batch runs and batches never overlap. Each answer
+thread, so Health answers while a batch runs and batches never overlap. An engine
+that can launch a batch ahead (CUDA, backends/pipeline.py) only queues it there; a
+second thread waits for its results, so the next batch is launched meanwhile. Each answer
 carries the CPU seconds the model threads spent (backends/model_cpu.py), so the
 router can tell the model's CPU from the serving overhead.
 """
@@ -12,13 +14,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
 
-from backends.base import Backend, ModelBatch
+from backends.base import Backend, EmbedOutput, ModelBatch
+from backends.pipeline import Pending, ready
 from backends.model_cpu import MODEL_THREAD_NAME, ModelCpuClock, set_thread_name
 from proto.codec import pack_tensor, unpack_u32
 from proto.gen_pb import backend_pb2, backend_pb2_grpc
@@ -33,6 +36,16 @@ GRPC_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
+
+
+@runtime_checkable
+class LaunchesAhead(Protocol):
+    """An engine whose embed batches can be queued on the device and finished later."""
+
+    @property
+    def pipelined(self) -> bool: ...
+
+    def launch_embed(self, batch: ModelBatch) -> Pending[EmbedOutput]: ...
 
 
 class BatchRejected(ValueError):
@@ -83,12 +96,21 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward",
                                            initializer=set_thread_name, initargs=(MODEL_THREAD_NAME,))
         self._model_cpu = ModelCpuClock()
+        self._launch_embed: Callable[[ModelBatch], Pending[EmbedOutput]] | None = None
+        self._copy_out: ThreadPoolExecutor | None = None
+        if isinstance(backend, LaunchesAhead) and backend.pipelined:
+            self._launch_embed = backend.launch_embed
+            # Waits for results on the device: the model's time, so named like the forward thread.
+            self._copy_out = ThreadPoolExecutor(max_workers=1, thread_name_prefix="copy-out",
+                                                initializer=set_thread_name, initargs=(MODEL_THREAD_NAME,))
         self._batches_run = 0
         self._sequences_run = 0
         self._max_batch_tokens_seen = 0
 
     def close(self) -> None:
         self._compute.shutdown(wait=True, cancel_futures=True)
+        if self._copy_out is not None:
+            self._copy_out.shutdown(wait=True, cancel_futures=True)
         self._model_cpu.close()
 
     async def Info(self, request: backend_pb2.InfoRequest, context: grpc.aio.ServicerContext) -> backend_pb2.InfoResponse:
@@ -112,21 +134,22 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
         )
 
     async def Embed(self, request: backend_pb2.Batch, context: grpc.aio.ServicerContext) -> backend_pb2.EmbedResponse:
-        output, cost, model_cpu_s = await self._run(request, context, self._backend.embed)
+        launch = self._launch_embed or _launched(self._backend.embed)
+        output, cost, model_cpu_s = await self._run(request, context, launch)
         return backend_pb2.EmbedResponse(
             embeddings=pack_tensor(output.pooled), token_embeddings=pack_tensor(output.token_rows), batch_tokens=cost,
             model_cpu_seconds=model_cpu_s,
         )
 
     async def Predict(self, request: backend_pb2.Batch, context: grpc.aio.ServicerContext) -> backend_pb2.PredictResponse:
-        values, cost, model_cpu_s = await self._run(request, context, self._backend.predict)
+        values, cost, model_cpu_s = await self._run(request, context, _launched(self._backend.predict))
         return backend_pb2.PredictResponse(scores=pack_tensor(values), batch_tokens=cost, model_cpu_seconds=model_cpu_s)
 
     async def _run(
         self,
         request: backend_pb2.Batch,
         context: grpc.aio.ServicerContext,
-        forward: Callable[[ModelBatch], R],
+        launch: Callable[[ModelBatch], Pending[R]],
     ) -> tuple[R, int, float]:
         backend = self._backend
         try:
@@ -141,7 +164,10 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:
-            values, model_cpu_s = await loop.run_in_executor(self._compute, self._timed, forward, batch)
+            pending, model_cpu_s = await loop.run_in_executor(self._compute, self._timed, launch, batch)
+            # The forward thread is free for the next batch while this one's results come back.
+            values = pending.result() if pending.done or self._copy_out is None else \
+                await loop.run_in_executor(self._copy_out, pending.result)
         except ValueError as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except Exception as exc:  # a forward failure must reach the router, not kill the process
@@ -150,10 +176,15 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
         logger.debug("batch of %d sequences, %d tokens in %.1f ms", batch.size, cost, (time.perf_counter() - started) * 1e3)
         return values, cost, model_cpu_s
 
-    def _timed(self, forward: Callable[[ModelBatch], R], batch: ModelBatch) -> tuple[R, float]:
+    def _timed(self, launch: Callable[[ModelBatch], Pending[R]], batch: ModelBatch) -> tuple[Pending[R], float]:
         """On the forward thread: the pass, and the model threads' CPU since the last one."""
         try:
-            return forward(batch), self._model_cpu.take()
+            return launch(batch), self._model_cpu.take()
         except BaseException:
             self._model_cpu.take()  # a failed pass's CPU is not the next batch's
             raise
+
+
+def _launched(forward: Callable[[ModelBatch], R]) -> Callable[[ModelBatch], Pending[R]]:
+    """A forward that finishes before it returns, in the launch shape."""
+    return lambda batch: ready(forward(batch))

@@ -23,6 +23,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelF
 from backends import gte
 from backends.base import EmbedOutput, EngineSpec, ModelBatch
 from backends.padding import PaddedChunk, PaddedEngine, padded_chunks
+from backends.pipeline import Pending, copies_for, ready
 from backends.varlen import (
     NamedKernel,
     UnpaddedEncoder,
@@ -113,6 +114,7 @@ class TorchBackend(PaddedEngine):
             # states; classifiers keep theirs); these classes skip it when it is None.
             self._model.pooler = None
         self.attention = f"varlen ({self._varlen.kernel.name})" if self._varlen else "padded sdpa"
+        self._copies = copies_for(self.device)
         logger.info("attention: %s", self.attention)
 
     def _unpadded_encoder(self, dtype: torch.dtype) -> UnpaddedEncoder | None:
@@ -191,21 +193,47 @@ class TorchBackend(PaddedEngine):
                 rows[seq] = logits[row]
         return np.stack([rows[i] for i in range(batch.size)])
 
+    @property
+    def pipelined(self) -> bool:
+        """Whether the server should launch embed batches ahead (backends/pipeline.py):
+        on CUDA, unpadded. On CPU there is nothing to overlap."""
+        return self._varlen is not None and self.device.startswith("cuda") and not self._is_classifier
+
+    @torch.inference_mode()
+    def launch_embed(self, batch: ModelBatch) -> Pending[EmbedOutput]:
+        """`embed`, returning once the batch is queued on the device."""
+        if self._varlen is None or self._is_classifier:
+            return ready(self.embed(batch))  # nothing to launch ahead; embed raises what it must
+        return self._launch_unpadded(self._varlen, batch)
+
     def _embed_unpadded(self, encoder: UnpaddedEncoder, batch: ModelBatch) -> EmbedOutput:
-        packed = encoder.pack(batch, self.device)
+        return self._launch_unpadded(encoder, batch).result()
+
+    def _launch_unpadded(self, encoder: UnpaddedEncoder, batch: ModelBatch) -> Pending[EmbedOutput]:
+        packed = encoder.pack(batch, self.device, put=self._copies.upload)
         hidden = encoder.hidden_states(packed)
         pooled_rows = [seq for seq in range(batch.size) if seq not in batch.raw_indices]
-        pooled: dict[int, F32Array] = {}
-        raw: dict[int, F32Array] = {}
+        results: list[torch.Tensor] = []
         if pooled_rows:
-            values = pool_packed(hidden, packed, self.pooling, batch.pool_starts).cpu().numpy()
-            pooled = {seq: values[seq] for seq in pooled_rows}
+            results.append(pool_packed(hidden, packed, self.pooling, batch.pool_starts))
         if batch.raw_indices:
-            states = hidden.float().cpu().numpy()  # one device-to-host copy, then slices
-            bounds = batch.cu_seq_lengths
-            for seq in batch.raw_indices:
-                raw[seq] = states[int(bounds[seq]) : int(bounds[seq + 1])]
-        return EmbedOutput.assemble(pooled, raw, self.hidden_size, self._token_width)
+            results.append(hidden.float())  # one device-to-host copy, then slices
+        copied = self._copies.download(results)
+
+        def finish() -> EmbedOutput:
+            arrays = copied()
+            pooled: dict[int, F32Array] = {}
+            raw: dict[int, F32Array] = {}
+            if pooled_rows:
+                values = arrays.pop(0)
+                pooled = {seq: values[seq] for seq in pooled_rows}
+            if batch.raw_indices:
+                states, bounds = arrays.pop(0), batch.cu_seq_lengths
+                for seq in batch.raw_indices:
+                    raw[seq] = states[int(bounds[seq]) : int(bounds[seq + 1])]
+            return EmbedOutput.assemble(pooled, raw, self.hidden_size, self._token_width)
+
+        return Pending(finish)
 
     def _forward(self, chunk: PaddedChunk) -> tuple[Any, torch.Tensor]:
         """The model's output on one chunk, and its [n, max_len] padding mask on the device."""

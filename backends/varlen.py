@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 # q, k, v: [tokens, heads, head_dim]; cu_seqlens: int32 [n + 1]; returns [tokens, heads, head_dim].
 AttentionKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
+# Copies one host array to the device.
+Upload = Callable[[np.ndarray], torch.Tensor]
+
 # Model type -> whether positions follow RoBERTa (count from padding_idx + 1)
 # rather than BERT (count from 0).
 BERT_LIKE = {"bert": False, "roberta": True, "xlm-roberta": True, "camembert": True}
@@ -57,8 +60,9 @@ class PackedBatch:
     max_length: int
 
     @classmethod
-    def from_batch(cls, batch: ModelBatch, device: str, padding_idx: int | None) -> PackedBatch:
-        """`padding_idx` set: RoBERTa-style positions, else BERT's 0, 1, 2, ..."""
+    def from_batch(cls, batch: ModelBatch, device: str, padding_idx: int | None, put: Upload | None = None) -> PackedBatch:
+        """`padding_idx` set: RoBERTa-style positions, else BERT's 0, 1, 2, ...
+        `put` moves an array to the device (backends/pipeline.py); default: a plain copy."""
         lengths = batch.lengths.astype(np.int64)
         starts = np.repeat(batch.cu_seq_lengths[:-1].astype(np.int64), lengths)
         if padding_idx is None:
@@ -72,8 +76,9 @@ class PackedBatch:
             positions = np.where(real, padding_idx + counted, padding_idx)
         seq_index = np.repeat(np.arange(batch.size, dtype=np.int64), lengths)
 
-        def put(array: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(np.ascontiguousarray(array)).to(device, non_blocking=True)
+        if put is None:
+            def put(array: np.ndarray) -> torch.Tensor:
+                return torch.from_numpy(np.ascontiguousarray(array)).to(device, non_blocking=True)
 
         return cls(
             input_ids=put(batch.input_ids.astype(np.int64)),
@@ -100,7 +105,7 @@ class UnpaddedEncoder(Protocol):
 
     kernel: NamedKernel
 
-    def pack(self, batch: ModelBatch, device: str) -> PackedBatch: ...
+    def pack(self, batch: ModelBatch, device: str, put: Upload | None = None) -> PackedBatch: ...
 
     def hidden_states(self, packed: PackedBatch) -> torch.Tensor: ...
 
@@ -136,8 +141,8 @@ class VarlenEncoder:
         self._padding_idx = int(config.pad_token_id) if BERT_LIKE[config.model_type] else None
         self._model_type = config.model_type
 
-    def pack(self, batch: ModelBatch, device: str) -> PackedBatch:
-        return PackedBatch.from_batch(batch, device, self._padding_idx)
+    def pack(self, batch: ModelBatch, device: str, put: Upload | None = None) -> PackedBatch:
+        return PackedBatch.from_batch(batch, device, self._padding_idx, put)
 
     def hidden_states(self, packed: PackedBatch) -> torch.Tensor:
         """The last layer's states, [tokens, hidden]."""
