@@ -14,6 +14,12 @@
    generator, unpadded (the default) and then padded, then unpadded again from
    several load processes; served tokens/s beside the raw figure, and the cores
    each part of the server kept busy (where the bottleneck is).
+6. Issue 12's table (bench/load_matrix.py): one server at `--max-batch-tokens 65536`,
+   mixed 1-8-text and bulk 32-text requests at 64 and 512 clients: served tokens/s,
+   p50/p99, failures by status, GPU busy (NVML) and each role's cores.
+
+`--matrix-only` runs part 6 alone (about 3 minutes); `--smoke` runs it on CPU with the
+near-free model and a few clients, to check the script where no GPU is lent.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import numpy as np
 
 from bench.corpus import build_corpus
 from bench.load import LoadResult, run_load, run_load_processes
+from bench.load_matrix import MatrixSettings, format_table, rows_as_json, run_matrix
 from bench.process_cpu import CpuMeter
 from bench.server import ServerProcess, free_port, server_command
 
@@ -324,16 +331,73 @@ def section(summary: dict[str, Any], name: str, run: Callable[[], Any]) -> Any:
     return value
 
 
-def main() -> int:
+def matrix_settings(args: argparse.Namespace) -> MatrixSettings:
+    server_args = ["--backend", "torch", "--max-batch-tokens", "65536",
+                   # Every input of 512 clients x 32 texts may be in flight: 429s would be the figure.
+                   "--max-concurrent-requests", "32768", "--max-client-batch-size", "64"]
+    if not args.smoke:
+        server_args += ["--dtype", "float16"]
+    if args.router_workers is not None:
+        server_args += ["--router-workers", str(args.router_workers)]
+    if args.smoke:
+        return MatrixSettings(clients=(4, 16), load_processes=2, mixed_texts=160, bulk_requests_per_client=2,
+                              server_args=tuple(server_args))
+    return MatrixSettings(clients=tuple(int(c) for c in args.matrix_clients.split(",")),
+                          load_processes=args.matrix_load_processes, mixed_texts=args.matrix_texts,
+                          bulk_requests_per_client=args.matrix_bulk_per_client, server_args=tuple(server_args))
+
+
+def matrix_main(args: argparse.Namespace, out: Path | None) -> int:
+    summary: dict[str, Any] = {}
+    if args.smoke:
+        from bench.cpu_per_request import _bundled_model_dir
+        from bench.near_free_model import build_near_free_model
+
+        model_dir = build_near_free_model(Path(tempfile.mkdtemp(prefix="es-smoke-")), _bundled_model_dir())
+    else:
+        model_dir = build_model(Path(tempfile.mkdtemp(prefix="es-gpu-")) / "bert-base-random")
+    section(summary, "load matrix", lambda: add_matrix(summary, model_dir, matrix_settings(args)))
+    print(json.dumps(summary, indent=1, default=str))
+    if out is not None:
+        (out / "gpu_check.json").write_text(json.dumps(summary, indent=1, default=str))
+    rows = summary.get("load matrix rows") or []
+    ok = bool(rows) and all(not row["failures"] for row in rows)
+    print(f"load matrix {'ok' if ok else 'FAILED'}")
+    return 0 if ok else 1
+
+
+def add_matrix(summary: dict[str, Any], model_dir: Path, settings: MatrixSettings) -> str:
+    rows = run_matrix(model_dir, settings)
+    summary["load matrix settings"] = {"clients": settings.clients, "load processes": settings.load_processes,
+                                       "server args": " ".join(settings.server_args)}
+    summary["load matrix rows"] = rows_as_json(rows)
+    table = format_table(rows)
+    print(table, flush=True)
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu_check")
     parser.add_argument("--texts", type=int, default=8000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--max-batch-tokens", type=int, default=32768)
     parser.add_argument("--seconds", type=float, default=10.0, help="per in-process throughput figure")
     parser.add_argument("--load-processes", type=int, default=4)
-    args = parser.parse_args()
+    parser.add_argument("--matrix-only", action="store_true", help="only issue 12's load table (part 6)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="part 6 on CPU with the near-free model and few clients: checks the script, not the GPU")
+    parser.add_argument("--router-workers", type=int, default=None,
+                        help="the server's --router-workers for part 6 (default: the launcher's default)")
+    parser.add_argument("--matrix-clients", default="64,512", help="client counts of part 6 (default 64,512)")
+    parser.add_argument("--matrix-texts", type=int, default=24000, help="texts per mixed row of part 6")
+    parser.add_argument("--matrix-bulk-per-client", type=int, default=8,
+                        help="32-text requests per client in the bulk rows of part 6 (default 8)")
+    parser.add_argument("--matrix-load-processes", type=int, default=6, help="client processes in part 6")
+    args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out = Path(os.environ["OUT"]) if os.environ.get("OUT") else None
+    if args.smoke or args.matrix_only:
+        return matrix_main(args, out)
     summary: dict[str, Any] = {}
 
     model_dir = build_model(Path(tempfile.mkdtemp(prefix="es-gpu-")) / "bert-base-random")
@@ -365,6 +429,7 @@ def main() -> int:
         summary["served unpadded / raw forward"] = served["auto"].tokens_per_s / raw
     if len(served) == 2:
         summary["served unpadded / served padded"] = served["auto"].tokens_per_s / served["padded"].tokens_per_s
+    section(summary, "load matrix", lambda: add_matrix(summary, model_dir, matrix_settings(args)))
 
     print(json.dumps(summary, indent=1, default=str))
     if out is not None:
@@ -373,6 +438,7 @@ def main() -> int:
     ok = ok and parity["tiny reranker max abs logit error"] < 1e-2
     ok = ok and gte_parity is not None and all(v >= MIN_FP16_COSINE for v in gte_parity.values())
     ok = ok and len(served) == 3 and all(not r.failures for r in served.values())
+    ok = ok and bool(summary.get("load matrix rows")) and all(not r["failures"] for r in summary["load matrix rows"])
     failed = [k for k, v in summary.items() if isinstance(v, str) and v.startswith("FAILED")]
     print(f"gpu check {'ok' if ok and not failed else 'FAILED'}; failed sections: {failed or 'none'}")
     return 0 if ok and not failed else 1
