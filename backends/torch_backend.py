@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import transformers
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
 from backends import gte
@@ -45,10 +46,13 @@ CPU_CHUNK_TOKENS = 8192
 # 1024 tokens x a 30k vocabulary of float32 logits is already ~125 MB.
 SPLADE_CHUNK_TOKENS = 1024
 ATTENTION_MODES = ("auto", "padded", "varlen")
-# transformers classes (4.x) that turn a 2D padding mask into a float [B, 1, L, L] for
-# SDPA (~20% of a small model's CPU in `_expand_mask`), but take a [B, 1, L] mask as
-# given and only broadcast it to [B, 1, 1, L]: the same attention, built once per row.
+# transformers classes that turn a 2D padding mask into a float [B, 1, L, L] for SDPA
+# (~20% of a small model's CPU in `_expand_mask`), but take a [B, 1, L] mask as given
+# and only broadcast it to [B, 1, 1, L]: the same attention, built once per row. Read
+# in transformers 4.5x's code (the versions pyproject allows); 5.x builds masks anew,
+# so there the classes get the 2D mask as before.
 BROADCAST_MASK_MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "camembert"})
+BROADCAST_MASK_TRANSFORMERS = 4
 
 
 class TorchBackend(PaddedEngine):
@@ -107,7 +111,8 @@ class TorchBackend(PaddedEngine):
         self._pad_token_id = int(getattr(config, "pad_token_id", None) or 0)
         self._varlen = None if trust_remote_code else self._unpadded_encoder(DTYPES[dtype])
         bert_family = (not trust_remote_code and not native_gte and not getattr(config, "is_decoder", False)
-                       and getattr(config, "model_type", None) in BROADCAST_MASK_MODEL_TYPES)
+                       and getattr(config, "model_type", None) in BROADCAST_MASK_MODEL_TYPES
+                       and int(transformers.__version__.split(".")[0]) == BROADCAST_MASK_TRANSFORMERS)
         self.broadcast_mask = bert_family and getattr(self._model.config, "_attn_implementation", None) == "sdpa"
         if bert_family and model_cls is AutoModel and getattr(self._model, "pooler", None) is not None:
             # The tanh pooler's output is never read here (pooling works on the token
