@@ -21,8 +21,8 @@ import grpc
 import numpy as np
 
 from backends.base import Backend, EmbedOutput, ModelBatch
-from backends.pipeline import Pending, ready
 from backends.model_cpu import MODEL_THREAD_NAME, ModelCpuClock, set_thread_name
+from backends.pipeline import Pending, ready
 from proto.codec import pack_tensor, unpack_u32
 from proto.gen_pb import backend_pb2, backend_pb2_grpc
 
