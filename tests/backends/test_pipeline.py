@@ -167,3 +167,21 @@ def test_torch_unpadded_launch_matches_embed(raw: bool, monkeypatch: pytest.Monk
     np.testing.assert_array_equal(later.token_rows, now.token_rows)
     assert later.pooled.shape == (2 if raw else 3, 384)
     assert later.token_rows.shape[0] == (int(batch.lengths[1]) if raw else 0)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_copy_streams_round_trip_on_cuda() -> None:
+    import torch
+
+    from backends.pipeline import CopyStreams
+
+    copies = CopyStreams("cuda:0")
+    finishes = []
+    for k in range(3):  # several launched before any is finished, as the servicer does
+        tensor = copies.upload(np.arange(1 << 20, dtype=np.int64) + k)
+        finishes.append(copies.download([(tensor * 2).to(torch.float64).sum().reshape(1), tensor[:4]]))
+    for k, finish in enumerate(finishes):
+        total, head = finish()
+        expected = float(2 * ((np.arange(1 << 20, dtype=np.float64) + k).sum()))
+        assert total[0] == pytest.approx(expected, rel=1e-6)
+        assert head.tolist() == [k, k + 1, k + 2, k + 3]
