@@ -194,10 +194,12 @@ class Inference:
         granted = admission.granted
         try:
             # The in-process handle answers at once: a refused call costs no
-            # tokenization, as before the split. The queue owner process answers
-            # one round trip later; tokenizing meanwhile hides that trip from
-            # every admitted call, and only a refused call (an overloaded
-            # server) pays for a tokenization it did not need.
+            # tokenization, as before the split. With a queue owner process a
+            # round trip would come first; instead the call tokenizes meanwhile
+            # (a waiting gRPC stream item), or the owner decides when the inputs
+            # arrive (no wait: `deferred`, one message per call). Every admitted
+            # call gains the trip; only a refused one (an overloaded server)
+            # pays for a tokenization it did not need.
             if granted.done() and not granted.result():
                 raise OverloadedError()
             try:

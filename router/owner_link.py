@@ -59,7 +59,8 @@ class Admit(_Msg, tag="admit"):
 
 class Submit(_Msg, tag="submit"):
     """Call `id`'s tokenized inputs, packed: u32 ids and type ids concatenated,
-    u32 lengths, u32 pool starts (empty: all 0)."""
+    u32 lengths, u32 pool starts (empty: all 0). `admit`: permits to take now,
+    refused at once (a Failed OverloadedError) if not free; 0: Admit got them."""
 
     id: int
     raw: bool
@@ -68,6 +69,7 @@ class Submit(_Msg, tag="submit"):
     token_type_ids: bytes
     lengths: bytes
     pool_starts: bytes = b""
+    admit: int = 0
 
 
 class Abort(_Msg, tag="abort"):

@@ -59,6 +59,9 @@ class Admission:
     # Its inputs went to the queue: the owner gives the permits back when they
     # are done or aborted.
     submitted: bool = False
+    # Decided with the submit, not before (RemoteQueueHandle, calls that do not
+    # wait): `granted` is True meanwhile, and a refusal fails the inputs with 429.
+    deferred: bool = False
 
 
 class EntryFuture(Protocol):

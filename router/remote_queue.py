@@ -129,6 +129,14 @@ class RemoteQueueHandle:
         if self.lost:
             admission.granted.set_exception(BackendUnavailableError(OWNER_GONE))
             return admission
+        if not wait:
+            # Decided by the owner when the inputs arrive: one message per call
+            # and no round trip before tokenizing. Permits then count from
+            # queueing to answer (the tokenizing phase is bounded by the pool);
+            # a refused call answers 429 once tokenized, same status and body.
+            admission.deferred = True
+            admission.granted.set_result(True)
+            return admission
         self._waiting[admission.id] = admission
         self._link.send(Admit(admission.id, count, wait))
         return admission
@@ -138,9 +146,9 @@ class RemoteQueueHandle:
         if self._waiting.pop(admission.id, None) is not None:
             granted.cancel()
             self._link.send(Release(admission.id))  # leave the owner's line
-        elif not admission.submitted and granted.done() and not granted.cancelled() and granted.exception() is None:
-            if granted.result():
-                self._link.send(Release(admission.id))
+        elif (not admission.submitted and not admission.deferred and granted.done() and not granted.cancelled()
+              and granted.exception() is None and granted.result()):
+            self._link.send(Release(admission.id))
         # Otherwise the owner frees the permits itself, once the inputs are done or aborted.
         if granted.done() and not granted.cancelled():
             granted.exception()  # retrieved: an error here was raised (or superseded) already
@@ -150,12 +158,14 @@ class RemoteQueueHandle:
     ) -> Submission:
         if self.lost:
             raise BackendUnavailableError(OWNER_GONE)
+        admit = 0
         if admission is None:
             self._next_id += 1
             call_id = self._next_id
         else:
             call_id = admission.id
             admission.submitted = True
+            admit = admission.count if admission.deferred else 0
         futures: list[asyncio.Future[EntryResult]] = [self._loop.create_future() for _ in inputs]
         count = len(inputs)
         lengths = np.fromiter((len(i.input_ids) for i in inputs), dtype=_U32, count=count)
@@ -167,7 +177,7 @@ class RemoteQueueHandle:
             call_id, raw, deadline,
             np.concatenate([i.input_ids for i in inputs]).astype(_U32, copy=False).tobytes(),
             np.concatenate([i.token_type_ids for i in inputs]).astype(_U32, copy=False).tobytes(),
-            lengths.tobytes(), pool_starts,
+            lengths.tobytes(), pool_starts, admit,
         ))
         self._calls[call_id] = _Call(futures, count)
         return RemoteSubmission(futures, call_id)

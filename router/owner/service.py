@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from router.batch_queue import QueueEntry
-from router.errors import BackendError, EmbedServeError
+from router.errors import BackendError, EmbedServeError, OverloadedError
 from router.infer import Permits
 from router.metrics import Metrics, merge, snapshot
 from router.owner_link import (
@@ -87,6 +87,8 @@ class OwnerCall:
     id: int
     permits: int
     granted: asyncio.Future[bool] | None
+    # Permits taken with the submit (no Admit before it).
+    held: bool = False
     slots: list[RemoteSlot] = field(default_factory=list)
     open_entries: int = 0
 
@@ -151,8 +153,13 @@ class FrontConnection:
 
     def _submit(self, message: Submit) -> None:
         call = self.calls.get(message.id)
-        if call is None:  # admitted under no permits: cannot happen with our fronts
-            call = self.calls[message.id] = OwnerCall(self, message.id, 0, None)
+        if call is None:
+            if message.admit and not self._service.permits.try_acquire(message.admit):
+                error = OverloadedError()
+                self.link.send(Failed(message.id, list(range(len(message.lengths) // 4)), type(error).__name__,
+                                      error.message))
+                return
+            call = self.calls[message.id] = OwnerCall(self, message.id, message.admit, None, held=message.admit > 0)
         lengths = np.frombuffer(message.lengths, dtype=_U32)
         ids = np.frombuffer(message.input_ids, dtype=_U32)
         types = np.frombuffer(message.token_type_ids, dtype=_U32)
@@ -191,6 +198,8 @@ class FrontConnection:
                 slot.cancel()
         if call.granted is not None:
             self._service.permits.withdraw(call.permits, call.granted)
+        elif call.held:
+            self._service.permits.release(call.permits)
 
     # ---- outcomes from the dispatcher (through RemoteSlot)
 
