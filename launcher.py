@@ -3,6 +3,9 @@
     launcher ──spawn──> tokenizer worker x N   (gRPC on a Unix socket each)
              ──spawn──> backend per device     (gRPC on a Unix socket each)
              ──spawn──> router                 (Starlette on Hypercorn, HTTP port)
+  or, with --router-workers N >= 2:
+             ──spawn──> router-owner           (the batch queue and permits, a Unix socket)
+             ──spawn──> router-0..N-1          (fronts on the HTTP sockets bound here once)
 
 Start-up is a handshake, not a sleep: each socket is deleted, its child spawned,
 and the child counts as up once its socket answers a Health RPC (the router: once
