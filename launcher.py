@@ -556,30 +556,41 @@ class RouterPipe:
             self.write_fd = None
 
 
-def bind_http_sockets(plan: LaunchPlan) -> list[socket.socket]:
-    """The HTTP listening sockets every front serves (--router-workers >= 2): bound
-    once here, one per bind host, so all fronts (and a restarted one) share them."""
-    sockets: list[socket.socket] = []
-    for host in plan.bind_hosts:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        try:
-            sock.bind((host, plan.args.port))
-        except OSError as exc:
-            sock.close()
-            for other in sockets:
-                other.close()
-            raise LaunchError(f"cannot bind HTTP port {host_port(host, plan.args.port)}: {exc.strerror}") from exc
-        sock.listen(2048)
-        sockets.append(sock)
-    return sockets
+def bind_http_sockets(plan: LaunchPlan) -> list[list[socket.socket]]:
+    """The HTTP listening sockets of the fronts (--router-workers >= 2), bound once
+    here: front i serves `[i]`, one socket per bind host. All are in one
+    SO_REUSEPORT group, so the kernel spreads new connections evenly over the
+    fronts (a shared socket lets the first process awake take them all), and the
+    launcher keeps them open: a restarted front serves the same sockets, and what
+    arrived for it meanwhile waits in their backlog."""
+    fronts: list[list[socket.socket]] = []
+    try:
+        for _ in range(plan.args.router_workers):
+            sockets: list[socket.socket] = []
+            fronts.append(sockets)
+            for host in plan.bind_hosts:
+                family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                sockets.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                try:
+                    sock.bind((host, plan.args.port))
+                except OSError as exc:
+                    raise LaunchError(f"cannot bind HTTP port {host_port(host, plan.args.port)}: {exc.strerror}") from exc
+                sock.listen(2048)
+    except LaunchError:
+        for sockets in fronts:
+            for sock in sockets:
+                sock.close()
+        raise
+    return fronts
 
 
 def build_children(
-    plan: LaunchPlan, router_pipe: RouterPipe, http_fds: Sequence[int] = ()
+    plan: LaunchPlan, router_pipe: RouterPipe, http_fds: Sequence[Sequence[int]] = ()
 ) -> tuple[list[ChildProcess], list[ChildProcess], list[ChildProcess]]:
     """The backends, the tokenizer workers, and the router processes: one router,
     or (--router-workers >= 2) the queue owner then the fronts."""
@@ -671,10 +682,10 @@ def build_children(
         fconfig = config_pb2.RouterConfig()
         fconfig.CopyFrom(rconfig)
         fconfig.front_index = index
-        fconfig.http_fds[:] = list(http_fds)
+        fconfig.http_fds[:] = list(http_fds[index])
         routers.append(ChildProcess(
             f"router-{index}", [python, "-m", "router", f"router-{index}"], base_env, fconfig,
-            pass_fds=(router_pipe.write_fd, *http_fds), ready_check=_front_ready_check(owner_path, index, plan),
+            pass_fds=(router_pipe.write_fd, *http_fds[index]), ready_check=_front_ready_check(owner_path, index, plan),
         ))
     return backends, tokenizers, routers
 
@@ -707,7 +718,7 @@ class Launcher:
         self._router_pipe = RouterPipe.open()
         self._http_sockets = bind_http_sockets(plan) if plan.args.router_workers > 1 else []
         self._backends, self._tokenizers, self._routers = build_children(
-            plan, self._router_pipe, [sock.fileno() for sock in self._http_sockets]
+            plan, self._router_pipe, [[sock.fileno() for sock in front] for front in self._http_sockets]
         )
 
     def _handle_signal(self, signum: int, frame: object) -> None:
@@ -788,8 +799,9 @@ class Launcher:
         # Fronts, then the queue owner (it serves their drain), then the workers.
         stop_children(self._routers[1:], self._plan.args.graceful_timeout + ROUTER_STOP_MARGIN_S)
         stop_children(self._routers[:1], self._plan.args.graceful_timeout + ROUTER_STOP_MARGIN_S)
-        for sock in self._http_sockets:
-            sock.close()
+        for front_sockets in self._http_sockets:
+            for sock in front_sockets:
+                sock.close()
         stop_children(self._backends + self._tokenizers, WORKER_STOP_TIMEOUT_S)
         # A child killed or crashed never removed its socket; the next start must not find it.
         for child in self._all_children():
