@@ -3,6 +3,9 @@
     launcher ──spawn──> tokenizer worker x N   (gRPC on a Unix socket each)
              ──spawn──> backend per device     (gRPC on a Unix socket each)
              ──spawn──> router                 (Starlette on Hypercorn, HTTP port)
+  or, with --router-workers N >= 2:
+             ──spawn──> router-owner           (the batch queue and permits, a Unix socket)
+             ──spawn──> router-0..N-1          (fronts on the HTTP sockets bound here once)
 
 Start-up is a handshake, not a sleep: each socket is deleted, its child spawned,
 and the child counts as up once its socket answers a Health RPC (the router: once
@@ -21,13 +24,14 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +41,7 @@ from proto.child import configure_logging, encode_config
 from proto.gen_pb import config_pb2
 from proto.redact import child_environment, scrub_argv
 from router.bind import BindError, host_port, local_host, resolve_bind_hosts
+from router.owner_link import owner_ready, probe_owner
 from router.model_config import POOLING_FLAG_VALUES, ModelConfigError, ModelSpec, load_model_spec
 
 logger = logging.getLogger("launcher")
@@ -130,6 +135,13 @@ def _default_tokenization_workers() -> int:
     return min(max(len(os.sched_getaffinity(0)) - 1, 1), 64)
 
 
+def _default_router_workers() -> int:
+    # A front saturates one core at about the load three or four tokenizer
+    # workers carry, and a split costs an extra process: one front up to 7 cores.
+    cores = len(os.sched_getaffinity(0))
+    return 1 if cores <= 3 else min(8, max(1, cores // 4))
+
+
 # Flags whose value must not appear in --help even when it comes from the environment.
 SECRET_FLAGS = frozenset({"api_key", "hf_token"})
 
@@ -179,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenization-workers", type=int,
                    default=int(v) if (v := _env("TOKENIZATION_WORKERS")) else _default_tokenization_workers(),
                    help="Tokenizer worker processes; default CPU count - 1, at least 1 [env TOKENIZATION_WORKERS]")
+    p.add_argument("--router-workers", type=int,
+                   default=int(v) if (v := _env("ROUTER_WORKERS")) else _default_router_workers(),
+                   help="Router front processes serving HTTP and gRPC on the same ports; 2 or more add one queue "
+                   "owner process holding the token-budget queue and the permits for all of them. Default: 1 up "
+                   "to 7 cores, then cores/4 (at most 8): about one front per three tokenizer workers "
+                   "[env ROUTER_WORKERS]")
     p.add_argument("--auto-truncate", type=_bool, nargs="?", const=True,
                    default=_bool(_env("AUTO_TRUNCATE", "true") or "true"),
                    help="Truncate over-long inputs when a request does not say [env AUTO_TRUNCATE]")
@@ -348,7 +366,8 @@ def plan_launch(args: argparse.Namespace) -> LaunchPlan:
 
     for name, value in (("--max-batch-tokens", args.max_batch_tokens), ("--max-concurrent-requests",
                         args.max_concurrent_requests), ("--max-client-batch-size", args.max_client_batch_size),
-                        ("--tokenization-workers", args.tokenization_workers)):
+                        ("--tokenization-workers", args.tokenization_workers),
+                        ("--router-workers", args.router_workers)):
         if value <= 0:
             raise LaunchError(f"{name} must be positive, got {value}", EXIT_CONFIG_ERROR)
     for name, seconds in (("--body-read-timeout", args.body_read_timeout), ("--graceful-timeout", args.graceful_timeout)):
@@ -385,6 +404,9 @@ class ChildProcess:
     socket_path: str | None = None
     pass_fds: tuple[int, ...] = ()
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    # Its own readiness check, if neither a gRPC Health on socket_path nor /health
+    # says it (the queue owner, the fronts of --router-workers >= 2).
+    ready_check: Callable[[], bool] | None = field(default=None, repr=False)
     # Backends and tokenizer workers come back after a crash; the router does not.
     restartable: bool = False
     restarts: list[float] = field(default_factory=list)  # monotonic times of recent restarts
@@ -491,7 +513,9 @@ def wait_until_healthy(
                 raise LaunchError(f"{child.name} failed to start: {child.describe_exit()} (its log is above)")
         for child in list(pending):
             ready = (
-                _http_healthy(health_url)
+                child.ready_check()
+                if child.ready_check is not None
+                else _http_healthy(health_url)
                 if health_url is not None
                 else child.socket_path is not None and os.path.exists(child.socket_path) and _grpc_healthy(child)
             )
@@ -532,9 +556,44 @@ class RouterPipe:
             self.write_fd = None
 
 
+def bind_http_sockets(plan: LaunchPlan) -> list[list[socket.socket]]:
+    """The HTTP listening sockets of the fronts (--router-workers >= 2), bound once
+    here: front i serves `[i]`, one socket per bind host. All are in one
+    SO_REUSEPORT group, so the kernel spreads new connections evenly over the
+    fronts (a shared socket lets the first process awake take them all), and the
+    launcher keeps them open: a restarted front serves the same sockets, and what
+    arrived for it meanwhile waits in their backlog."""
+    fronts: list[list[socket.socket]] = []
+    try:
+        for _ in range(plan.args.router_workers):
+            sockets: list[socket.socket] = []
+            fronts.append(sockets)
+            for host in plan.bind_hosts:
+                family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                sockets.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                try:
+                    sock.bind((host, plan.args.port))
+                except OSError as exc:
+                    raise LaunchError(f"cannot bind HTTP port {host_port(host, plan.args.port)}: {exc.strerror}") from exc
+                sock.listen(2048)
+    except LaunchError:
+        for sockets in fronts:
+            for sock in sockets:
+                sock.close()
+        raise
+    return fronts
+
+
 def build_children(
-    plan: LaunchPlan, router_pipe: RouterPipe
-) -> tuple[list[ChildProcess], list[ChildProcess], ChildProcess]:
+    plan: LaunchPlan, router_pipe: RouterPipe, http_fds: Sequence[Sequence[int]] = ()
+) -> tuple[list[ChildProcess], list[ChildProcess], list[ChildProcess]]:
+    """The backends, the tokenizer workers, and the router processes: one router,
+    or (--router-workers >= 2) the queue owner then the fronts."""
     args = plan.args
     python = sys.executable
     base_env = child_environment(os.environ)
@@ -606,9 +665,40 @@ def build_children(
     if args.api_key is not None:
         rconfig.api_key = args.api_key
     assert router_pipe.write_fd is not None
-    router = ChildProcess("router", [python, "-m", "router", "router"], base_env, rconfig,
-                          pass_fds=(router_pipe.write_fd,))
-    return backends, tokenizers, router
+    if args.router_workers == 1:
+        router = ChildProcess("router", [python, "-m", "router", "router"], base_env, rconfig,
+                              pass_fds=(router_pipe.write_fd,))
+        return backends, tokenizers, [router]
+    # Every router process holds the pipe's write end: workers outlive them all.
+    owner_path = f"{uds}-router-owner"
+    if len(owner_path.encode()) > MAX_SOCKET_PATH_BYTES:
+        raise LaunchError(f"--uds-path is too long for a Unix socket: {owner_path}", EXIT_CONFIG_ERROR)
+    rconfig.owner_socket = owner_path
+    rconfig.router_workers = args.router_workers
+    owner = ChildProcess("router-owner", [python, "-m", "router.owner", "owner"], base_env, rconfig, owner_path,
+                         pass_fds=(router_pipe.write_fd,), ready_check=lambda: owner_ready(owner_path))
+    routers = [owner]
+    for index in range(args.router_workers):
+        fconfig = config_pb2.RouterConfig()
+        fconfig.CopyFrom(rconfig)
+        fconfig.front_index = index
+        fconfig.http_fds[:] = list(http_fds[index])
+        routers.append(ChildProcess(
+            f"router-{index}", [python, "-m", "router", f"router-{index}"], base_env, fconfig,
+            pass_fds=(router_pipe.write_fd, *http_fds[index]), ready_check=_front_ready_check(owner_path, index, plan),
+        ))
+    return backends, tokenizers, routers
+
+
+def _front_ready_check(owner_path: str, index: int, plan: LaunchPlan) -> Callable[[], bool]:
+    """A front is up once the owner counts it as serving and /health answers 200
+    (on the shared port: any front, all of them being up by then or soon)."""
+    health_url = _local_url(plan.bind_hosts, plan.args.port, "/health")
+
+    def check() -> bool:
+        return index in (probe_owner(owner_path) or ()) and _http_healthy(health_url)
+
+    return check
 
 
 def _local_url(bind_hosts: Sequence[str], port: int, path: str) -> str:
@@ -626,7 +716,10 @@ class Launcher:
         self._stop = threading.Event()
         self._signal_count = 0
         self._router_pipe = RouterPipe.open()
-        self._backends, self._tokenizers, self._router = build_children(plan, self._router_pipe)
+        self._http_sockets = bind_http_sockets(plan) if plan.args.router_workers > 1 else []
+        self._backends, self._tokenizers, self._routers = build_children(
+            plan, self._router_pipe, [[sock.fileno() for sock in front] for front in self._http_sockets]
+        )
 
     def _handle_signal(self, signum: int, frame: object) -> None:
         self._signal_count += 1
@@ -639,7 +732,7 @@ class Launcher:
         self._stop.set()
 
     def _all_children(self) -> list[ChildProcess]:
-        return [self._router, *self._backends, *self._tokenizers]
+        return [*self._routers, *self._backends, *self._tokenizers]
 
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -651,10 +744,19 @@ class Launcher:
                 child.start()
             logger.info("started %d backend(s) and %d tokenizer worker(s)", len(self._backends), len(self._tokenizers))
             wait_until_healthy(workers, self._stop)
-            self._router.start()
-            self._router_pipe.close_write_end()
             health_url = _local_url(self._plan.bind_hosts, self._plan.args.port, "/health")
-            wait_until_healthy([self._router], self._stop, health_url, workers)
+            if len(self._routers) > 1:  # the queue owner first: the fronts connect to it
+                owner, fronts = self._routers[0], self._routers[1:]
+                owner.start()
+                wait_until_healthy([owner], self._stop, None, workers)
+                for front in fronts:
+                    front.start()
+                self._router_pipe.close_write_end()
+                wait_until_healthy(fronts, self._stop, health_url, [*workers, owner])
+            else:
+                self._routers[0].start()
+                self._router_pipe.close_write_end()
+                wait_until_healthy(self._routers, self._stop, health_url, workers)
         except LaunchError:
             self._shutdown()
             raise
@@ -694,7 +796,12 @@ class Launcher:
     def _shutdown(self) -> None:
         # The router first, so in-flight requests drain while backends still run.
         # Drain, then Hypercorn's own close (5 s), then the lifespan's shutdown.
-        stop_children([self._router], self._plan.args.graceful_timeout + ROUTER_STOP_MARGIN_S)
+        # Fronts, then the queue owner (it serves their drain), then the workers.
+        stop_children(self._routers[1:], self._plan.args.graceful_timeout + ROUTER_STOP_MARGIN_S)
+        stop_children(self._routers[:1], self._plan.args.graceful_timeout + ROUTER_STOP_MARGIN_S)
+        for front_sockets in self._http_sockets:
+            for sock in front_sockets:
+                sock.close()
         stop_children(self._backends + self._tokenizers, WORKER_STOP_TIMEOUT_S)
         # A child killed or crashed never removed its socket; the next start must not find it.
         for child in self._all_children():

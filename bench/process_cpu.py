@@ -20,6 +20,11 @@ def _parent_pid(pid: str) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
+def _role(module: str) -> str:
+    # The queue owner (`-m router.owner`, --router-workers >= 2) is router work.
+    return "router" if module == "router.owner" else module
+
+
 def role_pids(launcher_pid: int) -> dict[str, list[int]]:
     """Children of the launcher `launcher_pid`, by the role in their command line
     (`python -m <role> <name>`; their configuration is not in argv)."""
@@ -33,7 +38,7 @@ def role_pids(launcher_pid: int) -> dict[str, list[int]]:
             args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
         except (OSError, IndexError, ValueError):
             continue
-        if "-m" in args[:-1] and (role := args[args.index("-m") + 1]) in found:
+        if "-m" in args[:-1] and (role := _role(args[args.index("-m") + 1])) in found:
             found[role].append(int(entry.name))
     return found
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import uvloop
 
 from proto.child import configure_logging, read_config
@@ -13,8 +15,9 @@ from router.settings import RouterSettings
 
 def main() -> None:
     config = read_config(config_pb2.RouterConfig)
-    configure_logging("router", config.json_output)
-    uvloop.run(run(RouterSettings.from_proto(config)))
+    role = f"router-{config.front_index}" if config.owner_socket else "router"
+    configure_logging(role, config.json_output)
+    sys.exit(uvloop.run(run(RouterSettings.from_proto(config))))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
@@ -24,7 +24,9 @@ from router.grpc_api.server import GrpcFrontend
 from router.infer import Inference
 from router.metrics import Metrics
 from router.operations import Operations
+from router.queue_handle import QueueHandle
 from router.queue_owner import InprocQueueHandle, QueueOwner
+from router.remote_queue import RemoteQueueHandle
 from router.routes import default, embed, health, predict, tokenize
 from router.routes._http import ClientGone, json_response
 from router.settings import RouterSettings
@@ -37,9 +39,8 @@ logger = logging.getLogger(__name__)
 CLIENT_CLOSED_REQUEST = 499
 
 
-async def connect_services(settings: RouterSettings) -> AppState:
-    metrics = Metrics(settings.max_input_length)
-    tokenizers = TokenizerPool(list(settings.tokenizer_sockets), settings.max_input_length)
+async def connect_backends(settings: RouterSettings) -> tuple[list[BackendClient], BackendFacts, int | None]:
+    """The backends, what they agree on, and the batch size limit of the queue."""
     backends = [BackendClient(path, f"backend-{i}") for i, path in enumerate(settings.backend_sockets)]
     infos = await asyncio.gather(*(backend.info() for backend in backends))
     first = infos[0]
@@ -56,16 +57,39 @@ async def connect_services(settings: RouterSettings) -> AppState:
         is_padded=first.is_padded,
         max_batch_size=first.max_batch_size or None,
     )
+    return backends, facts, min(limits) if limits else None
+
+
+def build_queue_owner(
+    settings: RouterSettings, backends: list[BackendClient], facts: BackendFacts, max_batch_requests: int | None,
+    metrics: Metrics,
+) -> QueueOwner:
     queue = BatchQueue(
         max_batch_tokens=settings.max_batch_tokens,
-        max_batch_requests=min(limits) if limits else None,
-        padded=first.is_padded,
+        max_batch_requests=max_batch_requests,
+        padded=facts.is_padded,
         position_offset=settings.position_offset,
         metrics=metrics,
     )
     kind: Kind = "embed" if settings.model_type == "embedding" else "predict"
-    handle = InprocQueueHandle(QueueOwner(queue, backends, metrics, kind))
-    inference = Inference(tokenizers, handle, metrics, settings.max_concurrent_requests)
+    return QueueOwner(queue, backends, metrics, kind)
+
+
+async def connect_services(settings: RouterSettings, on_owner_lost: Callable[[], None] | None = None) -> AppState:
+    metrics = Metrics(settings.max_input_length)
+    tokenizers = TokenizerPool(list(settings.tokenizer_sockets), settings.max_input_length)
+    # A front keeps its own backend connections for /health and /info; with a
+    # queue owner process (--router-workers >= 2) only the owner sends batches.
+    backends, facts, max_batch_requests = await connect_backends(settings)
+    handle: QueueHandle
+    if settings.owner_socket:
+        handle = await RemoteQueueHandle.connect(
+            settings.owner_socket, settings.front_index, metrics, on_lost=on_owner_lost
+        )
+    else:
+        owner = build_queue_owner(settings, backends, facts, max_batch_requests, metrics)
+        handle = InprocQueueHandle(owner, settings.max_concurrent_requests)
+    inference = Inference(tokenizers, handle, metrics)
     operations = Operations(settings, facts.hidden_size, inference)
     return AppState(settings, metrics, tokenizers, backends, facts, handle, inference, operations)
 
@@ -100,10 +124,22 @@ async def _root(request: Request) -> Response:
     return await default.invocations(request)
 
 
-def create_app(settings: RouterSettings) -> Starlette:
+def create_app(settings: RouterSettings, on_owner_lost: Callable[[], None] | None = None) -> Starlette:
+    """`on_owner_lost`: called once if the link to the queue owner process drops
+    (--router-workers >= 2); the server then stops and exits non-zero."""
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        state = await connect_services(settings)
+        def owner_lost() -> None:
+            # New requests and /health get 503 at once; in-flight ones already
+            # failed (RemoteQueueHandle); then the process stops, non-zero.
+            current = getattr(app.state, "embedserve", None)
+            if current is not None:
+                current.begin_drain()
+            if on_owner_lost is not None:
+                on_owner_lost()
+
+        state = await connect_services(settings, owner_lost)
         await state.queue.start()
         app.state.embedserve = state
         app.state.openapi_document = None
@@ -119,6 +155,8 @@ def create_app(settings: RouterSettings) -> Starlette:
             state.facts.is_padded,
             settings.max_batch_tokens,
         )
+        if isinstance(state.queue, RemoteQueueHandle):
+            state.queue.announce_ready()
         try:
             yield
         finally:

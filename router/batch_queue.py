@@ -27,7 +27,7 @@ from proto.codec import pack_u32
 from proto.gen_pb import backend_pb2
 from router.errors import DeadlineExceededError
 from router.metrics import Metrics
-from router.queue_handle import EntryResult
+from router.queue_handle import EntryFuture
 
 
 def _deadline_message(entry: QueueEntry, now: float) -> str:
@@ -38,7 +38,7 @@ def _deadline_message(entry: QueueEntry, now: float) -> str:
 class QueueEntry:
     input_ids: np.ndarray
     token_type_ids: np.ndarray
-    future: asyncio.Future[EntryResult]
+    future: EntryFuture
     # Wants one vector per token (/embed_all) instead of a pooled one.
     raw: bool = False
     # perf_counter() time after which the entry must not run; None: no deadline.

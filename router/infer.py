@@ -1,9 +1,9 @@
 """One input list in, one result per input out: permits, tokenization, queueing.
 
-The operations (router/operations.py) call `Inference`; it owns the concurrency
-permits and turns tokenizer pool errors into router errors, for every call in
-one place. Front side of the future process boundary: it reaches the batch
-queue only through its `QueueHandle`.
+The operations (router/operations.py) call `Inference`; it asks for the
+concurrency permits and turns tokenizer pool errors into router errors, for
+every call in one place. Front side of the process boundary: it reaches the
+permits and the batch queue only through its `QueueHandle`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import numpy as np
 from router.errors import (
     BackendUnavailableError,
     DeadlineExceededError,
+    EmbedServeError,
     OverloadedError,
     TokenizerError,
     input_validation,
@@ -88,13 +89,15 @@ class Permits:
     """Concurrency permits, counted per input (TEI's semaphore).
 
     HTTP and unary gRPC calls try and get 429 / RESOURCE_EXHAUSTED at once;
-    gRPC stream items wait their turn, first come first served.
+    gRPC stream items wait their turn, first come first served. `request`
+    answers with a future so that the queue owner process can grant a front's
+    waiting call without a task per call.
     """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.available = capacity
-        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._waiters: deque[tuple[int, asyncio.Future[bool]]] = deque()
 
     def try_acquire(self, count: int) -> bool:
         if count > self.available or self._waiters:
@@ -102,21 +105,33 @@ class Permits:
         self.available -= count
         return True
 
-    async def acquire(self, count: int) -> None:
-        if count > self.capacity:
-            raise OverloadedError()  # could never be granted
+    def request(self, count: int, *, wait: bool) -> asyncio.Future[bool]:
+        """A future that resolves True once `count` permits are held, False if refused."""
+        granted: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         if self.try_acquire(count):
-            return
-        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append((count, granted))
+            granted.set_result(True)
+        elif not wait or count > self.capacity:  # the latter could never be granted
+            granted.set_result(False)
+        else:
+            self._waiters.append((count, granted))
+        return granted
+
+    def withdraw(self, count: int, granted: asyncio.Future[bool]) -> None:
+        """End a `request`: give its permits back if held, or leave the line."""
+        if not granted.done():
+            self._waiters.remove((count, granted))
+            granted.cancel()
+            self._wake()
+        elif not granted.cancelled() and granted.result():
+            self.release(count)
+
+    async def acquire(self, count: int) -> None:
+        granted = self.request(count, wait=True)
         try:
-            await granted
+            if not await asyncio.shield(granted):
+                raise OverloadedError()
         except asyncio.CancelledError:
-            if granted.done() and not granted.cancelled():
-                self.release(count)  # granted just as the waiter went away
-            else:
-                self._waiters.remove((count, granted))
-                self._wake()
+            self.withdraw(count, granted)
             raise
 
     def release(self, count: int) -> None:
@@ -129,15 +144,14 @@ class Permits:
             if granted.done():
                 continue
             self.available -= count
-            granted.set_result(None)
+            granted.set_result(True)
 
 
 class Inference:
-    def __init__(self, tokenizers: TokenizerPool, queue: QueueHandle, metrics: Metrics, max_concurrent_requests: int) -> None:
+    def __init__(self, tokenizers: TokenizerPool, queue: QueueHandle, metrics: Metrics) -> None:
         self._tokenizers = tokenizers
         self._queue = queue
         self._metrics = metrics
-        self.permits = Permits(max_concurrent_requests)
 
     async def run(
         self,
@@ -176,22 +190,36 @@ class Inference:
         self, inputs: list[Input], options: EncodeOptions, raw: bool, wait_for_permit: bool, deadline: float | None
     ) -> InferenceResult:
         started = time.perf_counter()
-        if wait_for_permit:
-            await self.permits.acquire(len(inputs))
-        elif not self.permits.try_acquire(len(inputs)):
-            raise OverloadedError()
+        admission = self._queue.admit(len(inputs), wait=wait_for_permit)
+        granted = admission.granted
         try:
-            encodings = await self._encode(inputs, options)
+            # The in-process handle answers at once: a refused call costs no
+            # tokenization, as before the split. With a queue owner process a
+            # round trip would come first; instead the call tokenizes meanwhile
+            # (a waiting gRPC stream item), or the owner decides when the inputs
+            # arrive (no wait: `deferred`, one message per call). Every admitted
+            # call gains the trip; only a refused one (an overloaded server)
+            # pays for a tokenization it did not need.
+            if granted.done() and not granted.result():
+                raise OverloadedError()
+            try:
+                encodings = await self._encode(inputs, options)
+            except EmbedServeError:
+                if granted.done() and not granted.result():
+                    raise OverloadedError() from None  # 429 first, as when admission came first
+                raise
+            if not await asyncio.shield(granted):
+                raise OverloadedError()
             tokenized = time.perf_counter()
             if deadline is not None and time.perf_counter() >= deadline:
                 raise DeadlineExceededError("deadline exceeded before the inputs were queued")
             queued = [TokenizedInput(e.input_ids, e.token_type_ids, e.pool_start) for e in encodings]
             for item in queued:
                 self._metrics.request_input_length.observe(len(item))
-            submission = self._queue.submit(queued, raw=raw, deadline=deadline)
+            submission = self._queue.submit(queued, raw=raw, deadline=deadline, admission=admission)
             results = await _await_or_abort(self._queue, submission, deadline)
         finally:
-            self.permits.release(len(inputs))
+            self._queue.release(admission)
         total_s = time.perf_counter() - started
         n = len(results)
         metadata = ResponseMetadata(

@@ -173,3 +173,57 @@ class Metrics:
                 for histogram in metric.all():
                     lines.extend(histogram.render())
         return "\n".join(lines) + "\n"
+
+
+# ---- server-wide totals across processes (issue 12: several fronts, one queue owner)
+#
+# Every process counts into its own `Metrics`; a front answering /metrics asks
+# the queue owner, which collects a snapshot from every front and merges them
+# with its own. A snapshot is plain data (msgpack-able): per metric name, a
+# counter's [[labels, value], ...], a gauge's value, a histogram's
+# [bucket counts, sum, count, max]. Gauges add up: only the owner sets one.
+
+
+def _instruments(metrics: Metrics) -> Iterable[Counter | Gauge | Histogram]:
+    for metric in vars(metrics).values():
+        if isinstance(metric, (Counter, Gauge, Histogram)):
+            yield metric
+        elif isinstance(metric, PhaseDurations):
+            yield from metric.all()
+
+
+def snapshot(metrics: Metrics) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for metric in _instruments(metrics):
+        if isinstance(metric, Counter):
+            out[metric.name] = [[list(map(list, labels)), value] for labels, value in metric.values.items()]
+        elif isinstance(metric, Gauge):
+            out[metric.name] = metric.current
+        else:
+            out[metric.name] = [list(metric.counts), metric.total, metric.observations, metric.maximum]
+    return out
+
+
+def merge(metrics: Metrics, part: dict[str, object]) -> None:
+    """Add a snapshot (from `snapshot`, maybe of another process) into `metrics`."""
+    for metric in _instruments(metrics):
+        data = part.get(metric.name)
+        if data is None:
+            continue
+        if isinstance(metric, Counter):
+            assert isinstance(data, list)
+            for labels, value in data:
+                key = tuple((str(k), str(v)) for k, v in labels)
+                metric.values[key] = metric.values.get(key, 0.0) + float(value)
+        elif isinstance(metric, Gauge):
+            assert isinstance(data, (int, float))
+            metric.current += data
+        else:
+            assert isinstance(data, list)
+            counts, total, observations, maximum = data
+            if len(counts) != len(metric.counts):
+                continue  # another bucket layout: never between processes of one server
+            metric.counts = [a + int(b) for a, b in zip(metric.counts, counts)]
+            metric.total += float(total)
+            metric.observations += int(observations)
+            metric.maximum = max(metric.maximum, float(maximum))

@@ -2,10 +2,12 @@
 
 The front side (`Inference`, the HTTP routes, the gRPC servicers) never touches
 `BatchQueue` or `Dispatcher`; it holds a `QueueHandle`. Today the only
-implementation is `InprocQueueHandle` (router/queue_owner.py), which calls the
-queue owner on the same event loop. A cross-process one (fronts in several
-processes, one queue owner, issue 12) implements the same protocol by sending
-submit and abort messages; the front's code does not change. TEI's `Queue` is
+in-process one is `InprocQueueHandle` (router/queue_owner.py), which calls the
+queue owner on the same event loop; the cross-process one is
+`RemoteQueueHandle` (router/remote_queue.py: fronts in several processes, one
+queue owner process, issue 12), which sends admit, submit and abort messages;
+the front's code does not change. The server-wide concurrency permits sit
+behind the handle too (`admit`/`release`), since they belong to the owner. TEI's `Queue` is
 such a handle; vLLM keeps `InprocClient` and `AsyncMPClient` behind one
 interface the same way.
 
@@ -46,6 +48,33 @@ class EntryResult:
 
 
 @dataclass(eq=False)
+class Admission:
+    """Permits asked for one call. `granted` resolves True once they are held,
+    False if refused (429); the call ends with `QueueHandle.release`."""
+
+    count: int
+    granted: asyncio.Future[bool]
+    # The handle's own key for the call (the remote handle's message id).
+    id: int = 0
+    # Its inputs went to the queue: the owner gives the permits back when they
+    # are done or aborted.
+    submitted: bool = False
+    # Decided with the submit, not before (RemoteQueueHandle, calls that do not
+    # wait): `granted` is True meanwhile, and a refusal fails the inputs with 429.
+    deferred: bool = False
+
+
+class EntryFuture(Protocol):
+    """What the queue and the dispatcher need of an entry's future: an
+    asyncio.Future, or the queue owner process's slot that sends the result to
+    its front (router/owner/service.py)."""
+
+    def done(self) -> bool: ...
+    def set_result(self, result: EntryResult, /) -> None: ...
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
+@dataclass(eq=False)
 class Submission:
     """One call's inputs in the queue, one future per input, in order.
 
@@ -64,8 +93,21 @@ class QueueHandle(Protocol):
         """Inputs per batch at most (shown by /info and gRPC Info); None: no limit."""
         ...
 
-    def submit(self, inputs: Sequence[TokenizedInput], *, raw: bool, deadline: float | None) -> Submission:
-        """Queue every input of one call, in order.
+    def admit(self, count: int, *, wait: bool) -> Admission:
+        """Ask for `count` server-wide permits (--max-concurrent-requests):
+        refused at once if not free (HTTP, unary gRPC), or, with `wait`, granted
+        first come first served (gRPC streams)."""
+        ...
+
+    def release(self, admission: Admission) -> None:
+        """The call is over (answered, failed, or never submitted): give back its
+        permits, or withdraw its wait for them."""
+        ...
+
+    def submit(
+        self, inputs: Sequence[TokenizedInput], *, raw: bool, deadline: float | None, admission: Admission | None = None
+    ) -> Submission:
+        """Queue every input of one call, in order (under `admission`'s permits).
 
         `raw` asks for per-token vectors (/embed_all). Past `deadline` (a
         `time.perf_counter()` instant: CLOCK_MONOTONIC, the same in every process

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from router.backend_client import BackendClient
 from router.batch_queue import BatchQueue, QueueEntry
 from router.dispatcher import Dispatcher, Kind
+from router.infer import Permits
 from router.metrics import Metrics
-from router.queue_handle import Submission, TokenizedInput
+from router.queue_handle import Admission, EntryResult, Submission, TokenizedInput
 
 
 class QueueOwner:
@@ -39,21 +40,32 @@ class QueueOwner:
 
 
 class InprocQueueHandle:
-    """A front's handle on a `QueueOwner` in its own process and event loop."""
+    """A front's handle on a `QueueOwner` in its own process and event loop,
+    with the server's concurrency permits (--router-workers 1)."""
 
-    def __init__(self, owner: QueueOwner) -> None:
+    def __init__(self, owner: QueueOwner, max_concurrent_requests: int) -> None:
         self._owner = owner
+        self.permits = Permits(max_concurrent_requests)
 
     @property
     def max_batch_requests(self) -> int | None:
         return self._owner.queue.max_batch_requests
 
-    def submit(self, inputs: Sequence[TokenizedInput], *, raw: bool, deadline: float | None) -> Submission:
+    def admit(self, count: int, *, wait: bool) -> Admission:
+        return Admission(count, self.permits.request(count, wait=wait))
+
+    def release(self, admission: Admission) -> None:
+        self.permits.withdraw(admission.count, admission.granted)
+
+    def submit(
+        self, inputs: Sequence[TokenizedInput], *, raw: bool, deadline: float | None, admission: Admission | None = None
+    ) -> Submission:
         loop = asyncio.get_running_loop()
-        entries = [QueueEntry(i.input_ids, i.token_type_ids, loop.create_future(), raw, deadline, i.pool_start)
-                   for i in inputs]
+        futures: list[asyncio.Future[EntryResult]] = [loop.create_future() for _ in inputs]
+        entries = [QueueEntry(i.input_ids, i.token_type_ids, future, raw, deadline, i.pool_start)
+                   for i, future in zip(inputs, futures)]
         self._owner.append(entries)
-        return Submission([entry.future for entry in entries])
+        return Submission(futures)
 
     def abort(self, submission: Submission) -> None:
         for future in submission.results:

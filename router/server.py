@@ -22,10 +22,23 @@ from router.settings import RouterSettings
 logger = logging.getLogger(__name__)
 
 
-async def run(settings: RouterSettings) -> None:
-    app = create_app(settings)
+async def run(settings: RouterSettings) -> int:
+    """Serve until stopped; the exit code: 0, or 1 if the queue owner was lost."""
+    stop = asyncio.Event()
+    exit_code = 0
+
+    def owner_lost() -> None:
+        nonlocal exit_code
+        exit_code = 1
+        stop.set()
+
+    app = create_app(settings, owner_lost)
     config = Config()
-    config.bind = [host_port(host, settings.port) for host in settings.bind_hosts]
+    if settings.http_fds:
+        # The launcher bound the port once for every front (--router-workers >= 2).
+        config.bind = [f"fd://{fd}" for fd in settings.http_fds]
+    else:
+        config.bind = [host_port(host, settings.port) for host in settings.bind_hosts]
     # The drain happens before Hypercorn is told to stop (shutdown_trigger); what
     # is left then are idle keep-alive connections.
     config.graceful_timeout = 5.0
@@ -33,7 +46,6 @@ async def run(settings: RouterSettings) -> None:
     config.errorlog = logging.getLogger("hypercorn.error")
     config.keep_alive_timeout = 75  # above common load-balancer idle timeouts
 
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -56,3 +68,4 @@ async def run(settings: RouterSettings) -> None:
     prompt_close.install()
     await serve(app, config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
     logger.info("router stopped")
+    return exit_code

@@ -44,6 +44,13 @@ class RouterSettings:
     default_request_timeout_ms: int = 0
     # Seconds a request body may take to arrive; 0: no limit.
     body_read_timeout_s: float = 30.0
+    # Several router processes (--router-workers >= 2): the queue owner's socket
+    # (empty: the queue is in this process), the HTTP sockets the launcher bound
+    # (empty: bind bind_hosts here), and which front this is.
+    owner_socket: str = ""
+    http_fds: tuple[int, ...] = ()
+    front_index: int = 0
+    router_workers: int = 1
 
     @property
     def is_splade(self) -> bool:
@@ -88,4 +95,8 @@ class RouterSettings:
             grpc_max_parallel_stream_requests=config.grpc_max_parallel_stream_requests or 1024,
             default_request_timeout_ms=config.default_request_timeout_ms,
             body_read_timeout_s=config.body_read_timeout_s,
+            owner_socket=config.owner_socket,
+            http_fds=tuple(config.http_fds),
+            front_index=config.front_index,
+            router_workers=config.router_workers or 1,
         )

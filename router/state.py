@@ -14,6 +14,7 @@ from router.infer import Inference
 from router.metrics import Metrics
 from router.operations import Operations
 from router.queue_handle import QueueHandle
+from router.remote_queue import RemoteQueueHandle
 from router.settings import RouterSettings
 from tokenizer_pool.pool import TokenizerPool
 
@@ -50,6 +51,13 @@ class AppState:
     # Limits of the bodies still arriving. Such a request is not in flight yet, so
     # the drain ends its wait at once instead of holding SIGTERM for a slow upload.
     body_reads: set[asyncio.Timeout] = field(default_factory=set)
+
+    async def render_metrics(self) -> str:
+        """/metrics: server-wide totals; with several router processes, every
+        process's counters merged by the queue owner."""
+        if isinstance(self.queue, RemoteQueueHandle):
+            return await self.queue.server_metrics(self.settings.max_input_length)
+        return self.metrics.render()
 
     def begin_drain(self) -> None:
         if self.draining:

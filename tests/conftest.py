@@ -149,8 +149,10 @@ def start_server(
     argv = [sys.executable, "-m", "launcher", "--hostname", "127.0.0.1", "--port", str(port), "--uds-path", uds,
             "--grpc-port", str(grpc_port), *args]
     with log_path.open("wb") as log:
+        # One router process unless a test (or the environment) asks for more:
+        # the default follows the cores, and tests count processes.
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                   env={**os.environ, **(env or {})})
+                                   env={"ROUTER_WORKERS": "1", **os.environ, **(env or {})})
     server = RunningServer(f"http://127.0.0.1:{port}", uds, process, log_path, f"127.0.0.1:{grpc_port}")
     try:
         _wait_healthy(server)

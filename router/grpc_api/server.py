@@ -78,9 +78,12 @@ class GrpcFrontend:
         settings = state.settings
         interceptors = [ApiKeyInterceptor(settings.api_key)] if settings.api_key else []
         self._state = state
-        # No SO_REUSEPORT: a second server on a taken port must fail, not share it.
+        # One router process: no SO_REUSEPORT, a second server on a taken port must
+        # fail, not share it. Several fronts (--router-workers >= 2) share the port
+        # through it, the kernel spreading connections over them.
+        reuse_port = 1 if settings.router_workers > 1 else 0
         self._server = grpc.aio.server(interceptors=interceptors, options=[
-            ("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", MAX_REQUEST_MESSAGE_BYTES)])
+            ("grpc.so_reuseport", reuse_port), ("grpc.max_receive_message_length", MAX_REQUEST_MESSAGE_BYTES)])
         tei_pb2_grpc.add_InfoServicer_to_server(InfoService(state), self._server)
         tei_pb2_grpc.add_EmbedServicer_to_server(EmbedService(state), self._server)
         tei_pb2_grpc.add_PredictServicer_to_server(PredictService(state), self._server)

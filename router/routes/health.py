@@ -75,4 +75,4 @@ def _model_type(settings: RouterSettings) -> dict[str, object]:
 
 
 async def metrics(request: Request) -> Response:
-    return Response(app_state(request).metrics.render(), media_type="text/plain; version=0.0.4")
+    return Response(await app_state(request).render_metrics(), media_type="text/plain; version=0.0.4")

@@ -17,7 +17,7 @@ from router.batch_queue import BatchQueue
 from router.errors import DeadlineExceededError
 from router.infer import _await_or_abort
 from router.metrics import Metrics
-from router.queue_handle import EntryResult, QueueHandle, Submission, TokenizedInput
+from router.queue_handle import Admission, EntryResult, QueueHandle, Submission, TokenizedInput
 from router.queue_owner import InprocQueueHandle, QueueOwner
 
 
@@ -25,7 +25,7 @@ def _handle(budget: int = 100, max_requests: int | None = None) -> tuple[InprocQ
     queue = BatchQueue(
         max_batch_tokens=budget, max_batch_requests=max_requests, padded=False, position_offset=0, metrics=Metrics(512)
     )
-    return InprocQueueHandle(QueueOwner(queue, [], Metrics(512), "embed")), queue
+    return InprocQueueHandle(QueueOwner(queue, [], Metrics(512), "embed"), 512), queue
 
 
 def _input(length: int, first_id: int = 1) -> TokenizedInput:
@@ -99,7 +99,17 @@ class RecordingHandle:
     def max_batch_requests(self) -> int | None:
         return None
 
-    def submit(self, inputs: Sequence[TokenizedInput], *, raw: bool, deadline: float | None) -> Submission:
+    def admit(self, count: int, *, wait: bool) -> Admission:
+        granted: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        granted.set_result(True)
+        return Admission(count, granted)
+
+    def release(self, admission: Admission) -> None:
+        pass
+
+    def submit(
+        self, inputs: Sequence[TokenizedInput], *, raw: bool, deadline: float | None, admission: Admission | None = None
+    ) -> Submission:
         loop = asyncio.get_running_loop()
         return Submission([loop.create_future() for _ in inputs])
 

@@ -12,7 +12,9 @@ import pytest
 
 from router.errors import BackendUnavailableError, EmbedServeError, TokenizerError, ValidationError
 from router.infer import EncodeOptions, Inference
+from router.batch_queue import BatchQueue
 from router.metrics import Metrics
+from router.queue_owner import InprocQueueHandle, QueueOwner
 from tokenizer_pool.pool import (
     InvalidInputError,
     TokenizationError,
@@ -57,8 +59,11 @@ CALLS: dict[str, Callable[[Inference], Coroutine[Any, Any, Any]]] = {
 def test_every_path_translates_pool_errors_alike(
     call: str, pool_error: TokenizationError, router_error: type[EmbedServeError], status: int
 ) -> None:
-    inference = Inference(FailingPool(pool_error), None, Metrics(512), 8)  # type: ignore[arg-type]
+    queue = InprocQueueHandle(QueueOwner(BatchQueue(max_batch_tokens=100, max_batch_requests=None, padded=False,
+                                                    position_offset=0, metrics=Metrics(512)),
+                                         [], Metrics(512), "embed"), 8)
+    inference = Inference(FailingPool(pool_error), queue, Metrics(512))  # type: ignore[arg-type]
     with pytest.raises(router_error) as info:
         asyncio.run(CALLS[call](inference))
     assert info.value.status == status
-    assert inference.permits.available == 8  # a failed call gives its permits back
+    assert queue.permits.available == 8  # a failed call gives its permits back

@@ -1,0 +1,1 @@
+"""The queue owner process (issue 12): `python -m router.owner owner`."""

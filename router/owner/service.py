@@ -1,0 +1,320 @@
+"""The queue owner's side of every front's link: admission, submit, abort,
+results, metrics (router/owner_link.py has the messages).
+
+The owner runs the one `QueueOwner` (token-budget queue + dispatcher) and the
+server-wide `Permits`. A front's entries go into the same queue as everyone's;
+each entry's future is a `RemoteSlot` that hands its result to the front's
+link, which packs everything finished in one iteration into one Results
+message. A front whose link drops loses its calls: their queued entries are
+dropped unseen and their permits come back; other fronts are untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from router.batch_queue import QueueEntry
+from router.errors import BackendError, EmbedServeError, OverloadedError
+from router.infer import Permits
+from router.metrics import Metrics, merge, snapshot
+from router.owner_link import (
+    Abort,
+    Admit,
+    Admitted,
+    Failed,
+    FramedLink,
+    Hello,
+    Message,
+    MetricsCollect,
+    MetricsPart,
+    MetricsQuery,
+    MetricsReply,
+    Probe,
+    ProbeReply,
+    Ready,
+    Release,
+    Results,
+    Submit,
+    Welcome,
+)
+from router.queue_handle import EntryResult
+from router.queue_owner import QueueOwner
+
+logger = logging.getLogger(__name__)
+
+# A front that does not answer a metrics collection within this is left out.
+METRICS_COLLECT_TIMEOUT_S = 2.0
+
+_U32 = np.dtype("<u4")
+
+
+class RemoteSlot:
+    """An entry's future in the owner: settling it sends the outcome to its front."""
+
+    __slots__ = ("call", "index", "_done")
+
+    def __init__(self, call: OwnerCall, index: int) -> None:
+        self.call = call
+        self.index = index
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, result: EntryResult, /) -> None:
+        if self._done:
+            return
+        self._done = True
+        self.call.front.add_result(self.call, self.index, result)
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        if self._done:
+            return
+        self._done = True
+        self.call.front.add_failure(self.call, self.index, exception)
+
+    def cancel(self) -> None:
+        self._done = True
+
+
+@dataclass(eq=False)
+class OwnerCall:
+    front: FrontConnection
+    id: int
+    permits: int
+    granted: asyncio.Future[bool] | None
+    # Permits taken with the submit (no Admit before it).
+    held: bool = False
+    slots: list[RemoteSlot] = field(default_factory=list)
+    open_entries: int = 0
+
+
+class FrontConnection:
+    """The owner's end of one front's link (or of the launcher's probe)."""
+
+    def __init__(self, service: OwnerService) -> None:
+        self._service = service
+        self.link = FramedLink(self._on_messages, self._on_lost)
+        self.link.before_flush = self._pack_results
+        self.front_index: int | None = None
+        self.ready = False
+        self.calls: dict[int, OwnerCall] = {}
+        # Finished inputs waiting for the next frame.
+        self._ids: list[int] = []
+        self._indices: list[int] = []
+        self._rows: list[int] = []
+        self._sizes: list[int] = []
+        self._queue_s: list[float] = []
+        self._inference_s: list[float] = []
+        self._values: list[np.ndarray] = []
+
+    # ---- messages from the front
+
+    def _on_messages(self, messages: list[Message]) -> None:
+        for message in messages:
+            if isinstance(message, Submit):
+                self._submit(message)
+            elif isinstance(message, Admit):
+                self._admit(message)
+            elif isinstance(message, (Abort, Release)):
+                self._end_call(message.id, withdraw=True)
+            elif isinstance(message, MetricsPart):
+                self._service.metrics_part(self, message)
+            elif isinstance(message, MetricsQuery):
+                self._service.collect_metrics(self, message.id)
+            elif isinstance(message, Hello):
+                self.front_index = message.front_index
+                self._service.fronts.add(self)
+                self.link.send(Welcome(self._service.owner.queue.max_batch_requests))
+                logger.info("front %d (pid %d) connected", message.front_index, message.pid)
+            elif isinstance(message, Ready):
+                self.ready = True
+            elif isinstance(message, Probe):
+                self.link.send(ProbeReply(self._service.ready_fronts()))
+
+    def _admit(self, message: Admit) -> None:
+        granted = self._service.permits.request(message.count, wait=message.wait)
+        if granted.done():
+            if granted.result():
+                self.calls[message.id] = OwnerCall(self, message.id, message.count, granted)
+            self.link.send(Admitted(message.id, granted.result()))
+            return
+        self.calls[message.id] = OwnerCall(self, message.id, message.count, granted)
+
+        def answer(future: asyncio.Future[bool], call_id: int = message.id) -> None:
+            if not future.cancelled():
+                self.link.send(Admitted(call_id, future.result()))
+
+        granted.add_done_callback(answer)
+
+    def _submit(self, message: Submit) -> None:
+        call = self.calls.get(message.id)
+        if call is None:
+            if message.admit and not self._service.permits.try_acquire(message.admit):
+                error = OverloadedError()
+                self.link.send(Failed(message.id, list(range(len(message.lengths) // 4)), type(error).__name__,
+                                      error.message))
+                return
+            call = self.calls[message.id] = OwnerCall(self, message.id, message.admit, None, held=message.admit > 0)
+        lengths = np.frombuffer(message.lengths, dtype=_U32)
+        ids = np.frombuffer(message.input_ids, dtype=_U32)
+        types = np.frombuffer(message.token_type_ids, dtype=_U32)
+        starts = np.frombuffer(message.pool_starts, dtype=_U32) if message.pool_starts else None
+        if len(ids) != len(types) or int(lengths.sum()) != len(ids):
+            self._fail_call(call, range(len(lengths)), BackendError("malformed submit from a front. This is a bug."))
+            return
+        entries: list[QueueEntry] = []
+        offset = 0
+        for index, length in enumerate(lengths.tolist()):
+            slot = RemoteSlot(call, index)
+            call.slots.append(slot)
+            end = offset + length
+            entries.append(QueueEntry(ids[offset:end], types[offset:end], slot, message.raw, message.deadline,
+                                      int(starts[index]) if starts is not None else 0))
+            offset = end
+        call.open_entries = len(entries)
+        try:
+            self._service.owner.append(entries)
+        except RuntimeError as exc:
+            self._fail_call(call, range(len(entries)), BackendError(str(exc)))
+
+    def _fail_call(self, call: OwnerCall, indices: range, error: EmbedServeError) -> None:
+        for slot in call.slots:
+            slot.cancel()
+        self.link.send(Failed(call.id, list(indices), type(error).__name__, error.message))
+        self._end_call(call.id, withdraw=True)
+
+    def _end_call(self, call_id: int, *, withdraw: bool) -> None:
+        """The call is over: queued entries are dropped unseen, permits come back."""
+        call = self.calls.pop(call_id, None)
+        if call is None:
+            return
+        if withdraw:
+            for slot in call.slots:
+                slot.cancel()
+        if call.granted is not None:
+            self._service.permits.withdraw(call.permits, call.granted)
+        elif call.held:
+            self._service.permits.release(call.permits)
+
+    # ---- outcomes from the dispatcher (through RemoteSlot)
+
+    def add_result(self, call: OwnerCall, index: int, result: EntryResult) -> None:
+        values = result.values
+        self._ids.append(call.id)
+        self._indices.append(index)
+        self._rows.append(values.shape[0] if values.ndim == 2 else 0)
+        self._sizes.append(values.size)
+        self._queue_s.append(result.queue_time_s)
+        self._inference_s.append(result.inference_time_s)
+        self._values.append(values)
+        self._entry_done(call)
+        self.link.wake()
+
+    def add_failure(self, call: OwnerCall, index: int, exception: BaseException) -> None:
+        error = exception if isinstance(exception, EmbedServeError) else BackendError(f"Backend error: {exception}")
+        self.link.send(Failed(call.id, [index], type(error).__name__, error.message))
+        self._entry_done(call)
+
+    def _entry_done(self, call: OwnerCall) -> None:
+        call.open_entries -= 1
+        if call.open_entries == 0:
+            self._end_call(call.id, withdraw=False)
+
+    def _pack_results(self) -> None:
+        if not self._ids:
+            return
+        values = np.concatenate([v.ravel() for v in self._values]).astype(np.float32, copy=False)
+        self.link.send(Results(self._ids, self._indices, self._rows, self._sizes, self._queue_s,
+                               self._inference_s, values.tobytes()))
+        self._ids, self._indices, self._rows, self._sizes = [], [], [], []
+        self._queue_s, self._inference_s, self._values = [], [], []
+
+    # ---- the link dropped
+
+    def _on_lost(self, exc: Exception | None) -> None:
+        if self.front_index is not None:
+            log = logger.warning if self.calls else logger.info
+            log("front %d disconnected; its %d call(s) in flight are withdrawn", self.front_index, len(self.calls))
+        for call_id in list(self.calls):
+            self._end_call(call_id, withdraw=True)
+        self._service.connection_gone(self)
+
+
+@dataclass
+class _Collection:
+    asker: FrontConnection
+    query_id: int
+    waiting: set[FrontConnection]
+    parts: list[dict[str, object]]
+    timer: asyncio.TimerHandle | None = None
+
+
+class OwnerService:
+    def __init__(self, owner: QueueOwner, permits: Permits, metrics: Metrics, max_input_length: int) -> None:
+        self.owner = owner
+        self.permits = permits
+        self.metrics = metrics
+        self._max_input_length = max_input_length
+        self.fronts: set[FrontConnection] = set()
+        self._connections = 0
+        self._collections: dict[int, _Collection] = {}
+        self._next_collection = 0
+        # Set while no connection is open: the owner's drain waits for it.
+        self.no_connections = asyncio.Event()
+        self.no_connections.set()
+
+    def new_connection(self) -> FramedLink:
+        self._connections += 1
+        self.no_connections.clear()
+        return FrontConnection(self).link
+
+    def connection_gone(self, front: FrontConnection) -> None:
+        self.fronts.discard(front)
+        for collection_id, collection in list(self._collections.items()):
+            collection.waiting.discard(front)
+            if not collection.waiting:
+                self._finish_collection(collection_id)
+        self._connections -= 1
+        if self._connections == 0:
+            self.no_connections.set()
+
+    def ready_fronts(self) -> list[int]:
+        return sorted(f.front_index for f in self.fronts if f.ready and f.front_index is not None)
+
+    # ---- /metrics: the asking front gets every process's counters merged
+
+    def collect_metrics(self, asker: FrontConnection, query_id: int) -> None:
+        self._next_collection += 1
+        collection_id = self._next_collection
+        collection = _Collection(asker, query_id, set(self.fronts), [snapshot(self.metrics)])
+        self._collections[collection_id] = collection
+        for front in collection.waiting:
+            front.link.send(MetricsCollect(collection_id))
+        collection.timer = asyncio.get_running_loop().call_later(
+            METRICS_COLLECT_TIMEOUT_S, self._finish_collection, collection_id
+        )
+
+    def metrics_part(self, front: FrontConnection, message: MetricsPart) -> None:
+        collection = self._collections.get(message.id)
+        if collection is None or front not in collection.waiting:
+            return  # too late: the answer went without it
+        collection.parts.append(message.snapshot)
+        collection.waiting.discard(front)
+        if not collection.waiting:
+            self._finish_collection(message.id)
+
+    def _finish_collection(self, collection_id: int) -> None:
+        collection = self._collections.pop(collection_id, None)
+        if collection is None:
+            return
+        if collection.timer is not None:
+            collection.timer.cancel()
+        merged = Metrics(self._max_input_length)
+        for part in collection.parts:
+            merge(merged, part)
+        collection.asker.link.send(MetricsReply(collection.query_id, snapshot(merged)))

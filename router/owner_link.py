@@ -1,0 +1,289 @@
+"""The front ↔ queue owner link: msgspec messages in length-prefixed frames on
+one Unix stream socket per front (issue 12).
+
+A frame is a 4-byte little-endian length and a msgpack array of messages. Each
+side queues what it produces during one event-loop iteration and writes it as
+one frame at the end of the iteration (`FramedLink.send`), so a busy server
+makes one write per iteration, not one per request; vLLM's engine-core client
+batches the same way. Arrays cross as packed buffers (u32 ids, float32 rows).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+from collections.abc import Callable
+from typing import Union
+
+import msgspec
+
+logger = logging.getLogger(__name__)
+
+_LENGTH = struct.Struct("<I")
+# Far above any real frame (a frame holds one iteration's messages); a garbled
+# length must not make a process buffer gigabytes.
+MAX_FRAME_BYTES = 1 << 30
+
+
+class _Msg(msgspec.Struct, array_like=True, tag=True, omit_defaults=True):
+    pass
+
+
+# ---- front → owner
+
+
+class Hello(_Msg, tag="hello"):
+    """First message of a front; answered by Welcome."""
+
+    front_index: int
+    pid: int
+
+
+class Ready(_Msg, tag="ready"):
+    """The front serves (its lifespan is done): the launcher's probe counts it."""
+
+
+class Probe(_Msg, tag="probe"):
+    """The launcher's readiness question, on a connection of its own."""
+
+
+class Admit(_Msg, tag="admit"):
+    """Ask for `count` permits for call `id`; wait FIFO or be refused at once."""
+
+    id: int
+    count: int
+    wait: bool
+
+
+class Submit(_Msg, tag="submit"):
+    """Call `id`'s tokenized inputs, packed: u32 ids and type ids concatenated,
+    u32 lengths, u32 pool starts (empty: all 0). `admit`: permits to take now,
+    refused at once (a Failed OverloadedError) if not free; 0: Admit got them."""
+
+    id: int
+    raw: bool
+    deadline: float | None
+    input_ids: bytes
+    token_type_ids: bytes
+    lengths: bytes
+    pool_starts: bytes = b""
+    admit: int = 0
+
+
+class Abort(_Msg, tag="abort"):
+    """Withdraw call `id`: queued inputs never run, permits come back."""
+
+    id: int
+
+
+class Release(_Msg, tag="release"):
+    """Call `id` was admitted but will not submit (tokenizer error, deadline)."""
+
+    id: int
+
+
+class MetricsQuery(_Msg, tag="mq"):
+    """A front's /metrics: the owner answers with the server-wide totals."""
+
+    id: int
+
+
+class MetricsPart(_Msg, tag="mp"):
+    """A front's own counters, answering the owner's MetricsCollect."""
+
+    id: int
+    snapshot: dict[str, object]
+
+
+# ---- owner → front
+
+
+class Welcome(_Msg, tag="welcome"):
+    max_batch_requests: int | None
+
+
+class ProbeReply(_Msg, tag="probed"):
+    ready_fronts: list[int]
+
+
+class Admitted(_Msg, tag="admitted"):
+    id: int
+    granted: bool
+
+
+class Results(_Msg, tag="results"):
+    """Finished inputs, any calls: entry k is input `indices[k]` of call
+    `ids[k]`, `sizes[k]` float32 values of `values` in order, a [rows, size/rows]
+    matrix if `rows[k]` (raw), else one row."""
+
+    ids: list[int]
+    indices: list[int]
+    rows: list[int]
+    sizes: list[int]
+    queue_s: list[float]
+    inference_s: list[float]
+    values: bytes
+
+
+class Failed(_Msg, tag="failed"):
+    """Inputs of call `id` that failed with an EmbedServeError (class name, message)."""
+
+    id: int
+    indices: list[int]
+    error: str
+    message: str
+
+
+class MetricsCollect(_Msg, tag="mc"):
+    id: int
+
+
+class MetricsReply(_Msg, tag="mr"):
+    id: int
+    snapshot: dict[str, object]
+
+
+Message = Union[
+    Hello, Ready, Probe, Admit, Submit, Abort, Release, MetricsQuery, MetricsPart,
+    Welcome, ProbeReply, Admitted, Results, Failed, MetricsCollect, MetricsReply,
+]
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(list[Message])
+
+
+def encode_frame(messages: list[Message]) -> bytes:
+    payload = _encoder.encode(messages)
+    return _LENGTH.pack(len(payload)) + payload
+
+
+class FramedLink(asyncio.Protocol):
+    """One end of a link. `on_messages` gets each frame's messages in order;
+    `on_lost` is called once when the connection ends (None: closed cleanly)."""
+
+    def __init__(self, on_messages: Callable[[list[Message]], None], on_lost: Callable[[Exception | None], None]) -> None:
+        self._on_messages = on_messages
+        self._on_lost = on_lost
+        self._buffer = bytearray()
+        self._outbox: list[Message] = []
+        self._transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flush_scheduled = False
+        # Called just before a frame is written: the owner adds the results that
+        # finished during this iteration, packed as one message.
+        self.before_flush: Callable[[], None] | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses; they write alike.
+        self._transport = transport  # type: ignore[assignment]
+        self._loop = asyncio.get_running_loop()
+
+    def send(self, message: Message) -> None:
+        if self.closed:
+            return
+        self._outbox.append(message)
+        self.wake()
+
+    def wake(self) -> None:
+        """Write a frame at the end of this iteration."""
+        if not self._flush_scheduled and not self.closed:
+            assert self._loop is not None
+            self._flush_scheduled = True
+            # call_soon runs after everything already scheduled in this iteration:
+            # what they send joins the same frame.
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self.before_flush is not None:
+            self.before_flush()
+        messages, self._outbox = self._outbox, []
+        if self.closed or not messages or self._transport is None:
+            return
+        self._transport.write(encode_frame(messages))
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        start = 0
+        frames: list[memoryview] = []
+        view = memoryview(buffer)
+        while len(buffer) - start >= _LENGTH.size:
+            (size,) = _LENGTH.unpack_from(buffer, start)
+            if size > MAX_FRAME_BYTES:
+                view.release()
+                self._fail(ValueError(f"a frame of {size} bytes"))
+                return
+            end = start + _LENGTH.size + size
+            if end > len(buffer):
+                break
+            frames.append(view[start + _LENGTH.size : end])
+            start = end
+        try:
+            batches = [_decoder.decode(frame) for frame in frames]
+        except msgspec.DecodeError as exc:
+            self._fail(exc)
+            return
+        finally:
+            for frame in frames:
+                frame.release()
+            view.release()
+        if start:
+            del buffer[:start]
+        for messages in batches:
+            self._on_messages(messages)
+
+    def _fail(self, exc: Exception) -> None:
+        logger.error("owner link: bad frame (%s); closing it", exc)
+        if self._transport is not None:
+            self._transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._outbox.clear()
+        self._on_lost(exc)
+
+    def close(self) -> None:
+        self._flush()
+        self.closed = True
+        if self._transport is not None:
+            self._transport.close()
+
+
+def probe_owner(path: str, timeout_s: float = 2.0) -> list[int] | None:
+    """Blocking readiness probe for the launcher: the fronts the owner counts as
+    serving, or None if the owner does not answer (yet)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout_s)
+            sock.connect(path)
+            sock.sendall(encode_frame([Probe()]))
+            header = _recv_exactly(sock, _LENGTH.size)
+            (size,) = _LENGTH.unpack(header)
+            if size > MAX_FRAME_BYTES:
+                return None
+            for message in _decoder.decode(_recv_exactly(sock, size)):
+                if isinstance(message, ProbeReply):
+                    return message.ready_fronts
+    except (OSError, msgspec.DecodeError):
+        return None
+    return None
+
+
+def owner_ready(path: str) -> bool:
+    """True once the owner at `path` answers (its backends are connected)."""
+    return probe_owner(path) is not None
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    chunks: list[bytes] = []
+    while size:
+        chunk = sock.recv(size)
+        if not chunk:
+            raise ConnectionError("owner closed the probe")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
