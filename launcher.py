@@ -10,11 +10,13 @@
 Start-up is a handshake, not a sleep: each socket is deleted, its child spawned,
 and the child counts as up once its socket answers a Health RPC (the router: once
 /health answers 200). A child that exits during start-up fails the launch at once.
-SIGTERM/SIGINT drain the router first, then stop the workers. A child that dies
-later is named in the log, the rest are stopped, and the launcher exits non-zero.
-If the launcher itself is killed, the children keep that order on their own
-(proto/child.py). On any exit, socket files the children left are removed.
-Secrets never reach argv or a child's environment (proto/redact.py).
+SIGTERM/SIGINT drain the router first (every front, then the queue owner), then
+stop the workers. A worker or a front that dies later is restarted with backoff;
+if the router (or the queue owner) dies, or a child keeps crashing, the rest are
+stopped and the launcher exits non-zero. If the launcher itself is killed, the
+children keep that order on their own (proto/child.py). On any exit, socket
+files the children left are removed. Secrets never reach argv or a child's
+environment (proto/redact.py).
 """
 
 from __future__ import annotations
@@ -407,7 +409,8 @@ class ChildProcess:
     # Its own readiness check, if neither a gRPC Health on socket_path nor /health
     # says it (the queue owner, the fronts of --router-workers >= 2).
     ready_check: Callable[[], bool] | None = field(default=None, repr=False)
-    # Backends and tokenizer workers come back after a crash; the router does not.
+    # Backends, tokenizer workers and fronts come back after a crash; the router
+    # (one process, or the queue owner) does not.
     restartable: bool = False
     restarts: list[float] = field(default_factory=list)  # monotonic times of recent restarts
     restart_at: float | None = None
@@ -550,9 +553,13 @@ class RouterPipe:
         read_fd, write_fd = os.pipe()
         return cls(read_fd, write_fd)
 
-    def close_write_end(self) -> None:
+    def close_write_end(self, holders: Sequence[ChildProcess]) -> None:
+        """Close the launcher's copy once `holders` run with theirs; a holder
+        restarted later (a front) starts without it."""
         if self.write_fd is not None:
             os.close(self.write_fd)
+            for child in holders:
+                child.pass_fds = tuple(fd for fd in child.pass_fds if fd != self.write_fd)
             self.write_fd = None
 
 
@@ -683,9 +690,13 @@ def build_children(
         fconfig.CopyFrom(rconfig)
         fconfig.front_index = index
         fconfig.http_fds[:] = list(http_fds[index])
+        # A front that dies takes only its own connections with it: the launcher
+        # starts it again (on the same listening socket, kept open here); the
+        # queue owner dropped its queued inputs already.
         routers.append(ChildProcess(
             f"router-{index}", [python, "-m", "router", f"router-{index}"], base_env, fconfig,
             pass_fds=(router_pipe.write_fd, *http_fds[index]), ready_check=_front_ready_check(owner_path, index, plan),
+            restartable=True,
         ))
     return backends, tokenizers, routers
 
@@ -751,11 +762,11 @@ class Launcher:
                 wait_until_healthy([owner], self._stop, None, workers)
                 for front in fronts:
                     front.start()
-                self._router_pipe.close_write_end()
+                self._router_pipe.close_write_end(self._routers)
                 wait_until_healthy(fronts, self._stop, health_url, [*workers, owner])
             else:
                 self._routers[0].start()
-                self._router_pipe.close_write_end()
+                self._router_pipe.close_write_end(self._routers)
                 wait_until_healthy(self._routers, self._stop, health_url, workers)
         except LaunchError:
             self._shutdown()
@@ -765,9 +776,11 @@ class Launcher:
         return self._supervise()
 
     def _supervise(self) -> int:
-        """Restart crashed workers with backoff; stop everything if the router dies
-        or a worker keeps crashing. The router notices a worker's return by itself
-        (its health checks), so a restart needs no handshake here."""
+        """Restart crashed workers and router fronts with backoff; stop everything
+        if the router (one process, or the queue owner of several fronts) dies or a
+        child keeps crashing. The router notices a worker's return by itself (its
+        health checks), and a front joins the owner and the shared port by itself,
+        so a restart needs no handshake here."""
         while not self._stop.wait(SUPERVISE_TICK_S):
             now = time.monotonic()
             for child in self._all_children():
