@@ -94,8 +94,9 @@ def test_error_answers_match_starlettes(guarded: RunningServer) -> None:
         direct, starlette = pair(content, content_type)
         assert direct.status_code == starlette.status_code == status
         assert _head(direct) == _head(starlette)
-    direct, starlette = pair(b'{"inputs": "a"}', "application/json")
-    assert direct.json()["error_type"] == starlette.json()["error_type"] == "Validation"  # /decode wants `ids`
+    direct, starlette = pair(b"{}", "application/json")  # a required field missing (`ids`, `inputs`)
+    assert direct.status_code == starlette.status_code == 422
+    assert direct.json()["error_type"] == starlette.json()["error_type"] == "Validation"
 
 
 def test_other_methods_and_preflights_still_go_to_starlette(guarded: RunningServer) -> None:
