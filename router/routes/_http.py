@@ -2,7 +2,7 @@
 
 A route sees its request as an `HttpCall` (the ASGI scope and receive channel,
 no Starlette `Request`) and returns an `Answer` (status, headers, body bytes):
-router/front.py sends it straight to Hypercorn on the hot POST routes, and
+router/routes/asgi.py sends it straight to Hypercorn on the hot POST routes, and
 `Answer.response()` makes a Starlette response of it everywhere else.
 """
 
@@ -107,26 +107,21 @@ class Answer:
     headers: RawHeaders = field(default_factory=list)
     media_type: bytes | None = None
 
-    def start_headers(self) -> RawHeaders:
-        """The response head's headers, as Starlette's `Response` would list them."""
-        headers = list(self.headers)
-        if isinstance(self.body, JsonPieces):
-            headers.append((b"content-length", str(sum(len(p) for p in self.body.pieces)).encode()))
-        elif self.status >= 200 and self.status not in (204, 304):
-            headers.append((b"content-length", str(len(self.body)).encode()))
+    async def send(self, send: Send, extra_headers: RawHeaders) -> None:
+        """Straight to the server: one start message, one body message. The head
+        lists what Starlette's `Response` would, in its order, then `extra_headers`.
+        A body in pieces goes through `response()` (Starlette streams it, watching
+        for the client leaving)."""
+        body = self.body
+        assert isinstance(body, bytes)
+        headers = [*self.headers]
+        if self.status >= 200 and self.status not in (204, 304):
+            headers.append((b"content-length", str(len(body)).encode()))
         if self.media_type is not None:
             headers.append((b"content-type", self.media_type))
-        return headers
-
-    async def send(self, send: Send, extra_headers: RawHeaders) -> None:
-        """Straight to the server: one start message, one body message. A body in
-        pieces goes through `response()` (Starlette streams it, watching for the
-        client leaving)."""
-        assert isinstance(self.body, bytes)
-        headers = self.start_headers()
         headers.extend(extra_headers)
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
-        await send({"type": "http.response.body", "body": self.body})
+        await send({"type": "http.response.body", "body": body})
 
     def response(self) -> Response:
         """The same answer as a Starlette response (the routes behind Starlette's stack)."""
@@ -236,15 +231,21 @@ async def until_disconnected(call: HttpCall, work: Awaitable[T]) -> T:
     watcher = asyncio.ensure_future(_wait_for_disconnect(call.receive))
     watcher.add_done_callback(on_watcher_done)
     try:
-        return await work
-    except asyncio.CancelledError:
-        # Ours (the client left) unless someone else cancelled this task too.
+        result = await work
+    except BaseException:
+        # The work ended by our cancellation (or in spite of it): the client left,
+        # unless someone else cancelled this task too.
         if left and task.uncancel() == 0:
             raise ClientGone() from None
         raise
     finally:
         watcher.remove_done_callback(on_watcher_done)
         watcher.cancel()
+    if left:  # the work swallowed our cancellation
+        if task.uncancel() == 0:
+            raise ClientGone()
+        raise asyncio.CancelledError()
+    return result
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:
