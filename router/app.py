@@ -7,6 +7,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -28,15 +29,14 @@ from router.queue_handle import QueueHandle
 from router.queue_owner import InprocQueueHandle, QueueOwner
 from router.remote_queue import RemoteQueueHandle
 from router.routes import default, embed, health, predict, tokenize
-from router.routes._http import ClientGone, json_response
+from router.routes._http import ClientGone, client_gone_answer, error_answer, unexpected_answer
+from router.routes._inference import Endpoint
+from router.routes.asgi import CorsPolicy, FrontApp
 from router.settings import RouterSettings
 from router.state import AppState, BackendFacts
 from tokenizer_pool.pool import TokenizerPool
 
 logger = logging.getLogger(__name__)
-
-# Not a real status: the client is gone and never reads it (nginx's convention).
-CLIENT_CLOSED_REQUEST = 499
 
 
 async def connect_backends(settings: RouterSettings) -> tuple[list[BackendClient], BackendFacts, int | None]:
@@ -102,19 +102,16 @@ async def close_services(state: AppState) -> None:
 
 async def _embedserve_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, EmbedServeError)  # registered for this class only
-    if exc.status == 401:
-        return Response(status_code=401)
-    headers = {"connection": "close"} if exc.closes_connection else None
-    return json_response(exc.to_body(), status_code=exc.status, headers=headers)
+    return error_answer(exc).response()
 
 
 async def _client_gone(request: Request, exc: Exception) -> Response:
-    return Response(status_code=CLIENT_CLOSED_REQUEST)
+    return client_gone_answer().response()
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     logger.error("unhandled error on %s", request.url.path, exc_info=exc)
-    return json_response({"error": f"internal error: {type(exc).__name__}", "error_type": "Backend"}, status_code=500)
+    return unexpected_answer(exc).response()
 
 
 async def _root(request: Request) -> Response:
@@ -124,7 +121,7 @@ async def _root(request: Request) -> Response:
     return await default.invocations(request)
 
 
-def create_app(settings: RouterSettings, on_owner_lost: Callable[[], None] | None = None) -> Starlette:
+def create_app(settings: RouterSettings, on_owner_lost: Callable[[], None] | None = None) -> FrontApp:
     """`on_owner_lost`: called once if the link to the queue owner process drops
     (--router-workers >= 2); the server then stops and exits non-zero."""
 
@@ -164,19 +161,25 @@ def create_app(settings: RouterSettings, on_owner_lost: Callable[[], None] | Non
                 await grpc_frontend.stop(settings.graceful_timeout_s)
             await close_services(state)
 
+    # POSTs to these paths skip Starlette's stack (router/routes/asgi.py); the
+    # Route entries below still answer their other methods (405) and preflights.
+    direct: dict[str, Endpoint[Any]] = {
+        "/embed": embed.embed,
+        "/embed_all": embed.embed_all,
+        "/embed_sparse": embed.embed_sparse,
+        "/similarity": embed.similarity,
+        "/v1/embeddings": embed.openai_embeddings,
+        "/embeddings": embed.openai_embeddings,
+        "/predict": predict.predict,
+        "/rerank": predict.rerank,
+        "/decode": tokenize.decode,
+        "/vertex": default.vertex,
+        "/invocations": default.default_route(settings),
+        "/": default.default_route(settings),
+    }
     routes = [
-        Route("/embed", embed.embed, methods=["POST"]),
-        Route("/embed_all", embed.embed_all, methods=["POST"]),
-        Route("/embed_sparse", embed.embed_sparse, methods=["POST"]),
-        Route("/similarity", embed.similarity, methods=["POST"]),
-        Route("/v1/embeddings", embed.openai_embeddings, methods=["POST"]),
-        Route("/embeddings", embed.openai_embeddings, methods=["POST"]),
-        Route("/predict", predict.predict, methods=["POST"]),
-        Route("/rerank", predict.rerank, methods=["POST"]),
-        Route("/tokenize", tokenize.tokenize, methods=["POST"]),
-        Route("/decode", tokenize.decode, methods=["POST"]),
-        Route("/vertex", default.vertex, methods=["POST"]),
-        Route("/invocations", default.invocations, methods=["POST"]),
+        *(Route(path, endpoint.starlette, methods=["POST"]) for path, endpoint in direct.items() if path != "/"),
+        Route("/tokenize", tokenize.tokenize.starlette, methods=["POST"]),
         Route("/", _root, methods=["GET", "POST"]),
         Route("/health", health.health, methods=["GET"]),
         Route("/ping", health.health, methods=["GET"]),
@@ -185,18 +188,19 @@ def create_app(settings: RouterSettings, on_owner_lost: Callable[[], None] | Non
         Route("/docs", health.docs, methods=["GET"]),
         Route("/api-doc/openapi.json", health.openapi, methods=["GET"]),
     ]
+    allow_origins = list(settings.cors_allow_origin) or ["*"]
     # CORS outermost so that preflights and 401s carry its headers too.
     middleware = [
         Middleware(
             CORSMiddleware,
-            allow_origins=list(settings.cors_allow_origin) or ["*"],
+            allow_origins=allow_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["content-type", "authorization"],
         )
     ]
     if settings.api_key:
         middleware.append(Middleware(ApiKeyMiddleware, api_key=settings.api_key))
-    return Starlette(
+    starlette = Starlette(
         routes=routes,
         middleware=middleware,
         lifespan=lifespan,
@@ -206,3 +210,4 @@ def create_app(settings: RouterSettings, on_owner_lost: Callable[[], None] | Non
             Exception: _unexpected,
         },
     )
+    return FrontApp(starlette, direct, CorsPolicy(allow_origins), settings.api_key or None)

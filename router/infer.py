@@ -182,8 +182,7 @@ class Inference:
         metrics.request_queue_duration.observe(meta.queue_time_s)
         metrics.request_inference_duration.observe(meta.inference_time_s)
         durations = metrics.embed_durations if family == "embed" else metrics.predict_durations
-        for _ in inputs:
-            durations.observe(meta)
+        durations.observe(meta, len(inputs))
         return result
 
     async def _run(

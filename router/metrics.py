@@ -39,6 +39,13 @@ def _format_labels(labels: Labels, extra: tuple[str, str] | None = None) -> str:
     return "{" + ",".join(f'{k}="{v}"' for k, v in pairs) + "}"
 
 
+def _labels_key(labels: dict[str, str]) -> Labels:
+    # Most series have no label or one: skip the sort then.
+    if len(labels) < 2:
+        return tuple(labels.items())
+    return tuple(sorted(labels.items()))
+
+
 def _format_value(value: float) -> str:
     if math.isinf(value):
         return "+Inf"
@@ -52,11 +59,11 @@ class Counter:
     values: dict[Labels, float] = field(default_factory=dict)
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
-        key = tuple(sorted(labels.items()))
+        key = _labels_key(labels)
         self.values[key] = self.values.get(key, 0.0) + amount
 
     def value(self, **labels: str) -> float:
-        return self.values.get(tuple(sorted(labels.items())), 0.0)
+        return self.values.get(_labels_key(labels), 0.0)
 
     def render(self) -> Iterable[str]:
         yield f"# HELP {self.name} {self.help}"
@@ -93,13 +100,15 @@ class Histogram:
     def __post_init__(self) -> None:
         self.counts = [0] * len(self.buckets)
 
-    def observe(self, value: float) -> None:
+    def observe(self, value: float, count: int = 1) -> None:
+        """`count` observations of the same `value` (a request's inputs share its times)."""
         index = bisect.bisect_left(self.buckets, value)
         if index < len(self.counts):
-            self.counts[index] += 1
-        self.total += value
-        self.observations += 1
-        self.maximum = max(self.maximum, value)
+            self.counts[index] += count
+        self.total += value * count
+        self.observations += count
+        if value > self.maximum:
+            self.maximum = value
 
     def render(self) -> Iterable[str]:
         yield f"# HELP {self.name} {self.help}"
@@ -122,11 +131,12 @@ class PhaseDurations:
         self.queue = Histogram(f"{prefix}_queue_duration", "Queue wait (s)", DURATION_BUCKETS)
         self.inference = Histogram(f"{prefix}_inference_duration", "Inference (s)", DURATION_BUCKETS)
 
-    def observe(self, meta: ResponseTimes) -> None:
-        self.total.observe(meta.total_time_s)
-        self.tokenization.observe(meta.tokenization_time_s)
-        self.queue.observe(meta.queue_time_s)
-        self.inference.observe(meta.inference_time_s)
+    def observe(self, meta: ResponseTimes, count: int = 1) -> None:
+        """Once per input: `count` inputs of one request share `meta`."""
+        self.total.observe(meta.total_time_s, count)
+        self.tokenization.observe(meta.tokenization_time_s, count)
+        self.queue.observe(meta.queue_time_s, count)
+        self.inference.observe(meta.inference_time_s, count)
 
     def all(self) -> tuple[Histogram, ...]:
         return (self.total, self.tokenization, self.queue, self.inference)

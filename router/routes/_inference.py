@@ -1,8 +1,9 @@
 """The shape every inference route shares: decode the body, call one operation
 (router/operations.py), count, answer with TEI's x-* headers.
 
-A route is a `handler(request, state, body) -> Outcome`; `endpoint()` wraps it
-into a Starlette endpoint. /vertex calls the handlers directly.
+A route is an `Endpoint`: a schema and a `handler(call, body) -> Outcome`.
+`Endpoint.answer` serves it on router/front.py's direct path; `Endpoint.starlette`
+is the same behind Starlette's routing. /vertex calls the handlers directly.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -18,57 +19,75 @@ from starlette.responses import Response
 from router.errors import EmbedServeError, ShuttingDownError, ValidationError
 from router.infer import ResponseMetadata
 from router.operations import CallLimits, Truncation
-from router.routes._http import ClientGone, app_state, json_response, read_body
+from router.routes._http import (
+    Answer,
+    ClientGone,
+    HttpCall,
+    RawHeaders,
+    client_gone_answer,
+    error_answer,
+    json_answer,
+    read_body,
+)
 from router.schemas import decode_body
 from router.state import AppState
 
 B = TypeVar("B")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Outcome:
     content: Any
     metadata: ResponseMetadata | None = None
 
 
-Handler = Callable[[Request, AppState, B], Awaitable[Outcome]]
+Handler = Callable[[HttpCall, B], Awaitable[Outcome]]
 
 
-def endpoint(schema: type[B], handler: Handler[B], *, openai_errors: bool = False) -> Callable[[Request], Awaitable[Response]]:
-    async def serve(request: Request) -> Response:
-        state = app_state(request)
+@dataclass(frozen=True)
+class Endpoint(Generic[B]):
+    schema: type[B]
+    handler: Handler[B]
+    # The OpenAI-compatible routes answer errors in OpenAI's shape.
+    openai_errors: bool = False
+
+    async def answer(self, call: HttpCall) -> Answer:
+        """Every outcome, errors included, as an answer; only a bug raises."""
+        state = call.state
         started = time.perf_counter()
         try:
             if state.draining:
                 raise ShuttingDownError()
-            request.state.deadline = _deadline(request, state, started)
-            raw = await read_body(request, state)
+            call.deadline = _deadline(call, state, started)
+            raw = await read_body(call, state)
             # In flight only now: SIGTERM's drain waits for requests it can answer,
             # not for uploads that may never complete.
             state.request_started()
             try:
                 if state.draining:
                     raise ShuttingDownError()
-                outcome = await handler(request, state, decode_body(raw, schema))
+                outcome = await self.handler(call, decode_body(raw, self.schema))
             finally:
                 state.request_finished()
         except EmbedServeError as exc:
             state.metrics.request_failure.inc(err=exc.metric_label)
-            if openai_errors:
-                headers = {"connection": "close"} if exc.closes_connection else None
-                return json_response(exc.to_openai_body(), status_code=exc.status, headers=headers)
-            raise
+            return error_answer(exc, openai=self.openai_errors)
         except ClientGone:
             # Once per request, however many inputs it had (TEI counts requests).
             state.metrics.request_failure.inc(err="dropped")
-            raise
-        headers = None
+            return client_gone_answer()
+        headers: RawHeaders = []
         if outcome.metadata is not None:
-            headers = outcome.metadata.headers()
+            headers = [(key.encode(), value.encode()) for key, value in outcome.metadata.headers().items()]
             state.metrics.request_duration.observe(time.perf_counter() - started)
-        return json_response(outcome.content, headers=headers)
+        return json_answer(outcome.content, headers=headers)
 
-    return serve
+    async def starlette(self, request: Request) -> Response:
+        return (await self.answer(HttpCall.of(request))).response()
+
+
+def endpoint(schema: type[B], handler: Handler[B], *, openai_errors: bool = False) -> Endpoint[B]:
+    return Endpoint(schema, handler, openai_errors)
 
 
 # ------------------------------------------------------------------ shared steps
@@ -80,17 +99,18 @@ def truncation(truncate: bool | None, direction: str) -> Truncation:
     return Truncation(truncate, "left" if direction.lower() == "left" else "right")
 
 
-def call_limits(request: Request) -> CallLimits:
+def call_limits(call: HttpCall) -> CallLimits:
     """HTTP calls fail fast with 429 and end at the request's deadline, if any."""
-    return CallLimits(wait_for_permit=False, deadline=getattr(request.state, "deadline", None))
+    return CallLimits(wait_for_permit=False, deadline=call.deadline)
 
 
 DEADLINE_HEADER = "x-request-timeout-ms"
+_DEADLINE_HEADER_KEY = DEADLINE_HEADER.encode()
 
 
-def _deadline(request: Request, state: AppState, started: float) -> float | None:
+def _deadline(call: HttpCall, state: AppState, started: float) -> float | None:
     """perf_counter() time by which the request's inputs must have run, if any."""
-    header = request.headers.get(DEADLINE_HEADER)
+    header = call.header(_DEADLINE_HEADER_KEY)
     if header is None:
         timeout_ms = state.settings.default_request_timeout_ms
         return started + timeout_ms / 1000 if timeout_ms > 0 else None

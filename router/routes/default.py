@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -11,7 +10,8 @@ from starlette.responses import Response
 
 from router.errors import ValidationError
 from router.routes import embed, predict
-from router.routes._inference import Outcome, endpoint
+from router.routes._http import HttpCall, app_state
+from router.routes._inference import Endpoint, Outcome, endpoint
 from router.schemas import (
     EmbedRequest,
     EmbedSparseRequest,
@@ -19,13 +19,12 @@ from router.schemas import (
     RerankRequest,
     VertexRequest,
 )
-from router.state import AppState
+from router.settings import RouterSettings
 
 
-def default_route(state: AppState) -> Callable[[Request], Awaitable[Response]]:
+def default_route(settings: RouterSettings) -> Endpoint[Any]:
     """TEI's choice: classifier → predict, reranker → rerank, else similarity
     (TASK=sentence-similarity), embed_sparse (SPLADE) or embed."""
-    settings = state.settings
     if settings.model_type == "classifier":
         return predict.predict
     if settings.model_type == "reranker":
@@ -38,7 +37,7 @@ def default_route(state: AppState) -> Callable[[Request], Awaitable[Response]]:
 
 
 async def invocations(request: Request) -> Response:
-    return await default_route(request.app.state.embedserve)(request)
+    return await default_route(app_state(request).settings).starlette(request)
 
 
 def _convert(instance: dict[str, Any], schema: type[Any]) -> Any:
@@ -48,9 +47,9 @@ def _convert(instance: dict[str, Any], schema: type[Any]) -> Any:
         raise ValidationError(f"Failed to deserialize the instance: {exc}") from exc
 
 
-async def handle_vertex(request: Request, state: AppState, body: VertexRequest) -> Outcome:
+async def handle_vertex(call: HttpCall, body: VertexRequest) -> Outcome:
     """Each instance is a rerank request if it parses as one, else the model type's request."""
-    settings = state.settings
+    settings = call.state.settings
     predictions = []
     for instance in body.instances:
         try:
@@ -58,16 +57,15 @@ async def handle_vertex(request: Request, state: AppState, body: VertexRequest) 
         except msgspec.ValidationError:
             rerank_body = None
         if rerank_body is not None:
-            outcome = await predict.handle_rerank(request, state, rerank_body)
+            outcome = await predict.handle_rerank(call, rerank_body)
         elif settings.model_type in ("classifier", "reranker"):
-            outcome = await predict.handle_predict(request, state, _convert(instance, PredictRequest))
+            outcome = await predict.handle_predict(call, _convert(instance, PredictRequest))
         elif settings.is_splade:
-            outcome = await embed.handle_embed_sparse(request, state, _convert(instance, EmbedSparseRequest))
+            outcome = await embed.handle_embed_sparse(call, _convert(instance, EmbedSparseRequest))
         else:
-            outcome = await embed.handle_embed(request, state, _convert(instance, EmbedRequest))
+            outcome = await embed.handle_embed(call, _convert(instance, EmbedRequest))
         predictions.append(outcome.content)
     return Outcome({"predictions": predictions})
 
 
 vertex = endpoint(VertexRequest, handle_vertex)
-

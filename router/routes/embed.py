@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import base64
 
-from starlette.requests import Request
+import numpy as np
 
 from router.operations import Truncation
-from router.routes._http import until_disconnected
+from router.routes._http import HttpCall, until_disconnected
 from router.routes._inference import Outcome, call_limits, endpoint, truncation
 from router.schemas import (
     EmbedAllRequest,
@@ -18,68 +18,78 @@ from router.schemas import (
     SimilarityParameters,
     SimilarityRequest,
 )
-from router.state import AppState
 
 
-async def handle_embed(request: Request, state: AppState, body: EmbedRequest) -> Outcome:
-    work = state.operations.embed_pooled(
+async def handle_embed(call: HttpCall, body: EmbedRequest) -> Outcome:
+    work = call.state.operations.embed_pooled(
         body.inputs, truncation(body.truncate, body.truncation_direction), body.prompt_name, body.normalize,
-        body.dimensions, call_limits(request),
+        body.dimensions, call_limits(call),
     )
-    result = await until_disconnected(request, work)
+    result = await until_disconnected(call, work)
     return Outcome(result.vectors, result.metadata)
 
 
-async def handle_embed_all(request: Request, state: AppState, body: EmbedAllRequest) -> Outcome:
-    work = state.operations.embed_all(
-        body.inputs, truncation(body.truncate, body.truncation_direction), body.prompt_name, call_limits(request)
+async def handle_embed_all(call: HttpCall, body: EmbedAllRequest) -> Outcome:
+    work = call.state.operations.embed_all(
+        body.inputs, truncation(body.truncate, body.truncation_direction), body.prompt_name, call_limits(call)
     )
-    result = await until_disconnected(request, work)
+    result = await until_disconnected(call, work)
     return Outcome(result.matrices, result.metadata)
 
 
-async def handle_embed_sparse(request: Request, state: AppState, body: EmbedSparseRequest) -> Outcome:
-    work = state.operations.embed_sparse(
-        body.inputs, truncation(body.truncate, body.truncation_direction), body.prompt_name, call_limits(request)
+async def handle_embed_sparse(call: HttpCall, body: EmbedSparseRequest) -> Outcome:
+    work = call.state.operations.embed_sparse(
+        body.inputs, truncation(body.truncate, body.truncation_direction), body.prompt_name, call_limits(call)
     )
-    result = await until_disconnected(request, work)
+    result = await until_disconnected(call, work)
     sparse = [[{"index": i, "value": v} for i, v in weights] for weights in result.weights]
     return Outcome(sparse, result.metadata)
 
 
-async def handle_similarity(request: Request, state: AppState, body: SimilarityRequest) -> Outcome:
+async def handle_similarity(call: HttpCall, body: SimilarityRequest) -> Outcome:
     params = body.parameters or SimilarityParameters()
-    work = state.operations.similarity(
+    work = call.state.operations.similarity(
         body.inputs.source_sentence, body.inputs.sentences, truncation(params.truncate, params.truncation_direction),
-        params.prompt_name, call_limits(request),
+        params.prompt_name, call_limits(call),
     )
-    result = await until_disconnected(request, work)
+    result = await until_disconnected(call, work)
     return Outcome(result.scores, result.metadata)
 
 
-async def handle_openai(request: Request, state: AppState, body: OpenAIEmbeddingsRequest) -> Outcome:
+async def handle_openai(call: HttpCall, body: OpenAIEmbeddingsRequest) -> Outcome:
     # OpenAI's API has no truncation, prompt or normalize fields: the server's defaults, normalized.
-    work = state.operations.embed_pooled(
-        body.input, Truncation(truncate=None), None, True, body.dimensions, call_limits(request)
+    work = call.state.operations.embed_pooled(
+        body.input, Truncation(truncate=None), None, True, body.dimensions, call_limits(call)
     )
-    result = await until_disconnected(request, work)
+    result = await until_disconnected(call, work)
     vectors = result.vectors
     data: list[dict[str, object]]
     if body.encoding_format == "base64":
-        data = [
-            {"object": "embedding", "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode("ascii"), "index": i}
-            for i, v in enumerate(vectors)
-        ]
+        data = [{"object": "embedding", "embedding": text, "index": i} for i, text in enumerate(base64_rows(vectors))]
     else:
         data = [{"object": "embedding", "embedding": v, "index": i} for i, v in enumerate(vectors)]
     tokens = int(sum(result.token_counts))
     content = {
         "object": "list",
         "data": data,
-        "model": state.settings.served_model_name,
+        "model": call.state.settings.served_model_name,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
     return Outcome(content, result.metadata)
+
+
+def base64_rows(vectors: np.ndarray) -> list[str]:
+    """Each row's little-endian float32 bytes in base64 (OpenAI's `encoding_format`)."""
+    matrix = np.ascontiguousarray(vectors, dtype="<f4")
+    if len(matrix) == 0:
+        return []
+    row_bytes = matrix.shape[1] * 4
+    if row_bytes and row_bytes % 3 == 0:
+        # Rows end on whole base64 groups (no padding): encode the matrix once and cut.
+        text = base64.b64encode(matrix.data).decode("ascii")
+        step = row_bytes // 3 * 4
+        return [text[start : start + step] for start in range(0, len(text), step)]
+    return [base64.b64encode(row.data).decode("ascii") for row in matrix]
 
 
 embed = endpoint(EmbedRequest, handle_embed)

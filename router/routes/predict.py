@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
-from starlette.requests import Request
-
-from router.routes._http import until_disconnected
+from router.routes._http import HttpCall, until_disconnected
 from router.routes._inference import Outcome, call_limits, endpoint, truncation
 from router.schemas import PredictRequest, RerankRequest
-from router.state import AppState
 
 
-async def handle_predict(request: Request, state: AppState, body: PredictRequest) -> Outcome:
-    work = state.operations.predict(
-        body.inputs, truncation(body.truncate, body.truncation_direction), body.raw_scores, call_limits(request)
+async def handle_predict(call: HttpCall, body: PredictRequest) -> Outcome:
+    work = call.state.operations.predict(
+        body.inputs, truncation(body.truncate, body.truncation_direction), body.raw_scores, call_limits(call)
     )
-    result = await until_disconnected(request, work)
+    result = await until_disconnected(call, work)
     predictions = [[{"score": score, "label": label} for score, label in ranked] for ranked in result.ranked]
     return Outcome(predictions if result.is_batch else predictions[0], result.metadata)
 
 
-async def handle_rerank(request: Request, state: AppState, body: RerankRequest) -> Outcome:
-    work = state.operations.rerank(
+async def handle_rerank(call: HttpCall, body: RerankRequest) -> Outcome:
+    work = call.state.operations.rerank(
         [(body.query, text) for text in body.texts], truncation(body.truncate, body.truncation_direction),
-        body.raw_scores, call_limits(request), is_batch=True,
+        body.raw_scores, call_limits(call), is_batch=True,
     )
-    result = await until_disconnected(request, work)
+    result = await until_disconnected(call, work)
     ranks = []
     for index, score in result.order:
         rank: dict[str, object] = {"index": index, "score": score}

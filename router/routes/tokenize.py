@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-from starlette.requests import Request
-
-from router.routes._http import JsonPieces
+from router.routes._http import HttpCall, JsonPieces
 from router.routes._inference import Outcome, endpoint
 from router.schemas import DecodeRequest, TokenizeRequest, parse_decode_ids
-from router.state import AppState
 
 
-async def handle_tokenize(request: Request, state: AppState, body: TokenizeRequest) -> Outcome:
+async def handle_tokenize(call: HttpCall, body: TokenizeRequest) -> Outcome:
     inputs = [body.inputs] if isinstance(body.inputs, str) else body.inputs
-    arrays = await state.operations.tokenize(inputs, body.add_special_tokens, body.prompt_name, "json")
+    arrays = await call.state.operations.tokenize(inputs, body.add_special_tokens, body.prompt_name, "json")
     # The worker wrote each input's JSON: the loop only passes on bytes, one input at a time.
     return Outcome(JsonPieces.array(arrays))
 
 
-async def handle_decode(request: Request, state: AppState, body: DecodeRequest) -> Outcome:
+async def handle_decode(call: HttpCall, body: DecodeRequest) -> Outcome:
     id_lists, _ = parse_decode_ids(body.ids)
-    return Outcome(await state.operations.decode(id_lists, body.skip_special_tokens))
+    return Outcome(await call.state.operations.decode(id_lists, body.skip_special_tokens))
 
 
 tokenize = endpoint(TokenizeRequest, handle_tokenize)

@@ -7,11 +7,10 @@ import asyncio
 from typing import Any
 
 import pytest
-from starlette.requests import Request
 
 from router.errors import BodyReadTimeoutError, ShuttingDownError
 from router.metrics import Metrics
-from router.routes._http import ClientGone, read_body
+from router.routes._http import ClientGone, HttpCall, read_body
 from router.settings import RouterSettings
 from router.state import AppState
 
@@ -25,7 +24,7 @@ def _state(body_read_timeout_s: float) -> AppState:
     return AppState(settings, Metrics(512), None, [], None, None, None, None)  # type: ignore[arg-type]
 
 
-def _request(*messages: dict[str, Any]) -> Request:
+def _request(*messages: dict[str, Any]) -> HttpCall:
     """A request whose receive yields `messages`, then waits forever (a stalled client)."""
     pending = list(messages)
 
@@ -36,7 +35,7 @@ def _request(*messages: dict[str, Any]) -> Request:
         raise AssertionError("unreachable")
 
     scope = {"type": "http", "method": "POST", "path": "/embed", "headers": [(b"content-type", b"application/json")]}
-    return Request(scope, receive)
+    return HttpCall(None, scope, receive)  # type: ignore[arg-type]  # read_body is given the state
 
 
 def _chunk(data: bytes, more: bool) -> dict[str, Any]:
