@@ -13,6 +13,7 @@ import logging
 import os
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import cast
 
 import msgspec
 
@@ -107,8 +108,8 @@ class _Connection(asyncio.Protocol):
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports do not subclass asyncio.Transport; they have its methods.
+        self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         try:

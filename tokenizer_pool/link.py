@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+from typing import cast
 
 import msgspec
 
@@ -71,7 +72,11 @@ class EncodeLink:
         if self._protocol is None:
             self._fail([call.id for call in calls], LinkDown("tokenizer worker connection lost", sent=False))
             return
-        self._protocol.send(frame(self._encoder.encode(calls)))
+        try:
+            self._protocol.send(frame(self._encoder.encode(calls)))
+        except Exception as exc:  # a bug, but the calls must not wait forever
+            logger.exception("cannot send an encode frame")
+            self._fail([call.id for call in calls], LinkDown(f"cannot send to the tokenizer worker: {exc}", sent=False))
 
     def _waiting(self, call_id: int) -> bool:
         answer = self._pending.get(call_id)
@@ -138,8 +143,8 @@ class _Protocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports do not subclass asyncio.Transport; they have its methods.
+        self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         try:
