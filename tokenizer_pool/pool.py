@@ -192,13 +192,16 @@ class TokenizerPool:
             self._in_flight[worker] -= 1
         return response
 
+    def in_flight(self, worker: int) -> int:
+        """Calls the router has sent to `worker` and not yet had answered."""
+        return self._in_flight[worker] + self._links[worker].in_flight
+
     def _least_busy(self, excluding: list[int] | None = None) -> int | None:
         """Fewest calls in flight, workers whose last connect failed last."""
         candidates = [i for i in range(len(self._stubs)) if not excluding or i not in excluding]
         if not candidates:
             return None
-        links = self._links
-        return min(candidates, key=lambda i: (links[i].down, self._in_flight[i] + links[i].in_flight))
+        return min(candidates, key=lambda i: (self._links[i].down, self.in_flight(i)))
 
     def _any_worker(self) -> int:
         worker = self._least_busy()
