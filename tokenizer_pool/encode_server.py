@@ -1,8 +1,8 @@
 """Worker side of the encode link (tokenizer_pool/frames.py).
 
 Every frame that arrives while the tokenizer thread is busy waits, and the next
-thread job takes all of them: one hand-off to the thread and one back per job,
-however many requests it holds, and arrival order is kept. Each call's failure
+thread job takes all of them: one hand-off to the thread per job, however many
+requests it holds, and arrival order is kept. Answers come back in frames too. Each call's failure
 is its own answer, so one bad input never fails the other calls of its frame.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import cast
@@ -22,6 +23,11 @@ from tokenizer_pool.encoder import EncodeError, Encoder, EncoderInput, TextPair
 from tokenizer_pool.frames import EncodeCall, EncodeResult, ErrorKind, FrameReader, IdInput, WireInput, frame
 
 logger = logging.getLogger("tokenizer_pool")
+
+# Tokenizing time after which the answers so far leave without waiting for the
+# rest of the job: a few bench requests' worth, so a hand-off back to the loop
+# serves several calls while no answer waits much longer than its own work.
+ANSWER_EVERY_S = 0.004
 
 
 @dataclass
@@ -51,7 +57,8 @@ class EncodeService:
     def _start(self) -> None:
         jobs, self._waiting = self._waiting, []
         self._running = True
-        future = asyncio.get_running_loop().run_in_executor(self.thread, self._run, jobs)
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self.thread, self._run, jobs, loop)
         future.add_done_callback(self._finished)
 
     def _finished(self, future: asyncio.Future[list[tuple[_Connection, bytes]]]) -> None:
@@ -62,19 +69,30 @@ class EncodeService:
         if error is not None:  # a bug: answers are built per call, errors included
             logger.error("encode job failed: %r", error)
         else:
-            for connection, answer in future.result():
-                connection.send(answer)
+            _send(future.result())
         if self._waiting:
             self._start()
 
-    def _run(self, jobs: list[_Job]) -> list[tuple[_Connection, bytes]]:
-        """On the tokenizer thread: every call of `jobs`, one answer frame per connection."""
+    def _run(self, jobs: list[_Job], loop: asyncio.AbstractEventLoop) -> list[tuple[_Connection, bytes]]:
+        """On the tokenizer thread: every call of `jobs`. Answers leave in frames, one
+        per connection, whenever ANSWER_EVERY_S of work has piled up (and at the end),
+        so a big batch of calls does not hold back the answers to its first ones."""
         answers: dict[_Connection, list[EncodeResult]] = {}
+        since = time.perf_counter()
         for job in jobs:
             if job.connection.closed:
                 continue
-            answers.setdefault(job.connection, []).extend(self._answer(call) for call in job.calls)
-        return [(connection, frame(self._encoder.encode(results))) for connection, results in answers.items()]
+            done = answers.setdefault(job.connection, [])
+            for call in job.calls:
+                done.append(self._answer(call))
+                if time.perf_counter() - since >= ANSWER_EVERY_S:
+                    loop.call_soon_threadsafe(_send, self._frames(answers))
+                    answers = {job.connection: (done := [])}
+                    since = time.perf_counter()
+        return self._frames(answers)
+
+    def _frames(self, answers: dict[_Connection, list[EncodeResult]]) -> list[tuple[_Connection, bytes]]:
+        return [(connection, frame(self._encoder.encode(results))) for connection, results in answers.items() if results]
 
     def _answer(self, call: EncodeCall) -> EncodeResult:
         try:
@@ -88,6 +106,11 @@ class EncodeService:
         return EncodeResult(
             call.id, packed.ids, packed.lengths, packed.type_ids, packed.characters, packed.pool_start
         )
+
+
+def _send(frames: list[tuple[_Connection, bytes]]) -> None:
+    for connection, answer in frames:
+        connection.send(answer)
 
 
 def _encoder_input(item: WireInput) -> EncoderInput:
