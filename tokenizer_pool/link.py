@@ -19,6 +19,10 @@ from tokenizer_pool.frames import EncodeCall, EncodeResult, FrameReader, WireInp
 
 logger = logging.getLogger("tokenizer_pool")
 
+# How long a worker that refused a connection is tried last (the launcher
+# restarts a crashed worker within about a second).
+RETRY_AFTER_S = 0.5
+
 
 class LinkDown(Exception):
     """The worker cannot be reached; `sent` tells whether the call may have reached it."""
@@ -34,8 +38,11 @@ class EncodeLink:
         self.path = path
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
-        # A failed connect: the pool tries the other workers first until one succeeds.
+        # A failed connect: the pool tries the other workers first, for a while.
         self.down = False
+        # Calls waiting for the connection count as in flight, so a burst spreads
+        # over the workers while one link connects.
+        self._connect_waiters = 0
         self._pending: dict[int, asyncio.Future[EncodeResult]] = {}
         self._outbox: list[EncodeCall] = []
         self._next_id = 0
@@ -43,12 +50,16 @@ class EncodeLink:
 
     @property
     def in_flight(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + self._connect_waiters
 
     async def call(self, inputs: list[WireInput], truncate: bool, truncate_left: bool, prompt: str | None) -> EncodeResult:
         """The worker's answer; raises LinkDown when it is unreachable or dies first."""
         if self._protocol is None:
-            await self._connect()
+            self._connect_waiters += 1
+            try:
+                await self._connect()
+            finally:
+                self._connect_waiters -= 1
         loop = asyncio.get_running_loop()
         self._next_id += 1
         call_id = self._next_id
@@ -102,11 +113,17 @@ class EncodeLink:
             _, protocol = await loop.create_unix_connection(lambda: _Protocol(self), self.path)
         except OSError as exc:
             self.down = True
+            loop.call_later(RETRY_AFTER_S, self._retry)
             reason = "no socket" if exc.errno == errno.ENOENT else exc.strerror or type(exc).__name__
             raise LinkDown(f"failed to connect to {self.path}: {reason}", sent=False) from exc
         self.down = False
         self._protocol = protocol
         return protocol
+
+    def _retry(self) -> None:
+        # A restarted worker gets its share again; until then a failed connect is
+        # only a quick refusal that moves the call on.
+        self.down = False
 
     def _answered(self, results: list[EncodeResult]) -> None:
         for result in results:

@@ -24,6 +24,7 @@ from tests.conftest import ROOT, short_socket_prefix, wait_for
 from tokenizer_pool.encoder import Encoder, EncoderInput
 from tokenizer_pool.encoder import TextPair as EncoderPair
 from tokenizer_pool.frames import EncodeCall, EncodeResult, FrameReader, encode_socket_path, frame
+from tokenizer_pool.link import RETRY_AFTER_S
 from tokenizer_pool.pool import InvalidInputError, TextPair, TokenizerPool, TokenizerUnavailableError
 
 MAX_INPUT_LENGTH = 64
@@ -189,21 +190,29 @@ def test_a_killed_worker_fails_its_calls_fast_and_a_restarted_one_is_reconnected
     assert outcomes["unavailable"] >= 1, outcomes
 
 
-def test_calls_move_to_a_live_worker_when_another_is_gone(model_dir: Path) -> None:
+def test_calls_move_to_a_live_worker_when_another_is_gone_and_come_back_after_its_restart(model_dir: Path) -> None:
     prefix = short_socket_prefix()
     paths = [f"{prefix}-tokenizer-0", f"{prefix}-tokenizer-1"]
+
+    async def spread(pool: TokenizerPool) -> tuple[int, int]:
+        """Calls each worker holds right after a burst of 20 is made."""
+        calls = [asyncio.ensure_future(pool.encode([f"text {i}"], True, "right", None)) for i in range(20)]
+        await asyncio.sleep(0)
+        held = (pool.in_flight(0), pool.in_flight(1))
+        assert len(await asyncio.wait_for(asyncio.gather(*calls), HANG_S)) == 20
+        return held
 
     async def run(first: subprocess.Popen[bytes]) -> None:
         pool = TokenizerPool(paths, MAX_INPUT_LENGTH)
         try:
-            await asyncio.gather(*(pool.encode(["warm both links"], True, "right", None) for _ in range(4)))
+            assert await spread(pool) == (10, 10), "a burst spreads while the links connect"
             first.kill()
             await asyncio.get_running_loop().run_in_executor(None, first.wait)
             # Its socket file is still there (SIGKILL), nobody listens: never sent, so moved on.
-            results = await asyncio.wait_for(
-                asyncio.gather(*(pool.encode([f"text {i}"], True, "right", None) for i in range(20))), HANG_S
-            )
-            assert len(results) == 20
+            assert (await spread(pool))[1] >= 10
+            with running_worker(model_dir, paths[0]):  # restarted at the same path
+                await asyncio.sleep(RETRY_AFTER_S)
+                assert min(await spread(pool)) >= 5, "the restarted worker gets its share again"
         finally:
             await pool.close()
 
