@@ -14,6 +14,7 @@ import os
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import cast
 
 import msgspec
@@ -59,15 +60,19 @@ class EncodeService:
         self._running = True
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self.thread, self._run, jobs, loop)
-        future.add_done_callback(self._finished)
+        future.add_done_callback(partial(self._finished, jobs))
 
-    def _finished(self, future: asyncio.Future[list[tuple[_Connection, bytes]]]) -> None:
+    def _finished(self, jobs: list[_Job], future: asyncio.Future[list[tuple[_Connection, bytes]]]) -> None:
         self._running = False
         if future.cancelled():
             return
         error = future.exception()
-        if error is not None:  # a bug: answers are built per call, errors included
+        if error is not None:
+            # A bug (answers are built per call, errors included); dropping the
+            # connections fails their calls (503) instead of leaving them waiting.
             logger.error("encode job failed: %r", error)
+            for job in jobs:
+                job.connection.abort()
         else:
             _send(future.result())
         if self._waiting:
@@ -141,12 +146,15 @@ class _Connection(asyncio.Protocol):
         except (ValueError, msgspec.DecodeError) as exc:
             # Only a router bug gets here; its calls fail on the lost connection.
             logger.error("dropping an encode link that sent a bad frame: %s", exc)
-            self.closed = True
-            if self._transport is not None:
-                self._transport.abort()
+            self.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+        if self._transport is not None:
+            self._transport.abort()
 
     def send(self, answer: bytes) -> None:
         if not self.closed and self._transport is not None:
