@@ -45,6 +45,7 @@ from proto.redact import child_environment, scrub_argv
 from router.bind import BindError, host_port, local_host, resolve_bind_hosts
 from router.owner_link import owner_ready, probe_owner
 from router.model_config import POOLING_FLAG_VALUES, ModelConfigError, ModelSpec, load_model_spec
+from tokenizer_pool.frames import encode_socket_path
 
 logger = logging.getLogger("launcher")
 
@@ -405,6 +406,8 @@ class ChildProcess:
     config: Message
     socket_path: str | None = None
     pass_fds: tuple[int, ...] = ()
+    # More sockets the child listens on (a tokenizer worker's encode link), cleaned alike.
+    other_sockets: tuple[str, ...] = ()
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     # Its own readiness check, if neither a gRPC Health on socket_path nor /health
     # says it (the queue owner, the fronts of --router-workers >= 2).
@@ -416,8 +419,9 @@ class ChildProcess:
     restart_at: float | None = None
 
     def start(self) -> None:
-        if self.socket_path and os.path.exists(self.socket_path):
-            os.unlink(self.socket_path)  # a stale socket must not pass for readiness
+        for path in self.sockets():
+            if os.path.lexists(path):
+                os.unlink(path)  # a stale socket must not pass for readiness
         # A new session: Ctrl+C in the terminal reaches only the launcher, which
         # then stops the children in order.
         self.popen = subprocess.Popen(self.argv, stdin=subprocess.PIPE, env=self.env, start_new_session=True,
@@ -429,13 +433,17 @@ class ChildProcess:
         except BrokenPipeError:
             pass  # it died before reading; supervision reports its exit
 
+    def sockets(self) -> list[str]:
+        return ([self.socket_path] if self.socket_path else []) + list(self.other_sockets)
+
     def remove_socket(self) -> None:
-        """Remove the socket file a child killed or crashed left behind."""
-        if self.socket_path and os.path.lexists(self.socket_path):
-            try:
-                os.unlink(self.socket_path)
-            except OSError as exc:
-                logger.warning("cannot remove %s: %s", self.socket_path, exc)
+        """Remove the socket files a child killed or crashed left behind."""
+        for path in self.sockets():
+            if os.path.lexists(path):
+                try:
+                    os.unlink(path)
+                except OSError as exc:
+                    logger.warning("cannot remove %s: %s", path, exc)
 
     def exit_code(self) -> int | None:
         return None if self.popen is None else self.popen.poll()
@@ -643,11 +651,13 @@ def build_children(
             exclude_prompt_from_pooling=not plan.spec.include_prompt and pooling == "mean",
         )
         tokenizers.append(ChildProcess(f"tokenizer-{index}", [python, "-m", "tokenizer_pool", f"tokenizer-{index}"],
-                                       base_env, tconfig, socket_path, worker_fds, restartable=True))
+                                       base_env, tconfig, socket_path, worker_fds, restartable=True,
+                                       other_sockets=(encode_socket_path(socket_path),)))
 
     for child in backends + tokenizers:
-        if child.socket_path and len(child.socket_path.encode()) > MAX_SOCKET_PATH_BYTES:
-            raise LaunchError(f"--uds-path is too long for a Unix socket: {child.socket_path}", EXIT_CONFIG_ERROR)
+        for path in child.sockets():
+            if len(path.encode()) > MAX_SOCKET_PATH_BYTES:
+                raise LaunchError(f"--uds-path is too long for a Unix socket: {path}", EXIT_CONFIG_ERROR)
 
     rconfig = config_pb2.RouterConfig(
         model_id=plan.model_id, served_model_name=args.served_model_name or plan.model_id,

@@ -4,6 +4,10 @@ Each call goes to the worker with the fewest calls in flight, so one slow reques
 (a huge text) does not hold up others queued behind it on the same worker.
 TEI's character guard is applied here, before anything is sent: an over-long
 input is refused (or cut) without occupying a worker.
+
+Encode, the per-request hop, goes over each worker's encode link (link.py:
+msgpack frames that carry every call of an event-loop iteration at once);
+/tokenize, /decode and health use the workers' gRPC service.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from google.protobuf.message import Message
 
 from proto.codec import pack_u32, unpack_u32
 from proto.gen_pb import tokenizer_pb2, tokenizer_pb2_grpc
+from tokenizer_pool.frames import EncodeResult, ErrorKind, IdInput, WireInput, encode_socket_path
 from tokenizer_pool.limits import EncodeError, character_limit, check_characters, guard_text
+from tokenizer_pool.link import EncodeLink, LinkDown
 
 
 class TokenizationError(Exception):
@@ -75,7 +81,10 @@ class TokenizerPool:
                    ("grpc.max_send_message_length", 64 * 1024 * 1024)]
         self._channels = [grpc.aio.insecure_channel(f"unix://{path}", options=options) for path in socket_paths]
         self._stubs = [tokenizer_pb2_grpc.TokenizerStub(channel) for channel in self._channels]
+        # gRPC calls (tokenize, decode) in flight per worker; encode calls are
+        # counted by the worker's encode link.
         self._in_flight = [0] * len(self._stubs)
+        self._links = [EncodeLink(encode_socket_path(path)) for path in socket_paths]
 
     @property
     def size(self) -> int:
@@ -88,24 +97,30 @@ class TokenizerPool:
         direction: Literal["right", "left"],
         prompt: str | None,
     ) -> list[Encoding]:
-        bounded = [self._bounded(item, truncate, prompt) for item in inputs]
-        request = tokenizer_pb2.EncodeRequest(
-            inputs=[_encode_input(item) for item in bounded],
-            truncate=truncate,
-            truncation_direction=(
-                tokenizer_pb2.TRUNCATION_DIRECTION_LEFT if direction == "left" else tokenizer_pb2.TRUNCATION_DIRECTION_RIGHT
-            ),
-            prompt=prompt,
-        )
-        response: tokenizer_pb2.EncodeResponse = await self._call("Encode", request)
-        if len(response.encodings) != len(inputs):
-            raise TokenizerFailedError(
-                f"tokenizer worker returned {len(response.encodings)} encodings for {len(inputs)} inputs. This is a bug."
-            )
-        return [
-            Encoding(unpack_u32(e.input_ids), unpack_u32(e.token_type_ids), e.characters, e.pool_start)
-            for e in response.encodings
-        ]
+        wire = [_wire_input(self._bounded(item, truncate, prompt)) for item in inputs]
+        result = await self._encode_call(wire, truncate, direction == "left", prompt)
+        if result.error_kind == ErrorKind.INVALID_INPUT:
+            raise InvalidInputError(result.error)
+        if result.error_kind != ErrorKind.NONE:
+            raise TokenizerFailedError(result.error)
+        return _encodings(result, len(inputs))
+
+    async def _encode_call(self, wire: list[WireInput], truncate: bool, left: bool, prompt: str | None) -> EncodeResult:
+        """One worker's answer: the least busy one that can be reached. A call that
+        never reached a worker moves on to the next; one lost with its worker is a 503."""
+        tried: list[int] = []
+        reason = "no worker"
+        while True:
+            worker = self._least_busy(excluding=tried)
+            if worker is None:
+                raise TokenizerUnavailableError(f"tokenizer worker unavailable: {reason}")
+            try:
+                return await self._links[worker].call(wire, truncate, left, prompt)
+            except LinkDown as exc:
+                if exc.sent:
+                    raise TokenizerUnavailableError(f"tokenizer worker unavailable: {exc.reason}") from exc
+                reason = exc.reason
+                tried.append(worker)
 
     async def tokenize(
         self, inputs: list[str], add_special_tokens: bool, prompt: str | None, token_format: TokenFormat
@@ -122,7 +137,7 @@ class TokenizerPool:
         request = tokenizer_pb2.TokenizeRequest(
             inputs=inputs, add_special_tokens=add_special_tokens, prompt=prompt, format=FORMATS[token_format]
         )
-        worker = self._least_busy()
+        worker = self._any_worker()
         self._in_flight[worker] += 1
         try:
             results = [result.tokens async for result in self._stubs[worker].Tokenize(request)]
@@ -167,7 +182,7 @@ class TokenizerPool:
             raise InvalidInputError(str(exc)) from exc
 
     async def _call(self, method: str, request: Message) -> Message:
-        worker = self._least_busy()
+        worker = self._any_worker()
         self._in_flight[worker] += 1
         try:
             response: Message = await getattr(self._stubs[worker], method)(request)
@@ -177,8 +192,21 @@ class TokenizerPool:
             self._in_flight[worker] -= 1
         return response
 
-    def _least_busy(self) -> int:
-        return min(range(len(self._stubs)), key=self._in_flight.__getitem__)
+    def in_flight(self, worker: int) -> int:
+        """Calls the router has sent to `worker` and not yet had answered."""
+        return self._in_flight[worker] + self._links[worker].in_flight
+
+    def _least_busy(self, excluding: list[int] | None = None) -> int | None:
+        """Fewest calls in flight, workers whose last connect failed last."""
+        candidates = [i for i in range(len(self._stubs)) if not excluding or i not in excluding]
+        if not candidates:
+            return None
+        return min(candidates, key=lambda i: (self._links[i].down, self.in_flight(i)))
+
+    def _any_worker(self) -> int:
+        worker = self._least_busy()
+        assert worker is not None  # a pool has at least one worker
+        return worker
 
     async def health(self, timeout_s: float = 2.0) -> bool:
         try:
@@ -190,15 +218,38 @@ class TokenizerPool:
         return True
 
     async def close(self) -> None:
+        for link in self._links:
+            link.close()
         await asyncio.gather(*(channel.close() for channel in self._channels))
 
 
-def _encode_input(item: Input) -> tokenizer_pb2.EncodeInput:
+def _wire_input(item: Input) -> WireInput:
     if isinstance(item, str):
-        return tokenizer_pb2.EncodeInput(text=item)
+        return item
     if isinstance(item, TextPair):
-        return tokenizer_pb2.EncodeInput(pair=tokenizer_pb2.TextPair(first=item.first, second=item.second))
-    return tokenizer_pb2.EncodeInput(ids=pack_u32(item))
+        return (item.first, item.second)
+    return IdInput(pack_u32(item))
+
+
+def _encodings(result: EncodeResult, expected: int) -> list[Encoding]:
+    """Views into the answer's packed buffers, one Encoding per input."""
+    lengths, characters = result.lengths, result.characters
+    try:
+        ids = unpack_u32(result.ids)
+        type_ids = np.zeros(len(ids), dtype=np.uint32) if result.type_ids is None else unpack_u32(result.type_ids)
+    except ValueError as exc:
+        raise TokenizerFailedError(f"tokenizer worker sent a bad encoding: {exc}. This is a bug.") from exc
+    if not len(lengths) == len(characters) == expected or sum(lengths) != len(ids) or len(type_ids) != len(ids):
+        raise TokenizerFailedError(
+            f"tokenizer worker returned {len(lengths)} encodings for {expected} inputs. This is a bug."
+        )
+    encodings = []
+    start = 0
+    for length, chars in zip(lengths, characters):
+        stop = start + length
+        encodings.append(Encoding(ids[start:stop], type_ids[start:stop], chars, result.pool_start))
+        start = stop
+    return encodings
 
 
 def _translate(exc: grpc.aio.AioRpcError) -> TokenizationError:

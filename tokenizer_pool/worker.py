@@ -20,11 +20,14 @@ from typing import TypeVar
 
 import grpc
 import orjson
+import uvloop
 
 from proto.child import configure_logging, read_config, serve_on_socket
 from proto.codec import pack_u32, unpack_u32
 from proto.gen_pb import config_pb2, tei_pb2, tokenizer_pb2, tokenizer_pb2_grpc
+from tokenizer_pool.encode_server import EncodeService, start_encode_server
 from tokenizer_pool.encoder import Direction, EncodeError, EncodedInput, Encoder, EncoderInput, TextPair, TokenColumns
+from tokenizer_pool.frames import encode_socket_path
 
 logger = logging.getLogger("tokenizer_pool")
 
@@ -36,41 +39,11 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
         self._encoder = encoder
         # One thread: the encoder is not thread-safe (it switches truncation per call),
         # and a worker is meant to use one core.
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+        # The encode link (encode_server.py) shares it.
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
 
     async def _off_loop(self, work: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, work)
-
-    async def Encode(self, request: tokenizer_pb2.EncodeRequest, context: grpc.aio.ServicerContext) -> tokenizer_pb2.EncodeResponse:
-        direction: Direction = (
-            "left" if request.truncation_direction == tokenizer_pb2.TRUNCATION_DIRECTION_LEFT else "right"
-        )
-        prompt = request.prompt if request.HasField("prompt") else None
-        try:
-            inputs = [_input_of(item) for item in request.inputs]
-            encoded = await self._off_loop(lambda: self._encoded(inputs, request.truncate, direction, prompt))
-        except EncodeError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except Exception as exc:  # tokenizers raises plain Exceptions on odd input
-            logger.exception("tokenizer failed")
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"tokenizer error {exc}")
-        return encoded
-
-    def _encoded(
-        self, inputs: list[EncoderInput], truncate: bool, direction: Direction, prompt: str | None
-    ) -> tokenizer_pb2.EncodeResponse:
-        encoded: list[EncodedInput] = self._encoder.encode(inputs, truncate, direction, prompt)
-        return tokenizer_pb2.EncodeResponse(
-            encodings=[
-                tokenizer_pb2.Encoding(
-                    input_ids=pack_u32(e.input_ids),
-                    token_type_ids=pack_u32(e.token_type_ids),
-                    characters=e.characters,
-                    pool_start=e.pool_start,
-                )
-                for e in encoded
-            ]
-        )
+        return await asyncio.get_running_loop().run_in_executor(self.thread, work)
 
     async def Tokenize(
         self, request: tokenizer_pb2.TokenizeRequest, context: grpc.aio.ServicerContext
@@ -130,21 +103,22 @@ def _tei_message(tokens: TokenColumns) -> bytes:
     return serialized
 
 
-def _input_of(item: tokenizer_pb2.EncodeInput) -> EncoderInput:
-    kind = item.WhichOneof("kind")
-    if kind == "text":
-        return item.text
-    if kind == "pair":
-        return TextPair(item.pair.first, item.pair.second)
-    return unpack_u32(item.ids)
-
-
 async def serve(config: config_pb2.TokenizerConfig) -> None:
     encoder = Encoder(Path(config.model_dir), config.max_input_length, config.exclude_prompt_from_pooling)
+    servicer = TokenizerServicer(encoder)
+    # The encode link listens before gRPC starts: once Health (the launcher's
+    # readiness probe) answers, the router can connect to both.
+    encode_path = encode_socket_path(config.socket_path)
+    encode_server = await start_encode_server(EncodeService(encoder, servicer.thread), encode_path)
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
-    tokenizer_pb2_grpc.add_TokenizerServicer_to_server(TokenizerServicer(encoder), server)
+    tokenizer_pb2_grpc.add_TokenizerServicer_to_server(servicer, server)
     logger.info("tokenizer worker ready")
-    await serve_on_socket(server, config.socket_path, grace_s=2, router_link=config.router_link)
+    try:
+        await serve_on_socket(server, config.socket_path, grace_s=2, router_link=config.router_link)
+    finally:
+        encode_server.close()
+        if os.path.lexists(encode_path):
+            os.unlink(encode_path)
 
 
 def main() -> None:
@@ -152,4 +126,5 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     config = read_config(config_pb2.TokenizerConfig)
     configure_logging(config.name or "tokenizer", config.json_output)
-    asyncio.run(serve(config))
+    # uvloop: its cross-thread wake-up (the tokenizer thread's answers) is cheaper.
+    uvloop.run(serve(config))

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tokenizer_pool.encoder import EncodeError, Encoder
+from tokenizer_pool.encoder import EncodeError, Encoder, TextPair
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +70,19 @@ def test_prompt_tokens_left_out_of_pooling_only_when_asked(model_dir: Path) -> N
     assert excluding.encode(["hi"], truncate=True, direction="right", prompt=None)[0].pool_start == 0
     including = Encoder(model_dir, max_input_length=16)
     assert including.encode(["hi"], truncate=True, direction="right", prompt="query: ")[0].pool_start == 0
+
+
+def test_packed_encodings_match_one_array_per_input(encoder: Encoder) -> None:
+    ids_input = np.array([101, 7592, 2088, 102], np.uint32)
+    for inputs in (["hello world", "a much longer text than the first one"], [TextPair("query", "a passage")],
+                   ["text", ids_input, TextPair("first", "second")], [ids_input]):
+        arrays = encoder.encode(inputs, truncate=True, direction="right", prompt=None)
+        packed = encoder.encode_packed(inputs, truncate=True, direction="right", prompt=None)
+        assert packed.lengths == [len(a.input_ids) for a in arrays]
+        assert packed.characters == [a.characters for a in arrays]
+        assert np.frombuffer(packed.ids, "<u4").tolist() == np.concatenate([a.input_ids for a in arrays]).tolist()
+        type_ids = np.concatenate([a.token_type_ids for a in arrays])
+        if type_ids.any():
+            assert packed.type_ids is not None and np.frombuffer(packed.type_ids, "<u4").tolist() == type_ids.tolist()
+        else:
+            assert packed.type_ids is None  # all zero: not sent

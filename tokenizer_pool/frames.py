@@ -1,0 +1,101 @@
+"""The encode link's wire format: length-prefixed msgpack frames on a Unix stream.
+
+Encode is the router's per-request hop, so it skips gRPC: the router sends every
+encode call one event-loop iteration produced for a worker as one frame, and the
+worker answers each frame with one frame. Token ids travel packed (one uint32
+buffer per call), never as one number per token. Health, /tokenize and /decode
+stay on the worker's gRPC service (proto/tokenizer.proto).
+
+A frame is a 4-byte little-endian payload length, then a msgpack array of
+`EncodeCall` (router -> worker) or `EncodeResult` (worker -> router). Answers
+carry the call's id; they may come in any order across frames.
+
+This module imports nothing heavy: the launcher uses `encode_socket_path`.
+"""
+
+from __future__ import annotations
+
+import struct
+from enum import IntEnum
+
+import msgspec
+
+LENGTH = struct.Struct("<I")
+# A legal frame stays far below this (calls are bounded by the client batch
+# size and the character guard); a bigger length means a garbled stream.
+MAX_FRAME_BYTES = 1 << 31
+
+
+def encode_socket_path(grpc_socket_path: str) -> str:
+    """The encode link's socket, next to the worker's gRPC socket (its path
+    plus two bytes, still under the Unix limit the launcher checks with margin)."""
+    return grpc_socket_path + ".e"
+
+
+class IdInput(msgspec.Struct, gc=False):
+    """Client token ids, little-endian uint32 (decoded to text and re-encoded, as TEI does)."""
+
+    packed: bytes
+
+
+# A text, a pair of texts (the tokenizer's pair template), or client ids.
+WireInput = str | tuple[str, str] | IdInput
+
+
+class EncodeCall(msgspec.Struct, array_like=True, gc=False):
+    id: int
+    inputs: list[WireInput]
+    truncate: bool
+    truncate_left: bool
+    prompt: str | None
+
+
+class ErrorKind(IntEnum):
+    NONE = 0
+    # The input breaks a limit (length, ids): a 422 Validation.
+    INVALID_INPUT = 1
+    # The tokenizer itself failed: a 422 Tokenizer.
+    TOKENIZER_FAILED = 2
+
+
+class EncodeResult(msgspec.Struct, array_like=True, gc=False):
+    id: int
+    # Every input's ids, concatenated, little-endian uint32; `lengths` splits them.
+    ids: bytes = b""
+    lengths: list[int] = []
+    # Same layout as `ids`; None when all are zero (single texts, the usual case).
+    type_ids: bytes | None = None
+    characters: list[int] = []
+    pool_start: int = 0
+    error_kind: ErrorKind = ErrorKind.NONE
+    error: str = ""
+
+
+def frame(payload: bytes) -> bytes:
+    return LENGTH.pack(len(payload)) + payload
+
+
+class FrameReader:
+    """Splits a byte stream into frame payloads."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The payloads `data` completes. Raises ValueError on an impossible length."""
+        buffer = self._buffer
+        buffer += data
+        payloads: list[bytes] = []
+        start = 0
+        while len(buffer) - start >= LENGTH.size:
+            (size,) = LENGTH.unpack_from(buffer, start)
+            if size > MAX_FRAME_BYTES:
+                raise ValueError(f"an encode frame of {size} bytes: the stream is garbled")
+            end = start + LENGTH.size + size
+            if len(buffer) < end:
+                break
+            payloads.append(bytes(buffer[start + LENGTH.size:end]))
+            start = end
+        if start:
+            del buffer[:start]
+        return payloads
