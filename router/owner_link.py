@@ -1,7 +1,7 @@
-"""The front ↔ queue owner link: msgspec messages in length-prefixed frames on
-one Unix stream socket per front (issue 12).
+"""The front ↔ queue owner link: msgspec messages in length-prefixed frames
+(proto/frames.py) on one Unix stream socket per front (issue 12).
 
-A frame is a 4-byte little-endian length and a msgpack array of messages. Each
+A frame's payload is a msgpack array of messages. Each
 side queues what it produces during one event-loop iteration and writes it as
 one frame at the end of the iteration (`FramedLink.send`), so a busy server
 makes one write per iteration, not one per request; vLLM's engine-core client
@@ -13,18 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import struct
 from collections.abc import Callable
 from typing import Union
 
 import msgspec
 
-logger = logging.getLogger(__name__)
+from proto.frames import LENGTH, MAX_FRAME_BYTES, FrameReader, frame
 
-_LENGTH = struct.Struct("<I")
-# Far above any real frame (a frame holds one iteration's messages); a garbled
-# length must not make a process buffer gigabytes.
-MAX_FRAME_BYTES = 1 << 30
+logger = logging.getLogger(__name__)
 
 
 class _Msg(msgspec.Struct, array_like=True, tag=True, omit_defaults=True):
@@ -155,8 +151,7 @@ _decoder = msgspec.msgpack.Decoder(list[Message])
 
 
 def encode_frame(messages: list[Message]) -> bytes:
-    payload = _encoder.encode(messages)
-    return _LENGTH.pack(len(payload)) + payload
+    return frame(_encoder.encode(messages))
 
 
 class FramedLink(asyncio.Protocol):
@@ -166,7 +161,7 @@ class FramedLink(asyncio.Protocol):
     def __init__(self, on_messages: Callable[[list[Message]], None], on_lost: Callable[[Exception | None], None]) -> None:
         self._on_messages = on_messages
         self._on_lost = on_lost
-        self._buffer = bytearray()
+        self._reader = FrameReader()
         self._outbox: list[Message] = []
         self._transport: asyncio.Transport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -206,33 +201,11 @@ class FramedLink(asyncio.Protocol):
         self._transport.write(encode_frame(messages))
 
     def data_received(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
-        start = 0
-        frames: list[memoryview] = []
-        view = memoryview(buffer)
-        while len(buffer) - start >= _LENGTH.size:
-            (size,) = _LENGTH.unpack_from(buffer, start)
-            if size > MAX_FRAME_BYTES:
-                view.release()
-                self._fail(ValueError(f"a frame of {size} bytes"))
-                return
-            end = start + _LENGTH.size + size
-            if end > len(buffer):
-                break
-            frames.append(view[start + _LENGTH.size : end])
-            start = end
         try:
-            batches = [_decoder.decode(frame) for frame in frames]
-        except msgspec.DecodeError as exc:
+            batches = [_decoder.decode(payload) for payload in self._reader.feed(data)]
+        except (ValueError, msgspec.DecodeError) as exc:
             self._fail(exc)
             return
-        finally:
-            for frame in frames:
-                frame.release()
-            view.release()
-        if start:
-            del buffer[:start]
         for messages in batches:
             self._on_messages(messages)
 
@@ -261,8 +234,8 @@ def probe_owner(path: str, timeout_s: float = 2.0) -> list[int] | None:
             sock.settimeout(timeout_s)
             sock.connect(path)
             sock.sendall(encode_frame([Probe()]))
-            header = _recv_exactly(sock, _LENGTH.size)
-            (size,) = _LENGTH.unpack(header)
+            header = _recv_exactly(sock, LENGTH.size)
+            (size,) = LENGTH.unpack(header)
             if size > MAX_FRAME_BYTES:
                 return None
             for message in _decoder.decode(_recv_exactly(sock, size)):

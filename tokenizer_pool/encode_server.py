@@ -20,8 +20,9 @@ from typing import cast
 import msgspec
 
 from proto.codec import unpack_u32
+from proto.frames import FrameReader, frame
 from tokenizer_pool.encoder import EncodeError, Encoder, EncoderInput, TextPair
-from tokenizer_pool.frames import EncodeCall, EncodeResult, ErrorKind, FrameReader, IdInput, WireInput, frame
+from tokenizer_pool.frames import EncodeCall, EncodeResult, ErrorKind, IdInput, WireInput
 
 logger = logging.getLogger("tokenizer_pool")
 

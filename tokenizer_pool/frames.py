@@ -1,4 +1,4 @@
-"""The encode link's wire format: length-prefixed msgpack frames on a Unix stream.
+"""The encode link's messages, in length-prefixed msgpack frames (proto/frames.py).
 
 Encode is the router's per-request hop, so it skips gRPC: the router sends every
 encode call one event-loop iteration produced for a worker as one frame, and the
@@ -6,24 +6,18 @@ worker answers each frame with one frame. Token ids travel packed (one uint32
 buffer per call), never as one number per token. Health, /tokenize and /decode
 stay on the worker's gRPC service (proto/tokenizer.proto).
 
-A frame is a 4-byte little-endian payload length, then a msgpack array of
-`EncodeCall` (router -> worker) or `EncodeResult` (worker -> router). Answers
-carry the call's id; they may come in any order across frames.
+A frame's payload is a msgpack array of `EncodeCall` (router -> worker) or
+`EncodeResult` (worker -> router). Answers carry the call's id; they may come
+in any order across frames.
 
 This module imports nothing heavy: the launcher uses `encode_socket_path`.
 """
 
 from __future__ import annotations
 
-import struct
 from enum import IntEnum
 
 import msgspec
-
-LENGTH = struct.Struct("<I")
-# A legal frame stays far below this (calls are bounded by the client batch
-# size and the character guard); a bigger length means a garbled stream.
-MAX_FRAME_BYTES = 1 << 31
 
 
 def encode_socket_path(grpc_socket_path: str) -> str:
@@ -69,33 +63,3 @@ class EncodeResult(msgspec.Struct, array_like=True, gc=False):
     pool_start: int = 0
     error_kind: ErrorKind = ErrorKind.NONE
     error: str = ""
-
-
-def frame(payload: bytes) -> bytes:
-    return LENGTH.pack(len(payload)) + payload
-
-
-class FrameReader:
-    """Splits a byte stream into frame payloads."""
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-
-    def feed(self, data: bytes) -> list[bytes]:
-        """The payloads `data` completes. Raises ValueError on an impossible length."""
-        buffer = self._buffer
-        buffer += data
-        payloads: list[bytes] = []
-        start = 0
-        while len(buffer) - start >= LENGTH.size:
-            (size,) = LENGTH.unpack_from(buffer, start)
-            if size > MAX_FRAME_BYTES:
-                raise ValueError(f"an encode frame of {size} bytes: the stream is garbled")
-            end = start + LENGTH.size + size
-            if len(buffer) < end:
-                break
-            payloads.append(bytes(buffer[start + LENGTH.size:end]))
-            start = end
-        if start:
-            del buffer[:start]
-        return payloads

@@ -15,7 +15,8 @@ from typing import cast
 
 import msgspec
 
-from tokenizer_pool.frames import EncodeCall, EncodeResult, FrameReader, WireInput, frame
+from proto.frames import FrameReader, frame
+from tokenizer_pool.frames import EncodeCall, EncodeResult, WireInput
 
 logger = logging.getLogger("tokenizer_pool")
 

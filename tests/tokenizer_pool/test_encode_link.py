@@ -23,7 +23,8 @@ from proto.gen_pb import config_pb2, tokenizer_pb2, tokenizer_pb2_grpc
 from tests.conftest import ROOT, short_socket_prefix, wait_for
 from tokenizer_pool.encoder import Encoder, EncoderInput
 from tokenizer_pool.encoder import TextPair as EncoderPair
-from tokenizer_pool.frames import EncodeCall, EncodeResult, FrameReader, encode_socket_path, frame
+from proto.frames import FrameReader, frame
+from tokenizer_pool.frames import EncodeCall, EncodeResult, encode_socket_path
 from tokenizer_pool.link import RETRY_AFTER_S
 from tokenizer_pool.pool import InvalidInputError, TextPair, TokenizerPool, TokenizerUnavailableError
 
