@@ -22,6 +22,7 @@ from pathlib import Path
 
 import grpc
 import httpx
+import orjson
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -110,6 +111,18 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str, tick_s:
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(tick_s)
     return time.monotonic()
+
+
+def embed_on_a_raw_socket(port: int, texts: list[str]) -> socket.socket:
+    """POST /embed on a plain socket the test can close mid-request (a client that goes away)."""
+    body = orjson.dumps({"inputs": texts})
+    head = (
+        f"POST /embed HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(head + body)
+    return sock
 
 
 def child_pids(launcher_pid: int, role: str) -> list[int]:

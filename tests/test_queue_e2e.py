@@ -7,15 +7,13 @@ counters, over its Unix socket), not from the router's own bookkeeping.
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 from collections.abc import Iterator
 
 import httpx
-import orjson
 import pytest
 
-from tests.conftest import RunningServer, start_server, wait_for
+from tests.conftest import RunningServer, embed_on_a_raw_socket, start_server, wait_for
 from tests.texts import varied_texts
 
 LONG_TEXT = " ".join(["retrieval augmented generation pipelines embed passages"] * 40)  # > 256 tokens
@@ -75,17 +73,6 @@ def test_concurrent_overload_answers_only_200_or_429(budget_server: RunningServe
     assert httpx.get(f"{budget_server.url}/health").status_code == 200
 
 
-def _raw_request(port: int, texts: list[str]) -> socket.socket:
-    body = orjson.dumps({"inputs": texts})
-    head = (
-        f"POST /embed HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode()
-    sock = socket.create_connection(("127.0.0.1", port))
-    sock.sendall(head + body)
-    return sock
-
-
 def test_disconnected_clients_inputs_never_reach_backend(slow_queue_server: RunningServer) -> None:
     server = slow_queue_server
     port = int(server.url.rsplit(":", 1)[1])
@@ -101,7 +88,7 @@ def test_disconnected_clients_inputs_never_reach_backend(slow_queue_server: Runn
     wait_for(lambda: server.metric("te_request_input_length_count") >= enqueued_before + 240, 60, "the backlog")
 
     # 500 clients, each with one input queued behind the backlog, then all gone.
-    victims = [_raw_request(port, [f"victim {i}"]) for i in range(500)]
+    victims = [embed_on_a_raw_socket(port, [f"victim {i}"]) for i in range(500)]
     wait_for(lambda: server.metric("te_request_input_length_count") >= enqueued_before + 740, 60, "victims queued")
     assert server.metric("te_queue_size") > 500, "the victims must still be waiting behind the backlog"
     for sock in victims:

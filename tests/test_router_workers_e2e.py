@@ -11,18 +11,16 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import threading
 from collections.abc import Iterator
 
 import grpc
 import httpx
 import numpy as np
-import orjson
 import pytest
 
 from proto.gen_pb import tei_pb2, tei_pb2_grpc
-from tests.conftest import RunningServer, start_server, wait_for
+from tests.conftest import RunningServer, embed_on_a_raw_socket, start_server, wait_for
 
 LONG_TEXT = " ".join(["retrieval augmented generation pipelines embed passages"] * 16)  # ~100 tokens
 CAPACITY = 100
@@ -96,17 +94,6 @@ def test_permits_are_server_wide(split_server: RunningServer) -> None:
     assert _post_fresh(server.url, "/embed", {"inputs": ["x"] * 100}).status_code == 200  # all permits back
 
 
-def _raw_request(port: int, texts: list[str]) -> socket.socket:
-    body = orjson.dumps({"inputs": texts})
-    head = (
-        f"POST /embed HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode()
-    sock = socket.create_connection(("127.0.0.1", port))
-    sock.sendall(head + body)
-    return sock
-
-
 def test_a_gone_clients_inputs_never_reach_the_backend(split_server: RunningServer) -> None:
     server = split_server
     port = int(server.url.rsplit(":", 1)[1])
@@ -114,7 +101,7 @@ def test_a_gone_clients_inputs_never_reach_the_backend(split_server: RunningServ
     dropped_before = server.metric('te_request_failure{err="dropped"}')
     with Backlog(server):
         queued_before = server.metric("te_request_input_length_count")
-        victims = [_raw_request(port, [f"victim {i}"]) for i in range(15)]
+        victims = [embed_on_a_raw_socket(port, [f"victim {i}"]) for i in range(15)]
         wait_for(lambda: server.metric("te_request_input_length_count") >= queued_before + 15, 60, "victims queued")
         assert server.metric("te_queue_size") > 15, "the victims must still be waiting behind the backlog"
         for sock in victims:
