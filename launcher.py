@@ -578,6 +578,7 @@ def bind_http_sockets(plan: LaunchPlan) -> list[list[socket.socket]]:
     fronts (a shared socket lets the first process awake take them all), and the
     launcher keeps them open: a restarted front serves the same sockets, and what
     arrived for it meanwhile waits in their backlog."""
+    _refuse_taken_ports(plan)
     fronts: list[list[socket.socket]] = []
     try:
         for _ in range(plan.args.router_workers):
@@ -602,6 +603,24 @@ def bind_http_sockets(plan: LaunchPlan) -> list[list[socket.socket]]:
                 sock.close()
         raise
     return fronts
+
+
+def _refuse_taken_ports(plan: LaunchPlan) -> None:
+    """SO_REUSEPORT would let these fronts join the listeners of another server
+    already on the ports and quietly split its traffic: bind each port once
+    without it first, so a taken port stops the launch as it does with one router."""
+    ports = [("HTTP", plan.args.port)] + ([("gRPC", plan.args.grpc_port)] if plan.args.grpc_port else [])
+    for host in plan.bind_hosts:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        for name, port in ports:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                try:
+                    probe.bind((host, port))
+                except OSError as exc:
+                    raise LaunchError(f"cannot bind {name} port {host_port(host, port)}: {exc.strerror}") from exc
 
 
 def build_children(

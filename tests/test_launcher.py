@@ -6,6 +6,7 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -16,7 +17,7 @@ import httpx
 import pytest
 
 from launcher import build_parser
-from tests.conftest import ROOT, short_socket_prefix, start_server
+from tests.conftest import ROOT, free_port, short_socket_prefix, start_server
 
 LONG_TEXT = " ".join(["graceful shutdown drains requests that were accepted"] * 40)
 
@@ -191,3 +192,20 @@ def test_a_bad_environment_only_number_is_refused_in_one_line(monkeypatch: pytes
     result = _run_launcher("--hostname", "127.0.0.1")
     assert result.returncode == 2
     assert result.stderr.strip() == "embedserve: error: EMBEDSERVE_CACHE_MAX_GB must be a number >= 0, got 'lots'"
+
+
+@pytest.mark.parametrize("which", ["HTTP", "gRPC"])
+def test_several_fronts_refuse_a_port_another_server_holds(which: str) -> None:
+    # SO_REUSEPORT must not let the fronts join another server's listeners.
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        flag = "--port" if which == "HTTP" else "--grpc-port"
+        result = _run_launcher("--router-workers", "2", flag, port, "--port" if which == "gRPC" else "--grpc-port",
+                               str(free_port()))
+    assert result.returncode == 3
+    errors = _error_lines(result.stderr)
+    assert len(errors) == 1 and f"cannot bind {which} port 127.0.0.1:{port}" in errors[0], result.stderr
+    assert "router-0" not in result.stderr  # refused before any front started
