@@ -139,6 +139,19 @@ def test_grpc_through_any_front(split_server: RunningServer) -> None:
             assert len(streamed) == 5
 
 
+def test_grpc_stream_items_wait_for_permits_at_the_owner(split_server: RunningServer) -> None:
+    with Backlog(split_server):
+        # 20 permits are left server-wide: 30 stream items of one input each cannot all
+        # be admitted now. They wait at the owner, first come first served, instead of
+        # failing with RESOURCE_EXHAUSTED as a unary call would.
+        with grpc.insecure_channel(split_server.grpc_target) as channel:
+            stub = tei_pb2_grpc.EmbedStub(channel)
+            items = iter([tei_pb2.EmbedRequest(inputs=f"stream item {i}") for i in range(30)])
+            streamed = list(stub.EmbedStream(items, timeout=300))
+    assert len(streamed) == 30
+    assert all(len(item.embeddings) == 384 for item in streamed)
+
+
 def test_a_lost_queue_owner_fails_requests_at_once_and_stops_the_server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
