@@ -571,6 +571,17 @@ class RouterPipe:
             self.write_fd = None
 
 
+def _tcp_socket(host: str) -> socket.socket:
+    """A TCP socket for binding `host` (an IP address): address reuse on, and an
+    IPv6 one for IPv6 only, so that it never takes the IPv4 side of the port too."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    return sock
+
+
 def bind_http_sockets(plan: LaunchPlan) -> list[list[socket.socket]]:
     """The HTTP listening sockets of the fronts (--router-workers >= 2), bound once
     here: front i serves `[i]`, one socket per bind host. All are in one
@@ -585,13 +596,9 @@ def bind_http_sockets(plan: LaunchPlan) -> list[list[socket.socket]]:
             sockets: list[socket.socket] = []
             fronts.append(sockets)
             for host in plan.bind_hosts:
-                family = socket.AF_INET6 if ":" in host else socket.AF_INET
-                sock = socket.socket(family, socket.SOCK_STREAM)
+                sock = _tcp_socket(host)
                 sockets.append(sock)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 try:
                     sock.bind((host, plan.args.port))
                 except OSError as exc:
@@ -611,12 +618,8 @@ def _refuse_taken_ports(plan: LaunchPlan) -> None:
     without it first, so a taken port stops the launch as it does with one router."""
     ports = [("HTTP", plan.args.port)] + ([("gRPC", plan.args.grpc_port)] if plan.args.grpc_port else [])
     for host in plan.bind_hosts:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         for name, port in ports:
-            with socket.socket(family, socket.SOCK_STREAM) as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            with _tcp_socket(host) as probe:
                 try:
                     probe.bind((host, port))
                 except OSError as exc:

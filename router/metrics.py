@@ -176,12 +176,8 @@ class Metrics:
 
     def render(self) -> str:
         lines: list[str] = []
-        for metric in vars(self).values():
-            if isinstance(metric, (Counter, Gauge, Histogram)):
-                lines.extend(metric.render())
-            elif isinstance(metric, PhaseDurations):
-                for histogram in metric.all():
-                    lines.extend(histogram.render())
+        for metric in _instruments(self):
+            lines.extend(metric.render())
         return "\n".join(lines) + "\n"
 
 

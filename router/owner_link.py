@@ -18,7 +18,7 @@ from typing import Union
 
 import msgspec
 
-from proto.frames import LENGTH, MAX_FRAME_BYTES, FrameReader, frame
+from proto.frames import LENGTH, MAX_FRAME_BYTES, FrameProtocol, frame
 
 logger = logging.getLogger(__name__)
 
@@ -154,26 +154,23 @@ def encode_frame(messages: list[Message]) -> bytes:
     return frame(_encoder.encode(messages))
 
 
-class FramedLink(asyncio.Protocol):
+class FramedLink(FrameProtocol):
     """One end of a link. `on_messages` gets each frame's messages in order;
     `on_lost` is called once when the connection ends (None: closed cleanly)."""
 
     def __init__(self, on_messages: Callable[[list[Message]], None], on_lost: Callable[[Exception | None], None]) -> None:
+        super().__init__()
         self._on_messages = on_messages
         self._on_lost = on_lost
-        self._reader = FrameReader()
         self._outbox: list[Message] = []
-        self._transport: asyncio.Transport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flush_scheduled = False
         # Called just before a frame is written: the owner adds the results that
         # finished during this iteration, packed as one message.
         self.before_flush: Callable[[], None] | None = None
-        self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses; they write alike.
-        self._transport = transport  # type: ignore[assignment]
+        super().connection_made(transport)
         self._loop = asyncio.get_running_loop()
 
     def send(self, message: Message) -> None:
@@ -196,34 +193,24 @@ class FramedLink(asyncio.Protocol):
         if self.before_flush is not None:
             self.before_flush()
         messages, self._outbox = self._outbox, []
-        if self.closed or not messages or self._transport is None:
-            return
-        self._transport.write(encode_frame(messages))
+        if messages:
+            self.send_frame(_encoder.encode(messages))
 
-    def data_received(self, data: bytes) -> None:
-        try:
-            batches = [_decoder.decode(payload) for payload in self._reader.feed(data)]
-        except (ValueError, msgspec.DecodeError) as exc:
-            self._fail(exc)
-            return
-        for messages in batches:
-            self._on_messages(messages)
+    def frame_received(self, payload: bytes) -> None:
+        self._on_messages(_decoder.decode(payload))
 
-    def _fail(self, exc: Exception) -> None:
+    def garbled(self, exc: Exception) -> None:
         logger.error("owner link: bad frame (%s); closing it", exc)
-        if self._transport is not None:
-            self._transport.abort()
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
+    def frame_link_lost(self, exc: Exception | None) -> None:
         self._outbox.clear()
         self._on_lost(exc)
 
     def close(self) -> None:
         self._flush()
         self.closed = True
-        if self._transport is not None:
-            self._transport.close()
+        if self.transport is not None:
+            self.transport.close()
 
 
 def probe_owner(path: str, timeout_s: float = 2.0) -> list[int] | None:

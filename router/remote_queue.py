@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from router import errors
 from router.errors import BackendError, BackendUnavailableError, EmbedServeError
 from router.metrics import Metrics, merge, snapshot
 from router.owner_link import (
@@ -65,7 +64,6 @@ def _error_classes() -> dict[str, type[EmbedServeError]]:
 
 
 _ERRORS = _error_classes()
-assert errors  # the module defines the classes found above
 
 
 def _rebuild_error(name: str, message: str) -> EmbedServeError:

@@ -15,12 +15,11 @@ import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import cast
 
 import msgspec
 
 from proto.codec import unpack_u32
-from proto.frames import FrameReader, frame
+from proto.frames import FrameProtocol
 from tokenizer_pool.encoder import EncodeError, Encoder, EncoderInput, TextPair
 from tokenizer_pool.frames import EncodeCall, EncodeResult, ErrorKind, IdInput, WireInput
 
@@ -92,13 +91,13 @@ class EncodeService:
             for call in job.calls:
                 done.append(self._answer(call))
                 if time.perf_counter() - since >= ANSWER_EVERY_S:
-                    loop.call_soon_threadsafe(_send, self._frames(answers))
+                    loop.call_soon_threadsafe(_send, self._payloads(answers))
                     answers = {job.connection: (done := [])}
                     since = time.perf_counter()
-        return self._frames(answers)
+        return self._payloads(answers)
 
-    def _frames(self, answers: dict[_Connection, list[EncodeResult]]) -> list[tuple[_Connection, bytes]]:
-        return [(connection, frame(self._encoder.encode(results))) for connection, results in answers.items() if results]
+    def _payloads(self, answers: dict[_Connection, list[EncodeResult]]) -> list[tuple[_Connection, bytes]]:
+        return [(connection, self._encoder.encode(results)) for connection, results in answers.items() if results]
 
     def _answer(self, call: EncodeCall) -> EncodeResult:
         try:
@@ -114,9 +113,9 @@ class EncodeService:
         )
 
 
-def _send(frames: list[tuple[_Connection, bytes]]) -> None:
-    for connection, answer in frames:
-        connection.send(answer)
+def _send(payloads: list[tuple[_Connection, bytes]]) -> None:
+    for connection, payload in payloads:
+        connection.send_frame(payload)
 
 
 def _encoder_input(item: WireInput) -> EncoderInput:
@@ -127,39 +126,19 @@ def _encoder_input(item: WireInput) -> EncoderInput:
     return TextPair(item[0], item[1])
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(FrameProtocol):
     """One router process's link to this worker."""
 
     def __init__(self, service: EncodeService) -> None:
+        super().__init__()
         self._service = service
-        self._reader = FrameReader()
-        self._transport: asyncio.Transport | None = None
-        self.closed = False
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports do not subclass asyncio.Transport; they have its methods.
-        self._transport = cast(asyncio.Transport, transport)
+    def frame_received(self, payload: bytes) -> None:
+        self._service.received(self, payload)
 
-    def data_received(self, data: bytes) -> None:
-        try:
-            for payload in self._reader.feed(data):
-                self._service.received(self, payload)
-        except (ValueError, msgspec.DecodeError) as exc:
-            # Only a router bug gets here; its calls fail on the lost connection.
-            logger.error("dropping an encode link that sent a bad frame: %s", exc)
-            self.abort()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-        if self._transport is not None:
-            self._transport.abort()
-
-    def send(self, answer: bytes) -> None:
-        if not self.closed and self._transport is not None:
-            self._transport.write(answer)
+    def garbled(self, exc: Exception) -> None:
+        # Only a router bug gets here; its calls fail on the lost connection.
+        logger.error("dropping an encode link that sent a bad frame: %s", exc)
 
 
 async def start_encode_server(service: EncodeService, path: str) -> asyncio.Server:

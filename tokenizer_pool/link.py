@@ -11,11 +11,10 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-from typing import cast
 
 import msgspec
 
-from proto.frames import FrameReader, frame
+from proto.frames import FrameProtocol
 from tokenizer_pool.frames import EncodeCall, EncodeResult, WireInput
 
 logger = logging.getLogger("tokenizer_pool")
@@ -85,7 +84,7 @@ class EncodeLink:
             self._fail([call.id for call in calls], LinkDown("tokenizer worker connection lost", sent=False))
             return
         try:
-            self._protocol.send(frame(self._encoder.encode(calls)))
+            self._protocol.send_frame(self._encoder.encode(calls))
         except Exception as exc:  # a bug, but the calls must not wait forever
             logger.exception("cannot send an encode frame")
             self._fail([call.id for call in calls], LinkDown(f"cannot send to the tokenizer worker: {exc}", sent=False))
@@ -150,36 +149,21 @@ class EncodeLink:
 
     def close(self) -> None:
         if self._protocol is not None:
-            self._protocol.close()
+            self._protocol.abort()
 
 
-class _Protocol(asyncio.Protocol):
+class _Protocol(FrameProtocol):
     def __init__(self, link: EncodeLink) -> None:
+        super().__init__()
         self._link = link
-        self._reader = FrameReader()
         self._decoder = msgspec.msgpack.Decoder(list[EncodeResult])
-        self._transport: asyncio.Transport | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports do not subclass asyncio.Transport; they have its methods.
-        self._transport = cast(asyncio.Transport, transport)
+    def frame_received(self, payload: bytes) -> None:
+        self._link._answered(self._decoder.decode(payload))
 
-    def data_received(self, data: bytes) -> None:
-        try:
-            for payload in self._reader.feed(data):
-                self._link._answered(self._decoder.decode(payload))
-        except (ValueError, msgspec.DecodeError) as exc:
-            logger.error("tokenizer worker sent a bad encode frame: %s", exc)
-            self.close()
-            self._link._lost(self, f"bad frame ({exc})")
+    def garbled(self, exc: Exception) -> None:
+        logger.error("tokenizer worker sent a bad encode frame: %s", exc)
+        self._link._lost(self, f"bad frame ({exc})")
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def frame_link_lost(self, exc: Exception | None) -> None:
         self._link._lost(self, str(exc) if exc else "closed by the worker")
-
-    def send(self, data: bytes) -> None:
-        assert self._transport is not None
-        self._transport.write(data)
-
-    def close(self) -> None:
-        if self._transport is not None:
-            self._transport.abort()

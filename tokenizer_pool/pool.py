@@ -13,6 +13,8 @@ msgpack frames that carry every call of an event-loop iteration at once);
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -137,14 +139,8 @@ class TokenizerPool:
         request = tokenizer_pb2.TokenizeRequest(
             inputs=inputs, add_special_tokens=add_special_tokens, prompt=prompt, format=FORMATS[token_format]
         )
-        worker = self._any_worker()
-        self._in_flight[worker] += 1
-        try:
+        with self._grpc_worker() as worker:
             results = [result.tokens async for result in self._stubs[worker].Tokenize(request)]
-        except grpc.aio.AioRpcError as exc:
-            raise _translate(exc) from exc
-        finally:
-            self._in_flight[worker] -= 1
         if len(results) != len(inputs):
             raise TokenizerFailedError(
                 f"tokenizer worker returned {len(results)} results for {len(inputs)} inputs. This is a bug."
@@ -182,15 +178,22 @@ class TokenizerPool:
             raise InvalidInputError(str(exc)) from exc
 
     async def _call(self, method: str, request: Message) -> Message:
+        with self._grpc_worker() as worker:
+            response: Message = await getattr(self._stubs[worker], method)(request)
+        return response
+
+    @contextmanager
+    def _grpc_worker(self) -> Iterator[int]:
+        """The least busy worker for a gRPC call: counted in flight while the block
+        runs, its gRPC errors turned into the pool's."""
         worker = self._any_worker()
         self._in_flight[worker] += 1
         try:
-            response: Message = await getattr(self._stubs[worker], method)(request)
+            yield worker
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc) from exc
         finally:
             self._in_flight[worker] -= 1
-        return response
 
     def in_flight(self, worker: int) -> int:
         """Calls the router has sent to `worker` and not yet had answered."""
