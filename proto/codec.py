@@ -7,6 +7,8 @@ checked and a bad message raises `ValueError`.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import numpy.typing as npt
 
@@ -36,7 +38,7 @@ def pack_tensor(array: npt.ArrayLike) -> backend_pb2.Tensor:
 
 def unpack_tensor(tensor: backend_pb2.Tensor) -> F32Array:
     shape = tuple(int(d) for d in tensor.shape)
-    expected = int(np.prod(shape, dtype=np.int64)) * FLOAT32.itemsize
+    expected = math.prod(shape) * FLOAT32.itemsize  # np.prod costs more than the tensor on small shapes
     if len(tensor.data) != expected:
         raise ValueError(f"tensor of shape {shape} needs {expected} bytes, got {len(tensor.data)}")
     return np.frombuffer(tensor.data, dtype=FLOAT32).reshape(shape)

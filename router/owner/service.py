@@ -164,12 +164,13 @@ class FrontConnection:
         ids = np.frombuffer(message.input_ids, dtype=_U32)
         types = np.frombuffer(message.token_type_ids, dtype=_U32)
         starts = np.frombuffer(message.pool_starts, dtype=_U32) if message.pool_starts else None
-        if len(ids) != len(types) or int(lengths.sum()) != len(ids):
+        length_list = lengths.tolist()
+        if len(ids) != len(types) or sum(length_list) != len(ids):
             self._fail_call(call, range(len(lengths)), BackendError("malformed submit from a front. This is a bug."))
             return
         entries: list[QueueEntry] = []
         offset = 0
-        for index, length in enumerate(lengths.tolist()):
+        for index, length in enumerate(length_list):
             slot = RemoteSlot(call, index)
             call.slots.append(slot)
             end = offset + length
