@@ -189,6 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-requests", type=int,
                    default=int(v) if (v := _env("MAX_BATCH_REQUESTS")) else None,
                    help="Most inputs in one backend batch [env MAX_BATCH_REQUESTS]")
+    p.add_argument("--queue-policy", default=_env("QUEUE_POLICY", "priority"), choices=["priority", "fifo"],
+                   help="priority: short requests (see --interactive-max-tokens) and those sent with "
+                   "`x-priority: high` overtake bulk work, which keeps at least a quarter of the model's time; "
+                   "fifo: strict arrival order, as TEI [env QUEUE_POLICY]")
+    p.add_argument("--interactive-max-tokens", type=int,
+                   default=int(_env("INTERACTIVE_MAX_TOKENS", "128") or 128),
+                   help="Under --queue-policy priority, a request without an x-priority header whose inputs "
+                   "total at most this many tokens is interactive; 0: only the header decides "
+                   "[env INTERACTIVE_MAX_TOKENS]")
     p.add_argument("--max-client-batch-size", type=int, default=int(_env("MAX_CLIENT_BATCH_SIZE", "32") or 32),
                    help="Most inputs in one request [env MAX_CLIENT_BATCH_SIZE]")
     p.add_argument("--tokenization-workers", type=int,
@@ -373,6 +382,9 @@ def plan_launch(args: argparse.Namespace) -> LaunchPlan:
                         ("--router-workers", args.router_workers)):
         if value <= 0:
             raise LaunchError(f"{name} must be positive, got {value}", EXIT_CONFIG_ERROR)
+    if args.interactive_max_tokens < 0:
+        raise LaunchError(f"--interactive-max-tokens must be 0 or more, got {args.interactive_max_tokens}",
+                          EXIT_CONFIG_ERROR)
     for name, seconds in (("--body-read-timeout", args.body_read_timeout), ("--graceful-timeout", args.graceful_timeout)):
         if seconds < 0:
             raise LaunchError(f"{name} must be 0 or more seconds, got {seconds}", EXIT_CONFIG_ERROR)
@@ -696,6 +708,7 @@ def build_children(
         id2label=plan.spec.id2label, label2id=plan.spec.label2id, cors_allow_origin=args.cors_allow_origin or [],
         task=TASK, grpc_port=args.grpc_port, grpc_max_parallel_stream_requests=GRPC_MAX_PARALLEL_STREAM_REQUESTS,
         default_request_timeout_ms=args.default_request_timeout_ms, body_read_timeout_s=args.body_read_timeout,
+        queue_policy=args.queue_policy, interactive_max_tokens=args.interactive_max_tokens,
     )
     if args.revision is not None:
         rconfig.revision = args.revision

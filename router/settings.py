@@ -51,6 +51,9 @@ class RouterSettings:
     http_fds: tuple[int, ...] = ()
     front_index: int = 0
     router_workers: int = 1
+    # "priority": interactive work overtakes bulk work (router/lanes.py); "fifo": TEI's order.
+    queue_policy: str = "priority"
+    interactive_max_tokens: int = 128
 
     @property
     def is_splade(self) -> bool:
@@ -99,4 +102,6 @@ class RouterSettings:
             http_fds=tuple(config.http_fds),
             front_index=config.front_index,
             router_workers=config.router_workers or 1,
+            queue_policy=config.queue_policy or "priority",
+            interactive_max_tokens=config.interactive_max_tokens,
         )
