@@ -72,7 +72,7 @@ def build_queue_owner(
         metrics=metrics,
     )
     kind: Kind = "embed" if settings.model_type == "embedding" else "predict"
-    return QueueOwner(queue, backends, metrics, kind)
+    return QueueOwner(queue, backends, metrics, kind, lanes=settings.lane_policy.enabled)
 
 
 async def connect_services(settings: RouterSettings, on_owner_lost: Callable[[], None] | None = None) -> AppState:
@@ -89,7 +89,7 @@ async def connect_services(settings: RouterSettings, on_owner_lost: Callable[[],
     else:
         owner = build_queue_owner(settings, backends, facts, max_batch_requests, metrics)
         handle = InprocQueueHandle(owner, settings.max_concurrent_requests)
-    inference = Inference(tokenizers, handle, metrics)
+    inference = Inference(tokenizers, handle, metrics, settings.lane_policy)
     operations = Operations(settings, facts.hidden_size, inference)
     return AppState(settings, metrics, tokenizers, backends, facts, handle, inference, operations)
 

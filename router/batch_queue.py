@@ -4,8 +4,12 @@ Owner side of the future process boundary: fronts reach it only through a
 `QueueHandle` (router/queue_handle.py), never directly.
 
 All state lives on one event loop, so no locks: handlers `append` entries and
-await their futures; dispatch slots `await next_batch()`. A batch is formed the
-moment a backend slot asks for one, from whatever is queued, in arrival order:
+await their futures; dispatch slots `await next_batch()`. Entries wait in one of
+two lanes (router/lanes.py): bulk, and interactive. A normal slot takes bulk
+entries, or interactive ones when no bulk waits; the interactive slot takes only
+interactive ones, so a query never waits behind bulk entries in this queue. A
+batch is formed the moment a slot asks for one, from whatever is queued in the
+lanes it takes from, in arrival order:
 - an entry whose future is done (its client went away) is dropped unseen
   (the transport counts the request in te_request_failure, once per request);
 - the next entry goes in only if the batch still fits `max_batch_tokens`,
@@ -45,6 +49,8 @@ class QueueEntry:
     deadline: float | None = None
     # Leading tokens mean pooling leaves out (the prompt, include_prompt false).
     pool_start: int = 0
+    # Queued in the interactive lane (router/lanes.py).
+    interactive: bool = False
     enqueued_at: float = field(default_factory=time.perf_counter)
 
     def __len__(self) -> int:
@@ -58,6 +64,8 @@ class FormedBatch:
     token_sum: int
     cost: int
     formed_at: float
+    # Only interactive entries: the backend runs it before bulk work.
+    interactive: bool = False
 
 
 class BatchQueue:
@@ -77,11 +85,13 @@ class BatchQueue:
         self.padded = padded
         self._position_offset = position_offset
         self._metrics = metrics
-        self._entries: deque[QueueEntry] = deque()
-        self._not_empty = asyncio.Event()
+        self._bulk: deque[QueueEntry] = deque()
+        self._interactive: deque[QueueEntry] = deque()
+        self._anything_queued = asyncio.Event()
+        self._interactive_queued = asyncio.Event()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._bulk) + len(self._interactive)
 
     def check_fits(self, entry: QueueEntry) -> None:
         if len(entry) > self.max_batch_tokens:
@@ -91,46 +101,61 @@ class BatchQueue:
 
     def append(self, entry: QueueEntry) -> None:
         self.check_fits(entry)
-        self._entries.append(entry)
-        self._metrics.queue_size.set(len(self._entries))
-        self._not_empty.set()
+        if entry.interactive:
+            self._interactive.append(entry)
+            self._interactive_queued.set()
+        else:
+            self._bulk.append(entry)
+        self._metrics.queue_size.set(len(self))
+        self._anything_queued.set()
 
-    async def next_batch(self) -> FormedBatch:
+    async def next_batch(self, *, interactive_only: bool = False) -> FormedBatch:
+        """The next batch for a slot, once there is one: the interactive slot's
+        (`interactive_only`) holds only interactive entries."""
+        event = self._interactive_queued if interactive_only else self._anything_queued
         while True:
-            batch = self.take_batch()
+            batch = self.take_batch(interactive_only=interactive_only)
             if batch is not None:
                 return batch
-            self._not_empty.clear()
-            await self._not_empty.wait()
+            event.clear()
+            await event.wait()
 
-    def take_batch(self) -> FormedBatch | None:
+    def take_batch(self, *, interactive_only: bool = False) -> FormedBatch | None:
+        batch = None if interactive_only else self._take(self._bulk, interactive=False)
+        if batch is None:
+            batch = self._take(self._interactive, interactive=True)
+        self._metrics.queue_size.set(len(self))
+        return batch
+
+    def _take(self, lane: deque[QueueEntry], *, interactive: bool) -> FormedBatch | None:
         entries: list[QueueEntry] = []
         max_len = token_sum = 0
         now = time.perf_counter()
-        while self._entries:
-            entry = self._entries[0]
+        while lane:
+            entry = lane[0]
             if entry.future.done():
                 # Its request already failed or left, and was counted then, once.
-                self._entries.popleft()
+                lane.popleft()
                 continue
             if entry.deadline is not None and now > entry.deadline:
-                self._entries.popleft()
+                lane.popleft()
                 entry.future.set_exception(DeadlineExceededError(_deadline_message(entry, now)))
                 continue
             length = len(entry)
             cost = max(max_len, length) * (len(entries) + 1) if self.padded else token_sum + length
             if cost > self.max_batch_tokens:
                 break
-            self._entries.popleft()
+            lane.popleft()
             entries.append(entry)
             max_len, token_sum = max(max_len, length), token_sum + length
             if self.max_batch_requests is not None and len(entries) >= self.max_batch_requests:
                 break
-        self._metrics.queue_size.set(len(self._entries))
         if not entries:
             return None
         cost = max_len * len(entries) if self.padded else token_sum
-        return FormedBatch(entries, self._flatten(entries, max_len), token_sum, cost, time.perf_counter())
+        message = self._flatten(entries, max_len)
+        message.interactive = interactive
+        return FormedBatch(entries, message, token_sum, cost, time.perf_counter(), interactive)
 
     def _flatten(self, entries: list[QueueEntry], max_len: int) -> backend_pb2.Batch:
         lengths = np.fromiter((len(e) for e in entries), dtype=np.int64, count=len(entries))

@@ -4,7 +4,10 @@ Owner side of the future process boundary, beside the queue (router/queue_owner.
 
 Each backend gets `SLOTS_PER_BACKEND` dispatch tasks. With two, the next batch is
 already formed and sitting in the backend's receive queue while the current one
-runs, so the device never waits for the router between batches.
+runs, so the device never waits for the router between batches. Under
+`--queue-policy priority` each backend also gets one interactive slot: it sends
+interactive inputs the moment they are queued, however busy the normal slots
+are, and the backend runs them ahead of its bulk work (router/lanes.py).
 """
 
 from __future__ import annotations
@@ -32,8 +35,11 @@ Kind = Literal["embed", "predict"]
 
 
 class Dispatcher:
-    def __init__(self, queue: BatchQueue, backends: list[BackendClient], metrics: Metrics, kind: Kind) -> None:
+    def __init__(
+        self, queue: BatchQueue, backends: list[BackendClient], metrics: Metrics, kind: Kind, *, interactive_slot: bool = False
+    ) -> None:
         self._queue = queue
+        self._interactive_slot = interactive_slot
         self._backends = backends
         self._metrics = metrics
         self._kind = kind
@@ -41,8 +47,10 @@ class Dispatcher:
 
     def start(self) -> None:
         for backend in self._backends:
-            for slot in range(SLOTS_PER_BACKEND):
-                task = asyncio.create_task(self._run_slot(backend), name=f"dispatch-{backend.name}-{slot}")
+            slots = [False] * SLOTS_PER_BACKEND + ([True] if self._interactive_slot else [])
+            for index, interactive_only in enumerate(slots):
+                name = f"dispatch-{backend.name}-{'interactive' if interactive_only else index}"
+                task = asyncio.create_task(self._run_slot(backend, interactive_only), name=name)
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
@@ -51,7 +59,7 @@ class Dispatcher:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _run_slot(self, backend: BackendClient) -> None:
+    async def _run_slot(self, backend: BackendClient, interactive_only: bool) -> None:
         call: Callable[[backend_pb2.Batch], Awaitable[BatchOutput]] = (
             backend.embed if self._kind == "embed" else backend.predict
         )
@@ -59,7 +67,7 @@ class Dispatcher:
             # A backend that is down takes no batches: they wait in the queue for it
             # (or go to another backend) instead of failing one after the other.
             await backend.wait_until_up()
-            batch = await self._queue.next_batch()
+            batch = await self._queue.next_batch(interactive_only=interactive_only)
             self._metrics.batch_next_size.observe(len(batch.entries))
             self._metrics.batch_next_tokens.observe(batch.token_sum)
             started = time.perf_counter()

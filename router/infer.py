@@ -25,6 +25,7 @@ from router.errors import (
     TokenizerError,
     input_validation,
 )
+from router.lanes import FIFO, LanePolicy, Priority
 from router.metrics import Metrics
 from router.queue_handle import EntryResult, QueueHandle, Submission, TokenizedInput
 from tokenizer_pool.pool import (
@@ -79,10 +80,24 @@ class ResponseMetadata:
 
 
 @dataclass(frozen=True)
+class CallLimits:
+    """How the transport wants the call run."""
+
+    # Queue for permits instead of failing with 429 (gRPC stream items).
+    wait_for_permit: bool = False
+    # perf_counter() instant after which inputs still queued fail; None: none.
+    deadline: float | None = None
+    # The client's x-priority (router/lanes.py); None: the inputs' size decides.
+    priority: Priority | None = None
+
+
+@dataclass(frozen=True)
 class InferenceResult:
     rows: list[np.ndarray]
     token_counts: list[int]
     metadata: ResponseMetadata
+    # Queued in the interactive lane (router/lanes.py).
+    interactive: bool = False
 
 
 class Permits:
@@ -148,10 +163,13 @@ class Permits:
 
 
 class Inference:
-    def __init__(self, tokenizers: TokenizerPool, queue: QueueHandle, metrics: Metrics) -> None:
+    def __init__(
+        self, tokenizers: TokenizerPool, queue: QueueHandle, metrics: Metrics, lanes: LanePolicy = FIFO
+    ) -> None:
         self._tokenizers = tokenizers
         self._queue = queue
         self._metrics = metrics
+        self._lanes = lanes
 
     async def run(
         self,
@@ -161,35 +179,36 @@ class Inference:
         raw: bool = False,
         family: Family = "embed",
         method: Method = "single",
-        wait_for_permit: bool = False,
-        deadline: float | None = None,
+        limits: CallLimits = CallLimits(),
     ) -> InferenceResult:
         """Tokenize, queue and run every input, and count it in the metrics.
 
-        `raw` asks for per-token vectors; `wait_for_permit` queues for capacity
-        instead of failing with 429 (gRPC streams); past `deadline` (a
-        perf_counter() time) inputs still queued are withdrawn and the call fails
-        with DeadlineExceededError.
+        `raw` asks for per-token vectors; `limits.wait_for_permit` queues for
+        capacity instead of failing with 429 (gRPC streams); past `limits.deadline`
+        (a perf_counter() time) inputs still queued are withdrawn and the call
+        fails with DeadlineExceededError; `limits.priority`, with the inputs' size,
+        picks the queue lane (router/lanes.py).
         """
         metrics = self._metrics
         metrics.request_count.inc(method=method)
         (metrics.embed_count if family == "embed" else metrics.predict_count).inc(len(inputs))
-        result = await self._run(inputs, options, raw, wait_for_permit, deadline)
+        result = await self._run(inputs, options, raw, limits)
         (metrics.embed_success if family == "embed" else metrics.predict_success).inc(len(inputs))
         metrics.request_success.inc(method=method)
         meta = result.metadata
         metrics.request_tokenization_duration.observe(meta.tokenization_time_s)
         metrics.request_queue_duration.observe(meta.queue_time_s)
+        lane = metrics.interactive_queue_duration if result.interactive else metrics.bulk_queue_duration
+        lane.observe(meta.queue_time_s)
         metrics.request_inference_duration.observe(meta.inference_time_s)
         durations = metrics.embed_durations if family == "embed" else metrics.predict_durations
         durations.observe(meta, len(inputs))
         return result
 
-    async def _run(
-        self, inputs: list[Input], options: EncodeOptions, raw: bool, wait_for_permit: bool, deadline: float | None
-    ) -> InferenceResult:
+    async def _run(self, inputs: list[Input], options: EncodeOptions, raw: bool, limits: CallLimits) -> InferenceResult:
         started = time.perf_counter()
-        admission = self._queue.admit(len(inputs), wait=wait_for_permit)
+        deadline = limits.deadline
+        admission = self._queue.admit(len(inputs), wait=limits.wait_for_permit)
         granted = admission.granted
         try:
             # The in-process handle answers at once: a refused call costs no
@@ -215,7 +234,10 @@ class Inference:
             queued = [TokenizedInput(e.input_ids, e.token_type_ids, e.pool_start) for e in encodings]
             for item in queued:
                 self._metrics.request_input_length.observe(len(item))
-            submission = self._queue.submit(queued, raw=raw, deadline=deadline, admission=admission)
+            interactive = self._lanes.is_interactive(limits.priority, sum(map(len, queued)))
+            submission = self._queue.submit(
+                queued, raw=raw, deadline=deadline, admission=admission, interactive=interactive
+            )
             results = await _await_or_abort(self._queue, submission, deadline)
         finally:
             self._queue.release(admission)
@@ -229,7 +251,9 @@ class Inference:
             queue_time_s=sum(r.queue_time_s for r in results) / n,
             inference_time_s=sum(r.inference_time_s for r in results) / n,
         )
-        return InferenceResult([r.values for r in results], [len(e.input_ids) for e in encodings], metadata)
+        return InferenceResult(
+            [r.values for r in results], [len(e.input_ids) for e in encodings], metadata, interactive
+        )
 
     async def _encode(self, inputs: list[Input], options: EncodeOptions) -> list[Encoding]:
         return await _translated(

@@ -168,6 +168,13 @@ class Metrics:
             "te_request_tokenization_duration", "Tokenization duration (s)", DURATION_BUCKETS
         )
         self.request_queue_duration = Histogram("te_request_queue_duration", "Queue duration (s)", DURATION_BUCKETS)
+        # te_request_queue_duration split by lane (router/lanes.py).
+        self.interactive_queue_duration = Histogram(
+            "embedserve_interactive_queue_duration", "Queue duration of interactive requests (s)", DURATION_BUCKETS
+        )
+        self.bulk_queue_duration = Histogram(
+            "embedserve_bulk_queue_duration", "Queue duration of bulk requests (s)", DURATION_BUCKETS
+        )
         self.request_inference_duration = Histogram(
             "te_request_inference_duration", "Inference duration (s)", DURATION_BUCKETS
         )

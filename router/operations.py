@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 
 from router.errors import EmptyInputError
-from router.infer import EncodeOptions, Family, Inference, InferenceResult, ResponseMetadata
+from router.infer import CallLimits, EncodeOptions, Family, Inference, InferenceResult, ResponseMetadata
 from router.model_ops import (
     ranked_predictions,
     rerank_order,
@@ -40,16 +40,6 @@ class Truncation:
     # None: the server's --auto-truncate (HTTP's default; gRPC always sends a bool).
     truncate: bool | None
     direction: Literal["right", "left"] = "right"
-
-
-@dataclass(frozen=True)
-class CallLimits:
-    """How the transport wants the call run."""
-
-    # Queue for permits instead of failing with 429 (gRPC stream items).
-    wait_for_permit: bool = False
-    # perf_counter() instant after which inputs still queued fail; None: none.
-    deadline: float | None = None
 
 
 @dataclass(frozen=True)
@@ -165,7 +155,7 @@ class Operations:
         texts: list[Input] = [source, *sentences]
         result = await self._inference.run(
             texts, options, family="embed", method="batch",
-            wait_for_permit=limits.wait_for_permit, deadline=limits.deadline,
+            limits=limits,
         )
         vectors = np.stack(result.rows).astype(np.float64)
         source_vector, others = vectors[0], vectors[1:]
@@ -186,7 +176,7 @@ class Operations:
         options = self._encode_options(truncation, self._settings.default_prompt)
         result = await self._inference.run(
             parsed, options, family="predict", method="batch" if is_batch else "single",
-            wait_for_permit=limits.wait_for_permit, deadline=limits.deadline,
+            limits=limits,
         )
         labels = self._settings.labels()
         ranked = [ranked_predictions(logits, raw_scores, labels) for logits in result.rows]
@@ -209,7 +199,7 @@ class Operations:
         result = await self._inference.run(
             inputs, self._encode_options(truncation, None), family="predict",
             method="batch" if is_batch else "single",
-            wait_for_permit=limits.wait_for_permit, deadline=limits.deadline,
+            limits=limits,
         )
         order = rerank_order(np.stack([row[0] for row in result.rows]), raw_scores)
         return Ranking(order, result.metadata)
@@ -250,7 +240,7 @@ class Operations:
         options = self._encode_options(truncation, resolve_prompt(self._settings, prompt_name))
         return await self._inference.run(
             inputs, options, raw=raw, family=family, method="batch" if is_batch else "single",
-            wait_for_permit=limits.wait_for_permit, deadline=limits.deadline,
+            limits=limits,
         )
 
     def _encode_options(self, truncation: Truncation, prompt: str | None) -> EncodeOptions:

@@ -66,6 +66,8 @@ class Submit(_Msg, tag="submit"):
     lengths: bytes
     pool_starts: bytes = b""
     admit: int = 0
+    # Queue the inputs in the interactive lane (router/lanes.py).
+    interactive: bool = False
 
 
 class Abort(_Msg, tag="abort"):

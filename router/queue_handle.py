@@ -105,9 +105,16 @@ class QueueHandle(Protocol):
         ...
 
     def submit(
-        self, inputs: Sequence[TokenizedInput], *, raw: bool, deadline: float | None, admission: Admission | None = None
+        self,
+        inputs: Sequence[TokenizedInput],
+        *,
+        raw: bool,
+        deadline: float | None,
+        admission: Admission | None = None,
+        interactive: bool = False,
     ) -> Submission:
-        """Queue every input of one call, in order (under `admission`'s permits).
+        """Queue every input of one call, in order (under `admission`'s permits),
+        in the interactive lane or the bulk one (router/lanes.py).
 
         `raw` asks for per-token vectors (/embed_all). Past `deadline` (a
         `time.perf_counter()` instant: CLOCK_MONOTONIC, the same in every process

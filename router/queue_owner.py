@@ -21,9 +21,11 @@ from router.queue_handle import Admission, EntryResult, Submission, TokenizedInp
 
 
 class QueueOwner:
-    def __init__(self, queue: BatchQueue, backends: list[BackendClient], metrics: Metrics, kind: Kind) -> None:
+    def __init__(
+        self, queue: BatchQueue, backends: list[BackendClient], metrics: Metrics, kind: Kind, *, lanes: bool = False
+    ) -> None:
         self.queue = queue
-        self._dispatcher = Dispatcher(queue, backends, metrics, kind)
+        self._dispatcher = Dispatcher(queue, backends, metrics, kind, interactive_slot=lanes)
 
     def append(self, entries: Sequence[QueueEntry]) -> None:
         # All or nothing: an entry that can never fit fails the call before any runs.
@@ -58,11 +60,17 @@ class InprocQueueHandle:
         self.permits.withdraw(admission.count, admission.granted)
 
     def submit(
-        self, inputs: Sequence[TokenizedInput], *, raw: bool, deadline: float | None, admission: Admission | None = None
+        self,
+        inputs: Sequence[TokenizedInput],
+        *,
+        raw: bool,
+        deadline: float | None,
+        admission: Admission | None = None,
+        interactive: bool = False,
     ) -> Submission:
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[EntryResult]] = [loop.create_future() for _ in inputs]
-        entries = [QueueEntry(i.input_ids, i.token_type_ids, future, raw, deadline, i.pool_start)
+        entries = [QueueEntry(i.input_ids, i.token_type_ids, future, raw, deadline, i.pool_start, interactive)
                    for i, future in zip(inputs, futures)]
         self._owner.append(entries)
         return Submission(futures)

@@ -152,7 +152,13 @@ class RemoteQueueHandle:
             granted.exception()  # retrieved: an error here was raised (or superseded) already
 
     def submit(
-        self, inputs: Sequence[TokenizedInput], *, raw: bool, deadline: float | None, admission: Admission | None = None
+        self,
+        inputs: Sequence[TokenizedInput],
+        *,
+        raw: bool,
+        deadline: float | None,
+        admission: Admission | None = None,
+        interactive: bool = False,
     ) -> Submission:
         if self.lost:
             raise BackendUnavailableError(OWNER_GONE)
@@ -175,7 +181,7 @@ class RemoteQueueHandle:
             call_id, raw, deadline,
             np.concatenate([i.input_ids for i in inputs]).astype(_U32, copy=False).tobytes(),
             np.concatenate([i.token_type_ids for i in inputs]).astype(_U32, copy=False).tobytes(),
-            lengths.tobytes(), pool_starts, admit,
+            lengths.tobytes(), pool_starts, admit, interactive,
         ))
         self._calls[call_id] = _Call(futures, count)
         return RemoteSubmission(futures, call_id)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from proto.gen_pb import config_pb2
 from router.bind import resolve_bind_hosts
+from router.lanes import LanePolicy
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,10 @@ class RouterSettings:
     # "priority": interactive work overtakes bulk work (router/lanes.py); "fifo": TEI's order.
     queue_policy: str = "priority"
     interactive_max_tokens: int = 128
+
+    @property
+    def lane_policy(self) -> LanePolicy:
+        return LanePolicy(self.queue_policy == "priority", self.interactive_max_tokens)
 
     @property
     def is_splade(self) -> bool:

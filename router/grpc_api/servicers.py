@@ -20,7 +20,9 @@ import numpy as np
 from proto.gen_pb import tei_pb2, tei_pb2_grpc
 from router.errors import EmbedServeError, ValidationError
 from router.infer import ResponseMetadata
-from router.operations import CallLimits, Truncation
+from router.infer import CallLimits
+from router.lanes import PRIORITY_HEADER, parse_priority
+from router.operations import Truncation
 from router.routes.health import VERSION
 from router.state import AppState
 
@@ -73,6 +75,16 @@ class _Service:
         self._state.metrics.request_failure.inc(err=exc.metric_label)
         await context.abort(STATUS_BY_ERROR_TYPE.get(exc.error_type, grpc.StatusCode.INTERNAL), exc.message)
         raise AssertionError("context.abort returned")  # it always raises
+
+    def _limits(self, context: grpc.aio.ServicerContext, wait: bool) -> CallLimits:
+        """Stream items wait for permits (`wait`), unary calls fail fast with 429;
+        the `x-priority` metadata picks the queue lane (router/lanes.py)."""
+        priority = None
+        for key, value in context.invocation_metadata() or ():
+            if key == PRIORITY_HEADER:
+                priority = parse_priority(value if isinstance(value, str) else value.decode("latin-1"))
+                break
+        return CallLimits(wait_for_permit=wait, priority=priority)
 
     def _count_dropped(self) -> None:
         # One per request (per stream item), as HTTP counts a client that left.
@@ -180,31 +192,31 @@ class InfoService(_Service, tei_pb2_grpc.InfoServicer):
 
 
 class EmbedService(_Service, tei_pb2_grpc.EmbedServicer):
-    async def _embed(self, request: tei_pb2.EmbedRequest, wait: bool) -> Outcome:
+    async def _embed(self, request: tei_pb2.EmbedRequest, context: grpc.aio.ServicerContext, wait: bool) -> Outcome:
         result = await self._state.operations.embed_pooled(
             request.inputs,
             _truncation(request),
             _prompt_name(request),
             request.normalize if request.HasField("normalize") else True,
             request.dimensions if request.HasField("dimensions") else None,
-            CallLimits(wait_for_permit=wait),
+            self._limits(context, wait),
         )
         [vector] = result.vectors
         response = tei_pb2.EmbedResponse(embeddings=vector.tolist(), metadata=metadata_message(result.metadata))
         return response, result.metadata
 
-    async def _embed_sparse(self, request: tei_pb2.EmbedSparseRequest, wait: bool) -> Outcome:
+    async def _embed_sparse(self, request: tei_pb2.EmbedSparseRequest, context: grpc.aio.ServicerContext, wait: bool) -> Outcome:
         result = await self._state.operations.embed_sparse(
-            request.inputs, _truncation(request), _prompt_name(request), CallLimits(wait_for_permit=wait)
+            request.inputs, _truncation(request), _prompt_name(request), self._limits(context, wait)
         )
         values = [tei_pb2.SparseValue(index=i, value=v) for i, v in result.weights[0]]
         return tei_pb2.EmbedSparseResponse(sparse_embeddings=values, metadata=metadata_message(result.metadata)), (
             result.metadata
         )
 
-    async def _embed_all(self, request: tei_pb2.EmbedAllRequest, wait: bool) -> Outcome:
+    async def _embed_all(self, request: tei_pb2.EmbedAllRequest, context: grpc.aio.ServicerContext, wait: bool) -> Outcome:
         result = await self._state.operations.embed_all(
-            request.inputs, _truncation(request), _prompt_name(request), CallLimits(wait_for_permit=wait)
+            request.inputs, _truncation(request), _prompt_name(request), self._limits(context, wait)
         )
         tokens = [tei_pb2.TokenEmbedding(embeddings=row.tolist()) for row in np.asarray(result.matrices[0])]
         return tei_pb2.EmbedAllResponse(token_embeddings=tokens, metadata=metadata_message(result.metadata)), (
@@ -212,79 +224,87 @@ class EmbedService(_Service, tei_pb2_grpc.EmbedServicer):
         )
 
     async def Embed(self, request: tei_pb2.EmbedRequest, context: grpc.aio.ServicerContext) -> Any:
-        return await self._unary(context, self._embed(request, wait=False))
+        return await self._unary(context, self._embed(request, context, wait=False))
 
     async def EmbedStream(self, requests: AsyncIterator[tei_pb2.EmbedRequest], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        async for response in self._stream(requests, context, lambda r: self._embed(r, wait=True)):
+        async for response in self._stream(requests, context, lambda r: self._embed(r, context, wait=True)):
             yield response
 
     async def EmbedSparse(self, request: tei_pb2.EmbedSparseRequest, context: grpc.aio.ServicerContext) -> Any:
-        return await self._unary(context, self._embed_sparse(request, wait=False))
+        return await self._unary(context, self._embed_sparse(request, context, wait=False))
 
     async def EmbedSparseStream(
         self, requests: AsyncIterator[tei_pb2.EmbedSparseRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
-        async for response in self._stream(requests, context, lambda r: self._embed_sparse(r, wait=True)):
+        async for response in self._stream(requests, context, lambda r: self._embed_sparse(r, context, wait=True)):
             yield response
 
     async def EmbedAll(self, request: tei_pb2.EmbedAllRequest, context: grpc.aio.ServicerContext) -> Any:
-        return await self._unary(context, self._embed_all(request, wait=False))
+        return await self._unary(context, self._embed_all(request, context, wait=False))
 
     async def EmbedAllStream(self, requests: AsyncIterator[tei_pb2.EmbedAllRequest], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        async for response in self._stream(requests, context, lambda r: self._embed_all(r, wait=True)):
+        async for response in self._stream(requests, context, lambda r: self._embed_all(r, context, wait=True)):
             yield response
 
 
 class PredictService(_Service, tei_pb2_grpc.PredictServicer):
-    async def _predict(self, inputs: str | list[str], request: _Truncatable, raw_scores: bool, wait: bool) -> Outcome:
+    async def _predict(
+        self, inputs: str | list[str], request: _Truncatable, raw_scores: bool, context: grpc.aio.ServicerContext, wait: bool
+    ) -> Outcome:
         result = await self._state.operations.predict(
-            inputs, _truncation(request), raw_scores, CallLimits(wait_for_permit=wait)
+            inputs, _truncation(request), raw_scores, self._limits(context, wait)
         )
         predictions = [tei_pb2.Prediction(score=score, label=label) for score, label in result.ranked[0]]
         return tei_pb2.PredictResponse(predictions=predictions, metadata=metadata_message(result.metadata)), (
             result.metadata
         )
 
-    def _single(self, request: tei_pb2.PredictRequest, wait: bool) -> Awaitable[Outcome]:
+    def _single(self, request: tei_pb2.PredictRequest, context: grpc.aio.ServicerContext, wait: bool) -> Awaitable[Outcome]:
         async def run() -> Outcome:
-            return await self._predict(request.inputs, request, request.raw_scores, wait)
+            return await self._predict(request.inputs, request, request.raw_scores, context, wait)
 
         return run()
 
-    def _pair(self, request: tei_pb2.PredictPairRequest, wait: bool) -> Awaitable[Outcome]:
+    def _pair(self, request: tei_pb2.PredictPairRequest, context: grpc.aio.ServicerContext, wait: bool) -> Awaitable[Outcome]:
         async def run() -> Outcome:
             texts = list(request.inputs)
             if len(texts) not in (1, 2):
                 raise ValidationError(f"`inputs` must have one or two texts, got {len(texts)}")
             # A list of one or two texts is a single text or a pair, as in HTTP's /predict.
-            return await self._predict(texts, request, request.raw_scores, wait)
+            return await self._predict(texts, request, request.raw_scores, context, wait)
 
         return run()
 
     async def Predict(self, request: tei_pb2.PredictRequest, context: grpc.aio.ServicerContext) -> Any:
-        return await self._unary(context, self._single(request, wait=False))
+        return await self._unary(context, self._single(request, context, wait=False))
 
     async def PredictPair(self, request: tei_pb2.PredictPairRequest, context: grpc.aio.ServicerContext) -> Any:
-        return await self._unary(context, self._pair(request, wait=False))
+        return await self._unary(context, self._pair(request, context, wait=False))
 
     async def PredictStream(self, requests: AsyncIterator[tei_pb2.PredictRequest], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        async for response in self._stream(requests, context, lambda r: self._single(r, wait=True)):
+        async for response in self._stream(requests, context, lambda r: self._single(r, context, wait=True)):
             yield response
 
     async def PredictPairStream(
         self, requests: AsyncIterator[tei_pb2.PredictPairRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
-        async for response in self._stream(requests, context, lambda r: self._pair(r, wait=True)):
+        async for response in self._stream(requests, context, lambda r: self._pair(r, context, wait=True)):
             yield response
 
 
 class RerankService(_Service, tei_pb2_grpc.RerankServicer):
     async def _rerank(
-        self, pairs: list[tuple[str, str]], raw_scores: bool, return_text: bool, truncate: bool, direction: int
+        self,
+        context: grpc.aio.ServicerContext,
+        pairs: list[tuple[str, str]],
+        raw_scores: bool,
+        return_text: bool,
+        truncate: bool,
+        direction: int,
     ) -> Outcome:
         # Rerank texts wait for permits, as in TEI, rather than failing the call.
         result = await self._state.operations.rerank(
-            pairs, Truncation(truncate, _direction(direction)), raw_scores, CallLimits(wait_for_permit=True),
+            pairs, Truncation(truncate, _direction(direction)), raw_scores, self._limits(context, wait=True),
             is_batch=len(pairs) != 1,
         )
         ranks = []
@@ -297,7 +317,7 @@ class RerankService(_Service, tei_pb2_grpc.RerankServicer):
 
     async def Rerank(self, request: tei_pb2.RerankRequest, context: grpc.aio.ServicerContext) -> Any:
         pairs = [(request.query, text) for text in request.texts]
-        work = self._rerank(pairs, request.raw_scores, request.return_text, request.truncate,
+        work = self._rerank(context, pairs, request.raw_scores, request.return_text, request.truncate,
                             request.truncation_direction)
         return await self._unary(context, work)
 
@@ -307,7 +327,7 @@ class RerankService(_Service, tei_pb2_grpc.RerankServicer):
         messages = [message async for message in requests]
         first = messages[0] if messages else tei_pb2.RerankStreamRequest()
         pairs = [(m.query, m.text) for m in messages]
-        work = self._rerank(pairs, first.raw_scores, first.return_text, first.truncate, first.truncation_direction)
+        work = self._rerank(context, pairs, first.raw_scores, first.return_text, first.truncate, first.truncation_direction)
         return await self._unary(context, work)
 
 

@@ -175,7 +175,7 @@ class FrontConnection:
             call.slots.append(slot)
             end = offset + length
             entries.append(QueueEntry(ids[offset:end], types[offset:end], slot, message.raw, message.deadline,
-                                      int(starts[index]) if starts is not None else 0))
+                                      int(starts[index]) if starts is not None else 0, message.interactive))
             offset = end
         call.open_entries = len(entries)
         try:

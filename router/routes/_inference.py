@@ -18,7 +18,9 @@ from starlette.responses import Response
 
 from router.errors import EmbedServeError, ShuttingDownError, ValidationError
 from router.infer import ResponseMetadata
-from router.operations import CallLimits, Truncation
+from router.infer import CallLimits
+from router.lanes import PRIORITY_HEADER, parse_priority
+from router.operations import Truncation
 from router.routes._http import (
     Answer,
     ClientGone,
@@ -100,8 +102,13 @@ def truncation(truncate: bool | None, direction: str) -> Truncation:
 
 
 def call_limits(call: HttpCall) -> CallLimits:
-    """HTTP calls fail fast with 429 and end at the request's deadline, if any."""
-    return CallLimits(wait_for_permit=False, deadline=call.deadline)
+    """HTTP calls fail fast with 429, end at the request's deadline, if any, and
+    queue in the lane their x-priority header asks for (422 if it is neither
+    `high` nor `low`)."""
+    return CallLimits(wait_for_permit=False, deadline=call.deadline, priority=parse_priority(call.header(_PRIORITY_KEY)))
+
+
+_PRIORITY_KEY = PRIORITY_HEADER.encode()
 
 
 DEADLINE_HEADER = "x-request-timeout-ms"

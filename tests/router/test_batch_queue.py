@@ -120,3 +120,51 @@ def test_oversized_entry_is_a_bug() -> None:
             _queue(padded=False, budget=10).append(_entry(loop, 11))
     finally:
         loop.close()
+
+
+def _lane_entry(loop: asyncio.AbstractEventLoop, length: int, interactive: bool) -> QueueEntry:
+    entry = _entry(loop, length)
+    entry.interactive = interactive
+    return entry
+
+
+def test_lanes_interactive_slot_takes_only_interactive_and_normal_slots_prefer_bulk() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        queue = _queue(padded=False, budget=100)
+        bulk = [_lane_entry(loop, 40, False) for _ in range(4)]
+        queries = [_lane_entry(loop, 5, True) for _ in range(3)]
+        for entry in (bulk[0], queries[0], bulk[1], queries[1], bulk[2], queries[2], bulk[3]):
+            queue.append(entry)
+        interactive = queue.take_batch(interactive_only=True)
+        assert interactive is not None and interactive.entries == queries
+        assert interactive.interactive and interactive.message.interactive
+        assert queue.take_batch(interactive_only=True) is None
+        normal = queue.take_batch()
+        assert normal is not None and normal.entries == bulk[:2] and not normal.message.interactive
+        late = _lane_entry(loop, 5, True)
+        queue.append(late)
+        # A normal slot keeps to bulk while bulk waits ...
+        normal = queue.take_batch()
+        assert normal is not None and normal.entries == bulk[2:]
+        # ... and takes interactive entries when none does, as an interactive batch.
+        rest = queue.take_batch()
+        assert rest is not None and rest.entries == [late] and rest.message.interactive
+        assert len(queue) == 0
+    finally:
+        loop.close()
+
+
+def test_interactive_slot_waits_for_interactive_entries_only() -> None:
+    async def scenario() -> None:
+        queue = _queue(padded=False, budget=100)
+        waiter = asyncio.ensure_future(queue.next_batch(interactive_only=True))
+        queue.append(_lane_entry(asyncio.get_running_loop(), 10, False))
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        query = _lane_entry(asyncio.get_running_loop(), 3, True)
+        queue.append(query)
+        batch = await asyncio.wait_for(waiter, 5)
+        assert batch.entries == [query]
+
+    asyncio.run(scenario())

@@ -15,7 +15,8 @@ import pytest
 
 from router.errors import BatchSizeError, EmptyInputError, ModelTypeError, ValidationError
 from router.infer import EncodeOptions, InferenceResult, ResponseMetadata
-from router.operations import CallLimits, Operations, Truncation
+from router.infer import CallLimits
+from router.operations import Operations, Truncation
 from router.settings import RouterSettings
 from tokenizer_pool.pool import Input, TextPair
 
@@ -89,7 +90,7 @@ def test_truncation_defaults_to_the_server_only_when_absent() -> None:
     first, second = (call["options"] for call in inference.calls)
     assert first == EncodeOptions(truncate=True, direction="right", prompt="query: ")
     assert second == EncodeOptions(truncate=False, direction="left", prompt="q: ")
-    assert (inference.calls[1]["wait_for_permit"], inference.calls[1]["deadline"]) == (True, 5.0)
+    assert inference.calls[1]["limits"] == CallLimits(wait_for_permit=True, deadline=5.0)
 
 
 def test_embed_all_asks_for_raw_rows_and_sparse_needs_splade() -> None:
