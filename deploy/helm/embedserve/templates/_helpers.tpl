@@ -128,6 +128,8 @@ render as floats (2e+06).
 {{- $args = concat $args (list "--max-client-batch-size" ($s.maxClientBatchSize | int64 | toString)) }}
 {{- if $s.tokenizationWorkers }}{{ $args = concat $args (list "--tokenization-workers" ($s.tokenizationWorkers | int64 | toString)) }}{{ end }}
 {{- if $s.routerWorkers }}{{ $args = concat $args (list "--router-workers" ($s.routerWorkers | int64 | toString)) }}{{ end }}
+{{- with $s.queuePolicy }}{{ $args = concat $args (list "--queue-policy" .) }}{{ end }}
+{{- if not (kindIs "invalid" $s.interactiveMaxTokens) }}{{ $args = concat $args (list "--interactive-max-tokens" ($s.interactiveMaxTokens | int64 | toString)) }}{{ end }}
 {{- $args = concat $args (list (printf "--auto-truncate=%t" $s.autoTruncate)) }}
 {{- with $s.defaultPromptName }}{{ $args = concat $args (list "--default-prompt-name" .) }}{{ end }}
 {{- with $s.defaultPrompt }}{{ $args = concat $args (list "--default-prompt" .) }}{{ end }}
