@@ -10,14 +10,16 @@ lanes, set by the router per batch (`Batch.interactive`, --queue-policy priority
 
 When the thread is free it takes the next step of:
 1. the oldest interactive batch, unless bulk work is waiting and interactive work has
-   had `INTERACTIVE_SHARE` (75%) of the thread's time over its last `SHARE_WINDOW_S`
-   (1.5 s) of busy time; else
+   had `INTERACTIVE_SHARE` (75%) of the last `SHARE_WINDOW_S` (1.5 s) of the thread's
+   contended time (time while bulk work waited); else
 2. the oldest bulk batch (the one whose slices are under way, until it is done).
 
-So under a flood of queries bulk work keeps at least 25% of the model's time
-(wall seconds of the forward thread per step, per lane), and a query waits behind at
-most one bulk slice while queries stay within their share. Neither lane starves: each
-is FIFO, and a waiting lane gets the thread within a bounded number of steps. Nothing
+So under a flood of queries bulk work keeps at least 25% of the model's time over any
+1.5 s (wall seconds of the forward thread per step, per lane), and a query waits behind
+at most one bulk slice while queries stay within their share. Neither lane starves:
+each is FIFO, and a waiting lane gets the thread within a bounded number of steps. When
+contention begins, queries may use their share of a whole window before the first
+bulk slice (up to 1.125 s); queries run while no bulk work waited never count. Nothing
 polls: the thread sleeps on a condition until a batch is submitted.
 """
 
@@ -87,27 +89,34 @@ class _Spent:
 
 
 class LaneShare:
-    """Each lane's busy seconds over the thread's most recent `window_s` of busy time."""
+    """Each lane's seconds in the thread's last `window_s` of contended busy time (both
+    lanes had work), the oldest step counted only as far as it falls in the window."""
 
     def __init__(self, window_s: float = SHARE_WINDOW_S) -> None:
-        self._window_s = window_s
+        self.window_s = window_s
         self._steps: deque[_Spent] = deque()
         self._seconds: dict[Lane, float] = {"interactive": 0.0, "bulk": 0.0}
 
     def record(self, lane: Lane, seconds: float) -> None:
         self._steps.append(_Spent(lane, seconds))
         self._seconds[lane] += seconds
-        # Forget whole steps beyond the window; the newest always stays.
-        while len(self._steps) > 1 and self.total() - self._steps[0].seconds >= self._window_s:
+        while len(self._steps) > 1 and self._total() - self._steps[0].seconds >= self.window_s:
             old = self._steps.popleft()
             self._seconds[old.lane] -= old.seconds
 
-    def total(self) -> float:
-        return self._seconds["interactive"] + self._seconds["bulk"]
+    def clear(self) -> None:
+        self._steps.clear()
+        self._seconds = {"interactive": 0.0, "bulk": 0.0}
 
-    def interactive_share(self) -> float:
-        total = self.total()
-        return self._seconds["interactive"] / total if total > 0 else 0.0
+    def seconds(self, lane: Lane) -> float:
+        """`lane`'s seconds within the window."""
+        overflow = self._total() - self.window_s
+        if overflow > 0 and self._steps and self._steps[0].lane == lane:
+            return max(0.0, self._seconds[lane] - overflow)
+        return self._seconds[lane]
+
+    def _total(self) -> float:
+        return self._seconds["interactive"] + self._seconds["bulk"]
 
 
 class LaneQueue(Generic[T]):
@@ -126,7 +135,9 @@ class LaneQueue(Generic[T]):
 
     def next_lane(self) -> Lane | None:
         interactive, bulk = self._lanes["interactive"], self._lanes["bulk"]
-        if interactive and (not bulk or self._share.interactive_share() < self._max_share):
+        # Judged against the whole window even before it has filled: a contention that
+        # just began lets queries burst up to their share of it, then bulk gets the rest.
+        if interactive and (not bulk or self._share.seconds("interactive") < self._max_share * self._share.window_s):
             return "interactive"
         return "bulk" if bulk else None
 
@@ -138,6 +149,10 @@ class LaneQueue(Generic[T]):
         self._share.record(lane, seconds)
         if done:
             self._lanes[lane].popleft()
+        if not self._lanes["bulk"]:
+            # No bulk work waits: nothing to share, and queries run now must not count
+            # against queries that arrive once bulk work is back.
+            self._share.clear()
 
     def drain(self) -> list[T]:
         jobs = list(self._lanes["interactive"]) + list(self._lanes["bulk"])
