@@ -78,7 +78,7 @@ def _run_policy(queue: LaneQueue[TimedJob], clock: FakeClock, until: Callable[[]
 
 
 def test_interactive_jobs_go_before_waiting_bulk_jobs_and_each_lane_is_fifo() -> None:
-    clock, log = FakeClock(), []
+    clock, log = FakeClock(), list[str]()
     queue: LaneQueue[TimedJob] = LaneQueue()
     for name in ("bulk-1", "bulk-2"):
         queue.push("bulk", TimedJob(name, 2, 0.02, clock, log))
@@ -89,7 +89,7 @@ def test_interactive_jobs_go_before_waiting_bulk_jobs_and_each_lane_is_fifo() ->
 
 
 def test_a_query_runs_between_two_slices_of_a_bulk_batch() -> None:
-    clock, log = FakeClock(), []
+    clock, log = FakeClock(), list[str]()
     queue: LaneQueue[TimedJob] = LaneQueue()
     queue.push("bulk", TimedJob("bulk", 4, 0.02, clock, log))
     _run_policy(queue, clock, lambda: log == ["bulk"])
@@ -99,7 +99,7 @@ def test_a_query_runs_between_two_slices_of_a_bulk_batch() -> None:
 
 
 def test_bulk_keeps_its_share_under_an_endless_stream_of_queries() -> None:
-    clock, log = FakeClock(), []
+    clock, log = FakeClock(), list[str]()
     queue: LaneQueue[TimedJob] = LaneQueue()
     bulk = TimedJob("bulk", 200, 0.02, clock, log)  # 4 s of slices
     queue.push("bulk", bulk)
@@ -129,7 +129,7 @@ def test_bulk_keeps_its_share_under_an_endless_stream_of_queries() -> None:
 
 
 def test_queries_run_while_no_bulk_waited_do_not_count_against_later_ones() -> None:
-    clock, log = FakeClock(), []
+    clock, log = FakeClock(), list[str]()
     queue: LaneQueue[TimedJob] = LaneQueue()
     for n in range(200):  # 2 s of queries alone
         queue.push("interactive", TimedJob("alone", 1, 0.01, clock, log))
@@ -144,7 +144,7 @@ def test_lane_share_counts_only_the_last_window() -> None:
     share = LaneShare(window_s=1.0)
     share.record("interactive", 0.6)
     share.record("bulk", 0.3)
-    assert (share.seconds("interactive"), share.seconds("bulk")) == (pytest.approx(0.6), pytest.approx(0.3))
+    assert share.seconds("interactive") == pytest.approx(0.6) and share.seconds("bulk") == pytest.approx(0.3)
     share.record("bulk", 0.3)  # 0.2 s of the interactive step now falls outside the window
     assert share.seconds("interactive") == pytest.approx(0.4)
     share.record("bulk", 0.5)  # all of it does
