@@ -61,17 +61,21 @@ class Steppable(Protocol):
 
 class SliceSizer:
     """How many tokens a bulk slice may cost to run for about `target_s`, from the
-    backend's measured throughput (an exponentially weighted average)."""
+    backend's measured throughput (an exponentially weighted average), never below
+    `min_tokens`. A `target_s` of None: bulk batches run whole."""
 
-    def __init__(self, target_s: float, initial_tokens: int) -> None:
+    def __init__(self, target_s: float | None, initial_tokens: int, min_tokens: int = 1) -> None:
         self._target_s = target_s
         self._initial_tokens = initial_tokens
+        self._min_tokens = min_tokens
         self._tokens_per_s: float | None = None
 
-    def max_cost(self) -> int:
+    def max_cost(self) -> int | None:
+        if self._target_s is None:
+            return None
         if self._tokens_per_s is None:
             return self._initial_tokens
-        return max(1, int(self._tokens_per_s * self._target_s))
+        return max(self._min_tokens, int(self._tokens_per_s * self._target_s))
 
     def record(self, cost: int, seconds: float) -> None:
         if cost <= 0 or seconds <= 0:

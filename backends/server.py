@@ -50,6 +50,11 @@ SLICE_TARGET_S = {"cpu": 0.025, "cuda": 0.008}
 # Slice size before the first measurement: small enough that a slow model's first
 # slice does not run long, big enough that a fast one measures something.
 INITIAL_SLICE_TOKENS = {"cpu": 256, "cuda": 4096}
+# Never smaller: each forward call has a fixed cost (intra-op threads waking, per-op
+# dispatch), ~10 ms for a 12-token MiniLM call on two contended cores. Slices sized from
+# throughput alone shrink when the machine is busy until that cost is most of each
+# slice (measured: bulk down to a quarter); past this floor a slice runs longer instead.
+MIN_SLICE_TOKENS = {"cpu": 256, "cuda": 1024}
 
 
 @runtime_checkable
@@ -103,16 +108,18 @@ def decode_batch(request: backend_pb2.Batch, padded: bool, max_batch_tokens: int
 
 
 class BackendServicer(backend_pb2_grpc.BackendServicer):
-    def __init__(self, backend: Backend, max_batch_tokens: int) -> None:
+    def __init__(self, backend: Backend, max_batch_tokens: int, slicing: bool = True) -> None:
         self._backend = backend
         self._max_batch_tokens = max_batch_tokens
         # Before the forward thread starts: the clock's first scan must not see it
         # unnamed (a thread it files as not the model's stays so).
         self._model_cpu = ModelCpuClock()
         device = "cuda" if backend.device.startswith("cuda") else "cpu"
+        # slicing=False runs bulk batches whole (a baseline for measurements).
+        sizer = SliceSizer(SLICE_TARGET_S[device] if slicing else None, INITIAL_SLICE_TOKENS[device],
+                           MIN_SLICE_TOKENS[device])
         # Named, so the model's CPU (this thread and the intra-op workers it starts) is told apart.
-        self._forward = ForwardScheduler(SliceSizer(SLICE_TARGET_S[device], INITIAL_SLICE_TOKENS[device]),
-                                         initializer=partial(set_thread_name, MODEL_THREAD_NAME))
+        self._forward = ForwardScheduler(sizer, initializer=partial(set_thread_name, MODEL_THREAD_NAME))
         self._launch_embed: Callable[[ModelBatch], Pending[EmbedOutput]] | None = None
         self._copy_out: ThreadPoolExecutor | None = None
         if isinstance(backend, LaunchesAhead) and backend.pipelined:

@@ -164,6 +164,10 @@ def test_slice_sizer_starts_at_its_guess_then_follows_the_measured_throughput() 
     for _ in range(50):
         sizer.record(2000, 0.1)
     assert sizer.max_cost() == pytest.approx(400, abs=2)
+    floored = SliceSizer(target_s=0.02, initial_tokens=256, min_tokens=300)
+    floored.record(100, 0.1)  # 1k tokens/s: 20 tokens in 20 ms, but never under the floor
+    assert floored.max_cost() == 300
+    assert SliceSizer(target_s=None, initial_tokens=256).max_cost() is None  # slicing off
 
 
 def test_the_thread_runs_a_query_before_bulk_jobs_queued_earlier() -> None:
