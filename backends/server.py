@@ -1,7 +1,9 @@
 """gRPC servicer of `proto/backend.proto` around one engine.
 
 The grpc.aio loop is the I/O side; forward passes run on one dedicated worker
-thread, so Health answers while a batch runs and batches never overlap. An engine
+thread, so Health answers while a batch runs and batches never overlap. That thread
+runs interactive batches (`Batch.interactive`) before bulk ones and between the
+slices of a running bulk batch (backends/scheduler.py, backends/batch_job.py). An engine
 that can launch a batch ahead (CUDA, backends/pipeline.py) only queues it there; a
 second thread waits for its results, so the next batch is launched meanwhile. Each answer
 carries the CPU seconds the model threads spent (backends/model_cpu.py), so the
@@ -16,13 +18,17 @@ import time
 from collections.abc import Callable
 from typing import Protocol, TypeVar, runtime_checkable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import grpc
 import numpy as np
 
 from backends.base import Backend, EmbedOutput, ModelBatch
+from backends.batch_job import BatchJob, Join
 from backends.model_cpu import MODEL_THREAD_NAME, ModelCpuClock, set_thread_name
 from backends.pipeline import Pending, ready
+from backends.scheduler import ForwardScheduler, SliceSizer
+from backends.slicing import join_embed, join_predict
 from proto.codec import pack_tensor, unpack_u32
 from proto.gen_pb import backend_pb2, backend_pb2_grpc
 
@@ -36,6 +42,19 @@ GRPC_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
+# How long one bulk slice should run: what a query arriving mid-batch waits for at
+# most. On CPU, ~25 ms slices cost no measurable bulk throughput (each still runs
+# hundreds of tokens); a GPU runs a slice's worth of tokens far faster, so its slices
+# are shorter in time for the same per-launch overhead.
+SLICE_TARGET_S = {"cpu": 0.025, "cuda": 0.008}
+# Slice size before the first measurement: small enough that a slow model's first
+# slice does not run long, big enough that a fast one measures something.
+INITIAL_SLICE_TOKENS = {"cpu": 256, "cuda": 4096}
+# Never smaller: each forward call has a fixed cost (intra-op threads waking, per-op
+# dispatch), ~10 ms for a 12-token MiniLM call on two contended cores. Slices sized from
+# throughput alone shrink when the machine is busy until that cost is most of each
+# slice (measured: bulk down to a quarter); past this floor a slice runs longer instead.
+MIN_SLICE_TOKENS = {"cpu": 256, "cuda": 1024}
 
 
 @runtime_checkable
@@ -89,13 +108,18 @@ def decode_batch(request: backend_pb2.Batch, padded: bool, max_batch_tokens: int
 
 
 class BackendServicer(backend_pb2_grpc.BackendServicer):
-    def __init__(self, backend: Backend, max_batch_tokens: int) -> None:
+    def __init__(self, backend: Backend, max_batch_tokens: int, slicing: bool = True) -> None:
         self._backend = backend
         self._max_batch_tokens = max_batch_tokens
-        # Named, so the model's CPU (this thread and the intra-op workers it starts) is told apart.
-        self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward",
-                                           initializer=set_thread_name, initargs=(MODEL_THREAD_NAME,))
+        # Before the forward thread starts: the clock's first scan must not see it
+        # unnamed (a thread it files as not the model's stays so).
         self._model_cpu = ModelCpuClock()
+        device = "cuda" if backend.device.startswith("cuda") else "cpu"
+        # slicing=False runs bulk batches whole (a baseline for measurements).
+        sizer = SliceSizer(SLICE_TARGET_S[device] if slicing else None, INITIAL_SLICE_TOKENS[device],
+                           MIN_SLICE_TOKENS[device])
+        # Named, so the model's CPU (this thread and the intra-op workers it starts) is told apart.
+        self._forward = ForwardScheduler(sizer, initializer=partial(set_thread_name, MODEL_THREAD_NAME))
         self._launch_embed: Callable[[ModelBatch], Pending[EmbedOutput]] | None = None
         self._copy_out: ThreadPoolExecutor | None = None
         if isinstance(backend, LaunchesAhead) and backend.pipelined:
@@ -108,7 +132,7 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
         self._max_batch_tokens_seen = 0
 
     def close(self) -> None:
-        self._compute.shutdown(wait=True, cancel_futures=True)
+        self._forward.close()
         if self._copy_out is not None:
             self._copy_out.shutdown(wait=True, cancel_futures=True)
         self._model_cpu.close()
@@ -135,14 +159,14 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
 
     async def Embed(self, request: backend_pb2.Batch, context: grpc.aio.ServicerContext) -> backend_pb2.EmbedResponse:
         launch = self._launch_embed or _launched(self._backend.embed)
-        output, cost, model_cpu_s = await self._run(request, context, launch)
+        output, cost, model_cpu_s = await self._run(request, context, launch, join_embed)
         return backend_pb2.EmbedResponse(
             embeddings=pack_tensor(output.pooled), token_embeddings=pack_tensor(output.token_rows), batch_tokens=cost,
             model_cpu_seconds=model_cpu_s,
         )
 
     async def Predict(self, request: backend_pb2.Batch, context: grpc.aio.ServicerContext) -> backend_pb2.PredictResponse:
-        values, cost, model_cpu_s = await self._run(request, context, _launched(self._backend.predict))
+        values, cost, model_cpu_s = await self._run(request, context, _launched(self._backend.predict), join_predict)
         return backend_pb2.PredictResponse(scores=pack_tensor(values), batch_tokens=cost, model_cpu_seconds=model_cpu_s)
 
     async def _run(
@@ -150,6 +174,7 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
         request: backend_pb2.Batch,
         context: grpc.aio.ServicerContext,
         launch: Callable[[ModelBatch], Pending[R]],
+        join: Join[R],
     ) -> tuple[R, int, float]:
         backend = self._backend
         try:
@@ -163,8 +188,9 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
         self._max_batch_tokens_seen = max(self._max_batch_tokens_seen, cost)
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
+        job = BatchJob(batch, launch, join, backend.is_padded, self._model_cpu.take)
         try:
-            pending, model_cpu_s = await loop.run_in_executor(self._compute, self._timed, launch, batch)
+            pending, model_cpu_s = await asyncio.wrap_future(self._forward.submit(job, request.interactive))
             # The forward thread is free for the next batch while this one's results come back.
             values = pending.result() if pending.done or self._copy_out is None else \
                 await loop.run_in_executor(self._copy_out, pending.result)
@@ -173,16 +199,10 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
         except Exception as exc:  # a forward failure must reach the router, not kill the process
             logger.exception("forward pass failed on a batch of %d sequences", batch.size)
             await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
-        logger.debug("batch of %d sequences, %d tokens in %.1f ms", batch.size, cost, (time.perf_counter() - started) * 1e3)
+        logger.debug("%s batch of %d sequences, %d tokens in %d slices, %.1f ms",
+                     "interactive" if request.interactive else "bulk", batch.size, cost, job.slices,
+                     (time.perf_counter() - started) * 1e3)
         return values, cost, model_cpu_s
-
-    def _timed(self, launch: Callable[[ModelBatch], Pending[R]], batch: ModelBatch) -> tuple[Pending[R], float]:
-        """On the forward thread: the pass, and the model threads' CPU since the last one."""
-        try:
-            return launch(batch), self._model_cpu.take()
-        except BaseException:
-            self._model_cpu.take()  # a failed pass's CPU is not the next batch's
-            raise
 
 
 def _launched(forward: Callable[[ModelBatch], R]) -> Callable[[ModelBatch], Pending[R]]:
