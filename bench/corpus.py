@@ -83,3 +83,11 @@ def build_corpus(model_dir: Path, n_texts: int, seed: int) -> Corpus:
         requests.append([_one_text(rng, words) for _ in range(size)])
         remaining -= size
     return Corpus(requests=requests)
+
+
+def build_queries(model_dir: Path, n_queries: int, seed: int, n_words: int = 8) -> list[str]:
+    """Short search queries in the corpus' style (same vocabulary, half of them questions),
+    each exactly `n_words` words: what a search box sends while an index is being built."""
+    rng = random.Random(seed)
+    words = load_words(model_dir)
+    return [_text(rng, words, n_words, question=rng.random() < 0.5) for _ in range(n_queries)]
