@@ -74,14 +74,14 @@ class Connection:
         self._reader = self._writer = None
 
     async def post(self, path: str, body: bytes, content_type: str = "application/json",
-                   headers: str = "") -> Response:
-        """`headers`: extra header lines, each ending in CRLF (see `header_lines`)."""
+                   extra_headers: str = "") -> Response:
+        """`extra_headers`: header lines, each ending in CRLF (see `header_lines`)."""
         try:
             await self.connect()
             assert self._reader is not None and self._writer is not None
             self._writer.write(
                 f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: {content_type}\r\n"
-                f"{headers}Content-Length: {len(body)}\r\n\r\n".encode("latin-1") + body)
+                f"{extra_headers}Content-Length: {len(body)}\r\n\r\n".encode("latin-1") + body)
             head = await self._reader.readuntil(b"\r\n\r\n")
             status, headers = _parse_head(head[:-4])
             if "content-length" in headers:

@@ -157,7 +157,7 @@ def _clean(value: Any) -> Any:
 
 def to_json(phases: Sequence[PhaseFigures], config: dict[str, Any]) -> dict[str, Any]:
     summaries = summarize(phases)
-    return _clean({
+    record: dict[str, Any] = _clean({
         "config": config,
         "phases": [{"config": p.config, "run": p.run, "phase": p.phase, "window_s": p.window_s,
                     "server_cores": p.server_cores, "other_cores": p.other_cores,
@@ -167,6 +167,7 @@ def to_json(phases: Sequence[PhaseFigures], config: dict[str, Any]) -> dict[str,
         "ratios": asdict(ratios(summaries)),
         "targets": {"query_p99_ms": QUERY_P99_TARGET_MS, "bulk_throughput_ratio": THROUGHPUT_RATIO_TARGET},
     })
+    return record
 
 
 def write_json(phases: Sequence[PhaseFigures], config: dict[str, Any], path: Path) -> None:

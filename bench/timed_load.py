@@ -75,7 +75,7 @@ async def _client(connection: Connection, bodies: list[tuple[list[str], bytes]],
         texts, body = bodies[next(order)]
         started = time.perf_counter()
         try:
-            response = await asyncio.wait_for(connection.post(ROUTE, body, headers=headers),
+            response = await asyncio.wait_for(connection.post(ROUTE, body, extra_headers=headers),
                                               max(schedule.give_up - sent, 0.001))
         except TransportError as exc:
             outcome.fail(TRANSPORT, str(exc))
