@@ -3,7 +3,7 @@
 #               type-check (mypy strict), run the whole test suite
 # make bench  - run the load benchmark against a fresh server and print ratios, then bench-priority
 # make bench-priority - issue 13's query under bulk load (and a query flood), --queue-policy fifo vs
-#               priority alternating, ~5 min (PRIORITY_ARGS="--runs 3 --query-header high ...")
+#               priority alternating, ~6 min (PRIORITY_ARGS="--runs 3 --query-header high ...")
 # make bench-cpu - server CPU ms per request by role on a near-free model (BENCH_ARGS="--runs 3 ...")
 # make proto  - regenerate the protobuf/gRPC modules into proto/gen_pb/
 

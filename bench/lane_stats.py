@@ -85,8 +85,14 @@ class PhaseFigures:
     window_s: float
     bulk: LaneFigures
     query: LaneFigures | None
-    server_cores: float  # the server's processes, all roles, over the phase
+    server_cores: float  # the server's processes, all roles, over the window
     other_cores: float  # everything else on the machine but this server and the load: neighbours
+
+    @property
+    def bulk_texts_per_cpu_s(self) -> float:
+        """Bulk texts per second of server CPU: steadier than texts/s when a neighbour
+        takes a varying share of the cores, though blind to a scheduler that idles them."""
+        return self.bulk.texts_per_s / self.server_cores if self.server_cores > 0 else math.nan
 
     @property
     def bulk_token_share(self) -> float | None:
@@ -111,6 +117,9 @@ class ConfigSummary:
     phase: str
     runs: int
     bulk_texts_per_s: float
+    bulk_texts_per_cpu_s: float
+    server_cores: float
+    other_cores: float
     bulk_requests: int
     bulk_latency: LatencySummary
     query: LatencySummary | None
@@ -133,6 +142,9 @@ def summarize(phases: Sequence[PhaseFigures]) -> list[ConfigSummary]:
         out.append(ConfigSummary(
             config=config, phase=phase, runs=len(group),
             bulk_texts_per_s=statistics.fmean(p.bulk.texts_per_s for p in group),
+            bulk_texts_per_cpu_s=statistics.fmean(p.bulk_texts_per_cpu_s for p in group),
+            server_cores=statistics.fmean(p.server_cores for p in group),
+            other_cores=statistics.fmean(p.other_cores for p in group),
             bulk_requests=sum(p.bulk.requests for p in group),
             bulk_latency=LatencySummary.of([s for p in group for s in p.bulk.latencies_s]),
             query=LatencySummary.of([s for q in queries for s in q.latencies_s]) if queries else None,

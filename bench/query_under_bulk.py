@@ -29,12 +29,11 @@ from datetime import datetime
 from pathlib import Path
 
 from bench.corpus import TEXTS_PER_REQUEST, build_corpus, build_queries
-from bench.cpu_per_request import machine_busy_s
 from bench.lane_stats import PhaseFigures, Window, alternate, lane_figures
 from bench.priority_report import format_report, write_json
-from bench.process_cpu import CpuMeter
 from bench.server import HOST, ServerError, ServerProcess, free_port, server_command
-from bench.timed_load import LaneSpec, run_lanes
+from bench.timed_load import LaneSpec, Schedule, run_lanes
+from bench.window_cpu import WindowCpu
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PRIORITY_HEADER = "x-priority"
@@ -75,12 +74,12 @@ def parse_args(argv: list[str]) -> Options:
     parser = argparse.ArgumentParser(prog="python -m bench query-under-bulk", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policies", default="fifo,priority", help="comma-separated --queue-policy values")
-    parser.add_argument("--runs", type=int, default=2, help="rounds of the query phase per policy (default 2)")
+    parser.add_argument("--runs", type=int, default=3, help="rounds of the query phase per policy (default 3)")
     parser.add_argument("--flood-runs", type=int, default=1,
                         help="rounds that also run the bulk-only and flood phases (default 1; 0: none)")
     parser.add_argument("--bulk-only", action=argparse.BooleanOptionalAction, default=True,
                         help="in flood rounds, measure the bulk load alone too (default on)")
-    parser.add_argument("--seconds", type=float, default=25.0, help="measured window per phase (default 25)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured window per phase (default 20)")
     parser.add_argument("--ramp-s", type=float, default=2.0, help="load before the window starts (default 2)")
     parser.add_argument("--drain-s", type=float, default=30.0,
                         help="how long after the window an answer may still come before it counts as timed out")
@@ -158,24 +157,22 @@ def phase_lanes(opts: Options, phase: str, workload: Workload) -> list[LaneSpec]
 def run_phase(opts: Options, server: ServerProcess, policy: str, run: int, phase: str,
               workload: Workload) -> PhaseFigures:
     assert server.popen is not None
-    meter = CpuMeter(server.popen.pid)
-    busy_before: list[float] = []
+    cpu = WindowCpu(server.popen.pid)
+    windows: list[Window] = []
 
-    def start_meters() -> None:
-        meter.start()
-        busy_before.append(machine_busy_s())
+    def follow_window(schedule: Schedule) -> None:
+        windows.append(Window(schedule.start + opts.ramp_s, schedule.stop))
+        cpu.follow(windows[0].start, windows[0].end)
 
     schedule, outcomes = run_lanes(HOST, server.port, phase_lanes(opts, phase, workload),
-                                   opts.ramp_s + opts.seconds, opts.drain_s, on_start=start_meters)
-    wall = max(time.time() - schedule.start, 1e-3)
-    server_s = sum(meter.seconds_spent().values())
-    clients_s = sum(o.cpu_s for o in outcomes)
-    other_cores = (machine_busy_s() - busy_before[0] - server_s - clients_s) / wall
-    window = Window(schedule.start + opts.ramp_s, schedule.stop)
-    lanes = {o.name: lane_figures(o, window) for o in outcomes}
-    return PhaseFigures(config=policy, run=run, phase=phase, window_s=window.seconds, bulk=lanes["bulk"],
-                        query=lanes.get("query"), server_cores=round(server_s / wall, 2),
-                        other_cores=round(other_cores, 2))
+                                   opts.ramp_s + opts.seconds, opts.drain_s, on_start=follow_window)
+    # The clients' own CPU is only known for their whole run; a few hundredths of a core.
+    clients_cores = sum(o.cpu_s for o in outcomes) / max(time.time() - schedule.start, 1e-3)
+    cores = cpu.cores()
+    lanes = {o.name: lane_figures(o, windows[0]) for o in outcomes}
+    return PhaseFigures(config=policy, run=run, phase=phase, window_s=windows[0].seconds, bulk=lanes["bulk"],
+                        query=lanes.get("query"), server_cores=round(cores.server, 2),
+                        other_cores=round(cores.machine - cores.server - clients_cores, 2))
 
 
 def _print_phase(p: PhaseFigures) -> None:
@@ -183,7 +180,8 @@ def _print_phase(p: PhaseFigures) -> None:
         f"; query p50/p99/max {p.query.latency.p50_ms:.0f}/{p.query.latency.p99_ms:.0f}/"
         f"{p.query.latency.max_ms:.0f} ms over {p.query.latency.count}, {p.query.requests_per_s:.1f}/s")
     print(f"  {p.phase}: bulk {p.bulk.texts_per_s:.1f} texts/s ({p.bulk.requests} requests){query}; "
-          f"server {p.server_cores:.2f} cores, others {p.other_cores:.2f}; "
+          f"server {p.server_cores:.2f} cores ({p.bulk_texts_per_cpu_s:.1f} bulk texts per CPU-s), "
+          f"others {p.other_cores:.2f}; "
           f"failures {dict(p.failures) or 'none'} {p.bulk.failure_examples or ''}"
           f"{p.query.failure_examples if p.query and p.query.failure_examples else ''}", flush=True)
 

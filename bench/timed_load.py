@@ -97,8 +97,7 @@ async def _client(connection: Connection, bodies: list[tuple[list[str], bytes]],
         outcome.completions.append(Completion(sent, seconds, len(texts), tokens))
 
 
-async def _lane(host: str, port: int, spec: LaneSpec, offset: int, ready: Any, go: Any,
-                schedule_box: Any) -> LaneOutcome:
+async def _lane(host: str, port: int, spec: LaneSpec, ready: Any, go: Any, schedule_box: Any) -> LaneOutcome:
     bodies = [(texts, request_body(texts)) for texts in spec.requests]
     headers = header_lines(spec.headers)
     connections = [Connection(host, port) for _ in range(spec.clients)]
@@ -114,7 +113,7 @@ async def _lane(host: str, port: int, spec: LaneSpec, offset: int, ready: Any, g
     outcome = LaneOutcome(spec.name, spec.clients)
     cpu_before = time.process_time()
     # One shared cycle: the lane's clients never send the same request at once.
-    order = itertools.islice(itertools.cycle(range(len(bodies))), offset, None)
+    order = itertools.cycle(range(len(bodies)))
     await asyncio.gather(*(_client(c, bodies, order, headers, schedule, outcome) for c in connections))
     outcome.cpu_s = time.process_time() - cpu_before
     for connection in connections:
@@ -122,8 +121,7 @@ async def _lane(host: str, port: int, spec: LaneSpec, offset: int, ready: Any, g
     return outcome
 
 
-def _lane_main(host: str, port: int, spec: LaneSpec, offset: int, ready: Any, go: Any, schedule_box: Any,
-               results: Any) -> None:
+def _lane_main(host: str, port: int, spec: LaneSpec, ready: Any, go: Any, schedule_box: Any, results: Any) -> None:
     try:
         import uvloop
 
@@ -131,19 +129,18 @@ def _lane_main(host: str, port: int, spec: LaneSpec, offset: int, ready: Any, go
     except ImportError:
         loop_factory = None
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        results.put(runner.run(_lane(host, port, spec, offset, ready, go, schedule_box)))
+        results.put(runner.run(_lane(host, port, spec, ready, go, schedule_box)))
 
 
 def run_lanes(host: str, port: int, lanes: list[LaneSpec], seconds: float, drain_s: float,
-              on_start: Callable[[], None] | None = None, offset: int = 0) -> tuple[Schedule, list[LaneOutcome]]:
+              on_start: Callable[[Schedule], None] | None = None) -> tuple[Schedule, list[LaneOutcome]]:
     """Every lane sends for `seconds` from one common start; answers are awaited up to
-    `drain_s` longer. `on_start` runs once all lanes are connected, just before the start.
-    `offset`: where in its requests each lane begins (a warm-up and the run after it
-    can use one list without sending the same texts)."""
+    `drain_s` longer. `on_start` gets the schedule once all lanes are connected, just
+    before the start."""
     context = multiprocessing.get_context("spawn")  # no inherited event loop or server state
     ready, results, go = context.Queue(), context.Queue(), context.Event()
     schedule_box = context.Array("d", 3)
-    workers = [context.Process(target=_lane_main, args=(host, port, spec, offset, ready, go, schedule_box, results),
+    workers = [context.Process(target=_lane_main, args=(host, port, spec, ready, go, schedule_box, results),
                                daemon=True) for spec in lanes]
     for worker in workers:
         worker.start()
@@ -151,11 +148,11 @@ def run_lanes(host: str, port: int, lanes: list[LaneSpec], seconds: float, drain
         deadline = time.monotonic() + READY_TIMEOUT_S
         for _ in workers:
             get_from(ready, workers, deadline)
-        if on_start is not None:
-            on_start()
         # A common start a little ahead, so no lane gets a head start from waking first.
         start = time.time() + 0.05
         schedule = Schedule(start, start + seconds, start + seconds + drain_s)
+        if on_start is not None:
+            on_start(schedule)
         schedule_box[:] = [schedule.start, schedule.stop, schedule.give_up]
         go.set()
         deadline = time.monotonic() + seconds + drain_s + READY_TIMEOUT_S

