@@ -102,6 +102,22 @@ def _flood_rows(phases: Sequence[PhaseFigures], summaries: Sequence[ConfigSummar
     return lines
 
 
+def _idle_rows(phases: Sequence[PhaseFigures], summaries: Sequence[ConfigSummary]) -> list[str]:
+    lines = ["| config | run | query p50 / p99 / max ms | queries | queries/s | server cores | other load, cores "
+             "| failures |", "|---|---|---|---|---|---|---|---|"]
+    for p in phases:
+        if p.phase == "idle" and p.query is not None:
+            lines.append(f"| {p.config} | {p.run} | {_latency(p.query.latency)} | {p.query.latency.count} "
+                         f"| {p.query.requests_per_s:.0f} | {p.server_cores:.2f} | {p.other_cores:.2f} "
+                         f"| {_failures(dict(p.failures))} |")
+    for s in summaries:
+        if s.phase == "idle":
+            lines.append(f"| **{s.config}** | all {s.runs} | **{_latency(s.query)}** "
+                         f"| {s.query.count if s.query else 0} | {_num(s.queries_per_s, 0)} | {s.server_cores:.2f} "
+                         f"| {s.other_cores:.2f} | {_failures(s.failures)} |")
+    return lines
+
+
 def _verdict(met: bool) -> str:
     return "met" if met else "MISSED"
 
@@ -126,6 +142,8 @@ def format_report(phases: Sequence[PhaseFigures], config: dict[str, Any]) -> str
         lines.append(f"bulk texts per server CPU-second {FEATURE_ON} / {FEATURE_OFF}: "
                      f"{r.bulk_texts_per_cpu_s_on_over_off:.3f} (less moved by a busy neighbour; not the issue's "
                      f"figure: a scheduler that leaves cores idle would look no worse here)")
+    if any(p.phase == "idle" for p in phases):
+        lines += ["", "### Idle server: the query client alone", "", *_idle_rows(phases, summaries)]
     if any(p.phase in ("flood", "bulk-only") for p in phases):
         lines += ["", f"### Flood: {config['flood_clients']} query clients (single {config['query_words']}-word "
                   f"queries back to back) plus the same bulk load", "", *_flood_rows(phases, summaries, r), ""]

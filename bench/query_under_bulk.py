@@ -11,11 +11,13 @@ up, then timed phases, every lane a closed loop on raw HTTP/1.1 `/v1/embeddings`
   bulk-only  the bulk clients alone (flood rounds): the throughput the flood is compared with
   flood      the bulk clients plus 32 clients sending single queries back to back: bulk
              requests must still finish; bulk texts/s and bulk's share of the tokens served
+  idle       (--idle) the query client alone, first in each round: end-to-end latency floor
 
 The policies alternate within each round (A B A B ...), so a busy neighbour on this
 shared machine hits both alike; the flood phases run in the first `--flood-runs` rounds.
 No header by default, so the request's size decides its lane; `--query-header high`
-and `--bulk-header low` send `x-priority` instead.
+and `--bulk-header low` send `x-priority` instead. Issue 13's GPU figure is
+`--backend torch --bulk-clients 128 --bulk-texts 32 --idle` on that machine.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from bench.corpus import TEXTS_PER_REQUEST, build_corpus, build_queries
 from bench.lane_stats import PhaseFigures, Window, alternate, lane_figures
 from bench.priority_report import format_report, write_json
 from bench.server import HOST, ServerError, ServerProcess, free_port, server_command
-from bench.timed_load import LaneSpec, Schedule, run_lanes
+from bench.timed_load import LaneOutcome, LaneSpec, Schedule, run_lanes
 from bench.window_cpu import WindowCpu
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -54,6 +56,8 @@ class Options:
     drain_s: float
     warmup_s: float
     bulk_clients: int
+    bulk_texts: int | None  # texts in every bulk request; None: 1-8, as the corpus mixes them
+    idle: bool
     query_clients: int
     flood_clients: int
     query_words: int
@@ -85,6 +89,9 @@ def parse_args(argv: list[str]) -> Options:
                         help="how long after the window an answer may still come before it counts as timed out")
     parser.add_argument("--warmup-s", type=float, default=3.0, help="both lanes, untimed, per fresh server")
     parser.add_argument("--bulk-clients", type=int, default=16)
+    parser.add_argument("--bulk-texts", type=int, default=None,
+                        help="texts in every bulk request (default: 1-8, mixed as the bench corpus)")
+    parser.add_argument("--idle", action="store_true", help="also time the query client alone, on the idle server")
     parser.add_argument("--query-clients", type=int, default=1)
     parser.add_argument("--flood-clients", type=int, default=32)
     parser.add_argument("--query-words", type=int, default=8)
@@ -105,8 +112,9 @@ def parse_args(argv: list[str]) -> Options:
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     if not policies or set(policies) - {"fifo", "priority"}:
         parser.error("--policies takes fifo and/or priority")
-    if min(args.runs, args.bulk_clients, args.query_clients, args.flood_clients, args.query_words) < 1:
-        parser.error("--runs, the client counts and --query-words must be at least 1")
+    if min(args.runs, args.bulk_clients, args.query_clients, args.flood_clients, args.query_words,
+           args.bulk_texts or 1) < 1:
+        parser.error("--runs, the client counts, --bulk-texts and --query-words must be at least 1")
     if args.seconds <= 0 or min(args.ramp_s, args.drain_s, args.warmup_s, args.flood_runs) < 0:
         parser.error("--seconds must be positive; --ramp-s, --drain-s, --warmup-s, --flood-runs not negative")
     if args.model_id:
@@ -119,7 +127,8 @@ def parse_args(argv: list[str]) -> Options:
         RESULTS_DIR / f"priority-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
     return Options(policies=policies, runs=args.runs, flood_runs=min(args.flood_runs, args.runs),
                    bulk_only=args.bulk_only, seconds=args.seconds, ramp_s=args.ramp_s, drain_s=args.drain_s,
-                   warmup_s=args.warmup_s, bulk_clients=args.bulk_clients, query_clients=args.query_clients,
+                   warmup_s=args.warmup_s, bulk_clients=args.bulk_clients, bulk_texts=args.bulk_texts,
+                   idle=args.idle, query_clients=args.query_clients,
                    flood_clients=args.flood_clients, query_words=args.query_words,
                    query_header=_header(args.query_header), bulk_header=_header(args.bulk_header),
                    backend=args.backend, server_args=shlex.split(args.server_args), model_dir=model_dir,
@@ -137,7 +146,9 @@ class Workload:
 def build_workload(opts: Options, run: int) -> Workload:
     phases = ("warmup", "query", "bulk-only", "flood")
     seed = opts.seed + 1000 * run
-    bulk = {phase: build_corpus(opts.model_dir, BULK_TEXTS_PER_PHASE, seed + i).requests
+    sizes = (opts.bulk_texts, opts.bulk_texts) if opts.bulk_texts else TEXTS_PER_REQUEST
+    texts = -(-BULK_TEXTS_PER_PHASE // sizes[1]) * sizes[1]  # whole requests of a fixed size
+    bulk = {phase: build_corpus(opts.model_dir, texts, seed + i, sizes).requests
             for i, phase in enumerate(phases)}
     return Workload(bulk=bulk, queries=build_queries(opts.model_dir, QUERIES_PER_PHASE, seed + 99, opts.query_words))
 
@@ -147,11 +158,12 @@ def _headers(value: str | None) -> dict[str, str]:
 
 
 def phase_lanes(opts: Options, phase: str, workload: Workload) -> list[LaneSpec]:
-    bulk = LaneSpec("bulk", workload.bulk[phase], opts.bulk_clients, _headers(opts.bulk_header))
     query_clients = opts.flood_clients if phase == "flood" else opts.query_clients
-    if phase == "bulk-only":
-        return [bulk]
-    return [bulk, LaneSpec("query", [[q] for q in workload.queries], query_clients, _headers(opts.query_header))]
+    query = LaneSpec("query", [[q] for q in workload.queries], query_clients, _headers(opts.query_header))
+    if phase == "idle":
+        return [query]
+    bulk = LaneSpec("bulk", workload.bulk[phase], opts.bulk_clients, _headers(opts.bulk_header))
+    return [bulk] if phase == "bulk-only" else [bulk, query]
 
 
 def run_phase(opts: Options, server: ServerProcess, policy: str, run: int, phase: str,
@@ -170,7 +182,9 @@ def run_phase(opts: Options, server: ServerProcess, policy: str, run: int, phase
     clients_cores = sum(o.cpu_s for o in outcomes) / max(time.time() - schedule.start, 1e-3)
     cores = cpu.cores()
     lanes = {o.name: lane_figures(o, windows[0]) for o in outcomes}
-    return PhaseFigures(config=policy, run=run, phase=phase, window_s=windows[0].seconds, bulk=lanes["bulk"],
+    no_bulk = lane_figures(LaneOutcome("bulk", clients=0), windows[0])  # the idle phase
+    return PhaseFigures(config=policy, run=run, phase=phase, window_s=windows[0].seconds,
+                        bulk=lanes.get("bulk", no_bulk),
                         query=lanes.get("query"), server_cores=round(cores.server, 2),
                         other_cores=round(cores.machine - cores.server - clients_cores, 2))
 
@@ -199,7 +213,7 @@ def run_round(opts: Options, policy: str, run: int, workload: Workload) -> list[
             # batches and every connection are warm and no cache flatters the window.
             warm = Workload(bulk={"query": workload.bulk["warmup"]}, queries=workload.queries[::-1])
             run_lanes(HOST, port, phase_lanes(opts, "query", warm), opts.warmup_s, opts.drain_s)
-        phases = ["query"]
+        phases = ["idle", "query"] if opts.idle else ["query"]
         if run <= opts.flood_runs:
             phases += ["bulk-only", "flood"] if opts.bulk_only else ["flood"]
         figures = []
@@ -227,9 +241,9 @@ def main(argv: list[str]) -> int:
             return 1
     config = {"policies": opts.policies, "runs": opts.runs, "flood_runs": opts.flood_runs, "seconds": opts.seconds,
               "ramp_s": opts.ramp_s, "drain_s": opts.drain_s, "bulk_clients": opts.bulk_clients,
-              "query_clients": opts.query_clients, "flood_clients": opts.flood_clients,
+              "idle": opts.idle, "query_clients": opts.query_clients, "flood_clients": opts.flood_clients,
               "query_words": opts.query_words, "query_header": opts.query_header, "bulk_header": opts.bulk_header,
-              "texts_per_request": "{}-{}".format(*TEXTS_PER_REQUEST),
+              "texts_per_request": opts.bulk_texts or "{}-{}".format(*TEXTS_PER_REQUEST),
               "server": shlex.join(["--backend", opts.backend, *opts.server_args]),
               "model_dir": str(opts.model_dir), "seed": opts.seed, "timestamp": datetime.now().isoformat()}
     print()

@@ -19,7 +19,7 @@ from bench.corpus import build_queries, load_words
 from bench.lane_stats import (LaneFigures, LatencySummary, PhaseFigures, Window, alternate, lane_figures, percentile,
                               summarize)
 from bench.priority_report import format_report, ratios, to_json
-from bench.query_under_bulk import Workload, parse_args, phase_lanes
+from bench.query_under_bulk import Options, Workload, build_workload, parse_args, phase_lanes
 from bench.timed_load import Completion, LaneOutcome, LaneSpec, Schedule, run_lanes
 from bench.window_cpu import WindowCpu
 
@@ -124,7 +124,10 @@ def test_report_shows_the_issue_figures_and_verdicts() -> None:
     missed = format_report([_phase("fifo", 1, "query", 66.0, (0.5,)), _phase("priority", 1, "query", 60.0, (0.2,))],
                            CONFIG)
     assert "(issue 13: <= 100 ms: MISSED)" in missed and "0.909 (issue 13: >= 0.95: MISSED)" in missed
-    assert "Flood" not in missed
+    assert "Flood" not in missed and "Idle" not in missed
+    idle = format_report([_phase("priority", 1, "idle", 0.0, (0.004, 0.006, 0.009))], CONFIG)
+    assert "| priority | 1 | 6 / 9 / 9 | 3 | 0 | 1.80 | 0.10 | 0 |" in idle
+    assert "| **priority** | all 1 | **6 / 9 / 9** | 3 | 0 | 1.80 | 0.10 | 0 |" in idle
 
 
 def test_json_has_no_nan_and_no_raw_latencies() -> None:
@@ -148,11 +151,21 @@ def test_options_and_lanes() -> None:
     assert query == LaneSpec("query", [["q1"], ["q2"]], 1, {"x-priority": "high"})
     assert [lane.clients for lane in phase_lanes(opts, "flood", workload)] == [16, 32]
     assert [lane.name for lane in phase_lanes(opts, "bulk-only", workload)] == ["bulk"]
+    assert [lane.name for lane in phase_lanes(opts, "idle", workload)] == ["query"]
+    assert opts.bulk_texts is None and not opts.idle
+    gpu = parse_args(["--bulk-clients", "128", "--bulk-texts", "32", "--idle", "--backend", "torch"])
+    assert (gpu.bulk_clients, gpu.bulk_texts, gpu.idle, gpu.backend) == (128, 32, True, "torch")
+    assert {len(r) for r in build_workload(gpu, 1).bulk["query"]} == {32}
+    assert {len(r) for r in build_workload(plain_options(), 1).bulk["query"]} == set(range(1, 9))
     plain = parse_args([])
     assert plain.query_header is None and plain.bulk_header is None and plain.runs == 3
     assert phase_lanes(plain, "query", workload)[1].headers == {}
     with pytest.raises(SystemExit):
         parse_args(["--policies", "lifo"])
+
+
+def plain_options() -> Options:
+    return parse_args([])
 
 
 def test_queries_have_the_asked_words_from_the_corpus_vocabulary() -> None:
