@@ -8,8 +8,14 @@ import statistics
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from bench.timed_load import LaneOutcome
+
+# idle: the query client alone; query: the bulk load plus one query client; bulk-only: the
+# bulk load alone; flood: the bulk load plus many query clients.
+Phase = Literal["idle", "query", "bulk-only", "flood"]
+Policy = Literal["fifo", "priority"]  # the server's --queue-policy
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -79,9 +85,9 @@ def lane_figures(outcome: LaneOutcome, window: Window) -> LaneFigures:
 
 @dataclass(frozen=True)
 class PhaseFigures:
-    config: str  # the queue policy, e.g. "fifo"
+    config: Policy
     run: int  # 1-based round; configurations alternate within a round
-    phase: str  # "query", "flood" or "bulk-only"
+    phase: Phase
     window_s: float
     bulk: LaneFigures
     query: LaneFigures | None
@@ -113,8 +119,8 @@ class ConfigSummary:
     """One configuration's runs of one phase together: throughput averaged over runs,
     latency percentiles over all their queries pooled."""
 
-    config: str
-    phase: str
+    config: Policy
+    phase: Phase
     runs: int
     bulk_texts_per_s: float
     bulk_texts_per_cpu_s: float
@@ -154,7 +160,7 @@ def summarize(phases: Sequence[PhaseFigures]) -> list[ConfigSummary]:
     return out
 
 
-def alternate(runs: int, configs: Sequence[str]) -> list[tuple[int, str]]:
+def alternate(runs: int, configs: Sequence[Policy]) -> list[tuple[int, Policy]]:
     """(round, configuration) in the order to run them: A B A B ..., so load from a
     busy neighbour lands on every configuration alike."""
     return [(run, config) for run in range(1, runs + 1) for config in configs]

@@ -10,21 +10,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.lane_stats import ConfigSummary, LaneFigures, LatencySummary, PhaseFigures, summarize
+from bench.lane_stats import ConfigSummary, LaneFigures, LatencySummary, Phase, PhaseFigures, Policy, summarize
 
 # Issue 13's "must show", on the 2-core machine.
 QUERY_P99_TARGET_MS = 100.0
 THROUGHPUT_RATIO_TARGET = 0.95
-FEATURE_ON, FEATURE_OFF = "priority", "fifo"
+FEATURE_ON: Policy = "priority"
+FEATURE_OFF: Policy = "fifo"
 
 
 @dataclass(frozen=True)
 class Ratios:
-    query_p99_ms: dict[str, float]  # per configuration, its query phases pooled
+    query_p99_ms: dict[Policy, float]  # per configuration, its query phases pooled
     bulk_throughput_on_over_off: float | None  # priority / fifo, query phases
     bulk_texts_per_cpu_s_on_over_off: float | None  # the same per server CPU-second
-    flood_vs_reference: dict[str, float]  # bulk texts/s under the flood over the reference phase's
-    flood_reference: str  # "bulk-only" when measured, else "query"
+    flood_vs_reference: dict[Policy, float]  # bulk texts/s under the flood over the reference phase's
+    flood_reference: Phase  # "bulk-only" when measured, else "query"
 
 
 def _ms(value: float) -> str:
@@ -53,8 +54,8 @@ def ratios(summaries: Sequence[ConfigSummary]) -> Ratios:
     throughput = on.bulk_texts_per_s / off.bulk_texts_per_s if on and off and off.bulk_texts_per_s > 0 else None
     per_cpu = on.bulk_texts_per_cpu_s / off.bulk_texts_per_cpu_s if on and off and off.bulk_texts_per_cpu_s > 0 \
         else None
-    reference = "bulk-only" if any(s.phase == "bulk-only" for s in summaries) else "query"
-    flood: dict[str, float] = {}
+    reference: Phase = "bulk-only" if any(s.phase == "bulk-only" for s in summaries) else "query"
+    flood: dict[Policy, float] = {}
     for s in summaries:
         base = by_key.get((s.config, reference))
         if s.phase == "flood" and base is not None and base.bulk_texts_per_s > 0:

@@ -29,9 +29,10 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Literal, cast
 
 from bench.corpus import TEXTS_PER_REQUEST, build_corpus, build_queries
-from bench.lane_stats import PhaseFigures, Window, alternate, lane_figures
+from bench.lane_stats import Phase, PhaseFigures, Policy, Window, alternate, lane_figures
 from bench.priority_report import format_report, write_json
 from bench.server import HOST, ServerError, ServerProcess, free_port, server_command
 from bench.timed_load import LaneOutcome, LaneSpec, Schedule, run_lanes
@@ -39,6 +40,7 @@ from bench.window_cpu import WindowCpu
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PRIORITY_HEADER = "x-priority"
+Header = Literal["high", "low"]  # the values of PRIORITY_HEADER
 # Enough distinct texts that no lane sends one twice in a phase at these speeds; the
 # lists are cycled, never exhausted, if a faster server gets through them.
 BULK_TEXTS_PER_PHASE = 6000
@@ -47,7 +49,7 @@ QUERIES_PER_PHASE = 20000
 
 @dataclass(frozen=True)
 class Options:
-    policies: list[str]
+    policies: list[Policy]
     runs: int
     flood_runs: int
     bulk_only: bool
@@ -61,8 +63,8 @@ class Options:
     query_clients: int
     flood_clients: int
     query_words: int
-    query_header: str | None
-    bulk_header: str | None
+    query_header: Header | None
+    bulk_header: Header | None
     backend: str
     server_args: list[str]
     model_dir: Path
@@ -70,8 +72,8 @@ class Options:
     json_out: Path
 
 
-def _header(value: str) -> str | None:
-    return None if value == "none" else value
+def _header(value: str) -> Header | None:
+    return None if value == "none" else cast(Header, value)
 
 
 def parse_args(argv: list[str]) -> Options:
@@ -109,9 +111,10 @@ def parse_args(argv: list[str]) -> Options:
     glued = [f"--server-args={argv[i + 1]}" if a == "--server-args" and i + 1 < len(argv) else a
              for i, a in enumerate(argv) if not (i and argv[i - 1] == "--server-args")]
     args = parser.parse_args(glued)
-    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
-    if not policies or set(policies) - {"fifo", "priority"}:
+    names = [p.strip() for p in args.policies.split(",") if p.strip()]
+    if not names or set(names) - {"fifo", "priority"}:
         parser.error("--policies takes fifo and/or priority")
+    policies = [cast(Policy, name) for name in names]
     if min(args.runs, args.bulk_clients, args.query_clients, args.flood_clients, args.query_words,
            args.bulk_texts or 1) < 1:
         parser.error("--runs, the client counts, --bulk-texts and --query-words must be at least 1")
@@ -139,7 +142,7 @@ def parse_args(argv: list[str]) -> Options:
 class Workload:
     """One round's texts: the same for every policy, new each round and phase."""
 
-    bulk: dict[str, list[list[str]]]  # per phase
+    bulk: dict[str, list[list[str]]]  # per phase, and "warmup"
     queries: list[str]
 
 
@@ -153,11 +156,11 @@ def build_workload(opts: Options, run: int) -> Workload:
     return Workload(bulk=bulk, queries=build_queries(opts.model_dir, QUERIES_PER_PHASE, seed + 99, opts.query_words))
 
 
-def _headers(value: str | None) -> dict[str, str]:
+def _headers(value: Header | None) -> dict[str, str]:
     return {PRIORITY_HEADER: value} if value else {}
 
 
-def phase_lanes(opts: Options, phase: str, workload: Workload) -> list[LaneSpec]:
+def phase_lanes(opts: Options, phase: Phase, workload: Workload) -> list[LaneSpec]:
     query_clients = opts.flood_clients if phase == "flood" else opts.query_clients
     query = LaneSpec("query", [[q] for q in workload.queries], query_clients, _headers(opts.query_header))
     if phase == "idle":
@@ -166,7 +169,7 @@ def phase_lanes(opts: Options, phase: str, workload: Workload) -> list[LaneSpec]
     return [bulk] if phase == "bulk-only" else [bulk, query]
 
 
-def run_phase(opts: Options, server: ServerProcess, policy: str, run: int, phase: str,
+def run_phase(opts: Options, server: ServerProcess, policy: Policy, run: int, phase: Phase,
               workload: Workload) -> PhaseFigures:
     assert server.popen is not None
     cpu = WindowCpu(server.popen.pid)
@@ -200,7 +203,7 @@ def _print_phase(p: PhaseFigures) -> None:
           f"{p.query.failure_examples if p.query and p.query.failure_examples else ''}", flush=True)
 
 
-def run_round(opts: Options, policy: str, run: int, workload: Workload) -> list[PhaseFigures]:
+def run_round(opts: Options, policy: Policy, run: int, workload: Workload) -> list[PhaseFigures]:
     port = free_port()
     args = ["--backend", opts.backend, "--queue-policy", policy, *opts.server_args]
     server = ServerProcess(server_command(opts.model_dir, port, args), port)
@@ -213,7 +216,7 @@ def run_round(opts: Options, policy: str, run: int, workload: Workload) -> list[
             # batches and every connection are warm and no cache flatters the window.
             warm = Workload(bulk={"query": workload.bulk["warmup"]}, queries=workload.queries[::-1])
             run_lanes(HOST, port, phase_lanes(opts, "query", warm), opts.warmup_s, opts.drain_s)
-        phases = ["idle", "query"] if opts.idle else ["query"]
+        phases: list[Phase] = ["idle", "query"] if opts.idle else ["query"]
         if run <= opts.flood_runs:
             phases += ["bulk-only", "flood"] if opts.bulk_only else ["flood"]
         figures = []
