@@ -1,7 +1,9 @@
 # make serve  - create .venv, install the server (requirements-serve.lock), start it on the default model
 # make test   - create .venv, install the server and the test tools (requirements.lock),
 #               type-check (mypy strict), run the whole test suite
-# make bench  - run the load benchmark against a fresh server and print ratios
+# make bench  - run the load benchmark against a fresh server and print ratios, then bench-priority
+# make bench-priority - issue 13's query under bulk load (and a query flood), --queue-policy fifo vs
+#               priority alternating, ~6 min (PRIORITY_ARGS="--runs 3 --query-header high ...")
 # make bench-cpu - server CPU ms per request by role on a near-free model (BENCH_ARGS="--runs 3 ...")
 # make proto  - regenerate the protobuf/gRPC modules into proto/gen_pb/
 
@@ -13,10 +15,11 @@ DEV_STAMP := $(VENV)/.installed-dev
 ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+PRIORITY_ARGS ?=
 
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install install-serve proto serve test typecheck bench bench-cpu clean
+.PHONY: install install-serve proto serve test typecheck bench bench-priority bench-cpu clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +55,10 @@ test: install typecheck
 
 bench: install
 	$(PY) -m bench $(BENCH_ARGS)
+	$(PY) -m bench query-under-bulk $(PRIORITY_ARGS)
+
+bench-priority: install
+	$(PY) -m bench query-under-bulk $(PRIORITY_ARGS)
 
 bench-cpu: install
 	$(PY) -m bench cpu-per-request $(BENCH_ARGS)

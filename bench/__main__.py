@@ -1,4 +1,5 @@
-"""`python -m bench`: baseline first, then the same corpus through embedserve."""
+"""`python -m bench`: baseline first, then the same corpus through embedserve.
+`python -m bench cpu-per-request` and `python -m bench query-under-bulk` run the other scenarios."""
 
 from __future__ import annotations
 
@@ -132,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.cpu_per_request import main as cpu_main
 
         return cpu_main(argv[1:])
+    if argv[:1] == ["query-under-bulk"]:
+        from bench.query_under_bulk import main as priority_main
+
+        return priority_main(argv[1:])
     opts = parse_args(argv)
     corpus = build_corpus(opts.model_dir, opts.texts, opts.seed)
     print(f"corpus: {len(corpus)} texts in {len(corpus.requests)} requests (seed {opts.seed})", flush=True)

@@ -72,14 +72,24 @@ def _one_text(rng: random.Random, words: list[str]) -> str:
     return _text(rng, words, rng.randint(*PASSAGE_WORDS), question=False)
 
 
-def build_corpus(model_dir: Path, n_texts: int, seed: int) -> Corpus:
-    """`n_texts` texts split into requests of 1-8; the last request is cut to fit."""
+def build_corpus(model_dir: Path, n_texts: int, seed: int,
+                 texts_per_request: tuple[int, int] = TEXTS_PER_REQUEST) -> Corpus:
+    """`n_texts` texts split into requests of 1-8 (or `texts_per_request`); the last
+    request is cut to fit."""
     rng = random.Random(seed)
     words = load_words(model_dir)
     requests: list[list[str]] = []
     remaining = n_texts
     while remaining > 0:
-        size = min(rng.randint(*TEXTS_PER_REQUEST), remaining)
+        size = min(rng.randint(*texts_per_request), remaining)
         requests.append([_one_text(rng, words) for _ in range(size)])
         remaining -= size
     return Corpus(requests=requests)
+
+
+def build_queries(model_dir: Path, n_queries: int, seed: int, n_words: int = 8) -> list[str]:
+    """Short search queries in the corpus' style (same vocabulary, half of them questions),
+    each exactly `n_words` words: what a search box sends while an index is being built."""
+    rng = random.Random(seed)
+    words = load_words(model_dir)
+    return [_text(rng, words, n_words, question=rng.random() < 0.5) for _ in range(n_queries)]

@@ -50,6 +50,11 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
         await reader.readexactly(2)
 
 
+def header_lines(headers: dict[str, str]) -> str:
+    """Extra request headers in wire form, built once per client rather than per request."""
+    return "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+
+
 class Connection:
     """One client's connection, reopened when the server closed the previous one."""
 
@@ -68,13 +73,15 @@ class Connection:
             self._writer.close()
         self._reader = self._writer = None
 
-    async def post(self, path: str, body: bytes, content_type: str = "application/json") -> Response:
+    async def post(self, path: str, body: bytes, content_type: str = "application/json",
+                   extra_headers: str = "") -> Response:
+        """`extra_headers`: header lines, each ending in CRLF (see `header_lines`)."""
         try:
             await self.connect()
             assert self._reader is not None and self._writer is not None
             self._writer.write(
                 f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: {content_type}\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n".encode("latin-1") + body)
+                f"{extra_headers}Content-Length: {len(body)}\r\n\r\n".encode("latin-1") + body)
             head = await self._reader.readuntil(b"\r\n\r\n")
             status, headers = _parse_head(head[:-4])
             if "content-length" in headers:

@@ -181,7 +181,7 @@ def _split(count: int, parts: int) -> list[int]:
     return [count // parts + (1 if i < count % parts else 0) for i in range(parts)]
 
 
-def _get_from(channel: Any, workers: list[Any], deadline: float) -> Any:
+def get_from(channel: Any, workers: list[Any], deadline: float) -> Any:
     """The next message, or an error as soon as a load process died instead of hanging."""
     while True:
         try:
@@ -208,12 +208,12 @@ def run_client_processes(host: str, port: int, requests: list[list[str]], client
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
         for _ in workers:
-            _get_from(ready, workers, deadline)
+            get_from(ready, workers, deadline)
         if on_start is not None:
             on_start()
         go.set()
         deadline = time.monotonic() + REQUEST_TIMEOUT_S * (1 + len(requests))
-        outcomes: list[ShardOutcome] = [_get_from(results, workers, deadline) for _ in workers]
+        outcomes: list[ShardOutcome] = [get_from(results, workers, deadline) for _ in workers]
     finally:
         for worker in workers:
             worker.join(timeout=10.0)
