@@ -6,8 +6,7 @@ lanes, set by the router per batch (`Batch.interactive`, --queue-policy priority
 - An *interactive* batch is small and someone waits on it; it runs whole, in one step.
 - A *bulk* batch runs as consecutive slices of about `SliceSizer`'s target time each
   (~25 ms on CPU, less on a GPU; backends/batch_job.py, backends/slicing.py), one
-  slice per step, so the thread can take something else between two slices. While no
-  interactive batch has come for `LATENCY_MODE_S`, slices are 8x longer (throughput).
+  slice per step, so the thread can take something else between two slices.
 
 When the thread is free it takes the next step of:
 1. the oldest interactive batch, unless bulk work is waiting and interactive work has
@@ -44,14 +43,6 @@ INTERACTIVE_SHARE = 0.75
 SHARE_WINDOW_S = 1.5
 # Weight of the newest measurement in the throughput average.
 THROUGHPUT_EWMA = 0.2
-# Bulk slices are short only while queries are around: for this long after an
-# interactive batch arrived. Otherwise they are QUIET_SLICE_FACTOR times longer, since
-# every forward call has a fixed cost: measured on this 2-core machine under load
-# (onnx MiniLM, bench corpus, batches paired), 512-token slices took ~15% longer than
-# whole batches, 4096-token ones ~4%. A query arriving in a quiet spell waits for one
-# long slice, then the slices are short again.
-LATENCY_MODE_S = 10.0
-QUIET_SLICE_FACTOR = 8
 
 
 class Steppable(Protocol):
@@ -77,14 +68,12 @@ class SliceSizer:
         self._min_tokens = min_tokens
         self._tokens_per_s: float | None = None
 
-    def max_cost(self, queries_around: bool = True) -> int | None:
-        """Tokens of the next bulk slice; `queries_around` False: QUIET_SLICE_FACTOR more."""
+    def max_cost(self) -> int | None:
         if self._target_s is None:
             return None
-        factor = 1 if queries_around else QUIET_SLICE_FACTOR
         if self._tokens_per_s is None:
-            return self._initial_tokens * factor
-        return factor * max(self._min_tokens, int(self._tokens_per_s * self._target_s))
+            return self._initial_tokens
+        return max(self._min_tokens, int(self._tokens_per_s * self._target_s))
 
     def record(self, cost: int, seconds: float) -> None:
         if cost <= 0 or seconds <= 0:
@@ -195,7 +184,6 @@ class ForwardScheduler:
         self._initializer = initializer
         self._clock = clock
         self._queue: LaneQueue[_Entry] = LaneQueue()
-        self._last_interactive = float("-inf")  # clock time the latest interactive batch arrived
         self._wake = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._serve, name="forward", daemon=True)
@@ -208,8 +196,6 @@ class ForwardScheduler:
             if self._closed:
                 raise RuntimeError("the forward thread is closed")
             self._queue.push(lane, _Entry(job, lane, future))
-            if interactive:
-                self._last_interactive = self._clock()
             self._wake.notify()
         return future
 
@@ -248,8 +234,7 @@ class ForwardScheduler:
         bulk = entry.lane == "bulk"
         started = self._clock()
         try:
-            queries_around = started - self._last_interactive < LATENCY_MODE_S
-            cost, done = entry.job.step(self._sizer.max_cost(queries_around) if bulk else None)
+            cost, done = entry.job.step(self._sizer.max_cost() if bulk else None)
             spent = self._clock() - started
             if bulk:
                 self._sizer.record(cost, spent)

@@ -12,15 +12,7 @@ from concurrent.futures import Future
 
 import pytest
 
-from backends.scheduler import (
-    INTERACTIVE_SHARE,
-    LATENCY_MODE_S,
-    QUIET_SLICE_FACTOR,
-    ForwardScheduler,
-    LaneQueue,
-    LaneShare,
-    SliceSizer,
-)
+from backends.scheduler import INTERACTIVE_SHARE, ForwardScheduler, LaneQueue, LaneShare, SliceSizer
 
 GUARD_S = 60  # against a hang, not a timing
 
@@ -176,37 +168,6 @@ def test_slice_sizer_starts_at_its_guess_then_follows_the_measured_throughput() 
     floored.record(100, 0.1)  # 1k tokens/s: 20 tokens in 20 ms, but never under the floor
     assert floored.max_cost() == 300
     assert SliceSizer(target_s=None, initial_tokens=256).max_cost() is None  # slicing off
-    assert floored.max_cost(queries_around=False) == 300 * QUIET_SLICE_FACTOR
-
-
-class SizeRecordingJob:
-    def __init__(self, clock: FakeClock, sizes: list[int | None]) -> None:
-        self.clock, self.sizes = clock, sizes
-
-    def step(self, max_cost: int | None) -> tuple[int, bool]:
-        self.sizes.append(max_cost)
-        self.clock.now += 0.01
-        return 100, True
-
-    def result(self) -> None:
-        return None
-
-
-def test_bulk_slices_are_short_only_while_queries_are_around() -> None:
-    clock, sizes = FakeClock(), list[int | None]()
-    clock.now = 1000.0
-    scheduler = ForwardScheduler(SliceSizer(0.02, 256, 256), clock=clock)
-    try:
-        scheduler.submit(SizeRecordingJob(clock, sizes), interactive=False).result(GUARD_S)
-        scheduler.submit(SizeRecordingJob(clock, sizes), interactive=True).result(GUARD_S)
-        scheduler.submit(SizeRecordingJob(clock, sizes), interactive=False).result(GUARD_S)
-        clock.now += LATENCY_MODE_S
-        scheduler.submit(SizeRecordingJob(clock, sizes), interactive=False).result(GUARD_S)
-    finally:
-        scheduler.close()
-    quiet = 256 * QUIET_SLICE_FACTOR
-    assert sizes[0] == quiet and sizes[1] is None  # interactive batches run whole
-    assert sizes[2] is not None and sizes[2] < quiet and sizes[3] is not None and sizes[3] >= quiet
 
 
 def test_the_thread_runs_a_query_before_bulk_jobs_queued_earlier() -> None:
