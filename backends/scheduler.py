@@ -25,7 +25,6 @@ polls: the thread sleeps on a condition until a batch is submitted.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections import deque
@@ -33,8 +32,6 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar
-
-logger = logging.getLogger(__name__)
 
 Lane = Literal["interactive", "bulk"]
 T = TypeVar("T")
@@ -53,7 +50,8 @@ class Steppable(Protocol):
 
     def step(self, max_cost: int | None) -> tuple[int, bool]:
         """Run the next step, at most `max_cost` tokens unless one sequence needs more
-        (None: the whole batch); the cost run, and whether the job is finished."""
+        (None: the whole batch). Returns the tokens whose results the step waited for
+        (what its duration measured) and whether the job is finished."""
 
     def result(self) -> Any:
         """The finished job's answer."""
