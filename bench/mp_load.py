@@ -93,28 +93,46 @@ class ShardSpec:
     clients: int
 
 
+class RequestFailed(Exception):
+    """A bench request that did not serve its texts: `label` is how it is counted
+    (an HTTP status, TRANSPORT, TIMEOUT or BAD_BODY)."""
+
+    def __init__(self, label: str, detail: str) -> None:
+        super().__init__(detail)
+        self.label = label
+        self.detail = detail
+
+
+async def timed_post(connection: Connection, texts: list[str], body: bytes, timeout_s: float,
+                     extra_headers: str = "") -> tuple[float, int]:
+    """POST one request body: (seconds to its answer, tokens served), or RequestFailed.
+    A request that times out closes its connection: a late answer must not be read
+    as the next request's."""
+    started = time.perf_counter()
+    try:
+        response = await asyncio.wait_for(connection.post(ROUTE, body, extra_headers=extra_headers), timeout_s)
+    except TransportError as exc:
+        raise RequestFailed(TRANSPORT, str(exc)) from None
+    except asyncio.TimeoutError:
+        connection.close()
+        raise RequestFailed(TIMEOUT, f"no answer in {timeout_s:.0f}s") from None
+    seconds = time.perf_counter() - started
+    if response.status != 200:
+        raise RequestFailed(str(response.status), response.body.decode(errors="replace"))
+    try:
+        return seconds, served_tokens(texts, response.body)
+    except ValueError as exc:
+        raise RequestFailed(BAD_BODY, str(exc)) from None
+
+
 async def _client(connection: Connection, bodies: list[tuple[list[str], bytes]], order: Any,
                   outcome: ShardOutcome) -> None:
     for index in order:  # one iterator shared by the shard's clients: each request is sent once
         texts, body = bodies[index]
-        started = time.perf_counter()
         try:
-            response = await asyncio.wait_for(connection.post(ROUTE, body), REQUEST_TIMEOUT_S)
-        except TransportError as exc:
-            outcome.fail(TRANSPORT, str(exc))
-            continue
-        except asyncio.TimeoutError:
-            connection.close()
-            outcome.fail(TIMEOUT, f"no answer in {REQUEST_TIMEOUT_S:.0f}s")
-            continue
-        elapsed = time.perf_counter() - started
-        if response.status != 200:
-            outcome.fail(str(response.status), response.body.decode(errors="replace"))
-            continue
-        try:
-            tokens = served_tokens(texts, response.body)
-        except ValueError as exc:
-            outcome.fail(BAD_BODY, str(exc))
+            elapsed, tokens = await timed_post(connection, texts, body, REQUEST_TIMEOUT_S)
+        except RequestFailed as failure:
+            outcome.fail(failure.label, failure.detail)
             continue
         outcome.requests += 1
         outcome.texts += len(texts)

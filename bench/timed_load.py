@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.http1 import Connection, TransportError, header_lines
-from bench.mp_load import BAD_BODY, ROUTE, TIMEOUT, TRANSPORT, get_from, request_body, served_tokens
+from bench.http1 import Connection, header_lines
+from bench.mp_load import TRANSPORT, RequestFailed, get_from, request_body, timed_post
 
 READY_TIMEOUT_S = 120.0
 
@@ -73,26 +73,12 @@ async def _client(connection: Connection, bodies: list[tuple[list[str], bytes]],
                   headers: str, schedule: Schedule, outcome: LaneOutcome) -> None:
     while (sent := time.time()) < schedule.stop:
         texts, body = bodies[next(order)]
-        started = time.perf_counter()
         try:
-            response = await asyncio.wait_for(connection.post(ROUTE, body, extra_headers=headers),
-                                              max(schedule.give_up - sent, 0.001))
-        except TransportError as exc:
-            outcome.fail(TRANSPORT, str(exc))
-            await asyncio.sleep(0.01)  # a dead server would otherwise be hammered in a tight loop
-            continue
-        except asyncio.TimeoutError:
-            connection.close()
-            outcome.fail(TIMEOUT, f"no answer by {schedule.give_up - sent:.0f}s after it was sent")
-            continue
-        seconds = time.perf_counter() - started
-        if response.status != 200:
-            outcome.fail(str(response.status), response.body.decode(errors="replace"))
-            continue
-        try:
-            tokens = served_tokens(texts, response.body)
-        except ValueError as exc:
-            outcome.fail(BAD_BODY, str(exc))
+            seconds, tokens = await timed_post(connection, texts, body, max(schedule.give_up - sent, 0.001), headers)
+        except RequestFailed as failure:
+            outcome.fail(failure.label, failure.detail)
+            if failure.label == TRANSPORT:
+                await asyncio.sleep(0.01)  # a dead server would otherwise be hammered in a tight loop
             continue
         outcome.completions.append(Completion(sent, seconds, len(texts), tokens))
 

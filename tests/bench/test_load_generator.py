@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import threading
 from collections import Counter
 from collections.abc import Iterator
 
 import pytest
 
 from bench.mp_load import BAD_BODY, run_client_processes
+from tests.bench.stub_http import StubHttpServer
 
 TOKENS_PER_TEXT = 3
 
@@ -33,36 +33,12 @@ def _answer(texts: list[str]) -> tuple[int, bytes, dict[str, str]]:
     return 200, body, headers
 
 
-class StubServer:
+class StubServer(StubHttpServer):
     def __init__(self) -> None:
+        super().__init__()
         self.received: Counter[str] = Counter()
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._started = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> StubServer:
-        self._thread.start()
-        assert self._started.wait(10)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        server = self._loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0))
-        self.port = server.sockets[0].getsockname()[1]
-        self._started.set()
-        self._loop.run_forever()
-        server.close()
-        for task in asyncio.all_tasks(self._loop):
-            task.cancel()
-        self._loop.run_until_complete(server.wait_closed())
-        self._loop.run_until_complete(asyncio.sleep(0))
-        self._loop.close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
                 head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower()

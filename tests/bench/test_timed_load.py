@@ -7,48 +7,24 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import threading
 from collections import Counter
 from collections.abc import Iterator
 
 import pytest
 
 from bench.timed_load import LaneSpec, Schedule, run_lanes
+from tests.bench.stub_http import StubHttpServer
 
 
-class HeaderStub:
+class HeaderStub(StubHttpServer):
     """Answers each /v1/embeddings like the server would (one vector per input, 2 tokens
     each), records the x-priority header per first text, and never answers "hang"."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.seen: Counter[tuple[str, str]] = Counter()
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._started = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> HeaderStub:
-        self._thread.start()
-        assert self._started.wait(10)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        server = self._loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0))
-        self.port = server.sockets[0].getsockname()[1]
-        self._started.set()
-        self._loop.run_forever()
-        server.close()
-        for task in asyncio.all_tasks(self._loop):
-            task.cancel()
-        self._loop.run_until_complete(server.wait_closed())
-        self._loop.run_until_complete(asyncio.sleep(0))
-        self._loop.close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
                 head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower()
