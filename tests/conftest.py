@@ -113,11 +113,17 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str, tick_s:
     return time.monotonic()
 
 
-def embed_on_a_raw_socket(port: int, texts: list[str]) -> socket.socket:
+# Header of a request that must queue behind a backlog like any bulk work, however
+# short it is (--queue-policy priority would let a short request overtake it).
+BULK = {"x-priority": "low"}
+
+
+def embed_on_a_raw_socket(port: int, texts: list[str], headers: dict[str, str] | None = None) -> socket.socket:
     """POST /embed on a plain socket the test can close mid-request (a client that goes away)."""
     body = orjson.dumps({"inputs": texts})
+    extra = "".join(f"{key}: {value}\r\n" for key, value in (headers or {}).items())
     head = (
-        f"POST /embed HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"POST /embed HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{extra}"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode()
     sock = socket.create_connection(("127.0.0.1", port))

@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from proto.gen_pb import tei_pb2, tei_pb2_grpc
-from tests.conftest import RunningServer, start_server, wait_for
+from tests.conftest import BULK, RunningServer, start_server, wait_for
 
 BODY_READ_TIMEOUT_S = 3.0
 DECLARED_LENGTH = 100_000
@@ -149,7 +149,8 @@ def test_cancelled_grpc_calls_count_once_each(server: RunningServer) -> None:
     wait_for(lambda: server.metric("te_request_input_length_count") >= enqueued + 64, 60, "the backlog")
     with grpc.insecure_channel(server.grpc_target) as channel:
         stub = tei_pb2_grpc.EmbedStub(channel)
-        calls = [stub.Embed.future(tei_pb2.EmbedRequest(inputs=f"cancelled {i}")) for i in range(5)]
+        calls = [stub.Embed.future(tei_pb2.EmbedRequest(inputs=f"cancelled {i}"), metadata=tuple(BULK.items()))
+                 for i in range(5)]
         wait_for(lambda: server.metric("te_request_input_length_count") >= enqueued + 69, 60, "the calls queued")
         assert server.metric("te_queue_size") >= 5, "the calls must still wait behind the backlog"
         for call in calls:

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from proto.gen_pb import tei_pb2, tei_pb2_grpc
-from tests.conftest import RunningServer, start_server, wait_for
+from tests.conftest import BULK, RunningServer, start_server, wait_for
 from tests.models import build_tiny_model
 
 TEXTS = ["grpc clients work unchanged", "Zürich 東京", "a third, somewhat longer input text for the stream"]
@@ -263,7 +263,7 @@ def test_cancelled_stream_items_never_reach_the_backend(guarded: RunningServer) 
     channel = _channel(server)
     stub = tei_pb2_grpc.EmbedStub(channel)
     requests = [tei_pb2.EmbedRequest(inputs=f"stream item {i}", truncate=True) for i in range(25)]
-    stream = stub.EmbedStream(iter(requests), metadata=(("authorization", f"Bearer {KEY}"),))
+    stream = stub.EmbedStream(iter(requests), metadata=(("authorization", f"Bearer {KEY}"), *BULK.items()))
     wait_for(lambda: server.metric("te_request_input_length_count") >= enqueued_before + 85, 30, "stream queued")
     assert server.metric("te_queue_size") > 25, "the stream items must still wait behind the backlog"
     stream.cancel()

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import RunningServer, embed_on_a_raw_socket, start_server, wait_for
+from tests.conftest import BULK, RunningServer, embed_on_a_raw_socket, start_server, wait_for
 from tests.texts import varied_texts
 
 LONG_TEXT = " ".join(["retrieval augmented generation pipelines embed passages"] * 40)  # > 256 tokens
@@ -88,7 +88,7 @@ def test_disconnected_clients_inputs_never_reach_backend(slow_queue_server: Runn
     wait_for(lambda: server.metric("te_request_input_length_count") >= enqueued_before + 240, 60, "the backlog")
 
     # 500 clients, each with one input queued behind the backlog, then all gone.
-    victims = [embed_on_a_raw_socket(port, [f"victim {i}"]) for i in range(500)]
+    victims = [embed_on_a_raw_socket(port, [f"victim {i}"], BULK) for i in range(500)]
     wait_for(lambda: server.metric("te_request_input_length_count") >= enqueued_before + 740, 60, "victims queued")
     assert server.metric("te_queue_size") > 500, "the victims must still be waiting behind the backlog"
     for sock in victims:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from proto.gen_pb import tei_pb2, tei_pb2_grpc
-from tests.conftest import RunningServer, start_server, wait_for
+from tests.conftest import BULK, RunningServer, start_server, wait_for
 
 LONG_TEXT = " ".join(["a server earns trust by what it does when things go wrong"] * 25)
 
@@ -197,15 +197,16 @@ def test_queued_inputs_past_their_deadline_never_run(deadline_server: RunningSer
 
     started = time.monotonic()
     by_header = httpx.post(f"{server.url}/embed", json={"inputs": ["late 1", "late 2", "late 3"]},
-                           headers={"x-request-timeout-ms": "300"}, timeout=30)
-    by_default = httpx.post(f"{server.url}/embed", json={"inputs": ["late 4", "late 5"]}, timeout=30)
+                           headers={"x-request-timeout-ms": "300", **BULK}, timeout=30)
+    by_default = httpx.post(f"{server.url}/embed", json={"inputs": ["late 4", "late 5"]}, headers=BULK, timeout=30)
     elapsed = time.monotonic() - started
     assert by_header.status_code == by_default.status_code == 408
     assert by_header.json()["error_type"] == "Timeout" and "deadline exceeded" in by_header.json()["error"]
     assert elapsed < 5.0  # answered at the deadline, not when the backlog clears
 
     with grpc.insecure_channel(server.grpc_target) as channel, pytest.raises(grpc.RpcError) as info:
-        tei_pb2_grpc.EmbedStub(channel).Embed(tei_pb2.EmbedRequest(inputs="late 6"), timeout=0.3)
+        tei_pb2_grpc.EmbedStub(channel).Embed(tei_pb2.EmbedRequest(inputs="late 6"), timeout=0.3,
+                                              metadata=tuple(BULK.items()))
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
     blocker.join(timeout=300)

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from proto.gen_pb import tei_pb2, tei_pb2_grpc
-from tests.conftest import RunningServer, embed_on_a_raw_socket, start_server, wait_for
+from tests.conftest import BULK, RunningServer, embed_on_a_raw_socket, start_server, wait_for
 
 LONG_TEXT = " ".join(["retrieval augmented generation pipelines embed passages"] * 16)  # ~100 tokens
 CAPACITY = 100
@@ -101,7 +101,7 @@ def test_a_gone_clients_inputs_never_reach_the_backend(split_server: RunningServ
     dropped_before = server.metric('te_request_failure{err="dropped"}')
     with Backlog(server):
         queued_before = server.metric("te_request_input_length_count")
-        victims = [embed_on_a_raw_socket(port, [f"victim {i}"]) for i in range(15)]
+        victims = [embed_on_a_raw_socket(port, [f"victim {i}"], BULK) for i in range(15)]
         wait_for(lambda: server.metric("te_request_input_length_count") >= queued_before + 15, 60, "victims queued")
         assert server.metric("te_queue_size") > 15, "the victims must still be waiting behind the backlog"
         for sock in victims:
