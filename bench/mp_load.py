@@ -66,23 +66,30 @@ def served_tokens(texts: list[str], body: bytes) -> int:
         raise ValueError(f"{type(exc).__name__}: {exc}") from exc
 
 
+@dataclass(kw_only=True)
+class FailureTally:
+    """Failed requests by status, with the first detail of each (a base of the
+    load generators' outcomes)."""
+
+    failures: Counter[str] = field(default_factory=Counter)
+    failure_examples: dict[str, str] = field(default_factory=dict)  # first detail per status
+
+    def fail(self, status: str, detail: str) -> None:
+        self.failures[status] += 1
+        self.failure_examples.setdefault(status, detail[:300])
+
+
 @dataclass
-class ShardOutcome:
+class ShardOutcome(FailureTally):
     """One client process's share, sent back to the parent."""
 
     requests: int = 0  # answered 200 with valid vectors
     texts: int = 0
     tokens: int = 0
     latencies_s: list[float] = field(default_factory=list)  # of the served requests
-    failures: Counter[str] = field(default_factory=Counter)
-    failure_examples: dict[str, str] = field(default_factory=dict)  # first detail per status
     cpu_s: float = 0.0  # this process's own CPU during the timed part
     started: float = 0.0  # time.time(), comparable across processes
     finished: float = 0.0
-
-    def fail(self, status: str, detail: str) -> None:
-        self.failures[status] += 1
-        self.failure_examples.setdefault(status, detail[:300])
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,12 @@ import asyncio
 import itertools
 import multiprocessing
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from bench.http1 import Connection, header_lines
-from bench.mp_load import TRANSPORT, RequestFailed, get_from, request_body, timed_post
+from bench.mp_load import TRANSPORT, FailureTally, RequestFailed, get_from, request_body, timed_post
 
 READY_TIMEOUT_S = 120.0
 
@@ -47,17 +46,11 @@ class Completion:
 
 
 @dataclass
-class LaneOutcome:
+class LaneOutcome(FailureTally):
     name: str
     clients: int
     completions: list[Completion] = field(default_factory=list)
-    failures: Counter[str] = field(default_factory=Counter)
-    failure_examples: dict[str, str] = field(default_factory=dict)  # first detail per status
     cpu_s: float = 0.0  # the client process's own CPU while it sent
-
-    def fail(self, status: str, detail: str) -> None:
-        self.failures[status] += 1
-        self.failure_examples.setdefault(status, detail[:300])
 
 
 @dataclass(frozen=True)
