@@ -56,7 +56,8 @@ class RunCache:
     def for_tokenizer(cls, tokenizer: Tokenizer) -> RunCache | None:
         """A cache for `tokenizer`, or None when its pipeline is not one the run
         split reproduces exactly."""
-        spec = json.loads(tokenizer.to_str())
+        serialized = tokenizer.to_str()
+        spec = json.loads(serialized)
         normalizer, pre_tokenizer = spec.get("normalizer") or {}, spec.get("pre_tokenizer") or {}
         if normalizer.get("type") != "BertNormalizer" or pre_tokenizer.get("type") != "BertPreTokenizer":
             return None
@@ -69,7 +70,7 @@ class RunCache:
             return None
         # Its own copy: the caller sets truncation on its tokenizer per request, and
         # the runs must be encoded whole.
-        own = Tokenizer.from_str(tokenizer.to_str())
+        own = Tokenizer.from_str(serialized)
         own.no_padding()
         own.no_truncation()
         specials = _probe_specials(own)
