@@ -35,15 +35,6 @@ DTYPES = ("float32", "int8")
 # Model types optimum exports and onnxruntime's BERT fusions understand.
 FUSABLE_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
 CPU_CHUNK_TOKENS = 8192
-# A forward of at most this many padded tokens (a query, a short interactive batch)
-# runs on a second, one-thread session that never spins: on the shared thread pool a
-# 12-token MiniLM call costs ~9 ms of CPU on two cores (the second thread's hand-offs
-# and spinning outweigh its help), on one thread ~5.8 ms at nearly the same latency
-# (bench/PRIORITY_NOTES.md). Bulk sizes gain from both threads and keep the main session.
-SMALL_FORWARD_TOKENS = 64
-# The second session holds its own copy of the weights: only for models this small,
-# where a query's forward is short enough for its fixed costs to matter.
-SMALL_SESSION_MAX_BYTES = 256 * 1024 * 1024
 SPLADE_CHUNK_TOKENS = 1024
 HIDDEN_OUTPUTS = ("last_hidden_state", "token_embeddings")
 
@@ -95,7 +86,6 @@ class OnnxBackend(PaddedEngine):
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self._session = ort.InferenceSession(str(path), options, providers=providers)
-        self._small_session = self._one_thread_session(path) if self.device == "cpu" else None
         logger.info("onnx model %s loaded in %.1fs (%s)", path.name, time.monotonic() - started, providers[0])
 
         self._input_names = {i.name for i in self._session.get_inputs()}
@@ -151,22 +141,8 @@ class OnnxBackend(PaddedEngine):
             feed["token_type_ids"] = token_type_ids
         if "position_ids" in self._input_names:
             feed["position_ids"] = np.broadcast_to(np.arange(input_ids.shape[1], dtype=np.int64), input_ids.shape)
-        small = self._small_session is not None and input_ids.size <= SMALL_FORWARD_TOKENS
-        session = self._small_session if small else self._session
-        assert session is not None
-        (output,) = session.run([self._output], feed)
+        (output,) = self._session.run([self._output], feed)
         return np.asarray(output, dtype=np.float32)
-
-    @staticmethod
-    def _one_thread_session(path: Path) -> ort.InferenceSession | None:
-        if model_file_bytes(path) > SMALL_SESSION_MAX_BYTES:
-            return None
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def _chunk_tokens(self) -> int | None:
         if self.pooling == "splade":
@@ -175,11 +151,6 @@ class OnnxBackend(PaddedEngine):
 
 
 # ------------------------------------------------------------------ model files and cache
-
-
-def model_file_bytes(path: Path) -> int:
-    """The model's size on disk, its external weights file (`model.onnx_data`) included."""
-    return sum(f.stat().st_size for f in path.parent.glob(f"{path.name}*") if f.is_file())
 
 
 def resolve_onnx_model(model_dir: Path, task: str, cache: OnnxCache) -> Path:

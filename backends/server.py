@@ -54,7 +54,7 @@ INITIAL_SLICE_TOKENS = {"cpu": 256, "cuda": 4096}
 # dispatch), ~10 ms for a 12-token MiniLM call on two contended cores. Slices sized from
 # throughput alone shrink when the machine is busy until that cost is most of each
 # slice (measured: bulk down to a quarter); past this floor a slice runs longer instead.
-MIN_SLICE_TOKENS = {"cpu": 128, "cuda": 1024}
+MIN_SLICE_TOKENS = {"cpu": 256, "cuda": 1024}
 
 
 @runtime_checkable

@@ -56,26 +56,3 @@ def test_broadcast_padding_mask_changes_nothing(family: str, family_dirs: dict[s
     backend.broadcast_mask = False  # type: ignore[attr-defined]
     expanded = backend.embed(batch).pooled  # type: ignore[attr-defined]
     np.testing.assert_allclose(broadcast, expanded, rtol=0, atol=1e-5)
-
-
-def test_onnx_small_forwards_run_on_the_one_thread_session(family_dirs: dict[str, Path], onnx_cache: Path) -> None:
-    # A query-sized forward takes the second session; it must answer as the main one does.
-    from backends.onnx_backend import SMALL_FORWARD_TOKENS
-
-    model_dir = family_dirs["bert"]
-    pooling = FAMILIES["bert"][3]
-    backend = load_engine("onnx", EngineSpec(model_dir, "cpu", "", pooling, onnx_cache))
-    assert backend._small_session is not None  # type: ignore[attr-defined]
-    batch, sequences, _ = encode(model_dir, TEXTS)
-    together = backend.embed(batch).pooled  # type: ignore[attr-defined]
-    expected = reference_pooled(model_dir, sequences, pooling)
-    checked = 0
-    for row, text in enumerate(TEXTS):
-        single, (ids,), _ = encode(model_dir, [text])
-        if len(ids) > SMALL_FORWARD_TOKENS:
-            continue
-        alone = backend.embed(single).pooled  # type: ignore[attr-defined]
-        assert cosine(alone, expected[row : row + 1]).min() >= 0.9999
-        np.testing.assert_allclose(alone[0], together[row], rtol=0, atol=1e-4)
-        checked += 1
-    assert checked >= 3
