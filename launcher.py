@@ -236,6 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Largest request body in bytes; larger gets 413 [env PAYLOAD_LIMIT]")
     p.add_argument("--json-output", action="store_true", default=_bool(_env("JSON_OUTPUT", "false") or "false"),
                    help="Log JSON lines [env JSON_OUTPUT]")
+    p.add_argument("--otlp-endpoint", default=_env("OTLP_ENDPOINT"),
+                   help="OpenTelemetry collector (OTLP/gRPC, e.g. http://localhost:4317) that receives the "
+                   "request traces; unset: no tracing [env OTLP_ENDPOINT]")
+    p.add_argument("--otlp-service-name", default=_env("OTLP_SERVICE_NAME", "text-embeddings-inference.server"),
+                   help="service.name of the exported traces [env OTLP_SERVICE_NAME]")
+    p.add_argument("--disable-spans", action="store_true", default=_bool(_env("DISABLE_SPANS", "false") or "false"),
+                   help="Leave span information out of the logs and export no spans [env DISABLE_SPANS]")
     p.add_argument("--huggingface-hub-cache", default=_env("HUGGINGFACE_HUB_CACHE"),
                    help="Hugging Face cache folder for Hub ids [env HUGGINGFACE_HUB_CACHE]")
     p.add_argument("--hf-token", default=_env("HF_TOKEN"), help="Hub token for private models [env HF_TOKEN]")
@@ -709,7 +716,10 @@ def build_children(
         task=TASK, grpc_port=args.grpc_port, grpc_max_parallel_stream_requests=GRPC_MAX_PARALLEL_STREAM_REQUESTS,
         default_request_timeout_ms=args.default_request_timeout_ms, body_read_timeout_s=args.body_read_timeout,
         queue_policy=args.queue_policy, interactive_max_tokens=args.interactive_max_tokens,
+        otlp_service_name=args.otlp_service_name, disable_spans=args.disable_spans,
     )
+    if args.otlp_endpoint:
+        rconfig.otlp_endpoint = args.otlp_endpoint
     if args.revision is not None:
         rconfig.revision = args.revision
     if plan.default_prompt is not None:
