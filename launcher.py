@@ -22,6 +22,7 @@ environment (proto/redact.py).
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import shutil
@@ -45,6 +46,7 @@ from proto.redact import child_environment, scrub_argv
 from router.bind import BindError, host_port, local_host, resolve_bind_hosts
 from router.owner_link import owner_ready, probe_owner
 from router.model_config import POOLING_FLAG_VALUES, ModelConfigError, ModelSpec, load_model_spec
+from router.vertex_env import VertexEnv, VertexEnvError, read_vertex_env
 from tokenizer_pool.frames import encode_socket_path
 
 logger = logging.getLogger("launcher")
@@ -180,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "dynamic quantization [env DTYPE]")
     p.add_argument("--pooling", default=_env("POOLING"), choices=list(POOLING_FLAG_VALUES),
                    help="Override the pooling of 1_Pooling/config.json [env POOLING]")
+    p.add_argument("--dense-path", default=_env("DENSE_PATH"),
+                   help="Dense module folder in the model directory (e.g. 2_Dense_1024 of stella's "
+                   "2_Dense_<dims>) applied after pooling in place of the single one modules.json names, "
+                   "or as the only one without modules.json; ignored (with a warning) when modules.json "
+                   "names several Dense modules or none [env DENSE_PATH]")
     p.add_argument("--max-concurrent-requests", type=int, default=int(_env("MAX_CONCURRENT_REQUESTS", "512") or 512),
                    help="Inputs in flight at once; past it requests get 429 [env MAX_CONCURRENT_REQUESTS]")
     p.add_argument("--max-batch-tokens", type=int, default=int(_env("MAX_BATCH_TOKENS", "16384") or 16384),
@@ -223,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hostname", default=_env("HOSTNAME", "0.0.0.0"),
                    help="Address HTTP and gRPC listen on: an IP, or a name bound to what it resolves to "
                    "[env HOSTNAME]")
-    p.add_argument("-p", "--port", type=int, default=int(_env("PORT", "3000") or 3000), help="HTTP port [env PORT]")
+    p.add_argument("-p", "--port", type=int, default=int(_env("PORT", "3000") or 3000),
+                   help="HTTP port; Vertex AI's AIP_HTTP_PORT, when set, wins [env PORT]")
     p.add_argument("--grpc-port", type=int, default=int(_env("GRPC_PORT", "50051") or 50051),
                    help="Port of the tei.v1 gRPC API, served beside HTTP from the same queue; 0 turns it off "
                    "[env GRPC_PORT]")
@@ -329,11 +337,17 @@ class LaunchPlan:
     args: argparse.Namespace
     model_id: str
     bind_hosts: tuple[str, ...]
+    # The HTTP port (--port, or Vertex AI's AIP_HTTP_PORT) and Vertex AI's routes.
+    vertex: VertexEnv
     spec: ModelSpec
     backend: str
     gpus: list[str]
     max_input_length: int
     default_prompt: str | None
+
+    @property
+    def http_port(self) -> int:
+        return self.vertex.http_port
 
 
 def plan_launch(args: argparse.Namespace) -> LaunchPlan:
@@ -342,9 +356,13 @@ def plan_launch(args: argparse.Namespace) -> LaunchPlan:
         bind_hosts = resolve_bind_hosts(args.hostname)
     except BindError as exc:
         raise LaunchError(str(exc), EXIT_CONFIG_ERROR) from exc
+    try:
+        vertex = read_vertex_env(os.environ, args.port)
+    except VertexEnvError as exc:
+        raise LaunchError(str(exc), EXIT_CONFIG_ERROR) from exc
     model_dir = resolve_model_dir(args.model_id, args.revision, args.huggingface_hub_cache, args.hf_token)
     try:
-        spec = load_model_spec(model_dir, args.pooling)
+        spec = load_model_spec(model_dir, args.pooling, args.dense_path)
     except ModelConfigError as exc:
         raise LaunchError(f"cannot serve {model_dir}: {exc}", EXIT_CONFIG_ERROR) from exc
     logger.info("model %s resolved to %s in %.2fs", args.model_id or DEFAULT_MODEL_ID, model_dir, time.monotonic() - started)
@@ -395,7 +413,7 @@ def plan_launch(args: argparse.Namespace) -> LaunchPlan:
     for name, seconds in (("--body-read-timeout", args.body_read_timeout), ("--graceful-timeout", args.graceful_timeout)):
         if seconds < 0:
             raise LaunchError(f"{name} must be 0 or more seconds, got {seconds}", EXIT_CONFIG_ERROR)
-    return LaunchPlan(args, args.model_id or DEFAULT_MODEL_ID, bind_hosts, spec, backend, gpus, max_input_length,
+    return LaunchPlan(args, args.model_id or DEFAULT_MODEL_ID, bind_hosts, vertex, spec, backend, gpus, max_input_length,
                       default_prompt)
 
 
@@ -608,7 +626,6 @@ def bind_http_sockets(plan: LaunchPlan) -> list[list[socket.socket]]:
     fronts (a shared socket lets the first process awake take them all), and the
     launcher keeps them open: a restarted front serves the same sockets, and what
     arrived for it meanwhile waits in their backlog."""
-    _refuse_taken_ports(plan)
     fronts: list[list[socket.socket]] = []
     try:
         for _ in range(plan.args.router_workers):
@@ -619,9 +636,9 @@ def bind_http_sockets(plan: LaunchPlan) -> list[list[socket.socket]]:
                 sockets.append(sock)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 try:
-                    sock.bind((host, plan.args.port))
+                    sock.bind((host, plan.http_port))
                 except OSError as exc:
-                    raise LaunchError(f"cannot bind HTTP port {host_port(host, plan.args.port)}: {exc.strerror}") from exc
+                    raise LaunchError(_bind_failure("HTTP", host, plan.http_port, exc)) from exc
                 sock.listen(2048)
     except LaunchError:
         for sockets in fronts:
@@ -631,18 +648,36 @@ def bind_http_sockets(plan: LaunchPlan) -> list[list[socket.socket]]:
     return fronts
 
 
-def _refuse_taken_ports(plan: LaunchPlan) -> None:
-    """SO_REUSEPORT would let these fronts join the listeners of another server
-    already on the ports and quietly split its traffic: bind each port once
-    without it first, so a taken port stops the launch as it does with one router."""
-    ports = [("HTTP", plan.args.port)] + ([("gRPC", plan.args.grpc_port)] if plan.args.grpc_port else [])
+def refuse_unusable_ports(plan: LaunchPlan) -> None:
+    """Bind each port once, before any child starts, so that a port taken or not
+    ours to bind stops the launch in one line rather than in the router's log.
+    With several fronts it matters more: SO_REUSEPORT would let them join the
+    listeners of another server already on the ports and quietly split its traffic."""
+    ports = [("HTTP", plan.http_port)] + ([("gRPC", plan.args.grpc_port)] if plan.args.grpc_port else [])
     for host in plan.bind_hosts:
         for name, port in ports:
             with _tcp_socket(host) as probe:
                 try:
                     probe.bind((host, port))
                 except OSError as exc:
-                    raise LaunchError(f"cannot bind {name} port {host_port(host, port)}: {exc.strerror}") from exc
+                    raise LaunchError(_bind_failure(name, host, port, exc)) from exc
+
+
+def _bind_failure(name: str, host: str, port: int, exc: OSError) -> str:
+    message = f"cannot bind {name} port {host_port(host, port)}: {exc.strerror}"
+    if exc.errno == errno.EACCES:
+        # The images listen on 80 as a user without capabilities: that takes the
+        # container runtime's (or the pod's) net.ipv4.ip_unprivileged_port_start.
+        message += (f" (ports below {_unprivileged_port_start()} need root or CAP_NET_BIND_SERVICE: set the "
+                    "sysctl net.ipv4.ip_unprivileged_port_start=0 for the container, or use a port above 1023)")
+    return message
+
+
+def _unprivileged_port_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    except (OSError, ValueError):
+        return 1024
 
 
 def build_children(
@@ -704,7 +739,7 @@ def build_children(
         model_id=plan.model_id, served_model_name=args.served_model_name or plan.model_id,
         backend_sockets=[c.socket_path or "" for c in backends],
         tokenizer_sockets=[c.socket_path or "" for c in tokenizers],
-        hostname=args.hostname, bind_hosts=plan.bind_hosts, port=args.port,
+        hostname=args.hostname, bind_hosts=plan.bind_hosts, port=plan.http_port,
         max_concurrent_requests=args.max_concurrent_requests,
         max_batch_tokens=args.max_batch_tokens, max_batch_requests=args.max_batch_requests or 0,
         max_client_batch_size=args.max_client_batch_size, auto_truncate=args.auto_truncate,
@@ -726,6 +761,10 @@ def build_children(
         rconfig.default_prompt = plan.default_prompt
     if args.api_key is not None:
         rconfig.api_key = args.api_key
+    if plan.vertex.predict_route is not None:
+        rconfig.vertex_predict_route = plan.vertex.predict_route
+    if plan.vertex.health_route is not None:
+        rconfig.vertex_health_route = plan.vertex.health_route
     assert router_pipe.write_fd is not None
     if args.router_workers == 1:
         router = ChildProcess("router", [python, "-m", "router", "router"], base_env, rconfig,
@@ -759,7 +798,7 @@ def build_children(
 def _front_ready_check(owner_path: str, index: int, plan: LaunchPlan) -> Callable[[], bool]:
     """A front is up once the owner counts it as serving and /health answers 200
     (on the shared port: any front, all of them being up by then or soon)."""
-    health_url = _local_url(plan.bind_hosts, plan.args.port, "/health")
+    health_url = _local_url(plan.bind_hosts, plan.http_port, "/health")
 
     def check() -> bool:
         return index in (probe_owner(owner_path) or ()) and _http_healthy(health_url)
@@ -782,6 +821,7 @@ class Launcher:
         self._stop = threading.Event()
         self._signal_count = 0
         self._router_pipe = RouterPipe.open()
+        refuse_unusable_ports(plan)
         self._http_sockets = bind_http_sockets(plan) if plan.args.router_workers > 1 else []
         self._backends, self._tokenizers, self._routers = build_children(
             plan, self._router_pipe, [[sock.fileno() for sock in front] for front in self._http_sockets]
@@ -810,7 +850,7 @@ class Launcher:
                 child.start()
             logger.info("started %d backend(s) and %d tokenizer worker(s)", len(self._backends), len(self._tokenizers))
             wait_until_healthy(workers, self._stop)
-            health_url = _local_url(self._plan.bind_hosts, self._plan.args.port, "/health")
+            health_url = _local_url(self._plan.bind_hosts, self._plan.http_port, "/health")
             if len(self._routers) > 1:  # the queue owner first: the fronts connect to it
                 owner, fronts = self._routers[0], self._routers[1:]
                 owner.start()
@@ -827,7 +867,7 @@ class Launcher:
             self._shutdown()
             raise
         logger.info("ready in %.1fs: http://%s:%d", time.monotonic() - started, self._plan.args.hostname,
-                    self._plan.args.port)
+                    self._plan.http_port)
         return self._supervise()
 
     def _supervise(self) -> int:

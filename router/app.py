@@ -121,6 +121,27 @@ async def _root(request: Request) -> Response:
     return await default.invocations(request)
 
 
+def vertex_routes(settings: RouterSettings) -> list[Route]:
+    """Vertex AI's own paths (AIP_PREDICT_ROUTE, AIP_HEALTH_ROUTE; TEI's `google`
+    build, router/src/http/server.rs), listed before the built-in routes: a path
+    Vertex names answers as Vertex means it, even one that is also a built-in path."""
+    predict_path, health_path = settings.vertex_predict_route, settings.vertex_health_route
+    if predict_path is not None and predict_path == health_path:
+
+        async def health_or_predict(request: Request) -> Response:
+            if request.method == "GET":
+                return await health.health(request)
+            return await default.vertex.starlette(request)
+
+        return [Route(predict_path, health_or_predict, methods=["GET", "POST"])]
+    routes = []
+    if predict_path is not None:
+        routes.append(Route(predict_path, default.vertex.starlette, methods=["POST"]))
+    if health_path is not None:
+        routes.append(Route(health_path, health.health, methods=["GET"]))
+    return routes
+
+
 def create_app(settings: RouterSettings, on_owner_lost: Callable[[], None] | None = None) -> FrontApp:
     """`on_owner_lost`: called once if the link to the queue owner process drops
     (--router-workers >= 2); the server then stops and exits non-zero."""
@@ -177,8 +198,12 @@ def create_app(settings: RouterSettings, on_owner_lost: Callable[[], None] | Non
         "/invocations": default.default_route(settings),
         "/": default.default_route(settings),
     }
+    if settings.vertex_predict_route is not None:
+        direct[settings.vertex_predict_route] = default.vertex
     routes = [
-        *(Route(path, endpoint.starlette, methods=["POST"]) for path, endpoint in direct.items() if path != "/"),
+        *vertex_routes(settings),
+        *(Route(path, endpoint.starlette, methods=["POST"]) for path, endpoint in direct.items()
+          if path not in ("/", settings.vertex_predict_route)),
         Route("/tokenize", tokenize.tokenize.starlette, methods=["POST"]),
         Route("/", _root, methods=["GET", "POST"]),
         Route("/health", health.health, methods=["GET"]),
@@ -199,7 +224,8 @@ def create_app(settings: RouterSettings, on_owner_lost: Callable[[], None] | Non
         )
     ]
     if settings.api_key:
-        middleware.append(Middleware(ApiKeyMiddleware, api_key=settings.api_key))
+        public_get_paths = frozenset(p for p in (settings.vertex_health_route,) if p is not None)
+        middleware.append(Middleware(ApiKeyMiddleware, api_key=settings.api_key, public_get_paths=public_get_paths))
     starlette = Starlette(
         routes=routes,
         middleware=middleware,

@@ -23,12 +23,14 @@ class ApiKeyMiddleware:
 
     Starlette's routes only: router/front.py checks the key itself on its direct routes."""
 
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
+    def __init__(self, app: ASGIApp, api_key: str, public_get_paths: frozenset[str] = frozenset()) -> None:
         self._app = app
         self._expected = expected_authorization(api_key)
+        # More health routes (Vertex AI's AIP_HEALTH_ROUTE), open to GET as /health is.
+        self._public_get_paths = public_get_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or _is_public(scope):
+        if scope["type"] != "http" or _is_public(scope, self._public_get_paths):
             await self._app(scope, receive, send)
             return
         if is_authorized(dict(scope["headers"]).get(b"authorization", b""), self._expected):
@@ -38,6 +40,6 @@ class ApiKeyMiddleware:
         await send({"type": "http.response.body", "body": b""})
 
 
-def _is_public(scope: Scope) -> bool:
+def _is_public(scope: Scope, public_get_paths: frozenset[str]) -> bool:
     path = scope["path"]
-    return path in PUBLIC_PATHS or (path == "/" and scope["method"] == "GET")
+    return path in PUBLIC_PATHS or (scope["method"] == "GET" and (path == "/" or path in public_get_paths))

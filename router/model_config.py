@@ -6,12 +6,15 @@ in their config protos. Only JSON files are read here: no framework imports.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from router.st_modules import DenseLayer, Pooling, pooling_of, read_json, read_pipeline
 from router.st_modules import ModelConfigError as ModelConfigError  # raised by both; importers catch it here
+
+logger = logging.getLogger("launcher")
 
 ModelType = Literal["embedding", "classifier", "reranker"]
 
@@ -54,7 +57,8 @@ class ModelSpec:
     include_prompt: bool = True
 
 
-def load_model_spec(model_dir: Path, pooling_flag: str | None = None) -> ModelSpec:
+def load_model_spec(model_dir: Path, pooling_flag: str | None = None, dense_path: str | None = None) -> ModelSpec:
+    """`dense_path`: --dense-path, the Dense module to apply (router/st_modules.py)."""
     config_path = model_dir / "config.json"
     if not config_path.is_file():
         raise ModelConfigError(f"{model_dir} has no config.json")
@@ -83,12 +87,18 @@ def load_model_spec(model_dir: Path, pooling_flag: str | None = None) -> ModelSp
             raise ModelConfigError("a classifier's config.json needs id2label")
         model_type = "reranker" if len(id2label) == 1 else "classifier"
     else:
-        pipeline = read_pipeline(model_dir)
+        pipeline = read_pipeline(model_dir, dense_path)
         dense_layers = pipeline.dense_layers
         pooling_config = _pooling_config(pipeline.pooling_dir)
         include_prompt = bool(pooling_config.get("include_prompt", True)) if pooling_config else True
         pooling = requested or _pooling_from_config(pooling_config, pipeline.pooling_dir,
                                                     str(config.get("model_type", "")))
+        width = (pooling_config or {}).get("word_embedding_dimension")
+        if dense_layers and isinstance(width, int) and dense_layers[0].in_features != width:
+            raise ModelConfigError(f"Dense module {dense_layers[0].path.name} takes {dense_layers[0].in_features} "
+                                   f"features but the pooled embedding has {width}")
+    if dense_path is not None and (model_type != "embedding" or pooling == "splade"):
+        logger.warning("--dense-path %s is ignored: Dense modules apply to pooled embeddings only", dense_path)
 
     position_offset = 0
     if config.get("model_type") in POSITION_OFFSET_MODEL_TYPES:

@@ -55,6 +55,10 @@ class RouterSettings:
     # "priority": interactive work overtakes bulk work (router/lanes.py); "fifo": TEI's order.
     queue_policy: str = "priority"
     interactive_max_tokens: int = 128
+    # Vertex AI's AIP_PREDICT_ROUTE (answers as /vertex) and AIP_HEALTH_ROUTE
+    # (answers as /health), as the launcher read them; None: not served.
+    vertex_predict_route: str | None = None
+    vertex_health_route: str | None = None
 
     @property
     def lane_policy(self) -> LanePolicy:
@@ -109,4 +113,6 @@ class RouterSettings:
             router_workers=config.router_workers or 1,
             queue_policy=config.queue_policy or "priority",
             interactive_max_tokens=config.interactive_max_tokens,
+            vertex_predict_route=config.vertex_predict_route if config.HasField("vertex_predict_route") else None,
+            vertex_health_route=config.vertex_health_route if config.HasField("vertex_health_route") else None,
         )

@@ -11,6 +11,7 @@ JSON only here, like the rest of `router/model_config.py`.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Any, Literal
 
 Pooling = Literal["cls", "mean", "last_token", "splade"]
 Activation = Literal["identity", "tanh", "relu", "sigmoid"]
+
+logger = logging.getLogger("launcher")
 
 
 class ModelConfigError(ValueError):
@@ -74,11 +77,17 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def read_pipeline(model_dir: Path) -> Pipeline:
-    """The modules after the transformer; without modules.json, `1_Pooling` alone."""
+def read_pipeline(model_dir: Path, dense_path: str | None = None) -> Pipeline:
+    """The modules after the transformer; without modules.json, `1_Pooling` alone.
+
+    `dense_path` (--dense-path) is TEI's choice among Dense folders such as stella's
+    `2_Dense_<dims>` (backends/src/lib.rs): it replaces the Dense module when
+    modules.json names exactly one, is ignored when it names several or none, and
+    without modules.json is the Dense module applied after pooling (TEI's --help)."""
     modules_path = model_dir / "modules.json"
     if not modules_path.is_file():
-        return Pipeline(model_dir / "1_Pooling")
+        chosen = (read_dense(_chosen_dense_dir(model_dir, dense_path)),) if dense_path else ()
+        return Pipeline(model_dir / "1_Pooling", chosen)
     try:
         modules = json.loads(modules_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -87,7 +96,7 @@ def read_pipeline(model_dir: Path) -> Pipeline:
         raise ModelConfigError(f"{modules_path} must hold a list of modules")
 
     pooling_dir: Path | None = None
-    dense: list[DenseLayer] = []
+    dense_dirs: list[Path] = []
     # Normalize is left to the request's `normalize`, which only works as the last step.
     normalized_before_dense = False
     for index, module in enumerate(modules):
@@ -99,13 +108,13 @@ def read_pipeline(model_dir: Path) -> Pipeline:
             continue
         folder = _module_dir(model_dir, str(module.get("path", "")))
         if kind == "Pooling":
-            if pooling_dir is not None or dense:
+            if pooling_dir is not None or dense_dirs:
                 raise ModelConfigError("modules.json has a Pooling module after another Pooling or Dense module")
             pooling_dir = folder
         elif kind == "Dense":
             if normalized_before_dense:
                 raise ModelConfigError("modules.json normalizes before a Dense module, which is not supported")
-            dense.append(read_dense(folder))
+            dense_dirs.append(folder)
         elif kind in IGNORED_MODULES:
             normalized_before_dense |= kind == "Normalize"
         else:
@@ -113,6 +122,9 @@ def read_pipeline(model_dir: Path) -> Pipeline:
                 f"modules.json module {index} ({type_name or 'no type'}) is not supported: only "
                 f"{', '.join(APPLIED_MODULES + IGNORED_MODULES)} can follow the transformer"
             )
+    if dense_path is not None:
+        dense_dirs = _apply_dense_path(model_dir, dense_dirs, dense_path)
+    dense = [read_dense(folder) for folder in dense_dirs]
     if dense and pooling_dir is None:
         raise ModelConfigError("modules.json has Dense modules but no Pooling module before them")
     for previous, layer in zip(dense, dense[1:]):
@@ -121,6 +133,30 @@ def read_pipeline(model_dir: Path) -> Pipeline:
                                 f"{previous.path.name} gives {previous.out_features}")
     # No Pooling module named: TEI reads 1_Pooling all the same.
     return Pipeline(pooling_dir or model_dir / "1_Pooling", tuple(dense))
+
+
+def _apply_dense_path(model_dir: Path, dense_dirs: list[Path], dense_path: str) -> list[Path]:
+    if len(dense_dirs) == 1:
+        chosen = _chosen_dense_dir(model_dir, dense_path)
+        if chosen != dense_dirs[0]:
+            logger.info("modules.json names Dense module %s; --dense-path %s is used instead",
+                        dense_dirs[0].name, dense_path)
+        return [chosen]
+    logger.warning("--dense-path %s is ignored: modules.json names %s", dense_path,
+                   f"{len(dense_dirs)} Dense modules, applied in order" if dense_dirs else "no Dense module")
+    return dense_dirs
+
+
+def _chosen_dense_dir(model_dir: Path, dense_path: str) -> Path:
+    """The --dense-path folder, which must be a folder inside the model directory."""
+    normalized = os.path.normpath(dense_path)
+    folder = model_dir / normalized
+    if os.path.isabs(normalized) or normalized in (".", "..") or normalized.startswith("../") \
+            or not folder.is_dir():
+        present = sorted(p.name for p in model_dir.glob("*Dense*") if p.is_dir())
+        raise ModelConfigError(f"--dense-path {dense_path}: no such folder in the model directory "
+                               f"(Dense folders there: {', '.join(present) or 'none'})")
+    return folder
 
 
 def _module_dir(model_dir: Path, relative: str) -> Path:

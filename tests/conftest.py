@@ -159,9 +159,11 @@ def _wait_healthy(server: RunningServer) -> None:
 
 @contextmanager
 def start_server(
-    *args: str, tmp_dir: Path, expect_clean_exit: bool = True, env: dict[str, str] | None = None
+    *args: str, tmp_dir: Path, expect_clean_exit: bool = True, env: dict[str, str] | None = None,
+    listen_port: int | None = None,
 ) -> Iterator[RunningServer]:
-    """The launcher with `args` (after the defaults below, so they win) and `env` added to ours."""
+    """The launcher with `args` (after the defaults below, so they win) and `env` added to ours.
+    `listen_port`: where HTTP is served when `env` moves it off --port (AIP_HTTP_PORT)."""
     port, grpc_port = free_port(), free_port()
     uds = short_socket_prefix()
     log_path = tmp_dir / f"embedserve-{port}.log"
@@ -172,7 +174,7 @@ def start_server(
         # the default follows the cores, and tests count processes.
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
                                    env={"ROUTER_WORKERS": "1", **os.environ, **(env or {})})
-    server = RunningServer(f"http://127.0.0.1:{port}", uds, process, log_path, f"127.0.0.1:{grpc_port}")
+    server = RunningServer(f"http://127.0.0.1:{listen_port or port}", uds, process, log_path, f"127.0.0.1:{grpc_port}")
     try:
         _wait_healthy(server)
         yield server

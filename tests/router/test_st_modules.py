@@ -138,3 +138,72 @@ def test_pooling_override_keeps_the_dense_layers(model_dir: Path, tmp_path: Path
                        {"2_Dense": DENSE_384_256})
     spec = load_model_spec(target, "cls")
     assert (spec.pooling, len(spec.dense_layers)) == ("cls", 1)
+
+
+# ---------------------------------------------------------------- --dense-path (TEI's choice among 2_Dense_<dims>)
+
+DENSE_384_64 = {**DENSE_384_256, "out_features": 64}
+STELLA_LIKE = {"2_Dense_256": DENSE_384_256, "2_Dense_64": DENSE_384_64}
+
+
+def _stella_like(model_dir: Path, target: Path, modules: list[dict[str, Any]] | None = None) -> Path:
+    """One Dense module in modules.json (2_Dense_256) and another one beside it (2_Dense_64)."""
+    return _pipeline(model_dir, target, {"word_embedding_dimension": 384, "pooling_mode": "mean"},
+                     [TRANSFORMER, POOLING, _dense("2_Dense_256", 2)] if modules is None else modules, STELLA_LIKE)
+
+
+def _widths(spec: Any) -> list[tuple[str, int]]:
+    return [(layer.path.name, layer.out_features) for layer in spec.dense_layers]
+
+
+def test_dense_path_replaces_the_one_dense_module(model_dir: Path, tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    target = _stella_like(model_dir, tmp_path / "m")
+    assert _widths(load_model_spec(target)) == [("2_Dense_256", 256)]
+    with caplog.at_level("INFO"):
+        assert _widths(load_model_spec(target, None, "2_Dense_64")) == [("2_Dense_64", 64)]
+    assert "modules.json names Dense module 2_Dense_256; --dense-path 2_Dense_64 is used instead" in caplog.text
+    # TEI's spelling with a trailing slash, and the module modules.json names itself.
+    assert _widths(load_model_spec(target, None, "2_Dense_64/")) == [("2_Dense_64", 64)]
+    assert _widths(load_model_spec(target, None, "2_Dense_256")) == [("2_Dense_256", 256)]
+
+
+def test_dense_path_without_modules_json_is_the_dense_module(model_dir: Path, tmp_path: Path) -> None:
+    target = _stella_like(model_dir, tmp_path / "m")
+    (target / "modules.json").unlink()
+    assert _widths(load_model_spec(target)) == []
+    assert _widths(load_model_spec(target, None, "2_Dense_64")) == [("2_Dense_64", 64)]
+
+
+@pytest.mark.parametrize(("modules", "why"), [
+    ([TRANSFORMER, POOLING, _dense("2_Dense_256", 2), _dense("3_Dense", 3)], "2 Dense modules, applied in order"),
+    ([TRANSFORMER, POOLING], "no Dense module"),
+])
+def test_dense_path_is_ignored_unless_there_is_one_dense_module(
+    model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, modules: list[dict[str, Any]], why: str
+) -> None:
+    target = _stella_like(model_dir, tmp_path / "m", modules)
+    (target / "3_Dense").mkdir()
+    (target / "3_Dense" / "config.json").write_text(json.dumps(DENSE_256_128))
+    (target / "3_Dense" / "model.safetensors").write_bytes(b"")
+    expected = _widths(load_model_spec(target))
+    with caplog.at_level("WARNING"):
+        assert _widths(load_model_spec(target, None, "2_Dense_64")) == expected
+    assert f"--dense-path 2_Dense_64 is ignored: modules.json names {why}" in caplog.text
+
+
+@pytest.mark.parametrize("dense_path", ["2_Dense_1024", "../2_Dense_64", "/etc", ".", "config.json"])
+def test_dense_path_must_be_a_folder_of_the_model(model_dir: Path, tmp_path: Path, dense_path: str) -> None:
+    target = _stella_like(model_dir, tmp_path / "m")
+    with pytest.raises(ModelConfigError) as raised:
+        load_model_spec(target, None, dense_path)
+    assert str(raised.value) == (f"--dense-path {dense_path}: no such folder in the model directory "
+                                 "(Dense folders there: 2_Dense_256, 2_Dense_64)")
+
+
+def test_dense_path_must_take_the_pooled_width(model_dir: Path, tmp_path: Path) -> None:
+    target = _stella_like(model_dir, tmp_path / "m")
+    (target / "2_Dense_64" / "config.json").write_text(json.dumps({**DENSE_384_64, "in_features": 1024}))
+    with pytest.raises(ModelConfigError, match="Dense module 2_Dense_64 takes 1024 features but the pooled "
+                                               "embedding has 384"):
+        load_model_spec(target, None, "2_Dense_64")
