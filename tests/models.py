@@ -524,3 +524,33 @@ def _dense_modules(width: int, dense: DenseLayers, seed: int) -> list[Any]:
         modules.append(layer)
         width = out_features
     return modules
+
+
+def build_st_multi_dense_model(target: Path, tokenizer_source: Path, widths: tuple[int, int] = (64, 32),
+                               seed: int = 0) -> Path:
+    """A stella-like pipeline: modules.json applies `2_Dense_<widths[0]>`, and a second Dense
+    module, `2_Dense_<widths[1]>`, lies beside it for --dense-path to pick (both Tanh, with bias)."""
+    build_st_dense_model(target, tokenizer_source, [(widths[0], "Tanh", True)], seed)
+    default = f"2_Dense_{widths[0]}"
+    (target / "2_Dense").rename(target / default)
+    modules = json.loads((target / "modules.json").read_text())
+    for module in modules:
+        if module["path"] == "2_Dense":
+            module["path"] = default
+    (target / "modules.json").write_text(json.dumps(modules))
+    width = int(json.loads((target / "config.json").read_text())["hidden_size"])
+    (alternative,) = _dense_modules(width, [(widths[1], "Tanh", True)], seed + 1)
+    (target / f"2_Dense_{widths[1]}").mkdir()
+    alternative.save(str(target / f"2_Dense_{widths[1]}"))
+    return target
+
+
+def with_dense_module(model_dir: Path, target: Path, folder: str) -> Path:
+    """A copy of a one-Dense pipeline whose modules.json applies `folder` instead: what
+    sentence-transformers computes for that choice."""
+    shutil.copytree(model_dir, target)
+    modules = json.loads((target / "modules.json").read_text())
+    (dense,) = [m for m in modules if m["type"].endswith("Dense")]
+    dense["path"] = folder
+    (target / "modules.json").write_text(json.dumps(modules))
+    return target

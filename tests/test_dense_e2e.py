@@ -16,7 +16,15 @@ import pytest
 
 from tests.backends.parity import cosine, embed_over_http, st_encode
 from tests.conftest import ROOT, short_socket_prefix, start_server
-from tests.models import DEFAULT_DENSE, add_dense_modules, build_remote_code_model, build_st_dense_model
+from launcher import build_parser
+from tests.models import (
+    DEFAULT_DENSE,
+    add_dense_modules,
+    build_remote_code_model,
+    build_st_dense_model,
+    build_st_multi_dense_model,
+    with_dense_module,
+)
 
 TEXTS = [
     "Dense layers project the pooled sentence embedding",
@@ -88,4 +96,51 @@ def test_unsupported_module_refuses_to_start_in_one_line(st_dense_model: Path, t
     errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
     assert len(errors) == 1, result.stderr
     assert "sentence_transformers.models.LSTM" in errors[0] and "is not supported" in errors[0]
+    assert "backend-0" not in result.stderr  # refused before any child started
+
+
+# ---------------------------------------------------------------- --dense-path
+
+
+@pytest.fixture(scope="module")
+def stella_like(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
+    # modules.json applies 2_Dense_64; 2_Dense_32 lies beside it, as stella's 2_Dense_<dims> do.
+    return build_st_multi_dense_model(tmp_path_factory.mktemp("stella") / "stella-like", model_dir, (64, 32))
+
+
+def test_dense_path_picks_the_dense_module(stella_like: Path, tmp_path: Path) -> None:
+    picked = st_encode(with_dense_module(stella_like, tmp_path / "st-32", "2_Dense_32"), TEXTS)
+    with start_server("--model-id", str(stella_like), "--backend", "torch", "--dense-path", "2_Dense_32",
+                      tmp_dir=tmp_path) as server:
+        got = embed_over_http(server.url, TEXTS)
+        raw = embed_over_http(server.url, TEXTS, normalize=False)
+    assert "--dense-path 2_Dense_32 is used instead" in server.log()
+    assert got.shape == raw.shape == (len(TEXTS), 32)
+    assert cosine(got, picked).min() >= 0.9999
+    assert cosine(raw, picked).min() >= 0.9999
+
+
+def test_without_dense_path_modules_json_decides(stella_like: Path, tmp_path: Path) -> None:
+    default = st_encode(stella_like, TEXTS)
+    assert default.shape == (len(TEXTS), 64)
+    with start_server("--model-id", str(stella_like), "--backend", "torch", tmp_dir=tmp_path) as server:
+        got = embed_over_http(server.url, TEXTS)
+    assert got.shape == (len(TEXTS), 64)
+    assert cosine(got, default).min() >= 0.9999
+
+
+def test_dense_path_has_its_env_twin(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert build_parser().parse_args([]).dense_path is None
+    monkeypatch.setenv("DENSE_PATH", "2_Dense_1024")
+    assert build_parser().parse_args([]).dense_path == "2_Dense_1024"
+    assert build_parser().parse_args(["--dense-path", "2_Dense"]).dense_path == "2_Dense"
+
+
+def test_a_missing_dense_path_refuses_to_start_in_one_line(stella_like: Path) -> None:
+    result = _launch("--hostname", "127.0.0.1", "--model-id", str(stella_like), "--dense-path", "2_Dense_1024")
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, result.stderr
+    assert errors[0].endswith("--dense-path 2_Dense_1024: no such folder in the model directory "
+                              "(Dense folders there: 2_Dense_32, 2_Dense_64)")
     assert "backend-0" not in result.stderr  # refused before any child started
