@@ -53,6 +53,8 @@ KUBE_CURRENT = "1.37.0"
 KUBE_OLDEST = "1.30.0"
 KUBE_VERSIONS = (KUBE_OLDEST, KUBE_CURRENT)
 GPU_RESOURCE = "nvidia.com/gpu"
+# The per-network-namespace sysctl below which binding a port takes root or CAP_NET_BIND_SERVICE.
+UNPRIVILEGED_PORT_START = "net.ipv4.ip_unprivileged_port_start"
 SERVER_CONTAINER = "embedserve"
 
 Manifest = dict[str, Any]
@@ -74,7 +76,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     **{path.name.removesuffix("-values.yaml"): _ci_values(path.name.removesuffix("-values.yaml"))
        for path in sorted((CHART / "ci").glob("*-values.yaml"))},
     "hostpath-nogrpc": {
-        "server": {"grpcPort": 0, "jsonOutput": False, "gracefulTimeout": 12.5, "autoTruncate": False,
+        "server": {"grpcPort": 0, "port": 8080, "jsonOutput": False, "gracefulTimeout": 12.5, "autoTruncate": False,
                    "bodyReadTimeout": 7.5, "exportCacheMaxGB": 2.5, "defaultRequestTimeoutMs": 20000,
                    "modelId": "/var/models/e5-small", "pooling": "mean", "corsAllowOrigin": ["*"]},
         "modelStorage": {"type": "hostPath", "mountPath": "/var/models", "readOnly": True,
@@ -392,7 +394,9 @@ def test_schema_enums_are_the_launchers_choices() -> None:
     ("values", "complaint"),
     [
         ({"server": {"backend": "tensorrt"}}, "/server/backend"),
-        ({"server": {"port": 80}}, "/server/port"),
+        ({"server": {"port": 0}}, "/server/port"),
+        ({"server": {"port": 65536}}, "/server/port"),
+        ({"server": {"grpcPort": -1}}, "/server/grpcPort"),
         ({"server": {"maxBatchTokens": "lots"}}, "/server/maxBatchTokens"),
         ({"modelStorage": {"mountPath": "/tmp"}}, "/modelStorage/mountPath"),
         ({"gpu": {"enabled": True, "count": 0}}, "/gpu/count"),
@@ -411,6 +415,8 @@ def test_schema_rejects_bad_values(chart: helm.Chart, values: dict[str, Any], co
         ({"autoscaling": {"enabled": True}, "resources": {"requests": {"cpu": None}}}, "resources.requests.cpu"),
         ({"modelStorage": {"prefetch": {"enabled": True}}}, "prefetch needs server.modelId"),
         ({"server": {"defaultPrompt": "query: ", "defaultPromptName": "query"}}, "exclusive"),
+        ({"podSecurityContext": {"sysctls": [{"name": UNPRIVILEGED_PORT_START, "value": "1024"}]}},
+         "sets net.ipv4.ip_unprivileged_port_start=1024, which keeps port 80 from the server's user"),
     ],
 )
 def test_template_refuses_contradictions(chart: helm.Chart, values: dict[str, Any], complaint: str) -> None:
@@ -570,6 +576,42 @@ def test_pods_run_non_root_on_a_read_only_root(release: Release) -> None:
         assert spec["enableServiceLinks"] is False
         for container in [*spec.get("initContainers", []), *spec["containers"]]:
             _hardened(container)
+
+
+def test_ports_below_1024_get_the_unprivileged_port_sysctl(release: Release) -> None:
+    args = server_args(release)
+    lowest = min(port for port in (args.port, args.grpc_port) if port)
+    sysctls = {s["name"]: s["value"] for s in release.pod_spec["securityContext"].get("sysctls", [])}
+    if lowest < 1024:
+        # The pod's own network namespace lets the user bind it; no capability comes back.
+        assert int(sysctls[UNPRIVILEGED_PORT_START]) <= lowest
+        assert release.server["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    else:
+        assert UNPRIVILEGED_PORT_START not in sysctls
+    # The helm test pod binds nothing.
+    for pod in release.test_pods():
+        assert "sysctls" not in pod["spec"].get("securityContext", {})
+
+
+def test_default_values_listen_on_80_like_tei(chart: helm.Chart) -> None:
+    release = render(chart, "default")
+    assert server_args(release).port == 80 and container_port(release.server, "http") == 80
+    assert release.pod_spec["securityContext"]["sysctls"] == [{"name": UNPRIVILEGED_PORT_START, "value": "0"}]
+    # The chart's other pod settings stay.
+    assert release.pod_spec["securityContext"]["runAsNonRoot"] is True
+
+
+def test_own_pod_sysctls_are_kept_beside_the_port_sysctl(chart: helm.Chart) -> None:
+    own = {"name": "net.ipv4.tcp_keepalive_time", "value": "300"}
+    rendered = chart.render({"podSecurityContext": {"sysctls": [own]}}, name=RELEASE, namespace=NAMESPACE)
+    (deployment,) = [d for d in yaml.safe_load_all(rendered["embedserve/templates/deployment.yaml"]) if d]
+    context = deployment["spec"]["template"]["spec"]["securityContext"]
+    assert context["sysctls"] == [own, {"name": UNPRIVILEGED_PORT_START, "value": "0"}]
+    # One that already allows the port is left as given.
+    allowed = {"name": UNPRIVILEGED_PORT_START, "value": "80"}
+    rendered = chart.render({"podSecurityContext": {"sysctls": [allowed]}}, name=RELEASE, namespace=NAMESPACE)
+    (deployment,) = [d for d in yaml.safe_load_all(rendered["embedserve/templates/deployment.yaml"]) if d]
+    assert deployment["spec"]["template"]["spec"]["securityContext"]["sysctls"] == [allowed]
 
 
 def test_every_path_the_server_writes_is_a_writable_volume(release: Release) -> None:
@@ -856,8 +898,9 @@ def test_dockerfile_entrypoint_and_cmd_parse_with_the_launcher(flavor: str) -> N
     env = {**image_env(flavor), "HOSTNAME": "0f3c2a9d81b4"}  # Docker sets HOSTNAME to the container id
     args = parse_launcher_args(cmd, env)
     assert args.json_output is True
-    # PORT=8080: a user without capabilities cannot bind 80, TEI images' default.
-    assert env["PORT"] == "8080" and args.port == 8080
+    # PORT=80 as in TEI's images; the user without capabilities binds it where the container's
+    # network namespace sets net.ipv4.ip_unprivileged_port_start (tests/test_port80_e2e.py).
+    assert env["PORT"] == "80" and args.port == 80
     exposed = {int(p.split("/")[0]) for rest in final.all("EXPOSE") for p in rest.split()}
     assert {args.port, args.grpc_port} <= exposed
     assert args.huggingface_hub_cache == "/data"

@@ -177,3 +177,37 @@ Environment shared by the server, the prefetch step: caches and secrets.
 - name: cache
   mountPath: {{ include "embedserve.cacheDir" . }}
 {{- end }}
+
+{{/*
+The server pod's securityContext: podSecurityContext, plus, when a port of the server is
+below 1024 (server.port 80, as TEI's images), the sysctl that lets the image's user bind
+it without any capability: net.ipv4.ip_unprivileged_port_start=0 in the pod's own network
+namespace (a safe sysctl since Kubernetes 1.22, allowed by the baseline and restricted Pod
+Security Standards). A value for it in podSecurityContext.sysctls is kept if it allows the
+ports.
+*/}}
+{{- define "embedserve.podSecurityContext" -}}
+{{- $context := deepCopy .Values.podSecurityContext }}
+{{- $lowest := int .Values.server.port }}
+{{- if and .Values.server.grpcPort (lt (int .Values.server.grpcPort) $lowest) }}
+{{- $lowest = int .Values.server.grpcPort }}
+{{- end }}
+{{- if lt $lowest 1024 }}
+{{- $sysctl := "net.ipv4.ip_unprivileged_port_start" }}
+{{- $sysctls := default (list) $context.sysctls }}
+{{- $named := false }}
+{{- range $sysctls }}
+{{- if eq .name $sysctl }}
+{{- $named = true }}
+{{- if gt (int .value) $lowest }}
+{{- fail (printf "podSecurityContext.sysctls sets %s=%v, which keeps port %d from the server's user" $sysctl .value $lowest) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if not $named }}
+{{- $sysctls = append $sysctls (dict "name" $sysctl "value" "0") }}
+{{- end }}
+{{- $_ := set $context "sysctls" $sysctls }}
+{{- end }}
+{{- toYaml $context }}
+{{- end }}
