@@ -209,3 +209,17 @@ def test_several_fronts_refuse_a_port_another_server_holds(which: str) -> None:
     errors = _error_lines(result.stderr)
     assert len(errors) == 1 and f"cannot bind {which} port 127.0.0.1:{port}" in errors[0], result.stderr
     assert "router-0" not in result.stderr  # refused before any front started
+
+
+def test_one_router_refuses_a_taken_port_before_any_child_starts() -> None:
+    # The launcher binds each port once first: one line, not the router's traceback.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = _run_launcher("--router-workers", "1", "--port", port)
+    assert result.returncode == 3
+    errors = _error_lines(result.stderr)
+    assert len(errors) == 1 and f"cannot bind HTTP port 127.0.0.1:{port}: Address already in use" in errors[0], \
+        result.stderr
+    assert "backend-0" not in result.stderr and "failed to start" not in result.stderr
