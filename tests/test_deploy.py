@@ -912,6 +912,25 @@ def test_dockerfile_entrypoint_and_cmd_parse_with_the_launcher(flavor: str) -> N
 
 
 @pytest.mark.parametrize("flavor", DOCKERFILES)
+def test_dockerfile_healthcheck_asks_the_port_the_launcher_binds(flavor: str, server: RunningServer) -> None:
+    # The image's HEALTHCHECK command, run against a real server: on PORT, or on Vertex AI's
+    # AIP_HTTP_PORT when set (the launcher's override), at the address HOSTNAME names.
+    final = parse_dockerfile(DOCKER / f"Dockerfile.{flavor}")[-1]
+    command = json.loads(final.last("HEALTHCHECK").split("CMD", 1)[1])
+    assert command[:2] == ["python", "-c"]
+    port = server.url.rsplit(":", 1)[1]
+
+    def check(**env: str) -> int:
+        base = {"PATH": os.environ.get("PATH", ""), "HOSTNAME": "127.0.0.1"}
+        return subprocess.run([sys.executable, *command[1:]], env={**base, **env}, capture_output=True,
+                              timeout=30).returncode
+
+    assert check(PORT=port) == 0
+    assert check(PORT="9", AIP_HTTP_PORT=port) == 0
+    assert check(PORT="9") != 0
+
+
+@pytest.mark.parametrize("flavor", DOCKERFILES)
 def test_dockerfile_is_multistage_pinned_and_non_root(flavor: str, chart: helm.Chart) -> None:
     stages = parse_dockerfile(DOCKER / f"Dockerfile.{flavor}")
     assert len(stages) >= 2, "build tools stay in a build stage"
