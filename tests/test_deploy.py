@@ -415,6 +415,7 @@ def test_schema_rejects_bad_values(chart: helm.Chart, values: dict[str, Any], co
         ({"autoscaling": {"enabled": True}, "resources": {"requests": {"cpu": None}}}, "resources.requests.cpu"),
         ({"modelStorage": {"prefetch": {"enabled": True}}}, "prefetch needs server.modelId"),
         ({"server": {"defaultPrompt": "query: ", "defaultPromptName": "query"}}, "exclusive"),
+        ({"server": {"port": 50051}}, "server.port and server.grpcPort must differ"),
         ({"podSecurityContext": {"sysctls": [{"name": UNPRIVILEGED_PORT_START, "value": "1024"}]}},
          "sets net.ipv4.ip_unprivileged_port_start=1024, which keeps port 80 from the server's user"),
     ],
