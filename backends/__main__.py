@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from proto.child import configure_logging, read_config, serve_on_socket
+from proto.child import read_config, serve_on_socket
+from proto.logs import configure_logging
 from proto.gen_pb import config_pb2
 
 if TYPE_CHECKING:

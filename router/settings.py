@@ -55,6 +55,8 @@ class RouterSettings:
     # "priority": interactive work overtakes bulk work (router/lanes.py); "fifo": TEI's order.
     queue_policy: str = "priority"
     interactive_max_tokens: int = 128
+    # The --prometheus-port listening sockets the launcher bound (one per bind host); empty: none.
+    prometheus_fds: tuple[int, ...] = ()
 
     @property
     def lane_policy(self) -> LanePolicy:
@@ -109,4 +111,5 @@ class RouterSettings:
             router_workers=config.router_workers or 1,
             queue_policy=config.queue_policy or "priority",
             interactive_max_tokens=config.interactive_max_tokens,
+            prometheus_fds=tuple(config.prometheus_fds),
         )

@@ -166,7 +166,7 @@ def start_server(
     uds = short_socket_prefix()
     log_path = tmp_dir / f"embedserve-{port}.log"
     argv = [sys.executable, "-m", "launcher", "--hostname", "127.0.0.1", "--port", str(port), "--uds-path", uds,
-            "--grpc-port", str(grpc_port), *args]
+            "--grpc-port", str(grpc_port), "--prometheus-port", "0", *args]
     with log_path.open("wb") as log:
         # One router process unless a test (or the environment) asks for more:
         # the default follows the cores, and tests count processes.

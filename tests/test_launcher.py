@@ -26,7 +26,7 @@ def _run_launcher(*args: str, timeout_s: float = 120) -> subprocess.CompletedPro
     return subprocess.run(
         # An explicit --hostname: $HOSTNAME may not resolve on every machine (later args win).
         [sys.executable, "-m", "launcher", "--hostname", "127.0.0.1", "--port", "0", "--grpc-port", "0",
-         "--uds-path", short_socket_prefix(), *args],
+         "--prometheus-port", "0", "--uds-path", short_socket_prefix(), *args],
         capture_output=True, text=True, timeout=timeout_s, cwd=ROOT,
     )
 

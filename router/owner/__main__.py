@@ -17,7 +17,8 @@ import signal
 
 import uvloop
 
-from proto.child import configure_logging, read_config, watch_parent
+from proto.child import read_config, watch_parent
+from proto.logs import configure_logging
 from proto.gen_pb import config_pb2
 from router.settings import RouterSettings
 
