@@ -85,6 +85,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "hfToken": {"existingSecret": "hub", "existingSecretKey": "token"},
         "tests": {"enabled": False},
         "topologySpreadConstraints": [],
+        "metrics": {"port": 0},
     },
 }
 GPU_SETS = {"gpu"}
@@ -393,6 +394,7 @@ def test_schema_enums_are_the_launchers_choices() -> None:
     [
         ({"server": {"backend": "tensorrt"}}, "/server/backend"),
         ({"server": {"port": 80}}, "/server/port"),
+        ({"metrics": {"port": 900}}, "/metrics/port"),
         ({"server": {"maxBatchTokens": "lots"}}, "/server/maxBatchTokens"),
         ({"modelStorage": {"mountPath": "/tmp"}}, "/modelStorage/mountPath"),
         ({"gpu": {"enabled": True, "count": 0}}, "/gpu/count"),
@@ -411,6 +413,8 @@ def test_schema_rejects_bad_values(chart: helm.Chart, values: dict[str, Any], co
         ({"autoscaling": {"enabled": True}, "resources": {"requests": {"cpu": None}}}, "resources.requests.cpu"),
         ({"modelStorage": {"prefetch": {"enabled": True}}}, "prefetch needs server.modelId"),
         ({"server": {"defaultPrompt": "query: ", "defaultPromptName": "query"}}, "exclusive"),
+        ({"metrics": {"port": 8080}}, "metrics.port must differ from server.port"),
+        ({"metrics": {"port": 7000}, "server": {"grpcPort": 7000}}, "metrics.port must differ"),
     ],
 )
 def test_template_refuses_contradictions(chart: helm.Chart, values: dict[str, Any], complaint: str) -> None:
@@ -428,6 +432,9 @@ def test_args_parse_with_the_launchers_parser(release: Release) -> None:
     assert args.hostname == "0.0.0.0"
     assert args.port == server["port"]
     assert args.grpc_port == server["grpcPort"]
+    # Always explicit: the launcher's default (9000) may not be a port the pod exposes.
+    assert "--prometheus-port" in release.server["args"]
+    assert args.prometheus_port == release.merged["metrics"]["port"]
     assert args.model_id == (server["modelId"] or None)
     assert args.backend == server["backend"]
     assert args.dtype == (server["dtype"] or None)
@@ -487,9 +494,12 @@ def test_service_ports_reach_the_servers_listeners(release: Release) -> None:
     ports = {p["name"]: p for p in service["spec"]["ports"]}
     assert service["spec"]["selector"] == release.deployment["spec"]["selector"]["matchLabels"]
     assert container_port(container, ports["http"]["targetPort"]) == args.port
-    # Metrics are served by the HTTP listener: the metrics port is another name for it.
-    assert container_port(container, ports["metrics"]["targetPort"]) == args.port
+    # The --prometheus-port listener; without one, the HTTP listener, which serves /metrics too.
+    metrics_port = args.prometheus_port or args.port
+    assert container_port(container, ports["metrics"]["targetPort"]) == metrics_port
     assert "GET" in http_routes()["/metrics"]
+    if not args.prometheus_port:
+        assert "metrics" not in {p["name"] for p in container["ports"]}
     if args.grpc_port:
         assert container_port(container, ports["grpc"]["targetPort"]) == args.grpc_port
         assert ports["grpc"]["appProtocol"] == "kubernetes.io/h2c"
@@ -859,7 +869,7 @@ def test_dockerfile_entrypoint_and_cmd_parse_with_the_launcher(flavor: str) -> N
     # PORT=8080: a user without capabilities cannot bind 80, TEI images' default.
     assert env["PORT"] == "8080" and args.port == 8080
     exposed = {int(p.split("/")[0]) for rest in final.all("EXPOSE") for p in rest.split()}
-    assert {args.port, args.grpc_port} <= exposed
+    assert {args.port, args.grpc_port, args.prometheus_port} <= exposed
     assert args.huggingface_hub_cache == "/data"
     assert env["EMBEDSERVE_CACHE_DIR"].startswith("/data/")
     assert env["HF_HOME"] and env["PATH"].startswith("/opt/venv/bin:")
