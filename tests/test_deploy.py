@@ -37,6 +37,7 @@ import yaml
 from kubernetes_validate import utils as kv_utils
 
 import launcher
+from proto.logs import parse_log_level
 from router.app import create_app
 from router.metrics import Metrics
 from router.settings import RouterSettings
@@ -395,6 +396,7 @@ def test_schema_enums_are_the_launchers_choices() -> None:
         ({"server": {"backend": "tensorrt"}}, "/server/backend"),
         ({"server": {"port": 80}}, "/server/port"),
         ({"metrics": {"port": 900}}, "/metrics/port"),
+        ({"server": {"logLevel": "info;rm -rf"}}, "/server/logLevel"),
         ({"server": {"maxBatchTokens": "lots"}}, "/server/maxBatchTokens"),
         ({"modelStorage": {"mountPath": "/tmp"}}, "/modelStorage/mountPath"),
         ({"gpu": {"enabled": True, "count": 0}}, "/gpu/count"),
@@ -457,6 +459,15 @@ def test_args_parse_with_the_launchers_parser(release: Release) -> None:
         assert args.api_key is not None and args.api_key.startswith("<secret ")
     else:
         assert args.api_key is None
+
+
+@pytest.mark.parametrize("log_level", ["trace", "INFO", "info,router=debug", "text_embeddings_router=debug,warn"])
+def test_log_level_takes_teis_forms(chart: helm.Chart, log_level: str) -> None:
+    rendered = chart.render({"server": {"logLevel": log_level}}, name=RELEASE, namespace=NAMESPACE)
+    [deployment] = [doc for name, text in rendered.items() if not name.endswith("NOTES.txt")
+                    for doc in yaml.safe_load_all(text) if doc and doc["kind"] == "Deployment"]
+    assert container_env(deployment["spec"]["template"]["spec"]["containers"][0])["LOG_LEVEL"] == log_level
+    assert parse_log_level(log_level).problems == ()
 
 
 def test_image_entrypoint_is_not_overridden(release: Release) -> None:
