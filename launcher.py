@@ -40,12 +40,13 @@ from pathlib import Path
 from google.protobuf.message import Message
 
 from proto.child import encode_config
-from proto.logs import configure_logging
 from proto.gen_pb import config_pb2
+from proto.logs import configure_logging
 from proto.redact import child_environment, scrub_argv
 from router.bind import BindError, host_port, local_host, resolve_bind_hosts
-from router.owner_link import owner_ready, probe_owner
 from router.model_config import POOLING_FLAG_VALUES, ModelConfigError, ModelSpec, load_model_spec
+from router.owner_link import owner_ready, probe_owner
+from router.version import VERSION
 from tokenizer_pool.frames import encode_socket_path
 
 logger = logging.getLogger("launcher")
@@ -152,15 +153,6 @@ SECRET_FLAGS = frozenset({"api_key", "hf_token", "hf_api_token"})
 DEFAULT_PROMETHEUS_PORT = 9000
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("embedserve")
-    except PackageNotFoundError:  # a source tree without an install
-        return "0.0.0"
-
-
 class _OriginList(argparse.Action):
     """--cors-allow-origin, repeatable as TEI's (clap appends one value per use):
     the first use on the command line replaces what CORS_ALLOW_ORIGIN gave, later
@@ -193,9 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="embedserve",
         description="Serve text embeddings with TEI's HTTP API. Every flag can also be set "
         "through the environment variable named in its help.",
+        epilog="LOG_LEVEL sets what is logged, in TEI's forms: a level (trace, debug, info, warn, error, off; "
+        "default info) or comma-separated directives such as info,router=debug or "
+        "text_embeddings_router=debug,warn.",
         formatter_class=_HelpFormatter,
     )
-    p.add_argument("-V", "--version", action="version", version=f"embedserve {_version()}")
+    p.add_argument("-V", "--version", action="version", version=f"embedserve {VERSION}")
     p.add_argument("--model-id", default=_env("MODEL_ID"),
                    help="Local model directory or Hugging Face Hub id [env MODEL_ID]. "
                    f"Default: the bundled {DEFAULT_MODEL_ID}.")

@@ -18,8 +18,8 @@ import signal
 import uvloop
 
 from proto.child import read_config, watch_parent
-from proto.logs import configure_logging
 from proto.gen_pb import config_pb2
+from proto.logs import configure_logging
 from router.settings import RouterSettings
 
 logger = logging.getLogger("router.owner")
