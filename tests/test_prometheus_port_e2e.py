@@ -3,6 +3,8 @@ the whole server's totals; a taken port stops the start in one line."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -11,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, free_port, short_socket_prefix, start_server
+from tests.conftest import ROOT, free_port, short_socket_prefix, start_server, wait_for
 
 
 def _series(text: str, name: str) -> float:
@@ -51,6 +53,36 @@ def test_several_fronts_report_the_whole_servers_totals(tmp_path: Path) -> None:
         for _ in range(4):
             text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
             assert _series(text, "te_embed_count") == 6 and _series(text, "te_request_count") == 6
+        # A front that dies and comes back serves the same listener (the launcher keeps it).
+        router_pids = server.child_pids("router")
+        [front_1] = [pid for pid in router_pids if Path(f"/proc/{pid}/cmdline").read_bytes().endswith(b"router-1\0")]
+        os.kill(front_1, signal.SIGKILL)
+        wait_for(lambda: "router-1 restarted" in server.log(), 60, "the front restarted")
+        wait_for(lambda: len(server.child_pids("router")) == len(router_pids), 60, "the front back")
+        [new_front_1] = [pid for pid in server.child_pids("router")
+                         if Path(f"/proc/{pid}/cmdline").read_bytes().endswith(b"router-1\0")]
+        assert _listening_inode(metrics_port) in _socket_inodes(new_front_1)
+        for _ in range(4):
+            response = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics")
+            assert response.status_code == 200 and "# TYPE te_embed_count counter" in response.text
+
+
+def _listening_inode(port: int) -> str:
+    """The inode of the socket listening on 127.0.0.1:`port` (/proc/net/tcp)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":  # 0A: LISTEN
+            return fields[9]
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = os.readlink(fd)
+        if target.startswith("socket:["):
+            inodes.add(target.removeprefix("socket:[").removesuffix("]"))
+    return inodes
 
 
 def _launch(*args: str) -> subprocess.CompletedProcess[str]:
