@@ -40,12 +40,14 @@ from pathlib import Path
 
 from google.protobuf.message import Message
 
-from proto.child import configure_logging, encode_config
+from proto.child import encode_config
 from proto.gen_pb import config_pb2
+from proto.logs import configure_logging
 from proto.redact import child_environment, scrub_argv
 from router.bind import BindError, host_port, local_host, resolve_bind_hosts
-from router.owner_link import owner_ready, probe_owner
 from router.model_config import POOLING_FLAG_VALUES, ModelConfigError, ModelSpec, load_model_spec
+from router.owner_link import owner_ready, probe_owner
+from router.version import VERSION
 from router.vertex_env import VertexEnv, VertexEnvError, read_vertex_env
 from tokenizer_pool.frames import encode_socket_path
 
@@ -148,7 +150,26 @@ def _default_router_workers() -> int:
 
 
 # Flags whose value must not appear in --help even when it comes from the environment.
-SECRET_FLAGS = frozenset({"api_key", "hf_token"})
+SECRET_FLAGS = frozenset({"api_key", "hf_token", "hf_api_token"})
+# TEI's Prometheus listener port (router/src/main.rs).
+DEFAULT_PROMETHEUS_PORT = 9000
+
+
+class _OriginList(argparse.Action):
+    """--cors-allow-origin, repeatable as TEI's (clap appends one value per use):
+    the first use on the command line replaces what CORS_ALLOW_ORIGIN gave, later
+    uses add to it. Commas split a value, as in the environment variable."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: str | Sequence[object] | None, option_string: str | None = None) -> None:
+        current = getattr(namespace, self.dest)
+        given = [values] if isinstance(values, str) else list(values or ())
+        origins = _split_origins(",".join(str(v) for v in given))
+        setattr(namespace, self.dest, origins if current is self.default else [*current, *origins])
+
+
+def _split_origins(raw: str) -> list[str]:
+    return [origin.strip() for origin in raw.split(",") if origin.strip()]
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -166,8 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="embedserve",
         description="Serve text embeddings with TEI's HTTP API. Every flag can also be set "
         "through the environment variable named in its help.",
+        epilog="LOG_LEVEL sets what is logged, in TEI's forms: a level (trace, debug, info, warn, error, off; "
+        "default info) or comma-separated directives such as info,router=debug or "
+        "text_embeddings_router=debug,warn.",
         formatter_class=_HelpFormatter,
     )
+    p.add_argument("-V", "--version", action="version", version=f"embedserve {VERSION}")
     p.add_argument("--model-id", default=_env("MODEL_ID"),
                    help="Local model directory or Hugging Face Hub id [env MODEL_ID]. "
                    f"Default: the bundled {DEFAULT_MODEL_ID}.")
@@ -254,9 +279,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--huggingface-hub-cache", default=_env("HUGGINGFACE_HUB_CACHE"),
                    help="Hugging Face cache folder for Hub ids [env HUGGINGFACE_HUB_CACHE]")
     p.add_argument("--hf-token", default=_env("HF_TOKEN"), help="Hub token for private models [env HF_TOKEN]")
-    p.add_argument("--cors-allow-origin", nargs="*",
-                   default=[o for o in (_env("CORS_ALLOW_ORIGIN") or "").split(",") if o.strip()],
-                   help="Origins allowed by CORS (comma-separated in the env var); default any [env CORS_ALLOW_ORIGIN]")
+    # TEI's deprecated spelling of --hf-token, hidden from --help as there.
+    p.add_argument("--hf-api-token", default=_env("HF_API_TOKEN"), help=argparse.SUPPRESS)
+    p.add_argument("--prometheus-port", type=int,
+                   default=int(_env("PROMETHEUS_PORT", str(DEFAULT_PROMETHEUS_PORT)) or DEFAULT_PROMETHEUS_PORT),
+                   help="Port of a second listener that serves only /metrics (the same server-wide totals as "
+                   "/metrics on --port, which stays); 0 turns it off [env PROMETHEUS_PORT]")
+    p.add_argument("--cors-allow-origin", nargs="*", action=_OriginList,
+                   default=_split_origins(_env("CORS_ALLOW_ORIGIN") or ""),
+                   help="Origins allowed by CORS: repeat the flag or separate them with commas (also in the env "
+                   "var); default any [env CORS_ALLOW_ORIGIN]")
     p.add_argument("--default-request-timeout-ms", type=int,
                    default=int(_env("DEFAULT_REQUEST_TIMEOUT_MS", "0") or 0),
                    help="Deadline of requests that send no x-request-timeout-ms header; inputs still queued "
@@ -407,6 +439,11 @@ def plan_launch(args: argparse.Namespace) -> LaunchPlan:
                         ("--router-workers", args.router_workers)):
         if value <= 0:
             raise LaunchError(f"{name} must be positive, got {value}", EXIT_CONFIG_ERROR)
+    if not 0 <= args.prometheus_port <= 65535:
+        raise LaunchError(f"--prometheus-port must be 0 to 65535, got {args.prometheus_port}", EXIT_CONFIG_ERROR)
+    if args.prometheus_port and args.prometheus_port in (args.port, args.grpc_port):
+        raise LaunchError(f"--prometheus-port {args.prometheus_port} is also the HTTP or gRPC port; give it its own "
+                          "(or 0 for none)", EXIT_CONFIG_ERROR)
     if args.interactive_max_tokens < 0:
         raise LaunchError(f"--interactive-max-tokens must be 0 or more, got {args.interactive_max_tokens}",
                           EXIT_CONFIG_ERROR)
@@ -648,6 +685,31 @@ def bind_http_sockets(plan: LaunchPlan) -> list[list[socket.socket]]:
     return fronts
 
 
+def bind_prometheus_sockets(plan: LaunchPlan) -> list[socket.socket]:
+    """The --prometheus-port listening sockets, one per bind host, bound here so a
+    taken port stops the launch in one line before any child starts. The router
+    (or every front, sharing them: a scrape is rare) serves them; the launcher
+    keeps them open for a restarted front."""
+    port = plan.args.prometheus_port
+    if not port:
+        return []
+    sockets: list[socket.socket] = []
+    try:
+        for host in plan.bind_hosts:
+            sock = _tcp_socket(host)
+            sockets.append(sock)
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                raise LaunchError(_bind_failure("Prometheus", host, port, exc)) from exc
+            sock.listen(128)
+    except LaunchError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
 def refuse_unusable_ports(plan: LaunchPlan) -> None:
     """Bind each port once, before any child starts, so that a port taken or not
     ours to bind stops the launch in one line rather than in the router's log.
@@ -681,7 +743,8 @@ def _unprivileged_port_start() -> int:
 
 
 def build_children(
-    plan: LaunchPlan, router_pipe: RouterPipe, http_fds: Sequence[Sequence[int]] = ()
+    plan: LaunchPlan, router_pipe: RouterPipe, http_fds: Sequence[Sequence[int]] = (),
+    prometheus_fds: Sequence[int] = (),
 ) -> tuple[list[ChildProcess], list[ChildProcess], list[ChildProcess]]:
     """The backends, the tokenizer workers, and the router processes: one router,
     or (--router-workers >= 2) the queue owner then the fronts."""
@@ -752,6 +815,7 @@ def build_children(
         default_request_timeout_ms=args.default_request_timeout_ms, body_read_timeout_s=args.body_read_timeout,
         queue_policy=args.queue_policy, interactive_max_tokens=args.interactive_max_tokens,
         otlp_service_name=args.otlp_service_name, disable_spans=args.disable_spans,
+        prometheus_fds=list(prometheus_fds),
     )
     if args.otlp_endpoint:
         rconfig.otlp_endpoint = args.otlp_endpoint
@@ -768,7 +832,7 @@ def build_children(
     assert router_pipe.write_fd is not None
     if args.router_workers == 1:
         router = ChildProcess("router", [python, "-m", "router", "router"], base_env, rconfig,
-                              pass_fds=(router_pipe.write_fd,))
+                              pass_fds=(router_pipe.write_fd, *prometheus_fds))
         return backends, tokenizers, [router]
     # Every router process holds the pipe's write end: workers outlive them all.
     owner_path = f"{uds}-router-owner"
@@ -789,7 +853,7 @@ def build_children(
         # queue owner dropped its queued inputs already.
         routers.append(ChildProcess(
             f"router-{index}", [python, "-m", "router", f"router-{index}"], base_env, fconfig,
-            pass_fds=(router_pipe.write_fd, *http_fds[index]), ready_check=_front_ready_check(owner_path, index, plan),
+            pass_fds=(router_pipe.write_fd, *http_fds[index], *prometheus_fds), ready_check=_front_ready_check(owner_path, index, plan),
             restartable=True,
         ))
     return backends, tokenizers, routers
@@ -822,10 +886,22 @@ class Launcher:
         self._signal_count = 0
         self._router_pipe = RouterPipe.open()
         refuse_unusable_ports(plan)
-        self._http_sockets = bind_http_sockets(plan) if plan.args.router_workers > 1 else []
-        self._backends, self._tokenizers, self._routers = build_children(
-            plan, self._router_pipe, [[sock.fileno() for sock in front] for front in self._http_sockets]
-        )
+        self._prometheus_sockets = bind_prometheus_sockets(plan)
+        self._http_sockets: list[list[socket.socket]] = []
+        try:
+            if plan.args.router_workers > 1:
+                self._http_sockets = bind_http_sockets(plan)
+            self._backends, self._tokenizers, self._routers = build_children(
+                plan, self._router_pipe, [[sock.fileno() for sock in front] for front in self._http_sockets],
+                [sock.fileno() for sock in self._prometheus_sockets],
+            )
+        except LaunchError:
+            self._close_sockets()
+            raise
+
+    def _close_sockets(self) -> None:
+        for sock in [*self._prometheus_sockets, *(sock for front in self._http_sockets for sock in front)]:
+            sock.close()
 
     def _handle_signal(self, signum: int, frame: object) -> None:
         self._signal_count += 1
@@ -907,9 +983,7 @@ class Launcher:
         # Fronts, then the queue owner (it serves their drain), then the workers.
         stop_children(self._routers[1:], self._plan.args.graceful_timeout + ROUTER_STOP_MARGIN_S)
         stop_children(self._routers[:1], self._plan.args.graceful_timeout + ROUTER_STOP_MARGIN_S)
-        for front_sockets in self._http_sockets:
-            for sock in front_sockets:
-                sock.close()
+        self._close_sockets()
         stop_children(self._backends + self._tokenizers, WORKER_STOP_TIMEOUT_S)
         # A child killed or crashed never removed its socket; the next start must not find it.
         for child in self._all_children():
@@ -919,9 +993,13 @@ class Launcher:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging("launcher", args.json_output)
+    configure_logging("launcher", args.json_output, report_problems=True)
     if argv is None:  # our own command line, not a caller's list
-        scrub_argv([args.api_key, args.hf_token])
+        scrub_argv([args.api_key, args.hf_token, args.hf_api_token])
+    if args.hf_api_token is not None:
+        # As TEI (router/src/main.rs): a warning, and --hf-token wins when both are set.
+        logger.warning("--hf-api-token (HF_API_TOKEN) is deprecated: use --hf-token (HF_TOKEN) instead")
+        args.hf_token = args.hf_token or args.hf_api_token
     try:
         plan = plan_launch(args)
         return Launcher(plan).run()

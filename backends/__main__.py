@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from proto.child import configure_logging, read_config, serve_on_socket
+from proto.child import read_config, serve_on_socket
 from proto.gen_pb import config_pb2
+from proto.logs import configure_logging
 
 if TYPE_CHECKING:
     from backends.base import Activation, Backend, EngineSpec

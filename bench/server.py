@@ -48,6 +48,7 @@ def server_command(model_dir: Path, port: int, extra_args: list[str]) -> list[st
         "--port", str(port),
         "--uds-path", f"/tmp/esb-{os.getpid()}",
         "--grpc-port", "0",  # the bench drives HTTP only; never collide on the default port
+        "--prometheus-port", "0",  # nor on the default metrics port (9000)
         *extra_args,
     ]
 

@@ -18,13 +18,13 @@ the read end to every worker, restarted ones included. EOF on it means the
 router has exited (or never started); the wait is bounded by the router's
 graceful timeout plus a margin. Then the worker stops and removes its socket.
 
-Children log to the inherited stderr (JSON lines with `--json-output`).
+Children log to the inherited stderr (JSON lines with `--json-output`), set up
+by proto/logs.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import select
@@ -81,39 +81,6 @@ def _read_exactly(fd: int, size: int) -> bytes:
         chunks.append(chunk)
         left -= len(chunk)
     return b"".join(chunks)
-
-
-class _JsonFormatter(logging.Formatter):
-    def __init__(self, role: str) -> None:
-        super().__init__()
-        self._role = role
-
-    def format(self, record: logging.LogRecord) -> str:
-        payload = {
-            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname,
-            "process": self._role,
-            "target": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            payload["exception"] = self.formatException(record.exc_info)
-        return json.dumps(payload, ensure_ascii=False)
-
-
-def configure_logging(role: str, json_output: bool) -> None:
-    """Set up the root logger of a process; called before heavy imports."""
-    handler = logging.StreamHandler(sys.stderr)
-    if json_output:
-        handler.setFormatter(_JsonFormatter(role))
-    else:
-        handler.setFormatter(
-            logging.Formatter(f"%(asctime)s %(levelname)-5s [{role}] %(name)s: %(message)s")
-        )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(os.environ.get("LOG_LEVEL", "INFO").upper())
 
 
 def watch_parent(on_parent_gone: Callable[[], object], router_link: config_pb2.RouterLink | None = None) -> None:

@@ -7,8 +7,9 @@ import sys
 
 import uvloop
 
-from proto.child import configure_logging, read_config
+from proto.child import read_config
 from proto.gen_pb import config_pb2
+from proto.logs import configure_logging
 from router.server import run
 from router.settings import RouterSettings
 

@@ -17,6 +17,7 @@ from proto.child import watch_parent
 from router import prompt_close
 from router.app import create_app
 from router.bind import host_port
+from router.metrics_listener import metrics_app, serve_metrics
 from router.settings import RouterSettings
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,19 @@ async def run(settings: RouterSettings) -> int:
             logger.warning("graceful timeout: %d request(s) still in flight are cut off", state.in_flight)
 
     prompt_close.install()
+    metrics_stopped = asyncio.Event()
+    metrics_server = None
+    if settings.prometheus_fds:
+        # Up from the start (503 until the app is), down once the main server is.
+        metrics_server = asyncio.create_task(serve_metrics(
+            metrics_app(lambda: getattr(app.state, "embedserve", None)), settings.prometheus_fds, metrics_stopped
+        ))
     await serve(app, config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
+    if metrics_server is not None:
+        metrics_stopped.set()
+        try:
+            await metrics_server
+        except Exception:
+            logger.exception("the --prometheus-port listener failed")
     logger.info("router stopped")
     return exit_code

@@ -59,6 +59,8 @@ class RouterSettings:
     # (answers as /health), as the launcher read them; None: not served.
     vertex_predict_route: str | None = None
     vertex_health_route: str | None = None
+    # The --prometheus-port listening sockets the launcher bound (one per bind host); empty: none.
+    prometheus_fds: tuple[int, ...] = ()
 
     @property
     def lane_policy(self) -> LanePolicy:
@@ -115,4 +117,5 @@ class RouterSettings:
             interactive_max_tokens=config.interactive_max_tokens,
             vertex_predict_route=config.vertex_predict_route if config.HasField("vertex_predict_route") else None,
             vertex_health_route=config.vertex_health_route if config.HasField("vertex_health_route") else None,
+            prometheus_fds=tuple(config.prometheus_fds),
         )

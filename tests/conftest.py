@@ -148,8 +148,12 @@ def _wait_healthy(server: RunningServer) -> None:
         if server.process.poll() is not None:
             pytest.fail(f"embedserve exited with {server.process.returncode} during start-up:\n{server.log()}")
         try:
-            # The launcher logs "ready" once it supervises: only then is start-up over.
-            if httpx.get(f"{server.url}/health", timeout=2).status_code == 200 and " ready in " in server.log():
+            # The launcher logs "ready" once it supervises: only then is start-up over
+            # (a text line, or a JSON line's message with --json-output).
+            log = server.log()
+            if httpx.get(f"{server.url}/health", timeout=2).status_code == 200 and (
+                " ready in " in log or '"message": "ready in ' in log
+            ):
                 return
         except httpx.HTTPError:
             pass
@@ -168,7 +172,7 @@ def start_server(
     uds = short_socket_prefix()
     log_path = tmp_dir / f"embedserve-{port}.log"
     argv = [sys.executable, "-m", "launcher", "--hostname", "127.0.0.1", "--port", str(port), "--uds-path", uds,
-            "--grpc-port", str(grpc_port), *args]
+            "--grpc-port", str(grpc_port), "--prometheus-port", "0", *args]
     with log_path.open("wb") as log:
         # One router process unless a test (or the environment) asks for more:
         # the default follows the cores, and tests count processes.

@@ -55,7 +55,8 @@ def test_auto_picks_onnx_on_cpu_and_int8_stays_close(tmp_path: Path, sentence_tr
 
 def _launch(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "launcher", "--port", "0", "--grpc-port", "0", "--uds-path", short_socket_prefix(),
+        [sys.executable, "-m", "launcher", "--port", "0", "--grpc-port", "0", "--prometheus-port", "0",
+         "--uds-path", short_socket_prefix(),
          *args],
         capture_output=True, text=True, timeout=180, cwd=ROOT,
     )

@@ -80,7 +80,8 @@ def test_dense_on_remote_code_matches_sentence_transformers(tmp_path: Path, mode
 
 def _launch(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "launcher", "--port", "0", "--grpc-port", "0", "--uds-path", short_socket_prefix(),
+        [sys.executable, "-m", "launcher", "--port", "0", "--grpc-port", "0", "--prometheus-port", "0",
+         "--uds-path", short_socket_prefix(),
          *args],
         capture_output=True, text=True, timeout=180, cwd=ROOT,
     )

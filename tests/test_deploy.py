@@ -37,6 +37,7 @@ import yaml
 from kubernetes_validate import utils as kv_utils
 
 import launcher
+from proto.logs import parse_log_level
 from router.app import create_app
 from router.metrics import Metrics
 from router.settings import RouterSettings
@@ -87,6 +88,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "hfToken": {"existingSecret": "hub", "existingSecretKey": "token"},
         "tests": {"enabled": False},
         "topologySpreadConstraints": [],
+        "metrics": {"port": 0},
     },
 }
 GPU_SETS = {"gpu"}
@@ -397,6 +399,8 @@ def test_schema_enums_are_the_launchers_choices() -> None:
         ({"server": {"port": 0}}, "/server/port"),
         ({"server": {"port": 65536}}, "/server/port"),
         ({"server": {"grpcPort": -1}}, "/server/grpcPort"),
+        ({"metrics": {"port": 900}}, "/metrics/port"),
+        ({"server": {"logLevel": "info;rm -rf"}}, "/server/logLevel"),
         ({"server": {"maxBatchTokens": "lots"}}, "/server/maxBatchTokens"),
         ({"modelStorage": {"mountPath": "/tmp"}}, "/modelStorage/mountPath"),
         ({"gpu": {"enabled": True, "count": 0}}, "/gpu/count"),
@@ -418,6 +422,8 @@ def test_schema_rejects_bad_values(chart: helm.Chart, values: dict[str, Any], co
         ({"server": {"port": 50051}}, "server.port and server.grpcPort must differ"),
         ({"podSecurityContext": {"sysctls": [{"name": UNPRIVILEGED_PORT_START, "value": "1024"}]}},
          "sets net.ipv4.ip_unprivileged_port_start=1024, which keeps port 80 from the server's user"),
+        ({"metrics": {"port": 8080}, "server": {"port": 8080}}, "metrics.port must differ from server.port"),
+        ({"metrics": {"port": 7000}, "server": {"grpcPort": 7000}}, "metrics.port must differ"),
     ],
 )
 def test_template_refuses_contradictions(chart: helm.Chart, values: dict[str, Any], complaint: str) -> None:
@@ -435,6 +441,9 @@ def test_args_parse_with_the_launchers_parser(release: Release) -> None:
     assert args.hostname == "0.0.0.0"
     assert args.port == server["port"]
     assert args.grpc_port == server["grpcPort"]
+    # Always explicit: the launcher's default (9000) may not be a port the pod exposes.
+    assert "--prometheus-port" in release.server["args"]
+    assert args.prometheus_port == release.merged["metrics"]["port"]
     assert args.model_id == (server["modelId"] or None)
     assert args.backend == server["backend"]
     assert args.dtype == (server["dtype"] or None)
@@ -457,6 +466,15 @@ def test_args_parse_with_the_launchers_parser(release: Release) -> None:
         assert args.api_key is not None and args.api_key.startswith("<secret ")
     else:
         assert args.api_key is None
+
+
+@pytest.mark.parametrize("log_level", ["trace", "INFO", "info,router=debug", "text_embeddings_router=debug,warn"])
+def test_log_level_takes_teis_forms(chart: helm.Chart, log_level: str) -> None:
+    rendered = chart.render({"server": {"logLevel": log_level}}, name=RELEASE, namespace=NAMESPACE)
+    [deployment] = [doc for name, text in rendered.items() if not name.endswith("NOTES.txt")
+                    for doc in yaml.safe_load_all(text) if doc and doc["kind"] == "Deployment"]
+    assert container_env(deployment["spec"]["template"]["spec"]["containers"][0])["LOG_LEVEL"] == log_level
+    assert parse_log_level(log_level).problems == ()
 
 
 def test_image_entrypoint_is_not_overridden(release: Release) -> None:
@@ -494,9 +512,12 @@ def test_service_ports_reach_the_servers_listeners(release: Release) -> None:
     ports = {p["name"]: p for p in service["spec"]["ports"]}
     assert service["spec"]["selector"] == release.deployment["spec"]["selector"]["matchLabels"]
     assert container_port(container, ports["http"]["targetPort"]) == args.port
-    # Metrics are served by the HTTP listener: the metrics port is another name for it.
-    assert container_port(container, ports["metrics"]["targetPort"]) == args.port
+    # The --prometheus-port listener; without one, the HTTP listener, which serves /metrics too.
+    metrics_port = args.prometheus_port or args.port
+    assert container_port(container, ports["metrics"]["targetPort"]) == metrics_port
     assert "GET" in http_routes()["/metrics"]
+    if not args.prometheus_port:
+        assert "metrics" not in {p["name"] for p in container["ports"]}
     if args.grpc_port:
         assert container_port(container, ports["grpc"]["targetPort"]) == args.grpc_port
         assert ports["grpc"]["appProtocol"] == "kubernetes.io/h2c"
@@ -903,7 +924,7 @@ def test_dockerfile_entrypoint_and_cmd_parse_with_the_launcher(flavor: str) -> N
     # network namespace sets net.ipv4.ip_unprivileged_port_start (tests/test_port80_e2e.py).
     assert env["PORT"] == "80" and args.port == 80
     exposed = {int(p.split("/")[0]) for rest in final.all("EXPOSE") for p in rest.split()}
-    assert {args.port, args.grpc_port} <= exposed
+    assert {args.port, args.grpc_port, args.prometheus_port} <= exposed
     assert args.huggingface_hub_cache == "/data"
     assert env["EMBEDSERVE_CACHE_DIR"].startswith("/data/")
     assert env["HF_HOME"] and env["PATH"].startswith("/opt/venv/bin:")

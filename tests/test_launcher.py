@@ -26,7 +26,7 @@ def _run_launcher(*args: str, timeout_s: float = 120) -> subprocess.CompletedPro
     return subprocess.run(
         # An explicit --hostname: $HOSTNAME may not resolve on every machine (later args win).
         [sys.executable, "-m", "launcher", "--hostname", "127.0.0.1", "--port", "0", "--grpc-port", "0",
-         "--uds-path", short_socket_prefix(), *args],
+         "--prometheus-port", "0", "--uds-path", short_socket_prefix(), *args],
         capture_output=True, text=True, timeout=timeout_s, cwd=ROOT,
     )
 
@@ -178,6 +178,10 @@ def test_json_output_logs_json_lines() -> None:
     result = _run_launcher("--json-output", "--model-id", "/nonexistent/model/dir")
     lines = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
     assert lines and lines[-1]["level"] == "ERROR" and "does not exist" in lines[-1]["message"]
+    # TEI's field names (tracing-subscriber's flattened JSON), and ours beside them.
+    assert lines[-1]["target"] == "launcher" and lines[-1]["filename"] == "launcher.py"
+    assert isinstance(lines[-1]["line_number"], int) and lines[-1]["timestamp"].endswith("Z")
+    assert lines[-1]["process"] == "launcher"
 
 
 @pytest.mark.parametrize("flag", ["--body-read-timeout", "--graceful-timeout"])

@@ -23,7 +23,7 @@ from router.infer import ResponseMetadata
 from router.infer import CallLimits
 from router.lanes import PRIORITY_HEADER, parse_priority
 from router.operations import Truncation
-from router.routes.health import VERSION
+from router.version import VERSION
 from router.state import AppState
 
 # tei-contract §2.3

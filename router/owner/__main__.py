@@ -17,8 +17,9 @@ import signal
 
 import uvloop
 
-from proto.child import configure_logging, read_config, watch_parent
+from proto.child import read_config, watch_parent
 from proto.gen_pb import config_pb2
+from proto.logs import configure_logging
 from router.settings import RouterSettings
 
 logger = logging.getLogger("router.owner")

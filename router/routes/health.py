@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from importlib.metadata import PackageNotFoundError, version
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -13,11 +12,7 @@ from router.openapi import DOCS_HTML, build_openapi
 from router.errors import BackendUnavailableError
 from router.routes._http import app_state, json_response
 from router.settings import RouterSettings
-
-try:
-    VERSION = version("embedserve")
-except PackageNotFoundError:  # running from a source tree without an install
-    VERSION = "0.0.0"
+from router.version import VERSION
 
 
 async def health(request: Request) -> Response:

@@ -113,7 +113,13 @@ render as floats (2e+06).
 {{- if and $s.defaultPrompt $s.defaultPromptName }}
 {{- fail "server.defaultPrompt and server.defaultPromptName are exclusive" }}
 {{- end }}
+{{- $metricsPort := .Values.metrics.port | int }}
+{{- if and $metricsPort (has $metricsPort (list ($s.port | int) ($s.grpcPort | int))) }}
+{{- fail "metrics.port must differ from server.port and server.grpcPort (0 turns it off)" }}
+{{- end }}
 {{- $args := list "--hostname" "0.0.0.0" "--port" ($s.port | int | toString) "--grpc-port" ($s.grpcPort | int | toString) }}
+{{- /* Always given: the launcher's own default (9000) is a port the pod may not expose. */}}
+{{- $args = concat $args (list "--prometheus-port" ($metricsPort | toString)) }}
 {{- $args = concat $args (list "--uds-path" (printf "%s/embedserve" (include "embedserve.tmpDir" .))) }}
 {{- $args = concat $args (list "--huggingface-hub-cache" (trimSuffix "/" .Values.modelStorage.mountPath)) }}
 {{- with $s.modelId }}{{ $args = concat $args (list "--model-id" .) }}{{ end }}
