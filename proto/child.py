@@ -83,13 +83,18 @@ def _read_exactly(fd: int, size: int) -> bytes:
     return b"".join(chunks)
 
 
+# Set by router/tracing when spans are on: the current span's TEI log fields
+# (`span`, `spans`) for JSON lines; None leaves them out (--disable-spans, no tracing).
+span_fields: Callable[[], dict[str, object]] | None = None
+
+
 class _JsonFormatter(logging.Formatter):
     def __init__(self, role: str) -> None:
         super().__init__()
         self._role = role
 
     def format(self, record: logging.LogRecord) -> str:
-        payload = {
+        payload: dict[str, object] = {
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
@@ -97,6 +102,8 @@ class _JsonFormatter(logging.Formatter):
             "target": record.name,
             "message": record.getMessage(),
         }
+        if span_fields is not None:
+            payload.update(span_fields())
         if record.exc_info:
             payload["exception"] = self.formatException(record.exc_info)
         return json.dumps(payload, ensure_ascii=False)

@@ -55,6 +55,10 @@ class RouterSettings:
     # "priority": interactive work overtakes bulk work (router/lanes.py); "fifo": TEI's order.
     queue_policy: str = "priority"
     interactive_max_tokens: int = 128
+    # Tracing (router/tracing): where spans go (None: no tracing), as which service, or none at all.
+    otlp_endpoint: str | None = None
+    otlp_service_name: str = "text-embeddings-inference.server"
+    disable_spans: bool = False
 
     @property
     def lane_policy(self) -> LanePolicy:
@@ -109,4 +113,7 @@ class RouterSettings:
             router_workers=config.router_workers or 1,
             queue_policy=config.queue_policy or "priority",
             interactive_max_tokens=config.interactive_max_tokens,
+            otlp_endpoint=config.otlp_endpoint if config.HasField("otlp_endpoint") else None,
+            otlp_service_name=config.otlp_service_name,
+            disable_spans=config.disable_spans,
         )
