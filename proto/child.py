@@ -83,7 +83,7 @@ def _read_exactly(fd: int, size: int) -> bytes:
     return b"".join(chunks)
 
 
-# Set by router/tracing when spans are on: the current span's TEI log fields
+# Set by proto/tracing when spans are on: the current span's TEI log fields
 # (`span`, `spans`) for JSON lines; None leaves them out (--disable-spans, no tracing).
 span_fields: Callable[[], dict[str, object]] | None = None
 

@@ -7,9 +7,9 @@ import sys
 
 import uvloop
 
+from proto import tracing
 from proto.child import configure_logging, read_config
 from proto.gen_pb import config_pb2
-from router import tracing
 from router.server import run
 from router.settings import RouterSettings
 

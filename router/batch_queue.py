@@ -24,20 +24,19 @@ import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from typing import TYPE_CHECKING
-
+from proto import tracing
 from proto.codec import pack_u32
 from proto.gen_pb import backend_pb2
-from router import tracing
 from router.errors import DeadlineExceededError
 from router.metrics import Metrics
 from router.queue_handle import EntryFuture
 
 if TYPE_CHECKING:
-    from router.tracing.otlp import EntrySpans
+    from proto.tracing.otlp import EntrySpans
 
 
 def _deadline_message(entry: QueueEntry, now: float) -> str:
@@ -60,7 +59,7 @@ class QueueEntry:
     enqueued_at: float = field(default_factory=time.perf_counter)
     # The request span this input's spans join (W3C traceparent); "" untraced.
     traceparent: str = ""
-    # Its `queue` and `inference` spans, made at append when traced (router/tracing).
+    # Its `queue` and `inference` spans, made at append when traced (proto/tracing).
     trace: EntrySpans | None = None
 
     def __len__(self) -> int:

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from proto import tracing
 from proto.gen_pb import backend_pb2
-from router import tracing
 from router.backend_client import BackendClient, BatchOutput
 from router.batch_queue import BatchQueue, FormedBatch
 from router.errors import BackendDownError, BackendError, EmbedServeError
@@ -29,7 +29,7 @@ from router.metrics import Metrics
 from router.queue_handle import EntryResult
 
 if TYPE_CHECKING:
-    from router.tracing.otlp import BatchTrace
+    from proto.tracing.otlp import BatchTrace
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,8 @@ class Dispatcher:
             self._metrics.batch_next_tokens.observe(batch.token_sum)
             started = time.perf_counter()
             trace = _batch_trace(batch, self._kind, backend.name)
+            if trace is not None:
+                batch.message.traceparent = trace.traceparent()
             try:
                 output = await call(batch.message)
                 values = _split_results(batch, output)
@@ -124,7 +126,7 @@ def _split_results(batch: FormedBatch, output: BatchOutput) -> list[np.ndarray]:
 
 
 def _batch_trace(batch: FormedBatch, kind: Kind, backend: str) -> BatchTrace | None:
-    """The batch's span, if any of its inputs is traced (router/tracing)."""
+    """The batch's span, if any of its inputs is traced (proto/tracing)."""
     tracer = tracing.active()
     if tracer is None:
         return None

@@ -17,7 +17,7 @@ from typing import Literal, TypeVar
 
 import numpy as np
 
-from router import tracing
+from proto import tracing
 from router.errors import (
     BackendUnavailableError,
     DeadlineExceededError,

@@ -69,7 +69,7 @@ class Submit(_Msg, tag="submit"):
     # Queue the inputs in the interactive lane (router/lanes.py).
     interactive: bool = False
     # The request span the inputs' queue and inference spans join (W3C
-    # traceparent, router/tracing); "" when tracing is off: omitted on the wire.
+    # traceparent, proto/tracing); "" when tracing is off: omitted on the wire.
     traceparent: str = ""
 
 

@@ -55,7 +55,7 @@ class RouterSettings:
     # "priority": interactive work overtakes bulk work (router/lanes.py); "fifo": TEI's order.
     queue_policy: str = "priority"
     interactive_max_tokens: int = 128
-    # Tracing (router/tracing): where spans go (None: no tracing), as which service, or none at all.
+    # Tracing (proto/tracing): where spans go (None: no tracing), as which service, or none at all.
     otlp_endpoint: str | None = None
     otlp_service_name: str = "text-embeddings-inference.server"
     disable_spans: bool = False

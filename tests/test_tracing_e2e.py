@@ -52,9 +52,12 @@ def _embed_grpc(server: RunningServer, traceparent: str) -> None:
 
 def _stages_arrived(trace_id: str, inputs: int):  # type: ignore[no-untyped-def]
     def arrived(spans: list[ReceivedSpan]) -> bool:
-        names = [s.name for s in spans if s.trace_id == trace_id]
+        in_trace = [s for s in spans if s.trace_id == trace_id]
+        names = [s.name for s in in_trace]
+        batches = {link for s in in_trace if s.name == "inference" for link in s.linked_span_ids}
+        forwarded = {s.parent_id for s in spans if s.name == "forward"}
         return names.count("queue") >= inputs and names.count("inference") >= inputs and "encode" in names and (
-            "embed" in names)
+            "embed" in names) and batches <= forwarded
 
     return arrived
 
@@ -93,6 +96,11 @@ def _check_trace(spans: list[ReceivedSpan], trace_id: str, caller_span_id: str, 
         assert request.span_id in batch.linked_span_ids
         assert batch.resource["embedserve.process"] == queue_process
         assert int(str(batch.attributes["batch_size"])) >= 1
+        # The backend process continues the batch's trace with its `forward` span.
+        [forward] = [s for s in spans if s.name == "forward" and s.parent_id == batch.span_id]
+        assert forward.trace_id == batch.trace_id
+        assert forward.resource["embedserve.process"] == "backend-0"
+        assert forward.resource["service.name"] == SERVICE
 
 
 def _run_and_check(server: RunningServer, receiver: TraceReceiver, front: str, queue_process: str) -> None:
@@ -110,6 +118,7 @@ def test_embed_spans_join_the_callers_trace(receiver: TraceReceiver, tmp_path: P
     args = ("--otlp-endpoint", receiver.endpoint, "--otlp-service-name", SERVICE)
     with start_server(*args, tmp_dir=tmp_path, env=ENV) as server:
         _run_and_check(server, receiver, "router", "router")
+        _check_stream(server, receiver)
         # No traceparent (or a malformed one): the request starts a trace of its own.
         before = {s.trace_id for s in receiver.spans()}
         _embed_http(server, {})
@@ -120,6 +129,24 @@ def test_embed_spans_join_the_callers_trace(receiver: TraceReceiver, tmp_path: P
         for span in fresh:
             if span.trace_id not in before and span.span.kind == Span.SPAN_KIND_SERVER:
                 assert not span.parent_id
+
+
+def _check_stream(server: RunningServer, receiver: TraceReceiver) -> None:
+    """Each message of a gRPC stream is a request span under the call's traceparent."""
+    trace_id, parent, header = _caller()
+    messages = [tei_pb2.EmbedRequest(inputs=text) for text in ("first streamed", "second streamed")]
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        answers = list(tei_pb2_grpc.EmbedStub(channel).EmbedStream(
+            iter(messages), metadata=[("traceparent", header)], timeout=60
+        ))
+    assert len(answers) == 2
+    spans = receiver.wait_for(lambda spans: len(
+        [s for s in spans if s.trace_id == trace_id and s.name == "embed_stream"]) == 2 and len(
+        [s for s in spans if s.trace_id == trace_id and s.name == "inference"]) == 2)
+    items = [s for s in spans if s.trace_id == trace_id and s.name == "embed_stream"]
+    assert all(item.parent_id == parent for item in items)
+    item_ids = {item.span_id for item in items}
+    assert {s.parent_id for s in spans if s.trace_id == trace_id and s.name in ("encode", "queue", "inference")} == item_ids
 
 
 def test_the_queue_owner_process_joins_the_trace(receiver: TraceReceiver, tmp_path: Path) -> None:

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol, TypeVar
 import grpc
 import numpy as np
 
+from proto import tracing
 from proto.gen_pb import tei_pb2, tei_pb2_grpc
-from router import tracing
 from router.errors import EmbedServeError, ValidationError
 from router.infer import ResponseMetadata
 from router.infer import CallLimits
@@ -28,7 +28,7 @@ from router.routes.health import VERSION
 from router.state import AppState
 
 if TYPE_CHECKING:
-    from router.tracing.otlp import Tracing
+    from proto.tracing.otlp import Tracing
 
 # tei-contract §2.3
 STATUS_BY_ERROR_TYPE = {
@@ -96,7 +96,7 @@ class _Service:
         self._state.metrics.request_failure.inc(err="dropped")
 
     async def _unary(self, context: grpc.aio.ServicerContext, work: Awaitable[Outcome], span_name: str) -> Any:
-        """`span_name`: the request span's, TEI's method name (router/tracing)."""
+        """`span_name`: the request span's, TEI's method name (proto/tracing)."""
         tracer = tracing.active()
         if tracer is None:
             return await self._unary_call(context, work)

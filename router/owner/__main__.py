@@ -17,9 +17,9 @@ import signal
 
 import uvloop
 
+from proto import tracing
 from proto.child import configure_logging, read_config, watch_parent
 from proto.gen_pb import config_pb2
-from router import tracing
 from router.settings import RouterSettings
 
 logger = logging.getLogger("router.owner")

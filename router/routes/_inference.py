@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar
 from starlette.requests import Request
 from starlette.responses import Response
 
+from proto import tracing
 from router.errors import EmbedServeError, ShuttingDownError, ValidationError
 from router.infer import ResponseMetadata
 from router.infer import CallLimits
@@ -31,7 +32,6 @@ from router.routes._http import (
     json_answer,
     read_body,
 )
-from router import tracing
 from router.schemas import decode_body
 from router.state import AppState
 
@@ -53,7 +53,7 @@ class Endpoint(Generic[B]):
     handler: Handler[B]
     # The OpenAI-compatible routes answer errors in OpenAI's shape.
     openai_errors: bool = False
-    # The request span's name: TEI's handler name (router/tracing).
+    # The request span's name: TEI's handler name (proto/tracing).
     span_name: str = ""
 
     async def answer(self, call: HttpCall) -> Answer:

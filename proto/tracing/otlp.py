@@ -1,6 +1,6 @@
 """OpenTelemetry for --otlp-endpoint: spans, W3C propagation, OTLP/gRPC export.
 
-Imported only through router/tracing/__init__.py, and only when tracing is on.
+Imported only through proto/tracing/__init__.py, and only when tracing is on.
 Facts follow TEI (router/src/logging.rs): service.name from
 --otlp-service-name, an always-on sampler (a caller's unsampled `traceparent`
 is still traced, as TEI does), a batch span processor, W3C trace context.
@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -40,9 +40,6 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-if TYPE_CHECKING:
-    from router.infer import ResponseMetadata
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +62,23 @@ def rust_duration(seconds: float) -> str:
             fraction = f"{rest:0{digits}d}".rstrip("0")
             return f"{whole}.{fraction}{unit}" if fraction else f"{whole}{unit}"
     return f"{ns}ns"
+
+
+class RequestTimings(Protocol):
+    """What the request span records (the router's ResponseMetadata)."""
+
+    @property
+    def compute_characters(self) -> int: ...
+    @property
+    def compute_tokens(self) -> int: ...
+    @property
+    def total_time_s(self) -> float: ...
+    @property
+    def tokenization_time_s(self) -> float: ...
+    @property
+    def queue_time_s(self) -> float: ...
+    @property
+    def inference_time_s(self) -> float: ...
 
 
 class _WarnOnceExporter(SpanExporter):
@@ -135,6 +149,11 @@ class BatchTrace:
         self._entries = entries
         self._started_ns = started_ns
 
+    def traceparent(self) -> str:
+        """The batch span as a W3C traceparent, for the backend's `forward` span."""
+        context = self.span.get_span_context()
+        return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+
     def finish(self, error: str | None = None) -> None:
         """The backend answered (or failed with `error`): each input's `inference` span, then the batch's."""
         for entry in self._entries:
@@ -194,6 +213,14 @@ class Tracing:
         trace.get_current_span().set_status(Status(StatusCode.ERROR, message))
 
     @contextmanager
+    def joined(self, name: str, traceparent: str, attributes: dict[str, int | bool]) -> Iterator[None]:
+        """A span of this process in the trace of a span another process sent (`traceparent`)."""
+        parent = _PROPAGATOR.extract({"traceparent": traceparent})
+        span = self._tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
+        with self._current(span, (span,)):
+            yield
+
+    @contextmanager
     def stage(self, name: str) -> Iterator[Span]:
         span = self._tracer.start_span(name)
         with self._current(span, (*_open_spans.get(), span)):
@@ -222,7 +249,7 @@ class Tracing:
         _PROPAGATOR.inject(carrier)
         return carrier.get("traceparent", "")
 
-    def record_request(self, metadata: ResponseMetadata) -> None:
+    def record_request(self, metadata: RequestTimings) -> None:
         span = trace.get_current_span()
         if not span.is_recording():
             return
