@@ -18,7 +18,8 @@ A batch holds inputs of many requests, so it cannot sit in one request's
 trace: each batch gets one span of its own (TEI's backend span name, `embed`
 or `predict`), a root linked to the request of every input it carries, and
 each input's `inference` span links back to it. One batch span per batch
-rather than per input keeps the cost per batch, not per input x batch.
+rather than per input keeps the cost per batch, not per input x batch. The
+backend continues the batch span with its `forward` span (`joined`).
 """
 
 from __future__ import annotations
