@@ -773,8 +773,10 @@ def build_children(
             dtype=args.dtype or "", pooling=pooling, device=device, max_batch_tokens=args.max_batch_tokens,
             json_output=args.json_output, name=f"backend-{index}", position_offset=plan.spec.position_offset,
             cache_dir=str(CACHE_DIR), cache_max_bytes=CACHE_MAX_BYTES, dense_layers=dense_layers,
-            router_link=router_link,
+            router_link=router_link, otlp_service_name=args.otlp_service_name, disable_spans=args.disable_spans,
         )
+        if args.otlp_endpoint:
+            config.otlp_endpoint = args.otlp_endpoint
         env = dict(base_env)
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu

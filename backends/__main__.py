@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from proto import tracing
 from proto.child import read_config, serve_on_socket
 from proto.gen_pb import config_pb2
 from proto.logs import configure_logging
@@ -91,7 +92,12 @@ def main() -> None:
         # the CPU with spinning workers (bench/CPU_NOTES.md). Set it to override.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     configure_logging(config.name or "backend", config.json_output)
-    asyncio.run(serve(config))
+    tracing.configure(config.otlp_endpoint if config.HasField("otlp_endpoint") else None, config.otlp_service_name,
+                      config.disable_spans, config.name or "backend", config.json_output)
+    try:
+        asyncio.run(serve(config))
+    finally:
+        tracing.shutdown()
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from backends.model_cpu import MODEL_THREAD_NAME, ModelCpuClock, set_thread_name
 from backends.pipeline import Pending, ready
 from backends.scheduler import ForwardScheduler, SliceSizer
 from backends.slicing import join_embed, join_predict
+from proto import tracing
 from proto.codec import pack_tensor, unpack_u32
 from proto.gen_pb import backend_pb2, backend_pb2_grpc
 
@@ -189,16 +190,20 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         job = BatchJob(batch, launch, join, backend.is_padded, self._model_cpu.take)
-        try:
-            pending, model_cpu_s = await asyncio.wrap_future(self._forward.submit(job, request.interactive))
-            # The forward thread is free for the next batch while this one's results come back.
-            values = pending.result() if pending.done or self._copy_out is None else \
-                await loop.run_in_executor(self._copy_out, pending.result)
-        except ValueError as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        except Exception as exc:  # a forward failure must reach the router, not kill the process
-            logger.exception("forward pass failed on a batch of %d sequences", batch.size)
-            await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        # The router's batch span, continued here when the batch carries one (proto/tracing).
+        span = tracing.joined("forward", request.traceparent,
+                              {"batch_size": batch.size, "batch_tokens": cost, "interactive": request.interactive})
+        with span:
+            try:
+                pending, model_cpu_s = await asyncio.wrap_future(self._forward.submit(job, request.interactive))
+                # The forward thread is free for the next batch while this one's results come back.
+                values = pending.result() if pending.done or self._copy_out is None else \
+                    await loop.run_in_executor(self._copy_out, pending.result)
+            except ValueError as exc:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            except Exception as exc:  # a forward failure must reach the router, not kill the process
+                logger.exception("forward pass failed on a batch of %d sequences", batch.size)
+                await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
         logger.debug("%s batch of %d sequences, %d tokens in %d slices, %.1f ms",
                      "interactive" if request.interactive else "bulk", batch.size, cost, job.slices,
                      (time.perf_counter() - started) * 1e3)

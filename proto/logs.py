@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -132,6 +133,12 @@ def _project_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
+# Set by proto/tracing when spans are on: the current span's TEI log fields
+# (`span`, `spans`; none while no span is open); None leaves them out
+# (--disable-spans, no tracing).
+span_fields: Callable[[], dict[str, object]] | None = None
+
+
 class TeiJsonFormatter(logging.Formatter):
     """One JSON object per line with the fields of TEI's (tracing-subscriber's
     flattened JSON): timestamp, level, message, target, filename, line_number,
@@ -154,12 +161,8 @@ class TeiJsonFormatter(logging.Formatter):
             "filename": self._filename(record.pathname),
             "line_number": record.lineno,
         }
-        span = getattr(record, "span", None)
-        if span:
-            payload["span"] = span
-        spans = getattr(record, "spans", None)
-        if spans:
-            payload["spans"] = spans
+        if span_fields is not None:
+            payload.update(span_fields())
         payload["process"] = self._role
         if record.exc_info:
             payload["exception"] = self.formatException(record.exc_info)

@@ -7,6 +7,7 @@ import sys
 
 import uvloop
 
+from proto import tracing
 from proto.child import read_config
 from proto.gen_pb import config_pb2
 from proto.logs import configure_logging
@@ -18,7 +19,14 @@ def main() -> None:
     config = read_config(config_pb2.RouterConfig)
     role = f"router-{config.front_index}" if config.owner_socket else "router"
     configure_logging(role, config.json_output)
-    sys.exit(uvloop.run(run(RouterSettings.from_proto(config))))
+    settings = RouterSettings.from_proto(config)
+    tracing.configure(settings.otlp_endpoint, settings.otlp_service_name, settings.disable_spans, role,
+                      settings.json_output)
+    try:
+        code = uvloop.run(run(settings))
+    finally:
+        tracing.shutdown()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -24,14 +24,19 @@ import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from proto import tracing
 from proto.codec import pack_u32
 from proto.gen_pb import backend_pb2
 from router.errors import DeadlineExceededError
 from router.metrics import Metrics
 from router.queue_handle import EntryFuture
+
+if TYPE_CHECKING:
+    from proto.tracing.otlp import EntrySpans
 
 
 def _deadline_message(entry: QueueEntry, now: float) -> str:
@@ -52,6 +57,10 @@ class QueueEntry:
     # Queued in the interactive lane (router/lanes.py).
     interactive: bool = False
     enqueued_at: float = field(default_factory=time.perf_counter)
+    # The request span this input's spans join (W3C traceparent); "" untraced.
+    traceparent: str = ""
+    # Its `queue` and `inference` spans, made at append when traced (proto/tracing).
+    trace: EntrySpans | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -101,6 +110,10 @@ class BatchQueue:
 
     def append(self, entry: QueueEntry) -> None:
         self.check_fits(entry)
+        if entry.traceparent:
+            tracer = tracing.active()
+            if tracer is not None:
+                entry.trace = tracer.queued(entry.traceparent)
         if entry.interactive:
             self._interactive.append(entry)
             self._interactive_queued.set()
@@ -136,10 +149,15 @@ class BatchQueue:
             if entry.future.done():
                 # Its request already failed or left, and was counted then, once.
                 lane.popleft()
+                if entry.trace is not None:
+                    entry.trace.dropped("withdrawn: the request ended before the input ran")
                 continue
             if entry.deadline is not None and now > entry.deadline:
                 lane.popleft()
-                entry.future.set_exception(DeadlineExceededError(_deadline_message(entry, now)))
+                message = _deadline_message(entry, now)
+                entry.future.set_exception(DeadlineExceededError(message))
+                if entry.trace is not None:
+                    entry.trace.dropped(message)
                 continue
             length = len(entry)
             cost = max(max_len, length) * (len(entries) + 1) if self.padded else token_sum + length
@@ -147,6 +165,8 @@ class BatchQueue:
                 break
             lane.popleft()
             entries.append(entry)
+            if entry.trace is not None:
+                entry.trace.batched()
             max_len, token_sum = max(max_len, length), token_sum + length
             if self.max_batch_requests is not None and len(entries) >= self.max_batch_requests:
                 break

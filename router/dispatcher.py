@@ -16,16 +16,20 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from proto import tracing
 from proto.gen_pb import backend_pb2
 from router.backend_client import BackendClient, BatchOutput
 from router.batch_queue import BatchQueue, FormedBatch
 from router.errors import BackendDownError, BackendError, EmbedServeError
 from router.metrics import Metrics
 from router.queue_handle import EntryResult
+
+if TYPE_CHECKING:
+    from proto.tracing.otlp import BatchTrace
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +75,9 @@ class Dispatcher:
             self._metrics.batch_next_size.observe(len(batch.entries))
             self._metrics.batch_next_tokens.observe(batch.token_sum)
             started = time.perf_counter()
+            trace = _batch_trace(batch, self._kind, backend.name)
+            if trace is not None:
+                batch.message.traceparent = trace.traceparent()
             try:
                 output = await call(batch.message)
                 values = _split_results(batch, output)
@@ -78,15 +85,17 @@ class Dispatcher:
                 logger.warning("%s is down; its batch of %d fails and it gets no more until healthy",
                                backend.name, len(batch.entries))
                 backend.mark_down()
-                _fail(batch, exc)
+                _fail(batch, exc, trace)
                 continue
             except EmbedServeError as exc:
-                _fail(batch, exc)
+                _fail(batch, exc, trace)
                 continue
             except Exception as exc:  # keep the slot alive whatever the batch did
                 logger.exception("dispatch failed")
-                _fail(batch, BackendError(f"Backend error: {exc}"))
+                _fail(batch, BackendError(f"Backend error: {exc}"), trace)
                 continue
+            if trace is not None:
+                trace.finish()
             self._metrics.backend_batch_tokens.observe(output.batch_tokens)
             self._metrics.backend_model_cpu_seconds.inc(output.model_cpu_s)
             inference_s = time.perf_counter() - started
@@ -116,7 +125,18 @@ def _split_results(batch: FormedBatch, output: BatchOutput) -> list[np.ndarray]:
     return values
 
 
-def _fail(batch: FormedBatch, error: EmbedServeError) -> None:
+def _batch_trace(batch: FormedBatch, kind: Kind, backend: str) -> BatchTrace | None:
+    """The batch's span, if any of its inputs is traced (proto/tracing)."""
+    tracer = tracing.active()
+    if tracer is None:
+        return None
+    traced = [entry.trace for entry in batch.entries if entry.trace is not None]
+    return tracer.batch(kind, traced, len(batch.entries), batch.token_sum, backend) if traced else None
+
+
+def _fail(batch: FormedBatch, error: EmbedServeError, trace: BatchTrace | None = None) -> None:
+    if trace is not None:
+        trace.finish(error.message)
     for entry in batch.entries:
         if not entry.future.done():
             entry.future.set_exception(error)

@@ -17,6 +17,7 @@ from typing import Literal, TypeVar
 
 import numpy as np
 
+from proto import tracing
 from router.errors import (
     BackendUnavailableError,
     DeadlineExceededError,
@@ -203,6 +204,7 @@ class Inference:
         metrics.request_inference_duration.observe(meta.inference_time_s)
         durations = metrics.embed_durations if family == "embed" else metrics.predict_durations
         durations.observe(meta, len(inputs))
+        tracing.record_request(meta)
         return result
 
     async def _run(self, inputs: list[Input], options: EncodeOptions, raw: bool, limits: CallLimits) -> InferenceResult:
@@ -221,7 +223,8 @@ class Inference:
             if granted.done() and not granted.result():
                 raise OverloadedError()
             try:
-                encodings = await self._encode(inputs, options)
+                with tracing.stage("encode"):
+                    encodings = await self._encode(inputs, options)
             except EmbedServeError:
                 if granted.done() and not granted.result():
                     raise OverloadedError() from None  # 429 first, as when admission came first
@@ -236,7 +239,8 @@ class Inference:
                 self._metrics.request_input_length.observe(len(item))
             interactive = self._lanes.is_interactive(limits.priority, sum(map(len, queued)))
             submission = self._queue.submit(
-                queued, raw=raw, deadline=deadline, admission=admission, interactive=interactive
+                queued, raw=raw, deadline=deadline, admission=admission, interactive=interactive,
+                traceparent=tracing.current_traceparent(),
             )
             results = await _await_or_abort(self._queue, submission, deadline)
         finally:

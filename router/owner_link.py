@@ -68,6 +68,9 @@ class Submit(_Msg, tag="submit"):
     admit: int = 0
     # Queue the inputs in the interactive lane (router/lanes.py).
     interactive: bool = False
+    # The request span the inputs' queue and inference spans join (W3C
+    # traceparent, proto/tracing); "" when tracing is off: omitted on the wire.
+    traceparent: str = ""
 
 
 class Abort(_Msg, tag="abort"):

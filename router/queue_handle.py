@@ -112,9 +112,13 @@ class QueueHandle(Protocol):
         deadline: float | None,
         admission: Admission | None = None,
         interactive: bool = False,
+        traceparent: str = "",
     ) -> Submission:
         """Queue every input of one call, in order (under `admission`'s permits),
         in the interactive lane or the bulk one (router/lanes.py).
+
+        `traceparent`: the request span (W3C) the inputs' queue and inference
+        spans belong to, wherever the queue lives; "" when tracing is off.
 
         `raw` asks for per-token vectors (/embed_all). Past `deadline` (a
         `time.perf_counter()` instant: CLOCK_MONOTONIC, the same in every process

@@ -67,10 +67,12 @@ class InprocQueueHandle:
         deadline: float | None,
         admission: Admission | None = None,
         interactive: bool = False,
+        traceparent: str = "",
     ) -> Submission:
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[EntryResult]] = [loop.create_future() for _ in inputs]
-        entries = [QueueEntry(i.input_ids, i.token_type_ids, future, raw, deadline, i.pool_start, interactive)
+        entries = [QueueEntry(i.input_ids, i.token_type_ids, future, raw, deadline, i.pool_start, interactive,
+                              traceparent=traceparent)
                    for i, future in zip(inputs, futures)]
         self._owner.append(entries)
         return Submission(futures)

@@ -159,6 +159,7 @@ class RemoteQueueHandle:
         deadline: float | None,
         admission: Admission | None = None,
         interactive: bool = False,
+        traceparent: str = "",
     ) -> Submission:
         if self.lost:
             raise BackendUnavailableError(OWNER_GONE)
@@ -181,7 +182,7 @@ class RemoteQueueHandle:
             call_id, raw, deadline,
             np.concatenate([i.input_ids for i in inputs]).astype(_U32, copy=False).tobytes(),
             np.concatenate([i.token_type_ids for i in inputs]).astype(_U32, copy=False).tobytes(),
-            lengths.tobytes(), pool_starts, admit, interactive,
+            lengths.tobytes(), pool_starts, admit, interactive, traceparent,
         ))
         self._calls[call_id] = _Call(futures, count)
         return RemoteSubmission(futures, call_id)

@@ -61,6 +61,10 @@ class RouterSettings:
     vertex_health_route: str | None = None
     # The --prometheus-port listening sockets the launcher bound (one per bind host); empty: none.
     prometheus_fds: tuple[int, ...] = ()
+    # Tracing (proto/tracing): where spans go (None: no tracing), as which service, or none at all.
+    otlp_endpoint: str | None = None
+    otlp_service_name: str = "text-embeddings-inference.server"
+    disable_spans: bool = False
 
     @property
     def lane_policy(self) -> LanePolicy:
@@ -118,4 +122,7 @@ class RouterSettings:
             vertex_predict_route=config.vertex_predict_route if config.HasField("vertex_predict_route") else None,
             vertex_health_route=config.vertex_health_route if config.HasField("vertex_health_route") else None,
             prometheus_fds=tuple(config.prometheus_fds),
+            otlp_endpoint=config.otlp_endpoint if config.HasField("otlp_endpoint") else None,
+            otlp_service_name=config.otlp_service_name,
+            disable_spans=config.disable_spans,
         )

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Literal, NoReturn, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol, TypeVar
 
 import grpc
 import numpy as np
 
+from proto import tracing
 from proto.gen_pb import tei_pb2, tei_pb2_grpc
 from router.errors import EmbedServeError, ValidationError
 from router.infer import ResponseMetadata
@@ -25,6 +26,9 @@ from router.lanes import PRIORITY_HEADER, parse_priority
 from router.operations import Truncation
 from router.version import VERSION
 from router.state import AppState
+
+if TYPE_CHECKING:
+    from proto.tracing.otlp import Tracing
 
 # tei-contract §2.3
 STATUS_BY_ERROR_TYPE = {
@@ -73,6 +77,7 @@ class _Service:
 
     async def _abort(self, context: grpc.aio.ServicerContext, exc: EmbedServeError) -> NoReturn:
         self._state.metrics.request_failure.inc(err=exc.metric_label)
+        tracing.current_failed(exc.message)
         await context.abort(STATUS_BY_ERROR_TYPE.get(exc.error_type, grpc.StatusCode.INTERNAL), exc.message)
         raise AssertionError("context.abort returned")  # it always raises
 
@@ -90,7 +95,15 @@ class _Service:
         # One per request (per stream item), as HTTP counts a client that left.
         self._state.metrics.request_failure.inc(err="dropped")
 
-    async def _unary(self, context: grpc.aio.ServicerContext, work: Awaitable[Outcome]) -> Any:
+    async def _unary(self, context: grpc.aio.ServicerContext, work: Awaitable[Outcome], span_name: str) -> Any:
+        """`span_name`: the request span's, TEI's method name (proto/tracing)."""
+        tracer = tracing.active()
+        if tracer is None:
+            return await self._unary_call(context, work)
+        with tracer.request(span_name, *_trace_context(context)):
+            return await self._unary_call(context, work)
+
+    async def _unary_call(self, context: grpc.aio.ServicerContext, work: Awaitable[Outcome]) -> Any:
         try:
             response, meta = await work
         except EmbedServeError as exc:
@@ -108,10 +121,15 @@ class _Service:
         requests: AsyncIterator[Req],
         context: grpc.aio.ServicerContext,
         handle: Callable[[Req], Awaitable[Outcome]],
+        span_name: str,
     ) -> AsyncIterator[Any]:
         """Answer each message in order while later ones already queue; at most
         `grpc_max_parallel_stream_requests` in flight. Leaving (client gone, error)
-        cancels whatever is still pending."""
+        cancels whatever is still pending. Traced, each message is a request span
+        `span_name` (TEI's stream method name) under the call's `traceparent`."""
+        tracer = tracing.active()
+        if tracer is not None:
+            handle = _traced_items(handle, tracer, span_name, _trace_context(context))
         pending: asyncio.Queue[asyncio.Future[Outcome] | None] = asyncio.Queue(
             maxsize=self._state.settings.grpc_max_parallel_stream_requests
         )
@@ -148,6 +166,26 @@ class _Service:
                 if item is not None:
                     item.cancel()
 
+
+
+def _trace_context(context: grpc.aio.ServicerContext) -> tuple[str | None, str | None]:
+    """The caller's W3C `traceparent` and `tracestate` from the call's metadata."""
+    found: dict[str, str] = {}
+    for key, value in context.invocation_metadata() or ():
+        if key in (tracing.TRACEPARENT, tracing.TRACESTATE) and key not in found:
+            found[key] = value if isinstance(value, str) else value.decode("latin-1")
+    return found.get(tracing.TRACEPARENT), found.get(tracing.TRACESTATE)
+
+
+def _traced_items(
+    handle: Callable[[Req], Awaitable[Outcome]], tracer: Tracing, span_name: str,
+    parent: tuple[str | None, str | None],
+) -> Callable[[Req], Awaitable[Outcome]]:
+    async def traced(request: Req) -> Outcome:
+        with tracer.request(span_name, *parent):
+            return await handle(request)
+
+    return traced
 
 
 class _Truncatable(Protocol):
@@ -224,26 +262,26 @@ class EmbedService(_Service, tei_pb2_grpc.EmbedServicer):
         )
 
     async def Embed(self, request: tei_pb2.EmbedRequest, context: grpc.aio.ServicerContext) -> Any:
-        return await self._unary(context, self._embed(request, context, wait=False))
+        return await self._unary(context, self._embed(request, context, wait=False), "embed")
 
     async def EmbedStream(self, requests: AsyncIterator[tei_pb2.EmbedRequest], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        async for response in self._stream(requests, context, lambda r: self._embed(r, context, wait=True)):
+        async for response in self._stream(requests, context, lambda r: self._embed(r, context, wait=True), "embed_stream"):
             yield response
 
     async def EmbedSparse(self, request: tei_pb2.EmbedSparseRequest, context: grpc.aio.ServicerContext) -> Any:
-        return await self._unary(context, self._embed_sparse(request, context, wait=False))
+        return await self._unary(context, self._embed_sparse(request, context, wait=False), "embed_sparse")
 
     async def EmbedSparseStream(
         self, requests: AsyncIterator[tei_pb2.EmbedSparseRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
-        async for response in self._stream(requests, context, lambda r: self._embed_sparse(r, context, wait=True)):
+        async for response in self._stream(requests, context, lambda r: self._embed_sparse(r, context, wait=True), "embed_sparse_stream"):
             yield response
 
     async def EmbedAll(self, request: tei_pb2.EmbedAllRequest, context: grpc.aio.ServicerContext) -> Any:
-        return await self._unary(context, self._embed_all(request, context, wait=False))
+        return await self._unary(context, self._embed_all(request, context, wait=False), "embed_all")
 
     async def EmbedAllStream(self, requests: AsyncIterator[tei_pb2.EmbedAllRequest], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        async for response in self._stream(requests, context, lambda r: self._embed_all(r, context, wait=True)):
+        async for response in self._stream(requests, context, lambda r: self._embed_all(r, context, wait=True), "embed_all_stream"):
             yield response
 
 
@@ -276,19 +314,19 @@ class PredictService(_Service, tei_pb2_grpc.PredictServicer):
         return run()
 
     async def Predict(self, request: tei_pb2.PredictRequest, context: grpc.aio.ServicerContext) -> Any:
-        return await self._unary(context, self._single(request, context, wait=False))
+        return await self._unary(context, self._single(request, context, wait=False), "predict")
 
     async def PredictPair(self, request: tei_pb2.PredictPairRequest, context: grpc.aio.ServicerContext) -> Any:
-        return await self._unary(context, self._pair(request, context, wait=False))
+        return await self._unary(context, self._pair(request, context, wait=False), "predict_pair")
 
     async def PredictStream(self, requests: AsyncIterator[tei_pb2.PredictRequest], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        async for response in self._stream(requests, context, lambda r: self._single(r, context, wait=True)):
+        async for response in self._stream(requests, context, lambda r: self._single(r, context, wait=True), "predict_stream"):
             yield response
 
     async def PredictPairStream(
         self, requests: AsyncIterator[tei_pb2.PredictPairRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
-        async for response in self._stream(requests, context, lambda r: self._pair(r, context, wait=True)):
+        async for response in self._stream(requests, context, lambda r: self._pair(r, context, wait=True), "predict_pair_stream"):
             yield response
 
 
@@ -319,7 +357,7 @@ class RerankService(_Service, tei_pb2_grpc.RerankServicer):
         pairs = [(request.query, text) for text in request.texts]
         work = self._rerank(context, pairs, request.raw_scores, request.return_text, request.truncate,
                             request.truncation_direction)
-        return await self._unary(context, work)
+        return await self._unary(context, work, "rerank")
 
     async def RerankStream(
         self, requests: AsyncIterator[tei_pb2.RerankStreamRequest], context: grpc.aio.ServicerContext
@@ -328,7 +366,7 @@ class RerankService(_Service, tei_pb2_grpc.RerankServicer):
         first = messages[0] if messages else tei_pb2.RerankStreamRequest()
         pairs = [(m.query, m.text) for m in messages]
         work = self._rerank(context, pairs, first.raw_scores, first.return_text, first.truncate, first.truncation_direction)
-        return await self._unary(context, work)
+        return await self._unary(context, work, "rerank_stream")
 
 
 class TokenizeService(_Service, tei_pb2_grpc.TokenizeServicer):
@@ -344,15 +382,15 @@ class TokenizeService(_Service, tei_pb2_grpc.TokenizeServicer):
         return tei_pb2.DecodeResponse(text=text), None
 
     async def Tokenize(self, request: tei_pb2.EncodeRequest, context: grpc.aio.ServicerContext) -> Any:
-        return await self._unary(context, self._tokenize(request))
+        return await self._unary(context, self._tokenize(request), "tokenize")
 
     async def TokenizeStream(self, requests: AsyncIterator[tei_pb2.EncodeRequest], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        async for response in self._stream(requests, context, self._tokenize):
+        async for response in self._stream(requests, context, self._tokenize, "tokenize_stream"):
             yield response
 
     async def Decode(self, request: tei_pb2.DecodeRequest, context: grpc.aio.ServicerContext) -> Any:
-        return await self._unary(context, self._decode(request))
+        return await self._unary(context, self._decode(request), "decode")
 
     async def DecodeStream(self, requests: AsyncIterator[tei_pb2.DecodeRequest], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        async for response in self._stream(requests, context, self._decode):
+        async for response in self._stream(requests, context, self._decode, "decode_stream"):
             yield response

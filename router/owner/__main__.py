@@ -17,6 +17,7 @@ import signal
 
 import uvloop
 
+from proto import tracing
 from proto.child import read_config, watch_parent
 from proto.gen_pb import config_pb2
 from proto.logs import configure_logging
@@ -69,7 +70,14 @@ async def serve(settings: RouterSettings) -> None:
 def main() -> None:
     config = read_config(config_pb2.RouterConfig)
     configure_logging("router-owner", config.json_output)
-    uvloop.run(serve(RouterSettings.from_proto(config)))
+    settings = RouterSettings.from_proto(config)
+    # The owner makes the queue and inference spans of every front's requests.
+    tracing.configure(settings.otlp_endpoint, settings.otlp_service_name, settings.disable_spans, "router-owner",
+                      settings.json_output)
+    try:
+        uvloop.run(serve(settings))
+    finally:
+        tracing.shutdown()
 
 
 if __name__ == "__main__":

@@ -175,7 +175,8 @@ class FrontConnection:
             call.slots.append(slot)
             end = offset + length
             entries.append(QueueEntry(ids[offset:end], types[offset:end], slot, message.raw, message.deadline,
-                                      int(starts[index]) if starts is not None else 0, message.interactive))
+                                      int(starts[index]) if starts is not None else 0, message.interactive,
+                                      traceparent=message.traceparent))
             offset = end
         call.open_entries = len(entries)
         try:

@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar
 from starlette.requests import Request
 from starlette.responses import Response
 
+from proto import tracing
 from router.errors import EmbedServeError, ShuttingDownError, ValidationError
 from router.infer import ResponseMetadata
 from router.infer import CallLimits
@@ -52,9 +53,21 @@ class Endpoint(Generic[B]):
     handler: Handler[B]
     # The OpenAI-compatible routes answer errors in OpenAI's shape.
     openai_errors: bool = False
+    # The request span's name: TEI's handler name (proto/tracing).
+    span_name: str = ""
 
     async def answer(self, call: HttpCall) -> Answer:
         """Every outcome, errors included, as an answer; only a bug raises."""
+        tracer = tracing.active()
+        if tracer is None:
+            return await self._answer(call)
+        parent = call.header(_TRACEPARENT_KEY)
+        with tracer.request(self.span_name, parent, call.header(_TRACESTATE_KEY) if parent else None) as span:
+            answer = await self._answer(call)
+            tracer.answered(span, answer.status)
+            return answer
+
+    async def _answer(self, call: HttpCall) -> Answer:
         state = call.state
         started = time.perf_counter()
         try:
@@ -88,8 +101,13 @@ class Endpoint(Generic[B]):
         return (await self.answer(HttpCall.of(request))).response()
 
 
-def endpoint(schema: type[B], handler: Handler[B], *, openai_errors: bool = False) -> Endpoint[B]:
-    return Endpoint(schema, handler, openai_errors)
+def endpoint(schema: type[B], handler: Handler[B], *, openai_errors: bool = False, span_name: str = "") -> Endpoint[B]:
+    """`span_name` defaults to the handler's name without `handle_` (TEI's names: embed, rerank, ...)."""
+    return Endpoint(schema, handler, openai_errors, span_name or handler.__name__.removeprefix("handle_"))
+
+
+_TRACEPARENT_KEY = tracing.TRACEPARENT.encode()
+_TRACESTATE_KEY = tracing.TRACESTATE.encode()
 
 
 # ------------------------------------------------------------------ shared steps

@@ -68,4 +68,4 @@ async def handle_vertex(call: HttpCall, body: VertexRequest) -> Outcome:
     return Outcome({"predictions": predictions})
 
 
-vertex = endpoint(VertexRequest, handle_vertex)
+vertex = endpoint(VertexRequest, handle_vertex, span_name="vertex_compatibility")

@@ -108,7 +108,8 @@ class RecordingHandle:
         pass
 
     def submit(
-        self, inputs: Sequence[TokenizedInput], *, raw: bool, deadline: float | None, admission: Admission | None = None
+        self, inputs: Sequence[TokenizedInput], *, raw: bool, deadline: float | None, admission: Admission | None = None,
+        interactive: bool = False, traceparent: str = "",
     ) -> Submission:
         loop = asyncio.get_running_loop()
         return Submission([loop.create_future() for _ in inputs])
