@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from proto import logs
 from proto.logs import OFF, TRACE, LogFilter, TeiJsonFormatter, configure_logging, parse_log_level
 from tests.conftest import start_server
 
@@ -123,11 +124,14 @@ def test_json_level_names_are_tracings(level: int, name: str) -> None:
     assert json.loads(TeiJsonFormatter("x").format(_record(level, "m")))["level"] == name
 
 
-def test_json_lines_keep_spans_when_there_are_some() -> None:
+def test_json_lines_carry_what_the_span_hook_gives(monkeypatch: pytest.MonkeyPatch) -> None:
+    # proto/tracing installs the hook when spans are on (tests/router/test_tracing.py runs it for real).
     span = {"name": "embed", "inputs": 2}
-    line = json.loads(TeiJsonFormatter("router").format(_record(logging.INFO, "m", span=span, spans=[span])))
+    monkeypatch.setattr(logs, "span_fields", lambda: {"span": span, "spans": [span]})
+    line = json.loads(TeiJsonFormatter("router").format(_record(logging.INFO, "m")))
     assert line["span"] == span and line["spans"] == [span]
-    empty = json.loads(TeiJsonFormatter("router").format(_record(logging.INFO, "m", span={}, spans=[])))
+    monkeypatch.setattr(logs, "span_fields", dict)  # no span open
+    empty = json.loads(TeiJsonFormatter("router").format(_record(logging.INFO, "m")))
     assert "span" not in empty and "spans" not in empty
 
 
