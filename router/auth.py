@@ -7,6 +7,8 @@ import hmac
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 PUBLIC_PATHS = frozenset({"/health", "/ping", "/metrics", "/docs", "/api-doc/openapi.json"})
+# Swagger UI's own files, which /docs loads (router/swagger_ui.py).
+DOCS_ASSET_PREFIX = "/docs/static/"
 
 
 def expected_authorization(api_key: str) -> bytes:
@@ -40,4 +42,5 @@ class ApiKeyMiddleware:
 
 def _is_public(scope: Scope) -> bool:
     path = scope["path"]
-    return path in PUBLIC_PATHS or (path == "/" and scope["method"] == "GET")
+    return (path in PUBLIC_PATHS or (path == "/" and scope["method"] == "GET")
+            or path.startswith(DOCS_ASSET_PREFIX))
