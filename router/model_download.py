@@ -17,10 +17,9 @@ from __future__ import annotations
 import glob
 import logging
 import os
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TypeVar
 
 # Files every backend and the tokenizer pool read before any weights: config.json,
 # tokenizer.json, modules.json, 1_Pooling/config.json, sentencepiece models.
@@ -30,7 +29,6 @@ METADATA_SUFFIXES = (".json", ".txt", ".model")
 ONNX_CANDIDATES = ("onnx/model.onnx", "model.onnx")
 ONNX_DATA_SUFFIX = "_data"
 
-T = TypeVar("T")
 logger = logging.getLogger("launcher")
 
 
@@ -110,32 +108,29 @@ class HubModel:
         """Lists the repository (online) and fetches step 1's metadata."""
         from huggingface_hub import HfApi
         from huggingface_hub.errors import HfHubHTTPError
+        from requests import ConnectionError as NetworkError
+        from requests import Timeout
 
-        from requests import ConnectionError as NetworkError, Timeout
-
-        repo_files: tuple[str, ...] | None = None
-        if not offline:
+        if offline:
+            return cls(repo_id, revision, cache_dir, token, _snapshot(repo_id, revision, cache_dir, token, None, True),
+                       None)
+        try:
+            info = HfApi().model_info(repo_id, revision=revision, token=token)
+        except (NetworkError, Timeout) as exc:
+            # The Hub is out of reach: as huggingface_hub itself does, serve what the
+            # cache holds, else say why nothing could be fetched.
+            logger.warning("cannot list %s on the Hub (%s); looking in the cache", repo_id, type(exc).__name__)
             try:
-                info = HfApi().model_info(repo_id, revision=revision, token=token)
-            except (NetworkError, Timeout) as exc:
-                # The Hub is out of reach: as huggingface_hub itself does, serve what
-                # the cache holds, else say why nothing could be fetched.
-                logger.warning("cannot list %s on the Hub (%s); looking in the cache", repo_id, type(exc).__name__)
-                model = cls(repo_id, revision, cache_dir, token, Path(), None)
-                try:
-                    return model._located(model._download(None, offline=True))
-                except ModelDownloadError:
-                    raise ModelDownloadError(
-                        f"cannot download model {repo_id} from the Hugging Face Hub, and it is not in the cache "
-                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from exc
-            except (HfHubHTTPError, OSError, ValueError) as exc:
-                raise ModelDownloadError(f"cannot fetch model {repo_id}: {_first_line(exc)}") from exc
-            repo_files = tuple(sibling.rfilename for sibling in info.siblings or ())
-        model = cls(repo_id, revision, cache_dir, token, Path(), repo_files)
-        return model._located(model._download(metadata_files(repo_files) if repo_files is not None else None, offline))
-
-    def _located(self, path: Path) -> HubModel:
-        return HubModel(self.repo_id, self.revision, self.cache_dir, self.token, path, self.repo_files)
+                path = _snapshot(repo_id, revision, cache_dir, token, None, offline=True)
+            except ModelDownloadError:
+                raise ModelDownloadError(f"cannot download model {repo_id} from the Hugging Face Hub, and it is not "
+                                         f"in the cache ({type(exc).__name__}: {_first_line(exc)[:200]})") from exc
+            return cls(repo_id, revision, cache_dir, token, path, None)
+        except (HfHubHTTPError, OSError, ValueError) as exc:
+            raise ModelDownloadError(f"cannot fetch model {repo_id}: {_hub_refusal(exc, revision)}") from exc
+        repo_files = tuple(sibling.rfilename for sibling in info.siblings or ())
+        path = _snapshot(repo_id, revision, cache_dir, token, metadata_files(repo_files), offline=False)
+        return cls(repo_id, revision, cache_dir, token, path, repo_files)
 
     def fetch_backend_files(self, backends: Iterable[str], trust_remote_code: bool) -> list[str]:
         """Step 2; returns the files fetched (none offline)."""
@@ -143,27 +138,22 @@ class HubModel:
             return []
         files = backend_files(self.repo_files, backends, trust_remote_code)
         if files:
-            self._download(files, offline=False)
+            _snapshot(self.repo_id, self.revision, self.cache_dir, self.token, files, offline=False)
         return files
 
-    def _download(self, files: list[str] | None, offline: bool) -> Path:
-        from huggingface_hub import snapshot_download
 
-        # Exact names, escaped: allow_patterns are fnmatch patterns.
-        patterns = [glob.escape(name) for name in files] if files is not None else None
-        path = _call(self.repo_id, offline, lambda: snapshot_download(
-            self.repo_id, revision=self.revision, cache_dir=self.cache_dir, token=self.token,
-            local_files_only=offline, allow_patterns=patterns,
-        ))
-        return Path(path)
-
-
-def _call(repo_id: str, offline: bool, fetch: Callable[[], T]) -> T:
-    """Runs a huggingface_hub call; its failures become one line naming the model."""
+def _snapshot(repo_id: str, revision: str | None, cache_dir: str | None, token: str | None,
+              files: list[str] | None, offline: bool) -> Path:
+    """snapshot_download of exactly `files` (None: the cached snapshot as it is);
+    its failures become one line naming the model."""
+    from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    # Exact names, escaped: allow_patterns are fnmatch patterns.
+    patterns = [glob.escape(name) for name in files] if files is not None else None
     try:
-        return fetch()
+        return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir,
+                                      token=token, local_files_only=offline, allow_patterns=patterns))
     except LocalEntryNotFoundError as exc:
         if offline:
             raise ModelDownloadError(
@@ -171,11 +161,24 @@ def _call(repo_id: str, offline: bool, fetch: Callable[[], T]) -> T:
                 "HF_HUB_OFFLINE is set: download it once with HF_HUB_OFFLINE=0 (README: Offline use)") from exc
         # huggingface_hub says only "check your connection"; the cause names what failed.
         cause = exc.__cause__ or exc.__context__
-        why = f"{type(cause).__name__}: {str(cause).splitlines()[0][:200]}" if cause else str(exc)
-        raise ModelDownloadError(
-            f"cannot download model {repo_id} from the Hugging Face Hub, and it is not in the cache ({why})") from exc
+        why = f"{type(cause).__name__}: {_first_line(cause)[:200]}" if cause else str(exc)
+        raise ModelDownloadError(f"cannot download model {repo_id} from the Hugging Face Hub, and it is "
+                                 f"not in the cache ({why})") from exc
     except (HfHubHTTPError, OSError, ValueError) as exc:
-        raise ModelDownloadError(f"cannot fetch model {repo_id}: {_first_line(exc)}") from exc
+        raise ModelDownloadError(f"cannot fetch model {repo_id}: {_hub_refusal(exc, revision)}") from exc
+
+
+def _hub_refusal(exc: BaseException, revision: str | None) -> str:
+    """Why the Hub said no, in words; huggingface_hub's first line is only "404 Client Error."."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    if isinstance(exc, GatedRepoError):
+        return "the repository is gated: accept its conditions on the Hub and pass --hf-token"
+    if isinstance(exc, RepositoryNotFoundError):
+        return "no such repository on the Hub (a private one needs --hf-token)"
+    if isinstance(exc, RevisionNotFoundError):
+        return f"revision {revision} not found in the repository"
+    return _first_line(exc)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -17,7 +17,7 @@ import pytest
 
 from router.model_download import backend_files, checkpoint_files, metadata_files, onnx_files
 from tests.backends.parity import cosine
-from tests.conftest import ROOT, short_socket_prefix, start_server
+from tests.conftest import ROOT, free_port, short_socket_prefix, start_server
 from tests.hub_standin import HubStandIn, commit_of, hub_standin
 from tests.models import build_remote_code_model, build_st_dense_model, build_tiny_model
 
@@ -165,6 +165,11 @@ def test_bin_only_model_fetches_its_pickle(hub: HubStandIn, tmp_path: Path) -> N
     assert _snapshot(tmp_path, "acme/tiny-bin") == {
         "config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
         "pytorch_model.bin"}
+    # With the Hub out of reach (and HF_HUB_OFFLINE unset), the cache still serves.
+    hub.url = f"http://127.0.0.1:{free_port()}"
+    unreachable = _plan(hub, tmp_path, "--model-id", "acme/tiny-bin", "--backend", "torch")
+    assert unreachable.returncode == 0, unreachable.stderr
+    assert "cannot list acme/tiny-bin on the Hub (ConnectionError); looking in the cache" in unreachable.stderr
 
 
 def test_remote_code_is_fetched_only_with_the_opt_in(hub: HubStandIn, tmp_path: Path) -> None:
@@ -219,4 +224,8 @@ def test_downloaded_model_serves_embed_then_starts_offline_from_the_cache(
 def test_unknown_repository_fails_in_one_line(hub: HubStandIn, tmp_path: Path) -> None:
     done = _plan(hub, tmp_path, "--model-id", "acme/missing")
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines()[-1].startswith("launch refused: cannot fetch model acme/missing: ")
+    assert done.stderr.strip().splitlines()[-1] == (
+        "launch refused: cannot fetch model acme/missing: no such repository on the Hub (a private one needs --hf-token)")
+    bad_revision = _plan(hub, tmp_path, "--model-id", "acme/tiny-bin", "--revision", "v9")
+    assert bad_revision.stderr.strip().splitlines()[-1] == (
+        "launch refused: cannot fetch model acme/tiny-bin: revision v9 not found in the repository")
