@@ -90,6 +90,7 @@ def repos(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> dict[str
     (st / "onnx").mkdir()
     # Only their names matter here: a download test never reads them.
     (st / "onnx" / "model.onnx").write_bytes(b"onnx file not fetched by the torch engine")
+    (st / "onnx" / "model_qint8_avx512.onnx").write_bytes(b"a variant no engine here loads")
     (st / "train.py").write_text("print('repository code that must not be fetched')\n")
     # (b) a checkpoint in pytorch_model.bin only.
     pickled = build_tiny_model("reranker", root / "bin-source", model_dir)
@@ -198,6 +199,20 @@ def test_root_onnx_model_under_the_onnx_backend(hub: HubStandIn, tmp_path: Path)
     files = _snapshot(tmp_path, "acme/tiny-onnx")
     assert {"model.onnx", "model.onnx_data", "config.json", "tokenizer.json"} <= files
     assert "model.safetensors" not in files
+
+
+def test_prefetch_step_fetches_for_a_gpu_and_a_cpu_server(hub: HubStandIn, tmp_path: Path) -> None:
+    # The chart's prefetch step runs without the server's GPUs: with `auto` it fetches
+    # what torch (a GPU) and onnx (CPU) would load.
+    script = (ROOT / "deploy" / "helm" / "embedserve" / "files" / "prefetch.py").read_text()
+    env = {**os.environ, **_online(hub), "MODEL_ID": "acme/tiny-st", "HUGGINGFACE_HUB_CACHE": str(tmp_path),
+           "BACKEND": "auto", "TRUST_REMOTE_CODE": "false"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    files = _snapshot(tmp_path, "acme/tiny-st")
+    assert {"model.safetensors", "onnx/model.onnx", "modules.json"} <= files
+    assert not {"pytorch_model.bin", "onnx/model_qint8_avx512.onnx", "train.py"} & files
 
 
 def test_downloaded_model_serves_embed_then_starts_offline_from_the_cache(
