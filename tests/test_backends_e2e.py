@@ -65,10 +65,12 @@ def test_python_backend_refuses_repository_code_without_the_opt_in_in_its_config
     from backends.base import EngineSpec
     from backends.engines import load_engine
 
-    remote = build_remote_code_model(tmp_path / "remote", model_dir)
+    # transformers copies the code it imports to HF_HOME/modules/transformers_modules/<folder name>.
+    remote = build_remote_code_model(tmp_path / "never_imported_remote", model_dir)
     with pytest.raises(ValueError, match="--trust-remote-code or TRUST_REMOTE_CODE=true"):
         load_engine("python", EngineSpec(remote, "cpu", "", "mean", tmp_path))
-    assert not (Path(os.environ["HF_HOME"]) / "modules" / "transformers_modules" / "remote").exists()
+    modules = Path(os.environ["HF_HOME"]) / "modules" / "transformers_modules"
+    assert not list(modules.glob("never_imported_remote*"))
 
 
 def test_auto_picks_onnx_on_cpu_and_int8_stays_close(tmp_path: Path, sentence_transformer) -> None:  # type: ignore[no-untyped-def]
