@@ -379,7 +379,6 @@ def plan_launch(args: argparse.Namespace) -> LaunchPlan:
     gpus = detect_gpus()
     backend = choose_backend(args.backend, spec, gpus)
     require_remote_code_opt_in(backend, spec, args.model_id or DEFAULT_MODEL_ID, args.trust_remote_code)
-    fetch_backend_files(source, [backend], args.trust_remote_code)
     if args.dtype == "int8" and backend != "onnx":
         raise LaunchError(
             f"cannot serve {model_dir} with the {backend} backend: --dtype int8 needs --backend onnx", EXIT_CONFIG_ERROR
@@ -420,6 +419,8 @@ def plan_launch(args: argparse.Namespace) -> LaunchPlan:
     for name, seconds in (("--body-read-timeout", args.body_read_timeout), ("--graceful-timeout", args.graceful_timeout)):
         if seconds < 0:
             raise LaunchError(f"{name} must be 0 or more seconds, got {seconds}", EXIT_CONFIG_ERROR)
+    # The weights last: a bad flag must not wait for a download to be reported.
+    fetch_backend_files(source, [backend], args.trust_remote_code)
     return LaunchPlan(args, args.model_id or DEFAULT_MODEL_ID, bind_hosts, spec, backend, gpus, max_input_length,
                       default_prompt)
 

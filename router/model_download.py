@@ -137,6 +137,11 @@ class HubModel:
         if self.repo_files is None:
             return []
         files = backend_files(self.repo_files, backends, trust_remote_code)
+        if not any(not name.endswith(".py") for name in files):
+            raise ModelDownloadError(
+                f"model {self.repo_id} has no weights the {'/'.join(backends)} backend loads: no *.safetensors "
+                "or pytorch_model*.bin at the repository root" + (", no onnx/model.onnx or model.onnx"
+                                                                  if "onnx" in backends else ""))
         if files:
             _snapshot(self.repo_id, self.revision, self.cache_dir, self.token, files, offline=False)
         return files

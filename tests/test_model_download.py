@@ -105,7 +105,12 @@ def repos(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> dict[str
     onnx = build_tiny_model("reranker", root / "onnx", model_dir)
     (onnx / "model.onnx").write_bytes(b"root onnx graph")
     (onnx / "model.onnx_data").write_bytes(b"root onnx weights")
-    return {"acme/tiny-st": st, "acme/tiny-bin": bin_only, "acme/tiny-remote": remote, "acme/tiny-onnx": onnx}
+    # A repository without any weights (a tokenizer-only one, say).
+    empty = root / "empty"
+    empty.mkdir()
+    for name in ("config.json", "tokenizer.json", "vocab.txt"):
+        shutil.copy(bin_only / name, empty / name)
+    return {"acme/empty": empty, "acme/tiny-st": st, "acme/tiny-bin": bin_only, "acme/tiny-remote": remote, "acme/tiny-onnx": onnx}
 
 
 def _pickled(model_dir: Path, scratch: Path) -> Path:
@@ -241,6 +246,10 @@ def test_unknown_repository_fails_in_one_line(hub: HubStandIn, tmp_path: Path) -
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == (
         "launch refused: cannot fetch model acme/missing: no such repository on the Hub (a private one needs --hf-token)")
+    weightless = _plan(hub, tmp_path, "--model-id", "acme/empty", "--backend", "onnx")
+    assert weightless.stderr.strip().splitlines()[-1] == (
+        "launch refused: model acme/empty has no weights the onnx backend loads: no *.safetensors or "
+        "pytorch_model*.bin at the repository root, no onnx/model.onnx or model.onnx")
     bad_revision = _plan(hub, tmp_path, "--model-id", "acme/tiny-bin", "--revision", "v9")
     assert bad_revision.stderr.strip().splitlines()[-1] == (
         "launch refused: cannot fetch model acme/tiny-bin: revision v9 not found in the repository")
