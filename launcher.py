@@ -174,8 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Hub revision (commit, branch or refs/pr/N) [env REVISION]")
     p.add_argument("--backend", default=_env("BACKEND", "auto"), choices=["auto", "torch", "onnx", "python"],
                    help="Engine. auto: python for models with their own code (auto_map; needs "
-                   "--trust-remote-code) except GTE, which torch implements natively; torch on a GPU; onnx on CPU for the architectures it serves; "
-                   "else torch [env BACKEND]")
+                   "--trust-remote-code) except GTE, which torch implements natively; torch on a GPU; onnx on "
+                   "CPU for the architectures it serves; else torch [env BACKEND]")
     p.add_argument("--trust-remote-code", type=_bool, nargs="?", const=True,
                    default=_bool(_env("TRUST_REMOTE_CODE", "false") or "false"),
                    help="Allow running code from the model repository (auto_map in config.json), which the "
