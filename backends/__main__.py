@@ -66,7 +66,8 @@ def engine_spec(config: config_pb2.BackendConfig) -> EngineSpec:
         for layer in config.dense_layers
     )
     return EngineSpec(Path(config.model_dir), config.device, config.dtype, config.pooling, Path(config.cache_dir),
-                      cache_max_bytes=config.cache_max_bytes, dense_layers=dense)
+                      cache_max_bytes=config.cache_max_bytes, dense_layers=dense,
+                      trust_remote_code=config.trust_remote_code)
 
 
 def _warm_up(engine: Backend) -> None:

@@ -36,6 +36,8 @@ class EngineSpec:
     cache_dir: Path  # where exports and conversions are kept between starts
     cache_max_bytes: int = 0  # the cache's size cap; 0: none
     dense_layers: tuple[DenseSpec, ...] = ()  # applied in order to pooled rows
+    # --trust-remote-code: only then may code from the model directory be imported.
+    trust_remote_code: bool = False
 
 
 @dataclass(frozen=True)

@@ -11,4 +11,9 @@ class RemoteCodeBackend(TorchBackend):
     name = "python"
 
     def __init__(self, spec: EngineSpec) -> None:
+        # The launcher refuses this engine without the opt-in already; checked again
+        # here so that no other path into this process runs repository code.
+        if not spec.trust_remote_code:
+            raise ValueError("the python backend runs code from the model repository, which needs "
+                             "--trust-remote-code or TRUST_REMOTE_CODE=true")
         super().__init__(spec, trust_remote_code=True)

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from router import swagger_ui
 from router.auth import ApiKeyMiddleware
 from router.backend_client import BackendClient
 from router.batch_queue import BatchQueue
@@ -210,7 +211,8 @@ def create_app(settings: RouterSettings, on_owner_lost: Callable[[], None] | Non
         Route("/ping", health.health, methods=["GET"]),
         Route("/info", health.info, methods=["GET"]),
         Route("/metrics", health.metrics, methods=["GET"]),
-        Route("/docs", health.docs, methods=["GET"]),
+        Route("/docs", swagger_ui.docs, methods=["GET"]),
+        Route(swagger_ui.ASSET_PREFIX + "{name}", swagger_ui.asset, methods=["GET"]),
         Route("/api-doc/openapi.json", health.openapi, methods=["GET"]),
     ]
     allow_origins = list(settings.cors_allow_origin) or ["*"]

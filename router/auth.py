@@ -7,6 +7,8 @@ import hmac
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 PUBLIC_PATHS = frozenset({"/health", "/ping", "/metrics", "/docs", "/api-doc/openapi.json"})
+# Swagger UI's own files, which /docs loads (router/swagger_ui.py).
+DOCS_ASSET_PREFIX = "/docs/static/"
 
 
 def expected_authorization(api_key: str) -> bytes:
@@ -42,4 +44,5 @@ class ApiKeyMiddleware:
 
 def _is_public(scope: Scope, public_get_paths: frozenset[str]) -> bool:
     path = scope["path"]
-    return path in PUBLIC_PATHS or (scope["method"] == "GET" and (path == "/" or path in public_get_paths))
+    return (path in PUBLIC_PATHS or path.startswith(DOCS_ASSET_PREFIX)
+            or (scope["method"] == "GET" and (path == "/" or path in public_get_paths)))

@@ -104,13 +104,3 @@ def build_openapi(version: str) -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
-
-
-DOCS_HTML = """<!doctype html>
-<html><head><meta charset="utf-8"><title>embedserve API</title>
-<link rel="stylesheet" href="https://unpkg.com/swagger-ui-dist@5/swagger-ui.css"></head>
-<body><div id="ui"><p>The OpenAPI document is at <a href="/api-doc/openapi.json">/api-doc/openapi.json</a>.</p></div>
-<script src="https://unpkg.com/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
-<script>if (window.SwaggerUIBundle) { SwaggerUIBundle({url: "/api-doc/openapi.json", dom_id: "#ui"}); }</script>
-</body></html>
-"""

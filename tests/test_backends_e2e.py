@@ -4,6 +4,7 @@ fallback, ONNX int8, and start-up failures that name model, backend and reason."
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -30,7 +31,8 @@ def test_remote_code_model_served_by_the_python_backend(
     from transformers import AutoModel, AutoTokenizer
 
     remote = build_remote_code_model(tmp_path / "remote", model_dir)
-    with start_server("--model-id", str(remote), *backend_flag, tmp_dir=tmp_path) as server:
+    with start_server("--model-id", str(remote), *backend_flag, tmp_dir=tmp_path,
+                      env={"TRUST_REMOTE_CODE": "true"}) as server:
         assert httpx.get(f"{server.url}/info").json()["backend"] == "python"
         got = embed_over_http(server.url, TEXTS)
     tokenizer = AutoTokenizer.from_pretrained(remote)
@@ -39,6 +41,36 @@ def test_remote_code_model_served_by_the_python_backend(
         expected = np.stack([model(**tokenizer(t, return_tensors="pt")).last_hidden_state[0].mean(0).numpy()
                              for t in TEXTS])
     assert cosine(got, expected).min() >= 0.9999
+
+
+@pytest.mark.parametrize("backend_flag", [[], ["--backend", "python"], ["--trust-remote-code=false"]],
+                         ids=["auto", "explicit-python", "explicit-false"])
+def test_remote_code_model_refused_without_the_opt_in(
+    backend_flag: list[str], tmp_path: Path, model_dir: Path
+) -> None:
+    remote = build_remote_code_model(tmp_path / "remote", model_dir)
+    result = _launch("--model-id", str(remote), *backend_flag)
+    assert result.returncode == 2
+    [line] = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert str(remote) in line and "auto_map" in line
+    assert "pass --trust-remote-code or set TRUST_REMOTE_CODE=true" in line
+    assert "backend-0" not in result.stderr  # refused before any child started
+
+
+def test_python_backend_refuses_repository_code_without_the_opt_in_in_its_config(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    # Defence in depth: the engine itself, built from a config without the opt-in,
+    # never imports the model's code, whatever started it.
+    from backends.base import EngineSpec
+    from backends.engines import load_engine
+
+    # transformers copies the code it imports to HF_HOME/modules/transformers_modules/<folder name>.
+    remote = build_remote_code_model(tmp_path / "never_imported_remote", model_dir)
+    with pytest.raises(ValueError, match="--trust-remote-code or TRUST_REMOTE_CODE=true"):
+        load_engine("python", EngineSpec(remote, "cpu", "", "mean", tmp_path))
+    modules = Path(os.environ["HF_HOME"]) / "modules" / "transformers_modules"
+    assert not list(modules.glob("never_imported_remote*"))
 
 
 def test_auto_picks_onnx_on_cpu_and_int8_stays_close(tmp_path: Path, sentence_transformer) -> None:  # type: ignore[no-untyped-def]
@@ -115,7 +147,8 @@ def test_unpadded_torch_backend_is_budgeted_by_real_tokens(
     assert cosine(got, expected).min() >= 0.9999
 
 
-@pytest.mark.parametrize(("backend_flag", "engine"), [([], "torch"), (["--backend", "python"], "python")],
+@pytest.mark.parametrize(("backend_flag", "engine"),
+                         [([], "torch"), (["--backend", "python", "--trust-remote-code"], "python")],
                          ids=["auto-native", "remote-code"])
 def test_gte_served_natively_or_by_its_remote_code(
     backend_flag: list[str], engine: str, tmp_path: Path, model_dir: Path

@@ -70,7 +70,8 @@ def test_dense_on_remote_code_matches_sentence_transformers(tmp_path: Path, mode
     dense = [(12, "ReLU", True), (10, "Sigmoid", True)]
     remote = add_dense_modules(build_remote_code_model(tmp_path / "remote-dense", model_dir), dense)
     expected = st_encode(remote, TEXTS, trust_remote_code=True)
-    with start_server("--model-id", str(remote), "--backend", "python", tmp_dir=tmp_path) as server:
+    with start_server("--model-id", str(remote), "--backend", "python", "--trust-remote-code",
+                      tmp_dir=tmp_path) as server:
         assert httpx.get(f"{server.url}/info").json()["backend"] == "python"
         got = embed_over_http(server.url, TEXTS, normalize=False)
     assert got.shape == expected.shape == (len(TEXTS), 10)

@@ -691,6 +691,9 @@ def test_prefetch_fills_a_kept_pvc_that_the_server_reads_offline(chart: helm.Cha
     assert "HF_HUB_OFFLINE" not in init_env
     assert init_env["MODEL_ID"] == release.merged["server"]["modelId"]
     assert init_env["HUGGINGFACE_HUB_CACHE"] == server_args(release).huggingface_hub_cache
+    # The step fetches what the server's backend loads, and repository code only with its opt-in.
+    assert init_env["BACKEND"] == server_args(release).backend
+    assert init_env["TRUST_REMOTE_CODE"] == "false" and server_args(release).trust_remote_code is False
     init_mount = mount_for(init, init_env["HUGGINGFACE_HUB_CACHE"])
     assert init_mount is not None and not init_mount.get("readOnly", False)
     assert container_env(release.server)["HF_HUB_OFFLINE"] == "1"

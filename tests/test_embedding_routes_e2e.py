@@ -10,6 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
+from router import swagger_ui
 from tests.conftest import RunningServer, start_server
 from tests.models import add_prompts, build_tiny_model
 
@@ -206,7 +207,8 @@ def test_api_key(guarded: RunningServer) -> None:
     assert _post(guarded, "/embed", {"inputs": "x"}, headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert _post(guarded, "/embed", {"inputs": "x"}, headers=AUTH).status_code == 200
     assert httpx.get(f"{guarded.url}/info").status_code == 401
-    for public in ("/health", "/ping", "/", "/metrics"):
+    for public in ("/health", "/ping", "/", "/metrics", "/docs", "/api-doc/openapi.json",
+                   f"{swagger_ui.ASSET_PREFIX}swagger-ui.css"):
         assert httpx.get(f"{guarded.url}{public}").status_code == 200, public
 
 

@@ -57,11 +57,24 @@ def test_flags_have_tei_defaults_and_env_twins(monkeypatch: pytest.MonkeyPatch) 
     assert build_parser().parse_args(["--auto-truncate"]).auto_truncate is True
 
 
+def test_trust_remote_code_is_off_unless_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TRUST_REMOTE_CODE", raising=False)
+    parse = build_parser().parse_args
+    assert parse([]).trust_remote_code is False
+    assert parse(["--trust-remote-code"]).trust_remote_code is True
+    assert parse(["--trust-remote-code", "false"]).trust_remote_code is False
+    assert parse(["--trust-remote-code=true"]).trust_remote_code is True
+    monkeypatch.setenv("TRUST_REMOTE_CODE", "true")
+    parse = build_parser().parse_args  # defaults are read from the environment when built
+    assert parse([]).trust_remote_code is True
+    assert parse(["--trust-remote-code", "false"]).trust_remote_code is False  # the flag wins
+
+
 def test_help_lists_the_flags() -> None:
     out = subprocess.run([sys.executable, "-m", "launcher", "--help"], capture_output=True, text=True, cwd=ROOT).stdout
     for flag in ("--model-id", "--max-batch-tokens", "--tokenization-workers", "--uds-path", "--payload-limit",
                  "--default-prompt-name", "--json-output", "--huggingface-hub-cache", "--graceful-timeout",
-                 "--body-read-timeout"):
+                 "--body-read-timeout", "--trust-remote-code"):
         assert flag in out
 
 

@@ -1,13 +1,13 @@
-"""GET /health (and / and /ping), GET /info, GET /metrics."""
+"""GET /health (and / and /ping), GET /info, GET /metrics, GET /api-doc/openapi.json."""
 
 from __future__ import annotations
 
 import asyncio
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import Response
 
-from router.openapi import DOCS_HTML, build_openapi
+from router.openapi import build_openapi
 
 from router.errors import BackendUnavailableError
 from router.routes._http import app_state, json_response
@@ -49,10 +49,6 @@ async def info(request: Request) -> Response:
             "backend": facts.backend,
         }
     )
-
-
-async def docs(request: Request) -> Response:
-    return HTMLResponse(DOCS_HTML)
 
 
 async def openapi(request: Request) -> Response:

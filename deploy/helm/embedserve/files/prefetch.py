@@ -13,6 +13,9 @@ try:
         os.environ.get("REVISION") or None,
         os.environ["HUGGINGFACE_HUB_CACHE"],
         os.environ.get("HF_TOKEN") or None,
+        # The files fetched follow the backend, and *.py only with the opt-in.
+        backend=os.environ.get("BACKEND") or "auto",
+        trust_remote_code=launcher._bool(os.environ.get("TRUST_REMOTE_CODE") or "false"),
     )
 except launcher.LaunchError as exc:
     sys.exit(f"prefetch failed: {exc}")

@@ -126,6 +126,7 @@ render as floats (2e+06).
 {{- with $s.revision }}{{ $args = concat $args (list "--revision" .) }}{{ end }}
 {{- with $s.servedModelName }}{{ $args = concat $args (list "--served-model-name" .) }}{{ end }}
 {{- $args = concat $args (list "--backend" $s.backend) }}
+{{- $args = concat $args (list (printf "--trust-remote-code=%t" $s.trustRemoteCode)) }}
 {{- with $s.dtype }}{{ $args = concat $args (list "--dtype" .) }}{{ end }}
 {{- with $s.pooling }}{{ $args = concat $args (list "--pooling" .) }}{{ end }}
 {{- $args = concat $args (list "--max-concurrent-requests" ($s.maxConcurrentRequests | int64 | toString)) }}
