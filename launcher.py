@@ -53,6 +53,7 @@ DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 # Architectures the ONNX path exports and serves (tests/backends/test_families.py).
 ONNX_MODEL_TYPES = (
     "bert", "roberta", "xlm-roberta", "camembert", "distilbert", "mpnet", "modernbert", "qwen2", "qwen3",
+    "deberta-v2",
 )
 
 # Model types whose code ships on the Hub (auto_map) but that the torch engine

@@ -72,6 +72,34 @@ FAMILIES: dict[str, tuple[str, str, dict[str, object], str]] = {
 }
 
 
+# Families served here as rerankers and classifiers (a ...ForSequenceClassification head).
+# DeBERTa-v2 as the rerankers ship it (mxbai-rerank-*-v1): relative attention both ways
+# (p2c, c2p) over log buckets, no absolute positions, no token types; 32 buckets so that
+# texts of ~100 tokens reach the logarithmic ones.
+CLASSIFIER_FAMILIES: dict[str, tuple[str, str, dict[str, object]]] = {
+    "deberta-v2": ("DebertaV2Config", "DebertaV2ForSequenceClassification", dict(
+        _ENCODER, relative_attention=True, position_buckets=32, max_relative_positions=-1,
+        pos_att_type=["p2c", "c2p"], norm_rel_ebd="layer_norm", share_att_key=True, position_biased_input=False,
+        type_vocab_size=0, pad_token_id=0, pooler_hidden_size=32, pooler_hidden_act="gelu")),
+}
+RERANKER_LABELS = {0: "LABEL_0"}
+
+
+def build_family_classifier(family: str, target: Path, tokenizer_source: Path,
+                            labels: dict[int, str] = RERANKER_LABELS, seed: int = 0) -> Path:
+    """A tiny classifier of `family`; one label makes it a reranker."""
+    import torch
+    import transformers
+
+    config_name, model_name, kwargs = CLASSIFIER_FAMILIES[family]
+    torch.manual_seed(seed)
+    config = getattr(transformers, config_name)(**kwargs, num_labels=len(labels), id2label=labels,
+                                                label2id={v: k for k, v in labels.items()})
+    config.architectures = [model_name]
+    getattr(transformers, model_name)(config).eval().save_pretrained(target)
+    return _finish_checkpoint(target, tokenizer_source, None)
+
+
 def build_family_model(family: str, target: Path, tokenizer_source: Path, seed: int = 0) -> Path:
     import torch
     import transformers

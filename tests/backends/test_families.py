@@ -11,11 +11,12 @@ import pytest
 from backends.base import EngineSpec
 from backends.engines import load_engine
 from backends.padding import padded_chunks
-from tests.backends.parity import cosine, encode, reference_pooled
-from tests.models import FAMILIES, build_family_model
+from tests.backends.parity import cosine, encode, reference_logits, reference_pooled
+from tests.models import CLASSIFIER_FAMILIES, CLASSIFIER_LABELS, FAMILIES, build_family_classifier, build_family_model
 from tests.texts import varied_texts
 
 TEXTS = varied_texts(10, seed=11)
+PASSAGES = varied_texts(10, seed=12)
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,34 @@ def test_family_parity(family: str, engine: str, family_dirs: dict[str, Path], o
     expected = reference_pooled(model_dir, sequences, pooling)
     assert got.shape == expected.shape
     assert cosine(got, expected).min() >= 0.9999
+
+
+@pytest.fixture(scope="module")
+def classifier_dirs(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> dict[tuple[str, str], Path]:
+    root = tmp_path_factory.mktemp("classifier-families")
+    return {
+        (family, kind): build_family_classifier(family, root / f"{family}-{kind}", model_dir,
+                                                CLASSIFIER_LABELS if kind == "classifier" else {0: "LABEL_0"})
+        for family in CLASSIFIER_FAMILIES for kind in ("reranker", "classifier")
+    }
+
+
+@pytest.mark.parametrize("engine", ["torch", "onnx"])
+@pytest.mark.parametrize("kind", ["reranker", "classifier"])
+@pytest.mark.parametrize("family", list(CLASSIFIER_FAMILIES))
+def test_classifier_family_parity(family: str, kind: str, engine: str,
+                                  classifier_dirs: dict[tuple[str, str], Path], onnx_cache: Path) -> None:
+    model_dir = classifier_dirs[(family, kind)]
+    backend = load_engine(engine, EngineSpec(model_dir, "cpu", "", "cls", onnx_cache))
+    # Query-passage pairs of mixed lengths (one padded chunk), then one pair alone.
+    for queries, passages in ((TEXTS, PASSAGES), (TEXTS[:1], PASSAGES[:1])):
+        batch, sequences, types = encode(model_dir, queries, passages)
+        if len(queries) > 1:
+            assert any(c.lengths.min() < c.lengths.max() for c in padded_chunks(batch, None, 0))
+        got = backend.predict(batch)  # type: ignore[attr-defined]
+        expected = reference_logits(model_dir, sequences, types)
+        assert got.shape == (len(queries), 1 if kind == "reranker" else len(CLASSIFIER_LABELS))
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("family", ["bert", "roberta", "xlm-roberta", "camembert"])

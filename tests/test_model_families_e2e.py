@@ -1,0 +1,57 @@
+"""Families served through a real server on a real port: a DeBERTa-v2 reranker on
+/rerank and /predict, against transformers computing the same pairs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import RunningServer, start_server
+from tests.models import build_family_classifier
+
+QUERY = "what is the capital of france"
+TEXTS = ["Paris is the capital of France.", "Berlin is in Germany and has many museums and parks.", "bananas",
+         "the eiffel tower stands in paris, built for the world fair of 1889"]
+
+
+def _post(server: RunningServer, path: str, body: object) -> httpx.Response:
+    return httpx.post(f"{server.url}{path}", json=body, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def deberta_dir(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
+    return build_family_classifier("deberta-v2", tmp_path_factory.mktemp("models") / "deberta", model_dir)
+
+
+@pytest.fixture(scope="module")
+def deberta(deberta_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    with start_server("--model-id", str(deberta_dir), tmp_dir=tmp_path_factory.mktemp("deberta")) as running:
+        yield running
+
+
+def _pair_logits(model_dir: Path, first: str, second: str) -> np.ndarray:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    with torch.inference_mode():
+        return model(**tokenizer(first, second, return_tensors="pt")).logits[0].numpy()  # type: ignore[no-any-return]
+
+
+def test_deberta_reranker_serves_rerank_and_predict(deberta: RunningServer, deberta_dir: Path) -> None:
+    info = httpx.get(f"{deberta.url}/info").json()
+    assert "reranker" in info["model_type"]
+    response = _post(deberta, "/rerank", {"query": QUERY, "texts": TEXTS, "raw_scores": True})
+    assert response.status_code == 200, response.text
+    ranks = response.json()
+    assert sorted(r["index"] for r in ranks) == list(range(len(TEXTS)))
+    for rank in ranks:
+        assert rank["score"] == pytest.approx(_pair_logits(deberta_dir, QUERY, TEXTS[rank["index"]])[0], abs=1e-4)
+    single = _post(deberta, "/predict", {"inputs": [QUERY, TEXTS[0]]}).json()
+    expected = 1 / (1 + np.exp(-_pair_logits(deberta_dir, QUERY, TEXTS[0])[0]))
+    assert single == [{"score": pytest.approx(expected, abs=1e-4), "label": "LABEL_0"}]
