@@ -53,7 +53,7 @@ DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 # Architectures the ONNX path exports and serves (tests/backends/test_families.py).
 ONNX_MODEL_TYPES = (
     "bert", "roberta", "xlm-roberta", "camembert", "distilbert", "mpnet", "modernbert", "qwen2", "qwen3",
-    "deberta-v2",
+    "deberta-v2", "gemma3_text",
 )
 
 # Model types whose code ships on the Hub (auto_map) but that the torch engine
@@ -335,6 +335,7 @@ class LaunchPlan:
     gpus: list[str]
     max_input_length: int
     default_prompt: str | None
+    dtype: str  # what the backends load; "": the engine's default for its device
 
 
 def plan_launch(args: argparse.Namespace) -> LaunchPlan:
@@ -360,6 +361,10 @@ def plan_launch(args: argparse.Namespace) -> LaunchPlan:
         raise LaunchError(
             f"cannot serve {model_dir} with the {backend} backend: --dtype int8 needs --backend onnx", EXIT_CONFIG_ERROR
         )
+    try:
+        dtype = spec.weights_dtype(args.dtype)
+    except ModelConfigError as exc:
+        raise LaunchError(f"cannot serve {model_dir}: {exc}", EXIT_CONFIG_ERROR) from exc
     logger.info("backend %s (%s) on %s", backend, "chosen" if args.backend == "auto" else "requested",
                 f"{len(gpus)} GPU(s)" if gpus else "CPU")
 
@@ -397,7 +402,7 @@ def plan_launch(args: argparse.Namespace) -> LaunchPlan:
         if seconds < 0:
             raise LaunchError(f"{name} must be 0 or more seconds, got {seconds}", EXIT_CONFIG_ERROR)
     return LaunchPlan(args, args.model_id or DEFAULT_MODEL_ID, bind_hosts, spec, backend, gpus, max_input_length,
-                      default_prompt)
+                      default_prompt, dtype)
 
 
 def choose_backend(requested: str, spec: ModelSpec, gpus: list[str]) -> str:
@@ -673,7 +678,7 @@ def build_children(
         socket_path = f"{uds}-backend-{index}"
         config = config_pb2.BackendConfig(
             model_dir=str(plan.spec.model_dir), socket_path=socket_path, backend=plan.backend,
-            dtype=args.dtype or "", pooling=pooling, device=device, max_batch_tokens=args.max_batch_tokens,
+            dtype=plan.dtype, pooling=pooling, device=device, max_batch_tokens=args.max_batch_tokens,
             json_output=args.json_output, name=f"backend-{index}", position_offset=plan.spec.position_offset,
             cache_dir=str(CACHE_DIR), cache_max_bytes=CACHE_MAX_BYTES, dense_layers=dense_layers,
             router_link=router_link,

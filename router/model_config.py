@@ -31,6 +31,10 @@ ST_CONFIG_NAMES = (
 
 # Position ids start after the padding id for these (fairseq heritage).
 POSITION_OFFSET_MODEL_TYPES = ("xlm-roberta", "camembert", "roberta")
+# Model types whose weights run float32 unless --dtype says otherwise, on a GPU too:
+# Gemma3's activations overflow float16 (TEI router/src/lib.rs defaults gemma3_text
+# to float32 alike). bfloat16, its training dtype, stays available on request.
+FLOAT32_MODEL_TYPES = ("gemma3_text",)
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,16 @@ class ModelSpec:
     dense_layers: tuple[DenseLayer, ...] = ()
     # False: sentence-transformers leaves prompt tokens out of the pooling, which we do not.
     include_prompt: bool = True
+
+    def weights_dtype(self, requested: str | None) -> str:
+        """The dtype the backends load: --dtype when given, else this model's own
+        default; "" leaves the choice to the engine (float32 on CPU, float16 on GPU)."""
+        if self.config_model_type in FLOAT32_MODEL_TYPES:
+            if requested == "float16":
+                raise ModelConfigError(f"{self.config_model_type} models overflow float16; "
+                                       "use --dtype float32 (the default) or bfloat16")
+            return requested or "float32"
+        return requested or ""
 
 
 def load_model_spec(model_dir: Path, pooling_flag: str | None = None) -> ModelSpec:

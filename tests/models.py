@@ -69,6 +69,13 @@ FAMILIES: dict[str, tuple[str, str, dict[str, object], str]] = {
     "modernbert": ("ModernBertConfig", "ModernBertModel", dict(_ENCODER, pad_token_id=0), "mean"),
     "qwen2": ("Qwen2Config", "Qwen2Model", _DECODER, "last_token"),
     "qwen3": ("Qwen3Config", "Qwen3Model", dict(_DECODER, head_dim=16), "last_token"),
+    # embeddinggemma's shape: bidirectional attention, one sliding-window layer and one
+    # global, mean pooling. transformers halves sliding_window when it reads a
+    # bidirectional config (each load, and the engine and the reference load alike):
+    # 16 here is a window of 5 tokens, shorter than most test texts.
+    "gemma3": ("Gemma3TextConfig", "Gemma3TextModel", dict(
+        _DECODER, head_dim=16, query_pre_attn_scalar=16, sliding_window=16, use_bidirectional_attention=True,
+        layer_types=["sliding_attention", "full_attention"], rope_theta=1000.0, rope_local_base_freq=100.0), "mean"),
 }
 
 

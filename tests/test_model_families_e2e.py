@@ -1,5 +1,6 @@
 """Families served through a real server on a real port: a DeBERTa-v2 reranker on
-/rerank and /predict, against transformers computing the same pairs."""
+/rerank and /predict, against transformers computing the same pairs; an
+embeddinggemma-shaped Gemma3 pipeline on /embed, against sentence-transformers."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.backends.parity import cosine, embed_over_http, st_encode
 from tests.conftest import RunningServer, start_server
-from tests.models import build_family_classifier
+from tests.models import add_dense_modules, build_family_classifier, build_family_model
 
 QUERY = "what is the capital of france"
 TEXTS = ["Paris is the capital of France.", "Berlin is in Germany and has many museums and parks.", "bananas",
@@ -55,3 +57,25 @@ def test_deberta_reranker_serves_rerank_and_predict(deberta: RunningServer, debe
     single = _post(deberta, "/predict", {"inputs": [QUERY, TEXTS[0]]}).json()
     expected = 1 / (1 + np.exp(-_pair_logits(deberta_dir, QUERY, TEXTS[0])[0]))
     assert single == [{"score": pytest.approx(expected, abs=1e-4), "label": "LABEL_0"}]
+
+
+@pytest.fixture(scope="module")
+def gemma_dir(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
+    # embeddinggemma's pipeline: mean pooling, then two bias-free identity Dense layers.
+    base = build_family_model("gemma3", tmp_path_factory.mktemp("models") / "gemma3", model_dir)
+    return add_dense_modules(base, [(48, "Identity", False), (24, "Identity", False)])
+
+
+@pytest.fixture(scope="module")
+def gemma(gemma_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    with start_server("--model-id", str(gemma_dir), tmp_dir=tmp_path_factory.mktemp("gemma")) as running:
+        yield running
+
+
+def test_gemma3_pipeline_matches_sentence_transformers(gemma: RunningServer, gemma_dir: Path) -> None:
+    assert httpx.get(f"{gemma.url}/info").json()["model_dtype"] == "float32"
+    for texts in (TEXTS, TEXTS[1:2]):  # a padded batch of mixed lengths, and one text
+        got = embed_over_http(gemma.url, texts)
+        expected = st_encode(gemma_dir, texts)
+        assert got.shape == expected.shape == (len(texts), 24)
+        assert cosine(got, expected).min() >= 0.9999
