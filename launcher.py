@@ -53,12 +53,18 @@ DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 # Architectures the ONNX path exports and serves (tests/backends/test_families.py).
 ONNX_MODEL_TYPES = (
     "bert", "roberta", "xlm-roberta", "camembert", "distilbert", "mpnet", "modernbert", "qwen2", "qwen3",
-    "deberta-v2", "gemma3_text",
+    "deberta-v2", "gemma3_text", "mistral", "llama",
 )
 
 # Model types whose code ships on the Hub (auto_map) but that the torch engine
 # implements itself (backends/gte.py): auto serves them without remote code.
 NATIVE_REMOTE_MODEL_TYPES = ("new",)
+# Model types transformers implements whose checkpoints may also ship their own copy
+# of the code (auto_map): gte-Qwen2's modeling_qwen.py is Qwen2, which TEI runs
+# natively too. auto serves them with transformers' class, the shipped code never
+# run. Only types whose shipped code is known to be that architecture: JinaBERT
+# ships code for "bert" and jina-embeddings-v3 for "xlm-roberta" that are not.
+TRANSFORMERS_REMOTE_MODEL_TYPES = ("qwen2",)
 
 # router.st_modules' activation names -> the BackendConfig enum.
 DENSE_ACTIVATIONS = {
@@ -408,7 +414,7 @@ def plan_launch(args: argparse.Namespace) -> LaunchPlan:
 def choose_backend(requested: str, spec: ModelSpec, gpus: list[str]) -> str:
     if requested != "auto":
         return requested
-    if spec.remote_code and spec.config_model_type not in NATIVE_REMOTE_MODEL_TYPES:
+    if spec.remote_code and spec.config_model_type not in NATIVE_REMOTE_MODEL_TYPES + TRANSFORMERS_REMOTE_MODEL_TYPES:
         return "python"
     if gpus:
         return "torch"

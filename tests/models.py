@@ -69,6 +69,9 @@ FAMILIES: dict[str, tuple[str, str, dict[str, object], str]] = {
     "modernbert": ("ModernBertConfig", "ModernBertModel", dict(_ENCODER, pad_token_id=0), "mean"),
     "qwen2": ("Qwen2Config", "Qwen2Model", _DECODER, "last_token"),
     "qwen3": ("Qwen3Config", "Qwen3Model", dict(_DECODER, head_dim=16), "last_token"),
+    # e5-mistral's and the Llama embedders' shape: causal attention, last-token pooling.
+    "mistral": ("MistralConfig", "MistralModel", _DECODER, "last_token"),
+    "llama": ("LlamaConfig", "LlamaModel", _DECODER, "last_token"),
     # embeddinggemma's shape: bidirectional attention, one sliding-window layer and one
     # global, mean pooling. transformers halves sliding_window when it reads a
     # bidirectional config (each load, and the engine and the reference load alike):
@@ -121,6 +124,18 @@ def build_family_model(family: str, target: Path, tokenizer_source: Path, seed: 
         "pooling_mode_cls_token": pooling == "cls", "pooling_mode_mean_tokens": pooling == "mean",
         "pooling_mode_lasttoken": pooling == "last_token",
     })
+
+
+def build_gte_qwen2_model(target: Path, tokenizer_source: Path, seed: int = 0) -> Path:
+    """gte-Qwen2's shape: a Qwen2 checkpoint that also ships its own modeling code
+    (auto_map) and pools the last token. The shipped file fails on import, so a
+    test passes only if the code beside the weights is never run."""
+    build_family_model("qwen2", target, tokenizer_source, seed)
+    config = json.loads((target / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "modeling_qwen.Qwen2Model"}
+    (target / "config.json").write_text(json.dumps(config))
+    (target / "modeling_qwen.py").write_text('raise RuntimeError("the shipped modeling code was run")\n')
+    return target
 
 
 REMOTE_CONFIG_CODE = '''

@@ -22,10 +22,18 @@ def _spec(model_type: str, remote_code: bool = False) -> ModelSpec:
                      remote_code=remote_code)
 
 
-@pytest.mark.parametrize("model_type", ["deberta-v2", "gemma3_text", "bert", "qwen2"])
+@pytest.mark.parametrize("model_type", ["deberta-v2", "gemma3_text", "mistral", "llama", "bert", "qwen2"])
 def test_exported_families_run_onnx_on_cpu_and_torch_on_gpu(model_type: str) -> None:
     assert choose_backend("auto", _spec(model_type), []) == "onnx"
     assert choose_backend("auto", _spec(model_type), ["0"]) == "torch"
+
+
+def test_gte_qwen2_shipped_code_is_served_natively_but_other_shipped_code_is_not() -> None:
+    # gte-Qwen2 ships modeling_qwen.py (auto_map) for a type transformers has.
+    assert choose_backend("auto", _spec("qwen2", remote_code=True), []) == "onnx"
+    assert choose_backend("auto", _spec("qwen2", remote_code=True), ["0"]) == "torch"
+    # JinaBERT ships "bert" code that is not BERT: its own code runs.
+    assert choose_backend("auto", _spec("bert", remote_code=True), []) == "python"
 
 
 def test_an_explicit_backend_wins() -> None:

@@ -1,6 +1,7 @@
 """Families served through a real server on a real port: a DeBERTa-v2 reranker on
 /rerank and /predict, against transformers computing the same pairs; an
-embeddinggemma-shaped Gemma3 pipeline on /embed, against sentence-transformers."""
+embeddinggemma-shaped Gemma3 pipeline on /embed, against sentence-transformers; a
+gte-Qwen2-shaped last-token embedder on /embed, its shipped code never run."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.backends.parity import cosine, embed_over_http, st_encode
+from tests.backends.parity import cosine, embed_over_http, encode, reference_pooled, st_encode
 from tests.conftest import RunningServer, start_server
-from tests.models import add_dense_modules, build_family_classifier, build_family_model
+from tests.models import add_dense_modules, build_family_classifier, build_family_model, build_gte_qwen2_model
 
 QUERY = "what is the capital of france"
 TEXTS = ["Paris is the capital of France.", "Berlin is in Germany and has many museums and parks.", "bananas",
@@ -79,3 +80,23 @@ def test_gemma3_pipeline_matches_sentence_transformers(gemma: RunningServer, gem
         expected = st_encode(gemma_dir, texts)
         assert got.shape == expected.shape == (len(texts), 24)
         assert cosine(got, expected).min() >= 0.9999
+
+
+@pytest.fixture(scope="module")
+def gte_qwen2_dir(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
+    return build_gte_qwen2_model(tmp_path_factory.mktemp("models") / "gte-qwen2", model_dir)
+
+
+@pytest.fixture(scope="module")
+def gte_qwen2(gte_qwen2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    with start_server("--model-id", str(gte_qwen2_dir), tmp_dir=tmp_path_factory.mktemp("gte-qwen2")) as running:
+        yield running
+
+
+def test_gte_qwen2_last_token_embeddings(gte_qwen2: RunningServer, gte_qwen2_dir: Path) -> None:
+    assert httpx.get(f"{gte_qwen2.url}/info").json()["model_type"] == {"embedding": {"pooling": "last_token"}}
+    for texts in (TEXTS, TEXTS[3:4]):  # a padded batch of mixed lengths: each row's last real token
+        got = embed_over_http(gte_qwen2.url, texts, normalize=False)
+        _, sequences, _ = encode(gte_qwen2_dir, texts)
+        assert cosine(got, reference_pooled(gte_qwen2_dir, sequences, "last_token")).min() >= 0.9999
+    assert "the shipped modeling code was run" not in gte_qwen2.log()

@@ -12,7 +12,14 @@ from backends.base import EngineSpec
 from backends.engines import load_engine
 from backends.padding import padded_chunks
 from tests.backends.parity import cosine, encode, reference_logits, reference_pooled
-from tests.models import CLASSIFIER_FAMILIES, CLASSIFIER_LABELS, FAMILIES, build_family_classifier, build_family_model
+from tests.models import (
+    CLASSIFIER_FAMILIES,
+    CLASSIFIER_LABELS,
+    FAMILIES,
+    build_family_classifier,
+    build_family_model,
+    build_gte_qwen2_model,
+)
 from tests.texts import varied_texts
 
 TEXTS = varied_texts(10, seed=11)
@@ -35,12 +42,24 @@ def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_family_parity(family: str, engine: str, family_dirs: dict[str, Path], onnx_cache: Path) -> None:
     model_dir = family_dirs[family]
     pooling = FAMILIES[family][3]
-    batch, sequences, _ = encode(model_dir, TEXTS)
     backend = load_engine(engine, EngineSpec(model_dir, "cpu", "", pooling, onnx_cache))
+    for texts in (TEXTS, TEXTS[4:5]):  # mixed lengths (padded), then one text alone
+        batch, sequences, _ = encode(model_dir, texts)
+        got = backend.embed(batch).pooled  # type: ignore[attr-defined]
+        expected = reference_pooled(model_dir, sequences, pooling)
+        assert got.shape == expected.shape
+        assert cosine(got, expected).min() >= 0.9999
+
+
+@pytest.mark.parametrize("engine", ["torch", "onnx"])
+def test_code_shipped_for_a_transformers_type_is_never_run(engine: str, tmp_path: Path, model_dir: Path,
+                                                           onnx_cache: Path) -> None:
+    # gte-Qwen2: Qwen2 weights with modeling_qwen.py beside them (auto_map).
+    gte_qwen2 = build_gte_qwen2_model(tmp_path / "gte-qwen2", model_dir)
+    backend = load_engine(engine, EngineSpec(gte_qwen2, "cpu", "", "last_token", onnx_cache))
+    batch, sequences, _ = encode(gte_qwen2, TEXTS)
     got = backend.embed(batch).pooled  # type: ignore[attr-defined]
-    expected = reference_pooled(model_dir, sequences, pooling)
-    assert got.shape == expected.shape
-    assert cosine(got, expected).min() >= 0.9999
+    assert cosine(got, reference_pooled(gte_qwen2, sequences, "last_token")).min() >= 0.9999
 
 
 @pytest.fixture(scope="module")
