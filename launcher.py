@@ -180,10 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Hub revision (commit, branch or refs/pr/N) [env REVISION]")
     p.add_argument("--backend", default=_env("BACKEND", "auto"), choices=["auto", "torch", "onnx", "python"],
                    help="Engine. auto: python for models with their own code (auto_map) except GTE, which "
-                   "torch implements natively; torch on a GPU; onnx on CPU for the architectures it serves; "
+                   "torch implements natively, and gte-Qwen2, which transformers has; torch on a GPU; onnx on CPU for the architectures it serves; "
                    "else torch [env BACKEND]")
     p.add_argument("--dtype", default=_env("DTYPE"), choices=["float32", "float16", "bfloat16", "int8"],
-                   help="Weights dtype; default float32 on CPU, float16 on GPU; int8 (onnx only) is a "
+                   help="Weights dtype; default float32 on CPU, float16 on GPU (Gemma3: float32); int8 (onnx only) is a "
                    "dynamic quantization [env DTYPE]")
     p.add_argument("--pooling", default=_env("POOLING"), choices=list(POOLING_FLAG_VALUES),
                    help="Override the pooling of 1_Pooling/config.json [env POOLING]")
