@@ -57,8 +57,8 @@ ONNX_MODEL_TYPES = (
 )
 
 # Model types whose code ships on the Hub (auto_map) but that the torch engine
-# implements itself (backends/gte.py): auto serves them without remote code.
-NATIVE_REMOTE_MODEL_TYPES = ("new",)
+# implements itself (backends/gte.py, backends/nomic.py): auto serves them without remote code.
+NATIVE_REMOTE_MODEL_TYPES = ("new", "nomic_bert")
 # Model types transformers implements whose checkpoints may also ship their own copy
 # of the code (auto_map): gte-Qwen2's modeling_qwen.py is Qwen2, which TEI runs
 # natively too. auto serves them with transformers' class, the shipped code never
@@ -179,8 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", default=_env("REVISION"),
                    help="Hub revision (commit, branch or refs/pr/N) [env REVISION]")
     p.add_argument("--backend", default=_env("BACKEND", "auto"), choices=["auto", "torch", "onnx", "python"],
-                   help="Engine. auto: python for models with their own code (auto_map) except GTE, which "
-                   "torch implements natively, and gte-Qwen2, which transformers has; torch on a GPU; onnx on CPU for the architectures it serves; "
+                   help="Engine. auto: python for models with their own code (auto_map) except GTE and NomicBERT, "
+                   "which torch implements natively, and gte-Qwen2, which transformers has; torch on a GPU; onnx on CPU for the architectures it serves; "
                    "else torch [env BACKEND]")
     p.add_argument("--dtype", default=_env("DTYPE"), choices=["float32", "float16", "bfloat16", "int8"],
                    help="Weights dtype; default float32 on CPU, float16 on GPU (Gemma3: float32); int8 (onnx only) is a "

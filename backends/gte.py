@@ -322,7 +322,7 @@ class GteForSequenceClassification(nn.Module):
 def load(model_dir: Path, config: GteConfig, dtype: torch.dtype) -> GteModel | GteForSequenceClassification:
     model: GteModel | GteForSequenceClassification
     model = GteForSequenceClassification(config) if config.is_classifier else GteModel(config)
-    state = _read_weights(model_dir)
+    state = read_weights(model_dir)
     if not config.is_classifier:
         # An encoder may be saved bare or under a head's prefix; serve the bare encoder.
         state = {k.removeprefix(CLASSIFIER_BASE): v for k, v in state.items()}
@@ -336,7 +336,7 @@ def load(model_dir: Path, config: GteConfig, dtype: torch.dtype) -> GteModel | G
     return model.to(dtype).eval()
 
 
-def _read_weights(model_dir: Path) -> dict[str, torch.Tensor]:
+def read_weights(model_dir: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     files = sorted(model_dir.glob("*.safetensors"))

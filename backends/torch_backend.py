@@ -21,7 +21,7 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
-from backends import gte
+from backends import gte, nomic
 from backends.base import EmbedOutput, EngineSpec, ModelBatch
 from backends.padding import PaddedChunk, PaddedEngine, padded_chunks
 from backends.pipeline import Pending, copies_for, ready
@@ -70,19 +70,25 @@ class TorchBackend(PaddedEngine):
             torch.set_num_threads(len(os.sched_getaffinity(0)))
 
         model_dir = spec.model_dir
-        # GTE's transformers code is Hub-only: unless its remote code is asked
-        # for (the python engine), run our own implementation.
+        # GTE's and NomicBERT's transformers code is Hub-only: unless their remote
+        # code is asked for (the python engine), run our own implementations.
         native_gte = not trust_remote_code and gte.is_gte(model_dir)
-        config: Any = (gte.GteConfig.from_dir(model_dir) if native_gte
-                       else AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code))
+        native_nomic = not trust_remote_code and nomic.is_nomic(model_dir)
+        config: Any
+        if native_gte:
+            config = gte.GteConfig.from_dir(model_dir)
+        elif native_nomic:
+            config = nomic.NomicConfig.from_dir(model_dir)
+        else:
+            config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         architectures = config.architectures or []
         self._is_classifier = any(a.endswith("Classification") for a in architectures)
         if not self._is_classifier and spec.pooling not in POOLINGS:
             raise ValueError(f"pooling {spec.pooling!r} is not supported by the {self.name} backend")
         self.pooling = spec.pooling
 
-        if native_gte and spec.pooling == "splade":
-            raise ValueError("SPLADE pooling is not available for GTE models")
+        if (native_gte or native_nomic) and spec.pooling == "splade":
+            raise ValueError(f"SPLADE pooling is not available for {config.model_type} models")
         model_cls: type[Any]
         if self._is_classifier:
             model_cls = AutoModelForSequenceClassification
@@ -95,8 +101,11 @@ class TorchBackend(PaddedEngine):
             f.stat().st_size for f in model_dir.glob("*.bin")
         ) / 1e6
         logger.info("loading weights from %s (%.0f MB, %s, %s)", model_dir, weights_mb, self.device, dtype)
+        self._model: Any
         if native_gte:
             self._model = gte.load(model_dir, config, DTYPES[dtype])
+        elif native_nomic:
+            self._model = nomic.load(model_dir, config, DTYPES[dtype])
         else:
             self._model = _load(model_cls, model_dir, DTYPES[dtype], trust_remote_code)
         self._model.eval().to(self.device)

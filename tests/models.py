@@ -507,6 +507,185 @@ def build_gte_model(target: Path, tokenizer_source: Path, seed: int = 0, classif
     return _finish_checkpoint(target, tokenizer_source, None if classifier else {"pooling_mode_cls_token": True})
 
 
+# A reference NomicBERT ("nomic_bert") written as remote code, as transformers runs
+# nomic-embed-text checkpoints (auto_map). Written here from the published
+# architecture and parameter names, plainly (eager attention with an additive mask,
+# rotary as explicit halves), apart from backends/nomic.py, which it checks.
+NOMIC_CONFIG_CODE = '''
+from transformers import PretrainedConfig
+
+
+class NomicBertConfig(PretrainedConfig):
+    model_type = "nomic_bert"
+    # GPT-2's key names, read under BERT's too (the published config derives from GPT2Config).
+    attribute_map = {"hidden_size": "n_embd", "num_attention_heads": "n_head", "num_hidden_layers": "n_layer"}
+
+    def __init__(self, vocab_size=30528, n_embd=768, n_head=12, n_layer=12, n_inner=None, n_positions=8192,
+                 type_vocab_size=2, activation_function="swiglu", layer_norm_epsilon=1e-12, rotary_emb_base=10000.0,
+                 rotary_emb_fraction=1.0, rotary_emb_interleaved=False, qkv_proj_bias=True, mlp_fc1_bias=True,
+                 mlp_fc2_bias=True, prenorm=False, initializer_range=0.02, **kwargs):
+        self.vocab_size = vocab_size
+        self.n_embd = n_embd
+        self.n_head = n_head
+        self.n_layer = n_layer
+        self.n_inner = n_inner
+        self.n_positions = n_positions
+        self.type_vocab_size = type_vocab_size
+        self.activation_function = activation_function
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.rotary_emb_base = rotary_emb_base
+        self.rotary_emb_fraction = rotary_emb_fraction
+        self.rotary_emb_interleaved = rotary_emb_interleaved
+        self.qkv_proj_bias = qkv_proj_bias
+        self.mlp_fc1_bias = mlp_fc1_bias
+        self.mlp_fc2_bias = mlp_fc2_bias
+        self.prenorm = prenorm
+        self.initializer_range = initializer_range
+        super().__init__(**kwargs)
+'''
+
+NOMIC_MODEL_CODE = '''
+import math
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutput
+
+from .configuration_nomic import NomicBertConfig
+
+
+def rotate(x, position_count, base):
+    half = x.shape[-1] // 2
+    frequencies = torch.tensor([base ** (-2.0 * i / x.shape[-1]) for i in range(half)], dtype=torch.float64)
+    angles = torch.arange(position_count, dtype=torch.float64)[:, None] * frequencies[None, :]
+    cos, sin = angles.cos().float(), angles.sin().float()
+    first, second = x[..., :half], x[..., half:]
+    return torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.Wqkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.qkv_proj_bias)
+        self.out_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.qkv_proj_bias)
+
+    def forward(self, x, bias):
+        b, n, h = x.shape
+        heads = self.config.n_head
+        d = h // heads
+        q, k, v = self.Wqkv(x).split(h, dim=-1)
+        q, k, v = [t.reshape(b, n, heads, d).permute(0, 2, 1, 3) for t in (q, k, v)]
+        q = rotate(q, n, self.config.rotary_emb_base)
+        k = rotate(k, n, self.config.rotary_emb_base)
+        weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d) + bias, dim=-1)
+        return self.out_proj((weights @ v).permute(0, 2, 1, 3).reshape(b, n, h))
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        inner = config.n_inner or 4 * config.n_embd
+        self.gated = config.activation_function == "swiglu"
+        if self.gated:
+            self.fc11 = nn.Linear(config.n_embd, inner, bias=config.mlp_fc1_bias)
+            self.fc12 = nn.Linear(config.n_embd, inner, bias=config.mlp_fc1_bias)
+        else:
+            self.fc1 = nn.Linear(config.n_embd, inner, bias=config.mlp_fc1_bias)
+        self.fc2 = nn.Linear(inner, config.n_embd, bias=config.mlp_fc2_bias)
+
+    def forward(self, x):
+        if self.gated:
+            return self.fc2(self.fc11(x) * nn.functional.silu(self.fc12(x)))
+        return self.fc2(nn.functional.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.attn = Attention(config)
+        self.mlp = MLP(config)
+        self.norm1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.norm2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+
+    def forward(self, x, bias):
+        x = self.norm1(x + self.attn(x, bias))
+        return self.norm2(x + self.mlp(x))
+
+
+class Encoder(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.layers = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+
+
+class Embeddings(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.n_embd)
+        if config.type_vocab_size > 0:
+            self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.n_embd)
+
+
+class NomicBertModel(PreTrainedModel):
+    config_class = NomicBertConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.embeddings = Embeddings(config)
+        self.emb_ln = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.encoder = Encoder(config)
+        self.post_init()
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(0.0, self.config.initializer_range)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.data.normal_(0.0, self.config.initializer_range)
+        if isinstance(module, nn.LayerNorm):
+            module.weight.data.normal_(1.0, 0.1)
+            module.bias.data.normal_(0.0, 0.1)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, **kwargs):
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        x = self.embeddings.word_embeddings(input_ids)
+        if self.config.type_vocab_size > 0:
+            types = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
+            x = x + self.embeddings.token_type_embeddings(types)
+        x = self.emb_ln(x)
+        bias = (1.0 - attention_mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+        for layer in self.encoder.layers:
+            x = layer(x, bias)
+        return BaseModelOutput(last_hidden_state=x)
+'''
+
+NOMIC_TINY_CONFIG: dict[str, object] = dict(
+    vocab_size=30522, n_embd=32, n_head=2, n_layer=2, n_inner=48, n_positions=128, max_trained_positions=128,
+    type_vocab_size=2,
+    rotary_emb_base=1000.0, qkv_proj_bias=False, mlp_fc1_bias=False, mlp_fc2_bias=False, initializer_range=0.2,
+)
+
+
+def build_nomic_model(target: Path, tokenizer_source: Path, seed: int = 0, **overrides: object) -> Path:
+    """A tiny NomicBERT checkpoint saved by the reference remote code, with its auto_map
+    and mean pooling (nomic-embed-text's shape: no biases, SwiGLU, rotary)."""
+    import torch
+
+    def save(modules: dict[str, Any]) -> None:
+        torch.manual_seed(seed)
+        config = modules["configuration_nomic"].NomicBertConfig(**{**NOMIC_TINY_CONFIG, **overrides})
+        config.architectures = ["NomicBertModel"]
+        config.auto_map = {"AutoConfig": "configuration_nomic.NomicBertConfig",
+                           "AutoModel": "modeling_nomic.NomicBertModel"}
+        modules["modeling_nomic"].NomicBertModel(config).eval().save_pretrained(target)
+
+    save_with_remote_code(target, {"configuration_nomic.py": NOMIC_CONFIG_CODE, "modeling_nomic.py": NOMIC_MODEL_CODE},
+                          save)
+    return _finish_checkpoint(target, tokenizer_source, {"pooling_mode_mean_tokens": True})
+
+
 # Dense modules after pooling: (out_features, torch.nn activation class name, bias).
 DenseLayers = list[tuple[int, str, bool]]
 # Two layers, so order matters, and both of Dense's usual activations (LaBSE: Tanh; stella: Identity).

@@ -28,10 +28,13 @@ def test_exported_families_run_onnx_on_cpu_and_torch_on_gpu(model_type: str) -> 
     assert choose_backend("auto", _spec(model_type), ["0"]) == "torch"
 
 
-def test_gte_qwen2_shipped_code_is_served_natively_but_other_shipped_code_is_not() -> None:
+def test_shipped_code_of_known_architectures_is_not_run_but_other_shipped_code_is() -> None:
     # gte-Qwen2 ships modeling_qwen.py (auto_map) for a type transformers has.
     assert choose_backend("auto", _spec("qwen2", remote_code=True), []) == "onnx"
     assert choose_backend("auto", _spec("qwen2", remote_code=True), ["0"]) == "torch"
+    # NomicBERT's shipped code is never run either: the torch engine implements it.
+    assert choose_backend("auto", _spec("nomic_bert", remote_code=True), []) == "torch"
+    assert choose_backend("auto", _spec("nomic_bert", remote_code=True), ["0"]) == "torch"
     # JinaBERT ships "bert" code that is not BERT: its own code runs.
     assert choose_backend("auto", _spec("bert", remote_code=True), []) == "python"
 

@@ -1,7 +1,8 @@
 """Families served through a real server on a real port: a DeBERTa-v2 reranker on
 /rerank and /predict, against transformers computing the same pairs; an
 embeddinggemma-shaped Gemma3 pipeline on /embed, against sentence-transformers; a
-gte-Qwen2-shaped last-token embedder on /embed, its shipped code never run."""
+gte-Qwen2-shaped last-token embedder on /embed, its shipped code never run; a
+NomicBERT on /embed, on our own implementation, against its shipped code."""
 
 from __future__ import annotations
 
@@ -14,7 +15,13 @@ import pytest
 
 from tests.backends.parity import cosine, embed_over_http, encode, reference_pooled, st_encode
 from tests.conftest import RunningServer, start_server
-from tests.models import add_dense_modules, build_family_classifier, build_family_model, build_gte_qwen2_model
+from tests.models import (
+    add_dense_modules,
+    build_family_classifier,
+    build_family_model,
+    build_gte_qwen2_model,
+    build_nomic_model,
+)
 
 QUERY = "what is the capital of france"
 TEXTS = ["Paris is the capital of France.", "Berlin is in Germany and has many museums and parks.", "bananas",
@@ -100,3 +107,21 @@ def test_gte_qwen2_last_token_embeddings(gte_qwen2: RunningServer, gte_qwen2_dir
         _, sequences, _ = encode(gte_qwen2_dir, texts)
         assert cosine(got, reference_pooled(gte_qwen2_dir, sequences, "last_token")).min() >= 0.9999
     assert "the shipped modeling code was run" not in gte_qwen2.log()
+
+
+@pytest.fixture(scope="module")
+def nomic_dir(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
+    return build_nomic_model(tmp_path_factory.mktemp("models") / "nomic", model_dir)
+
+
+@pytest.fixture(scope="module")
+def nomic(nomic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    with start_server("--model-id", str(nomic_dir), tmp_dir=tmp_path_factory.mktemp("nomic")) as running:
+        yield running
+
+
+def test_nomic_bert_served_natively(nomic: RunningServer, nomic_dir: Path) -> None:
+    assert "backend torch (chosen)" in nomic.log()  # neither python (its code) nor onnx
+    got = embed_over_http(nomic.url, TEXTS)
+    expected = st_encode(nomic_dir, TEXTS, trust_remote_code=True)  # the shipped code, mean pooled
+    assert cosine(got, expected).min() >= 0.9999
