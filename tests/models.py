@@ -686,6 +686,191 @@ def build_nomic_model(target: Path, tokenizer_source: Path, seed: int = 0, **ove
     return _finish_checkpoint(target, tokenizer_source, {"pooling_mode_mean_tokens": True})
 
 
+# A reference JinaBERT (jina-embeddings-v2) written as remote code the way its
+# checkpoints ship (model type "bert", auto_map), from the published architecture
+# and parameter names: eager attention with the ALiBi bias built position by
+# position, apart from backends/jina.py, which it checks.
+JINA_CONFIG_CODE = '''
+from transformers import PretrainedConfig
+
+
+class JinaBertConfig(PretrainedConfig):
+    model_type = "bert"
+
+    def __init__(self, vocab_size=30528, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                 intermediate_size=3072, hidden_act="gelu", type_vocab_size=2, layer_norm_eps=1e-12,
+                 max_position_embeddings=8192, position_embedding_type="alibi", feed_forward_type="geglu",
+                 initializer_range=0.02, **kwargs):
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.type_vocab_size = type_vocab_size
+        self.layer_norm_eps = layer_norm_eps
+        self.max_position_embeddings = max_position_embeddings
+        self.position_embedding_type = position_embedding_type
+        self.feed_forward_type = feed_forward_type
+        self.initializer_range = initializer_range
+        super().__init__(**kwargs)
+'''
+
+JINA_MODEL_CODE = '''
+import math
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutput
+
+from .configuration_jina import JinaBertConfig
+
+
+def slopes(heads):
+    def geometric(n):
+        ratio = 2 ** (-(2 ** -(math.log2(n) - 3)))
+        return [ratio ** (i + 1) for i in range(n)]
+    if math.log2(heads).is_integer():
+        return geometric(heads)
+    closest = 2 ** math.floor(math.log2(heads))
+    return geometric(closest) + geometric(2 * closest)[::2][: heads - closest]
+
+
+def alibi(heads, n):
+    table = torch.zeros(heads, n, n)
+    for h, slope in enumerate(slopes(heads)):
+        for i in range(n):
+            for j in range(n):
+                table[h, i, j] = -slope * abs(i - j)
+    return table
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        h = config.hidden_size
+        self.query, self.key, self.value = nn.Linear(h, h), nn.Linear(h, h), nn.Linear(h, h)
+
+
+class AttentionOutput(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+
+class Attention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.self = SelfAttention(config)
+        self.output = AttentionOutput(config)
+
+    def forward(self, x, bias):
+        b, n, h = x.shape
+        heads = self.config.num_attention_heads
+        d = h // heads
+        q, k, v = [p(x).reshape(b, n, heads, d).permute(0, 2, 1, 3)
+                   for p in (self.self.query, self.self.key, self.self.value)]
+        weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d) + bias, dim=-1)
+        context = (weights @ v).permute(0, 2, 1, 3).reshape(b, n, h)
+        return self.output.LayerNorm(self.output.dense(context) + x)
+
+
+class GLUMLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.gated_layers = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.wo = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.act = nn.ReLU() if config.feed_forward_type == "reglu" else nn.GELU()
+
+    def forward(self, x):
+        gate, up = self.gated_layers(x).chunk(2, dim=-1)
+        return self.layernorm(self.wo(self.act(gate) * up) + x)
+
+
+class Layer(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.attention = Attention(config)
+        self.mlp = GLUMLP(config)
+
+    def forward(self, x, bias):
+        return self.mlp(self.attention(x, bias))
+
+
+class Encoder(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.layer = nn.ModuleList([Layer(config) for _ in range(config.num_hidden_layers)])
+
+
+class Embeddings(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+
+class JinaBertModel(PreTrainedModel):
+    config_class = JinaBertConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.embeddings = Embeddings(config)
+        self.encoder = Encoder(config)
+        self.post_init()
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(0.0, self.config.initializer_range)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.data.normal_(0.0, self.config.initializer_range)
+        if isinstance(module, nn.LayerNorm):
+            module.weight.data.normal_(1.0, 0.1)
+            module.bias.data.normal_(0.0, 0.1)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, **kwargs):
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        e = self.embeddings
+        x = e.LayerNorm(e.word_embeddings(input_ids) + e.token_type_embeddings(token_type_ids))
+        n = input_ids.shape[1]
+        bias = alibi(self.config.num_attention_heads, n)[None]
+        bias = bias + (1.0 - attention_mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+        for layer in self.encoder.layer:
+            x = layer(x, bias)
+        return BaseModelOutput(last_hidden_state=x)
+'''
+
+JINA_TINY_CONFIG: dict[str, object] = dict(
+    vocab_size=30522, hidden_size=36, num_hidden_layers=2, num_attention_heads=3, intermediate_size=48,
+    max_position_embeddings=128, type_vocab_size=2, initializer_range=0.2,
+)
+
+
+def build_jina_bert_model(target: Path, tokenizer_source: Path, seed: int = 0, **overrides: object) -> Path:
+    """A tiny JinaBERT checkpoint saved by the reference remote code, with its auto_map
+    and mean pooling. Three heads: ALiBi's slopes for a count that is not a power of two."""
+    import torch
+
+    def save(modules: dict[str, Any]) -> None:
+        torch.manual_seed(seed)
+        config = modules["configuration_jina"].JinaBertConfig(**{**JINA_TINY_CONFIG, **overrides})
+        config.architectures = ["JinaBertModel"]
+        config.auto_map = {"AutoConfig": "configuration_jina.JinaBertConfig", "AutoModel": "modeling_jina.JinaBertModel"}
+        modules["modeling_jina"].JinaBertModel(config).eval().save_pretrained(target)
+
+    save_with_remote_code(target, {"configuration_jina.py": JINA_CONFIG_CODE, "modeling_jina.py": JINA_MODEL_CODE}, save)
+    return _finish_checkpoint(target, tokenizer_source, {"pooling_mode_mean_tokens": True})
+
+
 # Dense modules after pooling: (out_features, torch.nn activation class name, bias).
 DenseLayers = list[tuple[int, str, bool]]
 # Two layers, so order matters, and both of Dense's usual activations (LaBSE: Tanh; stella: Identity).
