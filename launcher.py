@@ -57,8 +57,9 @@ ONNX_MODEL_TYPES = (
 )
 
 # Model types whose code ships on the Hub (auto_map) but that the torch engine
-# implements itself (backends/gte.py, backends/nomic.py): auto serves them without remote code.
-NATIVE_REMOTE_MODEL_TYPES = ("new", "nomic_bert")
+# implements itself (backends/gte.py, nomic.py, jina.py): auto serves them without
+# remote code. Names are ModelSpec.family: model types, "jina_bert" for JinaBERT.
+NATIVE_REMOTE_MODEL_TYPES = ("new", "nomic_bert", "jina_bert")
 # Model types transformers implements whose checkpoints may also ship their own copy
 # of the code (auto_map): gte-Qwen2's modeling_qwen.py is Qwen2, which TEI runs
 # natively too. auto serves them with transformers' class, the shipped code never
@@ -179,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", default=_env("REVISION"),
                    help="Hub revision (commit, branch or refs/pr/N) [env REVISION]")
     p.add_argument("--backend", default=_env("BACKEND", "auto"), choices=["auto", "torch", "onnx", "python"],
-                   help="Engine. auto: python for models with their own code (auto_map) except GTE and NomicBERT, "
+                   help="Engine. auto: python for models with their own code (auto_map) except GTE, NomicBERT and JinaBERT, "
                    "which torch implements natively, and gte-Qwen2, which transformers has; torch on a GPU; onnx on CPU for the architectures it serves; "
                    "else torch [env BACKEND]")
     p.add_argument("--dtype", default=_env("DTYPE"), choices=["float32", "float16", "bfloat16", "int8"],
@@ -414,11 +415,11 @@ def plan_launch(args: argparse.Namespace) -> LaunchPlan:
 def choose_backend(requested: str, spec: ModelSpec, gpus: list[str]) -> str:
     if requested != "auto":
         return requested
-    if spec.remote_code and spec.config_model_type not in NATIVE_REMOTE_MODEL_TYPES + TRANSFORMERS_REMOTE_MODEL_TYPES:
+    if spec.remote_code and spec.family not in NATIVE_REMOTE_MODEL_TYPES + TRANSFORMERS_REMOTE_MODEL_TYPES:
         return "python"
     if gpus:
         return "torch"
-    if spec.config_model_type in ONNX_MODEL_TYPES:
+    if spec.family in ONNX_MODEL_TYPES:
         return "onnx"
     return "torch"
 

@@ -5,21 +5,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import json
 import subprocess
 import sys
 
 import pytest
 
 from launcher import choose_backend
-from router.model_config import ModelConfigError, ModelSpec
+from router.model_config import ModelConfigError, ModelSpec, load_model_spec
 from tests.conftest import ROOT, short_socket_prefix
-from tests.models import build_family_model
+from tests.models import build_family_model, build_jina_bert_model
 
 
-def _spec(model_type: str, remote_code: bool = False) -> ModelSpec:
+def _spec(model_type: str, remote_code: bool = False, jina_bert: bool = False) -> ModelSpec:
     return ModelSpec(model_dir=Path("/nonexistent"), model_type="embedding", pooling="mean", id2label={},
                      label2id={}, base_input_length=512, position_offset=0, config_model_type=model_type,
-                     remote_code=remote_code)
+                     remote_code=remote_code, jina_bert=jina_bert)
 
 
 @pytest.mark.parametrize("model_type", ["deberta-v2", "gemma3_text", "mistral", "llama", "bert", "qwen2"])
@@ -35,8 +36,20 @@ def test_shipped_code_of_known_architectures_is_not_run_but_other_shipped_code_i
     # NomicBERT's shipped code is never run either: the torch engine implements it.
     assert choose_backend("auto", _spec("nomic_bert", remote_code=True), []) == "torch"
     assert choose_backend("auto", _spec("nomic_bert", remote_code=True), ["0"]) == "torch"
-    # JinaBERT ships "bert" code that is not BERT: its own code runs.
+    # JinaBERT ("bert" with ALiBi) too; but other code shipped for "bert" is not BERT: it runs.
+    assert choose_backend("auto", _spec("bert", remote_code=True, jina_bert=True), []) == "torch"
     assert choose_backend("auto", _spec("bert", remote_code=True), []) == "python"
+
+
+def test_jina_bert_is_told_from_bert_by_its_alibi_positions(model_dir: Path, tmp_path: Path) -> None:
+    jina = load_model_spec(build_jina_bert_model(tmp_path / "jina", model_dir))
+    assert (jina.config_model_type, jina.family, jina.remote_code) == ("bert", "jina_bert", True)
+    assert load_model_spec(model_dir).family == "bert"
+    # The query/key post-norm variant (jina-embeddings-v2-base-code) keeps its own code.
+    config = json.loads((jina.model_dir / "config.json").read_text())
+    config["auto_map"]["AutoModel"] = "jinaai/jina-bert-v2-qk-post-norm--modeling_bert.JinaBertModel"
+    (jina.model_dir / "config.json").write_text(json.dumps(config))
+    assert load_model_spec(jina.model_dir).family == "bert"
 
 
 def test_an_explicit_backend_wins() -> None:

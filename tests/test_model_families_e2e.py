@@ -2,7 +2,7 @@
 /rerank and /predict, against transformers computing the same pairs; an
 embeddinggemma-shaped Gemma3 pipeline on /embed, against sentence-transformers; a
 gte-Qwen2-shaped last-token embedder on /embed, its shipped code never run; a
-NomicBERT on /embed, on our own implementation, against its shipped code."""
+NomicBERT and a JinaBERT on /embed, on our own implementations, against their shipped code."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from tests.models import (
     build_family_classifier,
     build_family_model,
     build_gte_qwen2_model,
+    build_jina_bert_model,
     build_nomic_model,
 )
 
@@ -109,19 +110,12 @@ def test_gte_qwen2_last_token_embeddings(gte_qwen2: RunningServer, gte_qwen2_dir
     assert "the shipped modeling code was run" not in gte_qwen2.log()
 
 
-@pytest.fixture(scope="module")
-def nomic_dir(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
-    return build_nomic_model(tmp_path_factory.mktemp("models") / "nomic", model_dir)
-
-
-@pytest.fixture(scope="module")
-def nomic(nomic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with start_server("--model-id", str(nomic_dir), tmp_dir=tmp_path_factory.mktemp("nomic")) as running:
-        yield running
-
-
-def test_nomic_bert_served_natively(nomic: RunningServer, nomic_dir: Path) -> None:
-    assert "backend torch (chosen)" in nomic.log()  # neither python (its code) nor onnx
-    got = embed_over_http(nomic.url, TEXTS)
-    expected = st_encode(nomic_dir, TEXTS, trust_remote_code=True)  # the shipped code, mean pooled
+@pytest.mark.parametrize("family", ["nomic_bert", "jina_bert"])
+def test_shipped_code_families_served_natively(family: str, model_dir: Path, tmp_path: Path) -> None:
+    build = build_nomic_model if family == "nomic_bert" else build_jina_bert_model
+    family_dir = build(tmp_path / family, model_dir)
+    with start_server("--model-id", str(family_dir), tmp_dir=tmp_path) as server:
+        assert "backend torch (chosen)" in server.log()  # neither python (its code) nor onnx
+        got = embed_over_http(server.url, TEXTS)
+    expected = st_encode(family_dir, TEXTS, trust_remote_code=True)  # the shipped code, mean pooled
     assert cosine(got, expected).min() >= 0.9999
