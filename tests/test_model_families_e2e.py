@@ -56,7 +56,7 @@ def _pair_logits(model_dir: Path, first: str, second: str) -> np.ndarray:
 
 def test_deberta_reranker_serves_rerank_and_predict(deberta: RunningServer, deberta_dir: Path) -> None:
     info = httpx.get(f"{deberta.url}/info").json()
-    assert "reranker" in info["model_type"]
+    assert "reranker" in info["model_type"] and info["backend"] == "onnx"  # auto's choice on CPU
     response = _post(deberta, "/rerank", {"query": QUERY, "texts": TEXTS, "raw_scores": True})
     assert response.status_code == 200, response.text
     ranks = response.json()
@@ -82,7 +82,8 @@ def gemma(gemma_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 def test_gemma3_pipeline_matches_sentence_transformers(gemma: RunningServer, gemma_dir: Path) -> None:
-    assert httpx.get(f"{gemma.url}/info").json()["model_dtype"] == "float32"
+    info = httpx.get(f"{gemma.url}/info").json()
+    assert (info["model_dtype"], info["backend"]) == ("float32", "onnx")
     for texts in (TEXTS, TEXTS[1:2]):  # a padded batch of mixed lengths, and one text
         got = embed_over_http(gemma.url, texts)
         expected = st_encode(gemma_dir, texts)
@@ -102,7 +103,9 @@ def gte_qwen2(gte_qwen2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def test_gte_qwen2_last_token_embeddings(gte_qwen2: RunningServer, gte_qwen2_dir: Path) -> None:
-    assert httpx.get(f"{gte_qwen2.url}/info").json()["model_type"] == {"embedding": {"pooling": "last_token"}}
+    info = httpx.get(f"{gte_qwen2.url}/info").json()
+    assert info["model_type"] == {"embedding": {"pooling": "last_token"}}
+    assert info["backend"] == "onnx"  # exported as transformers' Qwen2, not python
     for texts in (TEXTS, TEXTS[3:4]):  # a padded batch of mixed lengths: each row's last real token
         got = embed_over_http(gte_qwen2.url, texts, normalize=False)
         _, sequences, _ = encode(gte_qwen2_dir, texts)
@@ -115,7 +118,7 @@ def test_shipped_code_families_served_natively(family: str, model_dir: Path, tmp
     build = build_nomic_model if family == "nomic_bert" else build_jina_bert_model
     family_dir = build(tmp_path / family, model_dir)
     with start_server("--model-id", str(family_dir), tmp_dir=tmp_path) as server:
-        assert "backend torch (chosen)" in server.log()  # neither python (its code) nor onnx
+        assert httpx.get(f"{server.url}/info").json()["backend"] == "torch"  # not python (its code)
         got = embed_over_http(server.url, TEXTS)
     expected = st_encode(family_dir, TEXTS, trust_remote_code=True)  # the shipped code, mean pooled
     assert cosine(got, expected).min() >= 0.9999
