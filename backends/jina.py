@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 
-from backends.gte import read_weights
+from backends.checkpoint import read_config, read_weights
 
 # The feed-forward types of the published code and the activation each gates with.
 GATE_ACTIVATIONS = {"geglu": "gelu", "reglu": "relu"}
@@ -33,12 +33,8 @@ IGNORED_PREFIXES = ("pooler.", "cls.", "lm_head.")
 
 
 def is_jina_bert(model_dir: Path) -> bool:
-    try:
-        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return (isinstance(config, dict) and config.get("model_type") == "bert"
-            and config.get("position_embedding_type") == "alibi")
+    config = read_config(model_dir) or {}
+    return config.get("model_type") == "bert" and config.get("position_embedding_type") == "alibi"
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 
-from backends.gte import read_weights
+from backends.checkpoint import read_config, read_weights
 
 MODEL_TYPE = "nomic_bert"
 GATED_ACTIVATIONS = {"swiglu": "silu", "geglu": "gelu"}
@@ -34,11 +34,7 @@ IGNORED_PREFIXES = ("cls.", "lm_head.", "pooler.")
 
 
 def is_nomic(model_dir: Path) -> bool:
-    try:
-        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and config.get("model_type") == MODEL_TYPE
+    return (read_config(model_dir) or {}).get("model_type") == MODEL_TYPE
 
 
 @dataclass(frozen=True)
