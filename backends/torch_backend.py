@@ -92,7 +92,8 @@ class TorchBackend(PaddedEngine):
         self.pooling = spec.pooling
 
         if native and spec.pooling == "splade":
-            raise ValueError(f"SPLADE pooling is not available for {config.model_type} models")
+            raise ValueError(f"SPLADE pooling is not available for {type(config).__name__.removesuffix('Config')} "
+                             "models")
         model_cls: type[Any]
         if self._is_classifier:
             model_cls = AutoModelForSequenceClassification
