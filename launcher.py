@@ -58,11 +58,19 @@ DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 # Architectures the ONNX path exports and serves (tests/backends/test_families.py).
 ONNX_MODEL_TYPES = (
     "bert", "roberta", "xlm-roberta", "camembert", "distilbert", "mpnet", "modernbert", "qwen2", "qwen3",
+    "deberta-v2", "gemma3_text", "mistral", "llama",
 )
 
 # Model types whose code ships on the Hub (auto_map) but that the torch engine
-# implements itself (backends/gte.py): auto serves them without remote code.
-NATIVE_REMOTE_MODEL_TYPES = ("new",)
+# implements itself (backends/gte.py, nomic.py, jina.py): auto serves them without
+# remote code. Names are ModelSpec.family: model types, "jina_bert" for JinaBERT.
+NATIVE_REMOTE_MODEL_TYPES = ("new", "nomic_bert", "jina_bert")
+# Model types transformers implements whose checkpoints may also ship their own copy
+# of the code (auto_map): gte-Qwen2's modeling_qwen.py is Qwen2, which TEI runs
+# natively too. auto serves them with transformers' class, the shipped code never
+# run. Only types whose shipped code is known to be that architecture: JinaBERT
+# ships code for "bert" and jina-embeddings-v3 for "xlm-roberta" that are not.
+TRANSFORMERS_REMOTE_MODEL_TYPES = ("qwen2",)
 
 # router.st_modules' activation names -> the BackendConfig enum.
 DENSE_ACTIVATIONS = {
@@ -201,14 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Hub revision (commit, branch or refs/pr/N) [env REVISION]")
     p.add_argument("--backend", default=_env("BACKEND", "auto"), choices=["auto", "torch", "onnx", "python"],
                    help="Engine. auto: python for models with their own code (auto_map; needs "
-                   "--trust-remote-code) except GTE, which torch implements natively; torch on a GPU; onnx on "
-                   "CPU for the architectures it serves; else torch [env BACKEND]")
+                   "--trust-remote-code) except GTE, NomicBERT and JinaBERT, which torch implements natively, and "
+                   "gte-Qwen2, which transformers has; torch on a GPU; onnx on CPU for the architectures it serves; "
+                   "else torch [env BACKEND]")
     p.add_argument("--trust-remote-code", type=_bool, nargs="?", const=True,
                    default=_bool(_env("TRUST_REMOTE_CODE", "false") or "false"),
                    help="Allow running code from the model repository (auto_map in config.json), which the "
                    "python backend needs; without it such a model is refused at start [env TRUST_REMOTE_CODE]")
     p.add_argument("--dtype", default=_env("DTYPE"), choices=["float32", "float16", "bfloat16", "int8"],
-                   help="Weights dtype; default float32 on CPU, float16 on GPU; int8 (onnx only) is a "
+                   help="Weights dtype; default float32 on CPU, float16 on GPU (Gemma3: float32); int8 (onnx only) is a "
                    "dynamic quantization [env DTYPE]")
     p.add_argument("--pooling", default=_env("POOLING"), choices=list(POOLING_FLAG_VALUES),
                    help="Override the pooling of 1_Pooling/config.json [env POOLING]")
@@ -398,6 +407,7 @@ class LaunchPlan:
     gpus: list[str]
     max_input_length: int
     default_prompt: str | None
+    dtype: str  # what the backends load; "": the engine's default for its device
 
     @property
     def http_port(self) -> int:
@@ -433,6 +443,10 @@ def plan_launch(args: argparse.Namespace) -> LaunchPlan:
         raise LaunchError(
             f"cannot serve {model_dir} with the {backend} backend: --dtype int8 needs --backend onnx", EXIT_CONFIG_ERROR
         )
+    try:
+        dtype = spec.weights_dtype(args.dtype)
+    except ModelConfigError as exc:
+        raise LaunchError(f"cannot serve {model_dir}: {exc}", EXIT_CONFIG_ERROR) from exc
     logger.info("backend %s (%s) on %s", backend, "chosen" if args.backend == "auto" else "requested",
                 f"{len(gpus)} GPU(s)" if gpus else "CPU")
 
@@ -477,12 +491,12 @@ def plan_launch(args: argparse.Namespace) -> LaunchPlan:
     # The weights last: a bad flag must not wait for a download to be reported.
     fetch_backend_files(source, [backend], args.trust_remote_code)
     return LaunchPlan(args, args.model_id or DEFAULT_MODEL_ID, bind_hosts, vertex, spec, backend, gpus, max_input_length,
-                      default_prompt)
+                      default_prompt, dtype)
 
 
 def needs_remote_code(spec: ModelSpec) -> bool:
     """The model ships its own code (auto_map) and no engine here implements it."""
-    return spec.remote_code and spec.config_model_type not in NATIVE_REMOTE_MODEL_TYPES
+    return spec.remote_code and spec.family not in NATIVE_REMOTE_MODEL_TYPES + TRANSFORMERS_REMOTE_MODEL_TYPES
 
 
 def choose_backend(requested: str, spec: ModelSpec, gpus: list[str]) -> str:
@@ -492,7 +506,7 @@ def choose_backend(requested: str, spec: ModelSpec, gpus: list[str]) -> str:
         return "python"
     if gpus:
         return "torch"
-    if spec.config_model_type in ONNX_MODEL_TYPES:
+    if spec.family in ONNX_MODEL_TYPES:
         return "onnx"
     return "torch"
 
@@ -813,7 +827,7 @@ def build_children(
         socket_path = f"{uds}-backend-{index}"
         config = config_pb2.BackendConfig(
             model_dir=str(plan.spec.model_dir), socket_path=socket_path, backend=plan.backend,
-            dtype=args.dtype or "", pooling=pooling, device=device, max_batch_tokens=args.max_batch_tokens,
+            dtype=plan.dtype, pooling=pooling, device=device, max_batch_tokens=args.max_batch_tokens,
             json_output=args.json_output, name=f"backend-{index}", position_offset=plan.spec.position_offset,
             cache_dir=str(CACHE_DIR), cache_max_bytes=CACHE_MAX_BYTES, dense_layers=dense_layers,
             router_link=router_link, otlp_service_name=args.otlp_service_name, disable_spans=args.disable_spans,

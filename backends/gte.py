@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from backends.base import ModelBatch
+from backends.checkpoint import read_config, read_weights
 from backends.varlen import NamedKernel, PackedBatch, Upload
 
 MODEL_TYPE = "new"
@@ -38,11 +39,7 @@ Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def is_gte(model_dir: Path) -> bool:
-    try:
-        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and config.get("model_type") == MODEL_TYPE
+    return (read_config(model_dir) or {}).get("model_type") == MODEL_TYPE
 
 
 @dataclass(frozen=True)
@@ -322,7 +319,7 @@ class GteForSequenceClassification(nn.Module):
 def load(model_dir: Path, config: GteConfig, dtype: torch.dtype) -> GteModel | GteForSequenceClassification:
     model: GteModel | GteForSequenceClassification
     model = GteForSequenceClassification(config) if config.is_classifier else GteModel(config)
-    state = _read_weights(model_dir)
+    state = read_weights(model_dir)
     if not config.is_classifier:
         # An encoder may be saved bare or under a head's prefix; serve the bare encoder.
         state = {k.removeprefix(CLASSIFIER_BASE): v for k, v in state.items()}
@@ -334,24 +331,6 @@ def load(model_dir: Path, config: GteConfig, dtype: torch.dtype) -> GteModel | G
         raise ValueError(f"GTE weights do not match the architecture: missing {sorted(missing)[:5]}, "
                          f"unexpected {sorted(unexpected)[:5]}")
     return model.to(dtype).eval()
-
-
-def _read_weights(model_dir: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    files = sorted(model_dir.glob("*.safetensors"))
-    if files:
-        state: dict[str, torch.Tensor] = {}
-        for path in files:
-            state.update(load_file(str(path)))
-        return state
-    bins = sorted(model_dir.glob("pytorch_model*.bin"))
-    if not bins:
-        raise ValueError(f"no *.safetensors or pytorch_model*.bin weights in {model_dir}")
-    state = {}
-    for path in bins:
-        state.update(torch.load(path, map_location="cpu", weights_only=True))
-    return state
 
 
 class GteUnpadded:

@@ -48,8 +48,10 @@ class OnnxBackend(PaddedEngine):
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype} is not supported by the onnx backend ({', '.join(DTYPES)})")
         config = json.loads((model_dir / "config.json").read_text())
+        # Code shipped beside a type transformers implements (gte-Qwen2's Qwen2) is
+        # exported as transformers' class; only code for an unknown type stops here.
         if config.get("auto_map") and not (model_dir / "onnx" / "model.onnx").is_file() \
-                and not (model_dir / "model.onnx").is_file():
+                and not (model_dir / "model.onnx").is_file() and not _transformers_has(config.get("model_type")):
             raise ValueError(f"model type {config.get('model_type')!r} ships its own code (auto_map), which the ONNX "
                              "export does not run; use --backend torch (GTE) or python")
         architectures = config.get("architectures") or []
@@ -148,6 +150,12 @@ class OnnxBackend(PaddedEngine):
         if self.pooling == "splade":
             return SPLADE_CHUNK_TOKENS
         return CPU_CHUNK_TOKENS if self.device == "cpu" else None
+
+
+def _transformers_has(model_type: object) -> bool:
+    from transformers import CONFIG_MAPPING
+
+    return isinstance(model_type, str) and model_type in CONFIG_MAPPING
 
 
 # ------------------------------------------------------------------ model files and cache

@@ -21,7 +21,7 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
-from backends import gte
+from backends import gte, jina, nomic
 from backends.base import EmbedOutput, EngineSpec, ModelBatch
 from backends.padding import PaddedChunk, PaddedEngine, padded_chunks
 from backends.pipeline import Pending, copies_for, ready
@@ -70,19 +70,30 @@ class TorchBackend(PaddedEngine):
             torch.set_num_threads(len(os.sched_getaffinity(0)))
 
         model_dir = spec.model_dir
-        # GTE's transformers code is Hub-only: unless its remote code is asked
-        # for (the python engine), run our own implementation.
+        # GTE's, NomicBERT's and JinaBERT's transformers code is Hub-only: unless
+        # their remote code is asked for (the python engine), run our own implementations.
         native_gte = not trust_remote_code and gte.is_gte(model_dir)
-        config: Any = (gte.GteConfig.from_dir(model_dir) if native_gte
-                       else AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code))
+        native_nomic = not trust_remote_code and nomic.is_nomic(model_dir)
+        native_jina = not trust_remote_code and jina.is_jina_bert(model_dir)
+        native = native_gte or native_nomic or native_jina
+        config: Any
+        if native_gte:
+            config = gte.GteConfig.from_dir(model_dir)
+        elif native_nomic:
+            config = nomic.NomicConfig.from_dir(model_dir)
+        elif native_jina:
+            config = jina.JinaBertConfig.from_dir(model_dir)
+        else:
+            config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         architectures = config.architectures or []
         self._is_classifier = any(a.endswith("Classification") for a in architectures)
         if not self._is_classifier and spec.pooling not in POOLINGS:
             raise ValueError(f"pooling {spec.pooling!r} is not supported by the {self.name} backend")
         self.pooling = spec.pooling
 
-        if native_gte and spec.pooling == "splade":
-            raise ValueError("SPLADE pooling is not available for GTE models")
+        if native and spec.pooling == "splade":
+            raise ValueError(f"SPLADE pooling is not available for {type(config).__name__.removesuffix('Config')} "
+                             "models")
         model_cls: type[Any]
         if self._is_classifier:
             model_cls = AutoModelForSequenceClassification
@@ -95,8 +106,13 @@ class TorchBackend(PaddedEngine):
             f.stat().st_size for f in model_dir.glob("*.bin")
         ) / 1e6
         logger.info("loading weights from %s (%.0f MB, %s, %s)", model_dir, weights_mb, self.device, dtype)
+        self._model: Any
         if native_gte:
             self._model = gte.load(model_dir, config, DTYPES[dtype])
+        elif native_nomic:
+            self._model = nomic.load(model_dir, config, DTYPES[dtype])
+        elif native_jina:
+            self._model = jina.load(model_dir, config, DTYPES[dtype])
         else:
             self._model = _load(model_cls, model_dir, DTYPES[dtype], trust_remote_code)
         self._model.eval().to(self.device)
@@ -110,7 +126,7 @@ class TorchBackend(PaddedEngine):
         # position ids from it.
         self._pad_token_id = int(getattr(config, "pad_token_id", None) or 0)
         self._varlen = None if trust_remote_code else self._unpadded_encoder(DTYPES[dtype])
-        bert_family = (not trust_remote_code and not native_gte and not getattr(config, "is_decoder", False)
+        bert_family = (not trust_remote_code and not native and not getattr(config, "is_decoder", False)
                        and getattr(config, "model_type", None) in BROADCAST_MASK_MODEL_TYPES
                        and int(transformers.__version__.split(".")[0]) == BROADCAST_MASK_TRANSFORMERS)
         self.broadcast_mask = bert_family and getattr(self._model.config, "_attn_implementation", None) == "sdpa"
@@ -129,7 +145,12 @@ class TorchBackend(PaddedEngine):
         if mode == "padded":
             return None
         is_gte = isinstance(self._model, (gte.GteModel, gte.GteForSequenceClassification))
-        reason = None if is_gte else unsupported_reason(self._model)
+        if is_gte:
+            reason = None
+        elif isinstance(self._model, (nomic.NomicModel, jina.JinaBertModel)):
+            reason = f"{type(self._model).__name__} runs padded only"
+        else:
+            reason = unsupported_reason(self._model)
         if reason is None and self.pooling == "splade":
             reason = "SPLADE pools over vocabulary logits, which run in padded chunks"
         kernel = find_fast_kernel(self.device, dtype) if reason is None else None

@@ -34,6 +34,10 @@ ST_CONFIG_NAMES = (
 
 # Position ids start after the padding id for these (fairseq heritage).
 POSITION_OFFSET_MODEL_TYPES = ("xlm-roberta", "camembert", "roberta")
+# Model types whose weights run float32 unless --dtype says otherwise, on a GPU too:
+# Gemma3's activations overflow float16 (TEI router/src/lib.rs defaults gemma3_text
+# to float32 alike). bfloat16, its training dtype, stays available on request.
+FLOAT32_MODEL_TYPES = ("gemma3_text",)
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,23 @@ class ModelSpec:
     dense_layers: tuple[DenseLayer, ...] = ()
     # False: sentence-transformers leaves prompt tokens out of the pooling, which we do not.
     include_prompt: bool = True
+    # JinaBERT's checkpoints say model type "bert" (with ALiBi positions), an architecture BERT is not.
+    jina_bert: bool = False
+
+    @property
+    def family(self) -> str:
+        """The architecture the engines run: config.json's model type, "jina_bert" for JinaBERT."""
+        return "jina_bert" if self.jina_bert else self.config_model_type
+
+    def weights_dtype(self, requested: str | None) -> str:
+        """The dtype the backends load: --dtype when given, else this model's own
+        default; "" leaves the choice to the engine (float32 on CPU, float16 on GPU)."""
+        if self.config_model_type in FLOAT32_MODEL_TYPES:
+            if requested == "float16":
+                raise ModelConfigError(f"{self.config_model_type} models overflow float16; "
+                                       "use --dtype float32 (the default) or bfloat16")
+            return requested or "float32"
+        return requested or ""
 
 
 def load_model_spec(model_dir: Path, pooling_flag: str | None = None, dense_path: str | None = None) -> ModelSpec:
@@ -126,10 +147,19 @@ def load_model_spec(model_dir: Path, pooling_flag: str | None = None, dense_path
         prompts=prompts,
         architectures=architectures,
         config_model_type=str(config.get("model_type", "")),
+        jina_bert=_is_jina_bert(config),
         remote_code=bool(config.get("auto_map")),
         dense_layers=dense_layers,
         include_prompt=include_prompt,
     )
+
+
+def _is_jina_bert(config: dict[str, Any]) -> bool:
+    # jina-bert-v2-qk-post-norm (jina-embeddings-v2-base-code) normalizes queries and
+    # keys too, which the engines do not implement: it stays "bert" with its own code.
+    shipped = " ".join(str(v) for v in (config.get("auto_map") or {}).values())
+    return (config.get("model_type") == "bert" and config.get("position_embedding_type") == "alibi"
+            and "qk-post-norm" not in shipped)
 
 
 def _pooling_config(pooling_dir: Path) -> dict[str, Any] | None:

@@ -69,7 +69,45 @@ FAMILIES: dict[str, tuple[str, str, dict[str, object], str]] = {
     "modernbert": ("ModernBertConfig", "ModernBertModel", dict(_ENCODER, pad_token_id=0), "mean"),
     "qwen2": ("Qwen2Config", "Qwen2Model", _DECODER, "last_token"),
     "qwen3": ("Qwen3Config", "Qwen3Model", dict(_DECODER, head_dim=16), "last_token"),
+    # e5-mistral's and the Llama embedders' shape: causal attention, last-token pooling.
+    "mistral": ("MistralConfig", "MistralModel", _DECODER, "last_token"),
+    "llama": ("LlamaConfig", "LlamaModel", _DECODER, "last_token"),
+    # embeddinggemma's shape: bidirectional attention, one sliding-window layer and one
+    # global, mean pooling. transformers halves sliding_window when it reads a
+    # bidirectional config (each load, and the engine and the reference load alike):
+    # 16 here is a window of 5 tokens, shorter than most test texts.
+    "gemma3": ("Gemma3TextConfig", "Gemma3TextModel", dict(
+        _DECODER, head_dim=16, query_pre_attn_scalar=16, sliding_window=16, use_bidirectional_attention=True,
+        layer_types=["sliding_attention", "full_attention"], rope_theta=1000.0, rope_local_base_freq=100.0), "mean"),
 }
+
+
+# Families served here as rerankers and classifiers (a ...ForSequenceClassification head).
+# DeBERTa-v2 as the rerankers ship it (mxbai-rerank-*-v1): relative attention both ways
+# (p2c, c2p) over log buckets, no absolute positions, no token types; 32 buckets so that
+# texts of ~100 tokens reach the logarithmic ones.
+CLASSIFIER_FAMILIES: dict[str, tuple[str, str, dict[str, object]]] = {
+    "deberta-v2": ("DebertaV2Config", "DebertaV2ForSequenceClassification", dict(
+        _ENCODER, relative_attention=True, position_buckets=32, max_relative_positions=-1,
+        pos_att_type=["p2c", "c2p"], norm_rel_ebd="layer_norm", share_att_key=True, position_biased_input=False,
+        type_vocab_size=0, pad_token_id=0, pooler_hidden_size=32, pooler_hidden_act="gelu")),
+}
+RERANKER_LABELS = {0: "LABEL_0"}
+
+
+def build_family_classifier(family: str, target: Path, tokenizer_source: Path,
+                            labels: dict[int, str] = RERANKER_LABELS, seed: int = 0) -> Path:
+    """A tiny classifier of `family`; one label makes it a reranker."""
+    import torch
+    import transformers
+
+    config_name, model_name, kwargs = CLASSIFIER_FAMILIES[family]
+    torch.manual_seed(seed)
+    config = getattr(transformers, config_name)(**kwargs, num_labels=len(labels), id2label=labels,
+                                                label2id={v: k for k, v in labels.items()})
+    config.architectures = [model_name]
+    getattr(transformers, model_name)(config).eval().save_pretrained(target)
+    return _finish_checkpoint(target, tokenizer_source, None)
 
 
 def build_family_model(family: str, target: Path, tokenizer_source: Path, seed: int = 0) -> Path:
@@ -86,6 +124,18 @@ def build_family_model(family: str, target: Path, tokenizer_source: Path, seed: 
         "pooling_mode_cls_token": pooling == "cls", "pooling_mode_mean_tokens": pooling == "mean",
         "pooling_mode_lasttoken": pooling == "last_token",
     })
+
+
+def build_gte_qwen2_model(target: Path, tokenizer_source: Path, seed: int = 0) -> Path:
+    """gte-Qwen2's shape: a Qwen2 checkpoint that also ships its own modeling code
+    (auto_map) and pools the last token. The shipped file fails on import, so a
+    test passes only if the code beside the weights is never run."""
+    build_family_model("qwen2", target, tokenizer_source, seed)
+    config = json.loads((target / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "modeling_qwen.Qwen2Model"}
+    (target / "config.json").write_text(json.dumps(config))
+    (target / "modeling_qwen.py").write_text('raise RuntimeError("the shipped modeling code was run")\n')
+    return target
 
 
 REMOTE_CONFIG_CODE = '''
@@ -455,6 +505,370 @@ def build_gte_model(target: Path, tokenizer_source: Path, seed: int = 0, classif
 
     save_with_remote_code(target, {"configuration_gte.py": GTE_CONFIG_CODE, "modeling_gte.py": GTE_MODEL_CODE}, save)
     return _finish_checkpoint(target, tokenizer_source, None if classifier else {"pooling_mode_cls_token": True})
+
+
+# A reference NomicBERT ("nomic_bert") written as remote code, as transformers runs
+# nomic-embed-text checkpoints (auto_map). Written here from the published
+# architecture and parameter names, plainly (eager attention with an additive mask,
+# rotary as explicit halves), apart from backends/nomic.py, which it checks.
+NOMIC_CONFIG_CODE = '''
+from transformers import PretrainedConfig
+
+
+class NomicBertConfig(PretrainedConfig):
+    model_type = "nomic_bert"
+    # GPT-2's key names, read under BERT's too (the published config derives from GPT2Config).
+    attribute_map = {"hidden_size": "n_embd", "num_attention_heads": "n_head", "num_hidden_layers": "n_layer"}
+
+    def __init__(self, vocab_size=30528, n_embd=768, n_head=12, n_layer=12, n_inner=None, n_positions=8192,
+                 type_vocab_size=2, activation_function="swiglu", layer_norm_epsilon=1e-12, rotary_emb_base=10000.0,
+                 rotary_emb_fraction=1.0, rotary_emb_interleaved=False, qkv_proj_bias=True, mlp_fc1_bias=True,
+                 mlp_fc2_bias=True, prenorm=False, initializer_range=0.02, **kwargs):
+        self.vocab_size = vocab_size
+        self.n_embd = n_embd
+        self.n_head = n_head
+        self.n_layer = n_layer
+        self.n_inner = n_inner
+        self.n_positions = n_positions
+        self.type_vocab_size = type_vocab_size
+        self.activation_function = activation_function
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.rotary_emb_base = rotary_emb_base
+        self.rotary_emb_fraction = rotary_emb_fraction
+        self.rotary_emb_interleaved = rotary_emb_interleaved
+        self.qkv_proj_bias = qkv_proj_bias
+        self.mlp_fc1_bias = mlp_fc1_bias
+        self.mlp_fc2_bias = mlp_fc2_bias
+        self.prenorm = prenorm
+        self.initializer_range = initializer_range
+        super().__init__(**kwargs)
+'''
+
+NOMIC_MODEL_CODE = '''
+import math
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutput
+
+from .configuration_nomic import NomicBertConfig
+
+
+def rotate(x, position_count, base):
+    half = x.shape[-1] // 2
+    frequencies = torch.tensor([base ** (-2.0 * i / x.shape[-1]) for i in range(half)], dtype=torch.float64)
+    angles = torch.arange(position_count, dtype=torch.float64)[:, None] * frequencies[None, :]
+    cos, sin = angles.cos().float(), angles.sin().float()
+    first, second = x[..., :half], x[..., half:]
+    return torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.Wqkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.qkv_proj_bias)
+        self.out_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.qkv_proj_bias)
+
+    def forward(self, x, bias):
+        b, n, h = x.shape
+        heads = self.config.n_head
+        d = h // heads
+        q, k, v = self.Wqkv(x).split(h, dim=-1)
+        q, k, v = [t.reshape(b, n, heads, d).permute(0, 2, 1, 3) for t in (q, k, v)]
+        q = rotate(q, n, self.config.rotary_emb_base)
+        k = rotate(k, n, self.config.rotary_emb_base)
+        weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d) + bias, dim=-1)
+        return self.out_proj((weights @ v).permute(0, 2, 1, 3).reshape(b, n, h))
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        inner = config.n_inner or 4 * config.n_embd
+        self.gated = config.activation_function == "swiglu"
+        if self.gated:
+            self.fc11 = nn.Linear(config.n_embd, inner, bias=config.mlp_fc1_bias)
+            self.fc12 = nn.Linear(config.n_embd, inner, bias=config.mlp_fc1_bias)
+        else:
+            self.fc1 = nn.Linear(config.n_embd, inner, bias=config.mlp_fc1_bias)
+        self.fc2 = nn.Linear(inner, config.n_embd, bias=config.mlp_fc2_bias)
+
+    def forward(self, x):
+        if self.gated:
+            return self.fc2(self.fc11(x) * nn.functional.silu(self.fc12(x)))
+        return self.fc2(nn.functional.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.attn = Attention(config)
+        self.mlp = MLP(config)
+        self.norm1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.norm2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+
+    def forward(self, x, bias):
+        x = self.norm1(x + self.attn(x, bias))
+        return self.norm2(x + self.mlp(x))
+
+
+class Encoder(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.layers = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+
+
+class Embeddings(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.n_embd)
+        if config.type_vocab_size > 0:
+            self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.n_embd)
+
+
+class NomicBertModel(PreTrainedModel):
+    config_class = NomicBertConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.embeddings = Embeddings(config)
+        self.emb_ln = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.encoder = Encoder(config)
+        self.post_init()
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(0.0, self.config.initializer_range)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.data.normal_(0.0, self.config.initializer_range)
+        if isinstance(module, nn.LayerNorm):
+            module.weight.data.normal_(1.0, 0.1)
+            module.bias.data.normal_(0.0, 0.1)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, **kwargs):
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        x = self.embeddings.word_embeddings(input_ids)
+        if self.config.type_vocab_size > 0:
+            types = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
+            x = x + self.embeddings.token_type_embeddings(types)
+        x = self.emb_ln(x)
+        bias = (1.0 - attention_mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+        for layer in self.encoder.layers:
+            x = layer(x, bias)
+        return BaseModelOutput(last_hidden_state=x)
+'''
+
+NOMIC_TINY_CONFIG: dict[str, object] = dict(
+    vocab_size=30522, n_embd=32, n_head=2, n_layer=2, n_inner=48, n_positions=128, max_trained_positions=128,
+    type_vocab_size=2,
+    rotary_emb_base=1000.0, qkv_proj_bias=False, mlp_fc1_bias=False, mlp_fc2_bias=False, initializer_range=0.2,
+)
+
+
+def build_nomic_model(target: Path, tokenizer_source: Path, seed: int = 0, **overrides: object) -> Path:
+    """A tiny NomicBERT checkpoint saved by the reference remote code, with its auto_map
+    and mean pooling (nomic-embed-text's shape: no biases, SwiGLU, rotary)."""
+    import torch
+
+    def save(modules: dict[str, Any]) -> None:
+        torch.manual_seed(seed)
+        config = modules["configuration_nomic"].NomicBertConfig(**{**NOMIC_TINY_CONFIG, **overrides})
+        config.architectures = ["NomicBertModel"]
+        config.auto_map = {"AutoConfig": "configuration_nomic.NomicBertConfig",
+                           "AutoModel": "modeling_nomic.NomicBertModel"}
+        modules["modeling_nomic"].NomicBertModel(config).eval().save_pretrained(target)
+
+    save_with_remote_code(target, {"configuration_nomic.py": NOMIC_CONFIG_CODE, "modeling_nomic.py": NOMIC_MODEL_CODE},
+                          save)
+    return _finish_checkpoint(target, tokenizer_source, {"pooling_mode_mean_tokens": True})
+
+
+# A reference JinaBERT (jina-embeddings-v2) written as remote code the way its
+# checkpoints ship (model type "bert", auto_map), from the published architecture
+# and parameter names: eager attention with the ALiBi bias built position by
+# position, apart from backends/jina.py, which it checks.
+JINA_CONFIG_CODE = '''
+from transformers import PretrainedConfig
+
+
+class JinaBertConfig(PretrainedConfig):
+    model_type = "bert"
+
+    def __init__(self, vocab_size=30528, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                 intermediate_size=3072, hidden_act="gelu", type_vocab_size=2, layer_norm_eps=1e-12,
+                 max_position_embeddings=8192, position_embedding_type="alibi", feed_forward_type="geglu",
+                 initializer_range=0.02, **kwargs):
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.type_vocab_size = type_vocab_size
+        self.layer_norm_eps = layer_norm_eps
+        self.max_position_embeddings = max_position_embeddings
+        self.position_embedding_type = position_embedding_type
+        self.feed_forward_type = feed_forward_type
+        self.initializer_range = initializer_range
+        super().__init__(**kwargs)
+'''
+
+JINA_MODEL_CODE = '''
+import math
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutput
+
+from .configuration_jina import JinaBertConfig
+
+
+def slopes(heads):
+    def geometric(n):
+        ratio = 2 ** (-(2 ** -(math.log2(n) - 3)))
+        return [ratio ** (i + 1) for i in range(n)]
+    if math.log2(heads).is_integer():
+        return geometric(heads)
+    closest = 2 ** math.floor(math.log2(heads))
+    return geometric(closest) + geometric(2 * closest)[::2][: heads - closest]
+
+
+def alibi(heads, n):
+    table = torch.zeros(heads, n, n)
+    for h, slope in enumerate(slopes(heads)):
+        for i in range(n):
+            for j in range(n):
+                table[h, i, j] = -slope * abs(i - j)
+    return table
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        h = config.hidden_size
+        self.query, self.key, self.value = nn.Linear(h, h), nn.Linear(h, h), nn.Linear(h, h)
+
+
+class AttentionOutput(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+
+class Attention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.self = SelfAttention(config)
+        self.output = AttentionOutput(config)
+
+    def forward(self, x, bias):
+        b, n, h = x.shape
+        heads = self.config.num_attention_heads
+        d = h // heads
+        q, k, v = [p(x).reshape(b, n, heads, d).permute(0, 2, 1, 3)
+                   for p in (self.self.query, self.self.key, self.self.value)]
+        weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d) + bias, dim=-1)
+        context = (weights @ v).permute(0, 2, 1, 3).reshape(b, n, h)
+        return self.output.LayerNorm(self.output.dense(context) + x)
+
+
+class GLUMLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.gated_layers = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.wo = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.act = nn.ReLU() if config.feed_forward_type == "reglu" else nn.GELU()
+
+    def forward(self, x):
+        gate, up = self.gated_layers(x).chunk(2, dim=-1)
+        return self.layernorm(self.wo(self.act(gate) * up) + x)
+
+
+class Layer(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.attention = Attention(config)
+        self.mlp = GLUMLP(config)
+
+    def forward(self, x, bias):
+        return self.mlp(self.attention(x, bias))
+
+
+class Encoder(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.layer = nn.ModuleList([Layer(config) for _ in range(config.num_hidden_layers)])
+
+
+class Embeddings(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+
+class JinaBertModel(PreTrainedModel):
+    config_class = JinaBertConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.embeddings = Embeddings(config)
+        self.encoder = Encoder(config)
+        self.post_init()
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(0.0, self.config.initializer_range)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.data.normal_(0.0, self.config.initializer_range)
+        if isinstance(module, nn.LayerNorm):
+            module.weight.data.normal_(1.0, 0.1)
+            module.bias.data.normal_(0.0, 0.1)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, **kwargs):
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        e = self.embeddings
+        x = e.LayerNorm(e.word_embeddings(input_ids) + e.token_type_embeddings(token_type_ids))
+        n = input_ids.shape[1]
+        bias = alibi(self.config.num_attention_heads, n)[None]
+        bias = bias + (1.0 - attention_mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+        for layer in self.encoder.layer:
+            x = layer(x, bias)
+        return BaseModelOutput(last_hidden_state=x)
+'''
+
+JINA_TINY_CONFIG: dict[str, object] = dict(
+    vocab_size=30522, hidden_size=36, num_hidden_layers=2, num_attention_heads=3, intermediate_size=48,
+    max_position_embeddings=128, type_vocab_size=2, initializer_range=0.2,
+)
+
+
+def build_jina_bert_model(target: Path, tokenizer_source: Path, seed: int = 0, **overrides: object) -> Path:
+    """A tiny JinaBERT checkpoint saved by the reference remote code, with its auto_map
+    and mean pooling. Three heads: ALiBi's slopes for a count that is not a power of two."""
+    import torch
+
+    def save(modules: dict[str, Any]) -> None:
+        torch.manual_seed(seed)
+        config = modules["configuration_jina"].JinaBertConfig(**{**JINA_TINY_CONFIG, **overrides})
+        config.architectures = ["JinaBertModel"]
+        config.auto_map = {"AutoConfig": "configuration_jina.JinaBertConfig", "AutoModel": "modeling_jina.JinaBertModel"}
+        modules["modeling_jina"].JinaBertModel(config).eval().save_pretrained(target)
+
+    save_with_remote_code(target, {"configuration_jina.py": JINA_CONFIG_CODE, "modeling_jina.py": JINA_MODEL_CODE}, save)
+    return _finish_checkpoint(target, tokenizer_source, {"pooling_mode_mean_tokens": True})
 
 
 # Dense modules after pooling: (out_features, torch.nn activation class name, bias).

@@ -50,6 +50,23 @@ def reference_pooled(model_dir: Path, sequences: list[list[int]], pooling: str) 
     return np.stack(rows)
 
 
+def reference_logits(model_dir: Path, sequences: list[list[int]], types: list[list[int]]) -> np.ndarray:
+    """A classifier's logits for each sequence alone, by transformers (eager attention)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, attn_implementation="eager").eval()
+    uses_types = int(getattr(model.config, "type_vocab_size", 0) or 0) > 1
+    rows = []
+    with torch.inference_mode():
+        for ids, type_ids in zip(sequences, types):
+            inputs = {"input_ids": torch.tensor([ids])}
+            if uses_types:
+                inputs["token_type_ids"] = torch.tensor([type_ids])
+            rows.append(model(**inputs).logits[0].numpy())
+    return np.stack(rows)
+
+
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)  # type: ignore[no-any-return]
 

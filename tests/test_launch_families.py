@@ -1,0 +1,78 @@
+"""What the launcher decides per model family: the engine `--backend auto` picks
+(launcher.choose_backend) and the dtype the backends load (ModelSpec.weights_dtype)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from launcher import choose_backend
+from router.model_config import ModelConfigError, ModelSpec, load_model_spec
+from tests.conftest import ROOT, short_socket_prefix
+from tests.models import build_family_model, build_jina_bert_model
+
+
+def _spec(model_type: str, remote_code: bool = False, jina_bert: bool = False) -> ModelSpec:
+    return ModelSpec(model_dir=Path("/nonexistent"), model_type="embedding", pooling="mean", id2label={},
+                     label2id={}, base_input_length=512, position_offset=0, config_model_type=model_type,
+                     remote_code=remote_code, jina_bert=jina_bert)
+
+
+@pytest.mark.parametrize("model_type", ["deberta-v2", "gemma3_text", "mistral", "llama", "bert", "qwen2"])
+def test_exported_families_run_onnx_on_cpu_and_torch_on_gpu(model_type: str) -> None:
+    assert choose_backend("auto", _spec(model_type), []) == "onnx"
+    assert choose_backend("auto", _spec(model_type), ["0"]) == "torch"
+
+
+def test_shipped_code_of_known_architectures_is_not_run_but_other_shipped_code_is() -> None:
+    # gte-Qwen2 ships modeling_qwen.py (auto_map) for a type transformers has.
+    assert choose_backend("auto", _spec("qwen2", remote_code=True), []) == "onnx"
+    assert choose_backend("auto", _spec("qwen2", remote_code=True), ["0"]) == "torch"
+    # NomicBERT's shipped code is never run either: the torch engine implements it.
+    assert choose_backend("auto", _spec("nomic_bert", remote_code=True), []) == "torch"
+    assert choose_backend("auto", _spec("nomic_bert", remote_code=True), ["0"]) == "torch"
+    # JinaBERT ("bert" with ALiBi) too; but other code shipped for "bert" is not BERT: it runs.
+    assert choose_backend("auto", _spec("bert", remote_code=True, jina_bert=True), []) == "torch"
+    assert choose_backend("auto", _spec("bert", remote_code=True), []) == "python"
+
+
+def test_jina_bert_is_told_from_bert_by_its_alibi_positions(model_dir: Path, tmp_path: Path) -> None:
+    jina = load_model_spec(build_jina_bert_model(tmp_path / "jina", model_dir))
+    assert (jina.config_model_type, jina.family, jina.remote_code) == ("bert", "jina_bert", True)
+    assert load_model_spec(model_dir).family == "bert"
+    # The query/key post-norm variant (jina-embeddings-v2-base-code) keeps its own code.
+    config = json.loads((jina.model_dir / "config.json").read_text())
+    config["auto_map"]["AutoModel"] = "jinaai/jina-bert-v2-qk-post-norm--modeling_bert.JinaBertModel"
+    (jina.model_dir / "config.json").write_text(json.dumps(config))
+    assert load_model_spec(jina.model_dir).family == "bert"
+
+
+def test_an_explicit_backend_wins() -> None:
+    assert choose_backend("torch", _spec("deberta-v2"), []) == "torch"
+
+
+def test_gemma3_loads_float32_unless_told_and_never_float16() -> None:
+    gemma = _spec("gemma3_text")
+    assert gemma.weights_dtype(None) == "float32"  # on a GPU too, where others get float16
+    assert gemma.weights_dtype("bfloat16") == "bfloat16"
+    with pytest.raises(ModelConfigError, match="overflow float16"):
+        gemma.weights_dtype("float16")
+    assert _spec("bert").weights_dtype(None) == ""  # the engine's default for its device
+    assert _spec("bert").weights_dtype("float16") == "float16"
+
+
+def test_gemma3_in_float16_is_refused_in_one_line(tmp_path: Path, model_dir: Path) -> None:
+    gemma_dir = build_family_model("gemma3", tmp_path / "gemma3", model_dir)
+    result = subprocess.run(
+        [sys.executable, "-m", "launcher", "--hostname", "127.0.0.1", "--port", "0", "--grpc-port", "0",
+         "--uds-path", short_socket_prefix(), "--model-id", str(gemma_dir), "--dtype", "float16"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "gemma3_text models overflow float16" in errors[0], result.stderr
