@@ -40,17 +40,17 @@ from pathlib import Path
 
 from google.protobuf.message import Message
 
-from proto.child import encode_config
-from proto.gen_pb import config_pb2
-from proto.logs import configure_logging
-from proto.redact import child_environment, scrub_argv
-from router.bind import BindError, host_port, local_host, resolve_bind_hosts
-from router.model_config import POOLING_FLAG_VALUES, ModelConfigError, ModelSpec, load_model_spec
-from router.model_download import HubModel, ModelDownloadError, hub_offline
-from router.owner_link import owner_ready, probe_owner
-from router.version import VERSION
-from router.vertex_env import VertexEnv, VertexEnvError, read_vertex_env
-from tokenizer_pool.frames import encode_socket_path
+from embedserve.proto.child import encode_config
+from embedserve.proto.gen_pb import config_pb2
+from embedserve.proto.logs import configure_logging
+from embedserve.proto.redact import child_environment, scrub_argv
+from embedserve.router.bind import BindError, host_port, local_host, resolve_bind_hosts
+from embedserve.router.model_config import POOLING_FLAG_VALUES, ModelConfigError, ModelSpec, load_model_spec
+from embedserve.router.model_download import HubModel, ModelDownloadError, hub_offline
+from embedserve.router.owner_link import owner_ready, probe_owner
+from embedserve.router.version import VERSION
+from embedserve.router.vertex_env import VertexEnv, VertexEnvError, read_vertex_env
+from embedserve.tokenizer_pool.frames import encode_socket_path
 
 logger = logging.getLogger("launcher")
 
@@ -617,7 +617,7 @@ def stop_children(children: Sequence[ChildProcess], timeout_s: float) -> None:
 def _grpc_healthy(child: ChildProcess) -> bool:
     import grpc
 
-    from proto.gen_pb import backend_pb2, backend_pb2_grpc, tokenizer_pb2, tokenizer_pb2_grpc
+    from embedserve.proto.gen_pb import backend_pb2, backend_pb2_grpc, tokenizer_pb2, tokenizer_pb2_grpc
 
     with grpc.insecure_channel(f"unix://{child.socket_path}") as channel:
         try:
@@ -838,7 +838,7 @@ def build_children(
         env = dict(base_env)
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
-        backends.append(ChildProcess(f"backend-{index}", [python, "-m", "backends", f"backend-{index}"], env, config,
+        backends.append(ChildProcess(f"backend-{index}", [python, "-m", "embedserve.backends", f"backend-{index}"], env, config,
                                      socket_path, worker_fds, restartable=True))
 
     tokenizers = []
@@ -849,7 +849,7 @@ def build_children(
             json_output=args.json_output, name=f"tokenizer-{index}", router_link=router_link,
             exclude_prompt_from_pooling=not plan.spec.include_prompt and pooling == "mean",
         )
-        tokenizers.append(ChildProcess(f"tokenizer-{index}", [python, "-m", "tokenizer_pool", f"tokenizer-{index}"],
+        tokenizers.append(ChildProcess(f"tokenizer-{index}", [python, "-m", "embedserve.tokenizer_pool", f"tokenizer-{index}"],
                                        base_env, tconfig, socket_path, worker_fds, restartable=True,
                                        other_sockets=(encode_socket_path(socket_path),)))
 
@@ -891,7 +891,7 @@ def build_children(
         rconfig.vertex_health_route = plan.vertex.health_route
     assert router_pipe.write_fd is not None
     if args.router_workers == 1:
-        router = ChildProcess("router", [python, "-m", "router", "router"], base_env, rconfig,
+        router = ChildProcess("router", [python, "-m", "embedserve.router", "router"], base_env, rconfig,
                               pass_fds=(router_pipe.write_fd, *prometheus_fds))
         return backends, tokenizers, [router]
     # Every router process holds the pipe's write end: workers outlive them all.
@@ -900,7 +900,7 @@ def build_children(
         raise LaunchError(f"--uds-path is too long for a Unix socket: {owner_path}", EXIT_CONFIG_ERROR)
     rconfig.owner_socket = owner_path
     rconfig.router_workers = args.router_workers
-    owner = ChildProcess("router-owner", [python, "-m", "router.owner", "owner"], base_env, rconfig, owner_path,
+    owner = ChildProcess("router-owner", [python, "-m", "embedserve.router.owner", "owner"], base_env, rconfig, owner_path,
                          pass_fds=(router_pipe.write_fd,), ready_check=lambda: owner_ready(owner_path))
     routers = [owner]
     for index in range(args.router_workers):
@@ -912,7 +912,7 @@ def build_children(
         # starts it again (on the same listening socket, kept open here); the
         # queue owner dropped its queued inputs already.
         routers.append(ChildProcess(
-            f"router-{index}", [python, "-m", "router", f"router-{index}"], base_env, fconfig,
+            f"router-{index}", [python, "-m", "embedserve.router", f"router-{index}"], base_env, fconfig,
             pass_fds=(router_pipe.write_fd, *http_fds[index], *prometheus_fds), ready_check=_front_ready_check(owner_path, index, plan),
             restartable=True,
         ))

@@ -11,13 +11,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from proto import tracing
-from proto.child import read_config, serve_on_socket
-from proto.gen_pb import config_pb2
-from proto.logs import configure_logging
+from embedserve.proto import tracing
+from embedserve.proto.child import read_config, serve_on_socket
+from embedserve.proto.gen_pb import config_pb2
+from embedserve.proto.logs import configure_logging
 
 if TYPE_CHECKING:
-    from backends.base import Activation, Backend, EngineSpec
+    from embedserve.backends.base import Activation, Backend, EngineSpec
 
 logger = logging.getLogger("backends")
 
@@ -34,10 +34,10 @@ ACTIVATIONS: dict[int, Activation] = {
 async def serve(config: config_pb2.BackendConfig) -> None:
     import grpc
 
-    from backends.engines import load_engine
-    from backends.model_cpu import model_threads_named
-    from backends.server import GRPC_OPTIONS, BackendServicer
-    from proto.gen_pb import backend_pb2_grpc
+    from embedserve.backends.engines import load_engine
+    from embedserve.backends.model_cpu import model_threads_named
+    from embedserve.backends.server import GRPC_OPTIONS, BackendServicer
+    from embedserve.proto.gen_pb import backend_pb2_grpc
 
     started = time.monotonic()
     spec = engine_spec(config)
@@ -59,7 +59,7 @@ async def serve(config: config_pb2.BackendConfig) -> None:
 
 
 def engine_spec(config: config_pb2.BackendConfig) -> EngineSpec:
-    from backends.base import DenseSpec, EngineSpec
+    from embedserve.backends.base import DenseSpec, EngineSpec
 
     dense = tuple(
         DenseSpec(Path(layer.path), layer.in_features, layer.out_features, layer.bias, ACTIVATIONS[layer.activation])
@@ -74,7 +74,7 @@ def _warm_up(engine: Backend) -> None:
     """One tiny forward pass, so the first request does not pay for lazy init."""
     import numpy as np
 
-    from backends.base import ModelBatch
+    from embedserve.backends.base import ModelBatch
 
     ids = np.zeros(2, dtype=np.uint32)  # id 0 exists in every vocabulary
     batch = ModelBatch(ids, np.zeros(2, np.uint32), np.arange(2, dtype=np.uint32), np.array([0, 2], np.uint32), 2)

@@ -8,7 +8,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from proto.codec import F32Array, U32Array
+from embedserve.proto.codec import F32Array, U32Array
 
 
 Activation = Literal["identity", "tanh", "relu", "sigmoid"]

@@ -20,9 +20,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
-from backends.base import ModelBatch
-from backends.pipeline import Pending, ready
-from backends.slicing import IndexArray, Slice, slice_order, take_slice
+from embedserve.backends.base import ModelBatch
+from embedserve.backends.pipeline import Pending, ready
+from embedserve.backends.slicing import IndexArray, Slice, slice_order, take_slice
 
 R = TypeVar("R")
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import Activation, Backend, DenseSpec, EmbedOutput, ModelBatch
-from proto.codec import F32Array
+from embedserve.backends.base import Activation, Backend, DenseSpec, EmbedOutput, ModelBatch
+from embedserve.proto.codec import F32Array
 
 logger = logging.getLogger(__name__)
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import importlib
 
-from backends.base import Backend, EngineSpec
-from backends.dense import with_dense
+from embedserve.backends.base import Backend, EngineSpec
+from embedserve.backends.dense import with_dense
 
 ENGINES = {
-    "torch": "backends.torch_backend:TorchBackend",
-    "onnx": "backends.onnx_backend:OnnxBackend",
-    "python": "backends.remote_code:RemoteCodeBackend",
+    "torch": "embedserve.backends.torch_backend:TorchBackend",
+    "onnx": "embedserve.backends.onnx_backend:OnnxBackend",
+    "python": "embedserve.backends.remote_code:RemoteCodeBackend",
 }
 
 

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from backends.base import ModelBatch
-from backends.checkpoint import read_config, read_weights
-from backends.varlen import NamedKernel, PackedBatch, Upload
+from embedserve.backends.base import ModelBatch
+from embedserve.backends.checkpoint import read_config, read_weights
+from embedserve.backends.varlen import NamedKernel, PackedBatch, Upload
 
 MODEL_TYPE = "new"
 # What the engine may be asked to drop from a checkpoint: heads it does not serve.

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 
-from backends.checkpoint import read_config, read_weights
+from embedserve.backends.checkpoint import read_config, read_weights
 
 # The feed-forward types of the published code and the activation each gates with.
 GATE_ACTIVATIONS = {"geglu": "gelu", "reglu": "relu"}

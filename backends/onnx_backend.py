@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from backends.base import EmbedOutput, EngineSpec, ModelBatch
-from backends.onnx_cache import OnnxCache
-from backends.padding import PaddedEngine, padded_chunks
-from backends.pooling import pool
-from proto.codec import F32Array
+from embedserve.backends.base import EmbedOutput, EngineSpec, ModelBatch
+from embedserve.backends.onnx_cache import OnnxCache
+from embedserve.backends.padding import PaddedEngine, padded_chunks
+from embedserve.backends.pooling import pool
+from embedserve.proto.codec import F32Array
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from backends.base import ModelBatch
+from embedserve.backends.base import ModelBatch
 
 # A chunk may waste at most this share of its tokens on padding.
 MAX_PADDING_WASTE = 0.2

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from backends.base import EngineSpec
-from backends.torch_backend import TorchBackend
+from embedserve.backends.base import EngineSpec
+from embedserve.backends.torch_backend import TorchBackend
 
 
 class RemoteCodeBackend(TorchBackend):

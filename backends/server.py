@@ -23,15 +23,15 @@ from functools import partial
 import grpc
 import numpy as np
 
-from backends.base import Backend, EmbedOutput, ModelBatch
-from backends.batch_job import BatchJob, Join
-from backends.model_cpu import MODEL_THREAD_NAME, ModelCpuClock, set_thread_name
-from backends.pipeline import Pending, ready
-from backends.scheduler import ForwardScheduler, SliceSizer
-from backends.slicing import join_embed, join_predict
-from proto import tracing
-from proto.codec import pack_tensor, unpack_u32
-from proto.gen_pb import backend_pb2, backend_pb2_grpc
+from embedserve.backends.base import Backend, EmbedOutput, ModelBatch
+from embedserve.backends.batch_job import BatchJob, Join
+from embedserve.backends.model_cpu import MODEL_THREAD_NAME, ModelCpuClock, set_thread_name
+from embedserve.backends.pipeline import Pending, ready
+from embedserve.backends.scheduler import ForwardScheduler, SliceSizer
+from embedserve.backends.slicing import join_embed, join_predict
+from embedserve.proto import tracing
+from embedserve.proto.codec import pack_tensor, unpack_u32
+from embedserve.proto.gen_pb import backend_pb2, backend_pb2_grpc
 
 logger = logging.getLogger(__name__)
 

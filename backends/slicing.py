@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from backends.base import EmbedOutput, ModelBatch
-from proto.codec import F32Array
+from embedserve.backends.base import EmbedOutput, ModelBatch
+from embedserve.proto.codec import F32Array
 
 IndexArray = npt.NDArray[np.int64]
 

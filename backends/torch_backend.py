@@ -21,11 +21,11 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
-from backends import gte, jina, nomic
-from backends.base import EmbedOutput, EngineSpec, ModelBatch
-from backends.padding import PaddedChunk, PaddedEngine, padded_chunks
-from backends.pipeline import Pending, copies_for, ready
-from backends.varlen import (
+from embedserve.backends import gte, jina, nomic
+from embedserve.backends.base import EmbedOutput, EngineSpec, ModelBatch
+from embedserve.backends.padding import PaddedChunk, PaddedEngine, padded_chunks
+from embedserve.backends.pipeline import Pending, copies_for, ready
+from embedserve.backends.varlen import (
     NamedKernel,
     UnpaddedEncoder,
     VarlenEncoder,
@@ -34,7 +34,7 @@ from backends.varlen import (
     reference_attention,
     unsupported_reason,
 )
-from proto.codec import F32Array
+from embedserve.proto.codec import F32Array
 
 logger = logging.getLogger(__name__)
 

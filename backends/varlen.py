@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from backends.base import ModelBatch
+from embedserve.backends.base import ModelBatch
 
 logger = logging.getLogger(__name__)
 

@@ -107,7 +107,7 @@ def tokenized(model_dir: Path, texts: list[str], pairs: list[str] | None = None,
 
 
 def model_batch(encodings: list[Any]) -> Any:
-    from backends.base import ModelBatch
+    from embedserve.backends.base import ModelBatch
 
     ids = np.concatenate([np.asarray(e.ids, np.uint32) for e in encodings])
     types = np.concatenate([np.asarray(e.type_ids, np.uint32) for e in encodings])
@@ -132,8 +132,8 @@ def budget_batches(encodings: list[Any], max_tokens: int) -> list[Any]:
 
 
 def engine(model_dir: Path, mode: str, pooling: str = "cls") -> Any:
-    from backends.base import EngineSpec
-    from backends.torch_backend import TorchBackend
+    from embedserve.backends.base import EngineSpec
+    from embedserve.backends.torch_backend import TorchBackend
 
     with attention_mode(mode):
         return TorchBackend(EngineSpec(model_dir, "cuda", "float16", pooling, Path(tempfile.mkdtemp())))
@@ -146,7 +146,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def check_kernels() -> dict[str, Any]:
     import torch
 
-    from backends.varlen import FAST_KERNELS, find_fast_kernel, kernel_error
+    from embedserve.backends.varlen import FAST_KERNELS, find_fast_kernel, kernel_error
 
     report: dict[str, Any] = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(0)}
     for name, make in FAST_KERNELS.items():

@@ -22,7 +22,7 @@ def _parent_pid(pid: str) -> int:
 
 def _role(module: str) -> str:
     # The queue owner (`-m router.owner`, --router-workers >= 2) is router work.
-    return "router" if module == "router.owner" else module
+    return "router" if module == "embedserve.router.owner" else module
 
 
 def role_pids(launcher_pid: int) -> dict[str, list[int]]:

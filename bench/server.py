@@ -37,7 +37,7 @@ def server_command(model_dir: Path, port: int, extra_args: list[str]) -> list[st
     # `-m launcher`, run in a tree's root (ServerProcess.cwd), serves that tree's code:
     # the `embedserve` script imports whichever checkout the venv was installed from,
     # another one when several git worktrees share one venv.
-    base = [sys.executable, "-m", "launcher"]
+    base = [sys.executable, "-m", "embedserve.launcher"]
     # --hostname is explicit because the launcher also reads $HOSTNAME, which shells set
     # to the machine name (a name binds what it resolves to). The short per-pid
     # socket prefix keeps Unix socket paths under the kernel's length limit.

@@ -39,7 +39,7 @@ from typing import TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from proto.gen_pb import config_pb2
+from embedserve.proto.gen_pb import config_pb2
 
 M = TypeVar("M", bound=Message)
 

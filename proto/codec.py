@@ -12,7 +12,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from proto.gen_pb import backend_pb2
+from embedserve.proto.gen_pb import backend_pb2
 
 UINT32 = np.dtype("<u4")
 FLOAT32 = np.dtype("<f4")

@@ -7,12 +7,12 @@ import sys
 
 import uvloop
 
-from proto import tracing
-from proto.child import read_config
-from proto.gen_pb import config_pb2
-from proto.logs import configure_logging
-from router.server import run
-from router.settings import RouterSettings
+from embedserve.proto import tracing
+from embedserve.proto.child import read_config
+from embedserve.proto.gen_pb import config_pb2
+from embedserve.proto.logs import configure_logging
+from embedserve.router.server import run
+from embedserve.router.settings import RouterSettings
 
 
 def main() -> None:

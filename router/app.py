@@ -16,26 +16,26 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from router import swagger_ui
-from router.auth import ApiKeyMiddleware
-from router.backend_client import BackendClient
-from router.batch_queue import BatchQueue
-from router.dispatcher import Kind
-from router.errors import EmbedServeError
-from router.grpc_api.server import GrpcFrontend
-from router.infer import Inference
-from router.metrics import Metrics
-from router.operations import Operations
-from router.queue_handle import QueueHandle
-from router.queue_owner import InprocQueueHandle, QueueOwner
-from router.remote_queue import RemoteQueueHandle
-from router.routes import default, embed, health, predict, tokenize
-from router.routes._http import ClientGone, client_gone_answer, error_answer, unexpected_answer
-from router.routes._inference import Endpoint
-from router.routes.asgi import CorsPolicy, FrontApp
-from router.settings import RouterSettings
-from router.state import AppState, BackendFacts
-from tokenizer_pool.pool import TokenizerPool
+from embedserve.router import swagger_ui
+from embedserve.router.auth import ApiKeyMiddleware
+from embedserve.router.backend_client import BackendClient
+from embedserve.router.batch_queue import BatchQueue
+from embedserve.router.dispatcher import Kind
+from embedserve.router.errors import EmbedServeError
+from embedserve.router.grpc_api.server import GrpcFrontend
+from embedserve.router.infer import Inference
+from embedserve.router.metrics import Metrics
+from embedserve.router.operations import Operations
+from embedserve.router.queue_handle import QueueHandle
+from embedserve.router.queue_owner import InprocQueueHandle, QueueOwner
+from embedserve.router.remote_queue import RemoteQueueHandle
+from embedserve.router.routes import default, embed, health, predict, tokenize
+from embedserve.router.routes._http import ClientGone, client_gone_answer, error_answer, unexpected_answer
+from embedserve.router.routes._inference import Endpoint
+from embedserve.router.routes.asgi import CorsPolicy, FrontApp
+from embedserve.router.settings import RouterSettings
+from embedserve.router.state import AppState, BackendFacts
+from embedserve.tokenizer_pool.pool import TokenizerPool
 
 logger = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from proto.codec import unpack_tensor
-from proto.gen_pb import backend_pb2, backend_pb2_grpc
-from router.errors import BackendDownError, BackendError
+from embedserve.proto.codec import unpack_tensor
+from embedserve.proto.gen_pb import backend_pb2, backend_pb2_grpc
+from embedserve.router.errors import BackendDownError, BackendError
 
 logger = logging.getLogger(__name__)
 

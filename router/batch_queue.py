@@ -28,15 +28,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from proto import tracing
-from proto.codec import pack_u32
-from proto.gen_pb import backend_pb2
-from router.errors import DeadlineExceededError
-from router.metrics import Metrics
-from router.queue_handle import EntryFuture
+from embedserve.proto import tracing
+from embedserve.proto.codec import pack_u32
+from embedserve.proto.gen_pb import backend_pb2
+from embedserve.router.errors import DeadlineExceededError
+from embedserve.router.metrics import Metrics
+from embedserve.router.queue_handle import EntryFuture
 
 if TYPE_CHECKING:
-    from proto.tracing.otlp import EntrySpans
+    from embedserve.proto.tracing.otlp import EntrySpans
 
 
 def _deadline_message(entry: QueueEntry, now: float) -> str:

@@ -20,16 +20,16 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from proto import tracing
-from proto.gen_pb import backend_pb2
-from router.backend_client import BackendClient, BatchOutput
-from router.batch_queue import BatchQueue, FormedBatch
-from router.errors import BackendDownError, BackendError, EmbedServeError
-from router.metrics import Metrics
-from router.queue_handle import EntryResult
+from embedserve.proto import tracing
+from embedserve.proto.gen_pb import backend_pb2
+from embedserve.router.backend_client import BackendClient, BatchOutput
+from embedserve.router.batch_queue import BatchQueue, FormedBatch
+from embedserve.router.errors import BackendDownError, BackendError, EmbedServeError
+from embedserve.router.metrics import Metrics
+from embedserve.router.queue_handle import EntryResult
 
 if TYPE_CHECKING:
-    from proto.tracing.otlp import BatchTrace
+    from embedserve.proto.tracing.otlp import BatchTrace
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from typing import Literal, TypeVar
 
 import numpy as np
 
-from proto import tracing
-from router.errors import (
+from embedserve.proto import tracing
+from embedserve.router.errors import (
     BackendUnavailableError,
     DeadlineExceededError,
     EmbedServeError,
@@ -26,10 +26,10 @@ from router.errors import (
     TokenizerError,
     input_validation,
 )
-from router.lanes import FIFO, LanePolicy, Priority
-from router.metrics import Metrics
-from router.queue_handle import EntryResult, QueueHandle, Submission, TokenizedInput
-from tokenizer_pool.pool import (
+from embedserve.router.lanes import FIFO, LanePolicy, Priority
+from embedserve.router.metrics import Metrics
+from embedserve.router.queue_handle import EntryResult, QueueHandle, Submission, TokenizedInput
+from embedserve.tokenizer_pool.pool import (
     Encoding,
     Input,
     InvalidInputError,

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from router.errors import ValidationError
+from embedserve.router.errors import ValidationError
 
 Priority = Literal["high", "low"]
 

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from router.state import AppState
+from embedserve.router.state import AppState
 
 PROMETHEUS_MEDIA_TYPE = "text/plain; version=0.0.4"
 

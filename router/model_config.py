@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from router.st_modules import DenseLayer, Pooling, pooling_of, read_json, read_pipeline
-from router.st_modules import ModelConfigError as ModelConfigError  # raised by both; importers catch it here
+from embedserve.router.st_modules import DenseLayer, Pooling, pooling_of, read_json, read_pipeline
+from embedserve.router.st_modules import ModelConfigError as ModelConfigError  # raised by both; importers catch it here
 
 logger = logging.getLogger("launcher")
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from router.errors import BackendError, ModelTypeError, input_validation
-from router.settings import RouterSettings
+from embedserve.router.errors import BackendError, ModelTypeError, input_validation
+from embedserve.router.settings import RouterSettings
 
 
 def require_embedding(settings: RouterSettings) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from router import schemas
+from embedserve.router import schemas
 
 
 class ErrorResponse(msgspec.Struct):

@@ -15,9 +15,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from router.errors import EmptyInputError
-from router.infer import CallLimits, EncodeOptions, Family, Inference, InferenceResult, ResponseMetadata
-from router.model_ops import (
+from embedserve.router.errors import EmptyInputError
+from embedserve.router.infer import CallLimits, EncodeOptions, Family, Inference, InferenceResult, ResponseMetadata
+from embedserve.router.model_ops import (
     ranked_predictions,
     rerank_order,
     require_classifier,
@@ -29,10 +29,10 @@ from router.model_ops import (
     resolve_prompt,
     sparse_entries,
 )
-from router.schemas import check_batch_size, check_dimensions, parse_inputs, parse_predict_inputs
-from router.settings import RouterSettings
-from router.vectors import finish_embeddings
-from tokenizer_pool.pool import Input, TextPair, TokenFormat
+from embedserve.router.schemas import check_batch_size, check_dimensions, parse_inputs, parse_predict_inputs
+from embedserve.router.settings import RouterSettings
+from embedserve.router.vectors import finish_embeddings
+from embedserve.tokenizer_pool.pool import Input, TextPair, TokenFormat
 
 
 @dataclass(frozen=True)

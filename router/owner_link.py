@@ -18,7 +18,7 @@ from typing import Union
 
 import msgspec
 
-from proto.frames import LENGTH, MAX_FRAME_BYTES, FrameProtocol, frame
+from embedserve.proto.frames import LENGTH, MAX_FRAME_BYTES, FrameProtocol, frame
 
 logger = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from router.backend_client import BackendClient
-from router.batch_queue import BatchQueue, QueueEntry
-from router.dispatcher import Dispatcher, Kind
-from router.infer import Permits
-from router.metrics import Metrics
-from router.queue_handle import Admission, EntryResult, Submission, TokenizedInput
+from embedserve.router.backend_client import BackendClient
+from embedserve.router.batch_queue import BatchQueue, QueueEntry
+from embedserve.router.dispatcher import Dispatcher, Kind
+from embedserve.router.infer import Permits
+from embedserve.router.metrics import Metrics
+from embedserve.router.queue_handle import Admission, EntryResult, Submission, TokenizedInput
 
 
 class QueueOwner:

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from router.errors import BackendError, BackendUnavailableError, EmbedServeError
-from router.metrics import Metrics, merge, snapshot
-from router.owner_link import (
+from embedserve.router.errors import BackendError, BackendUnavailableError, EmbedServeError
+from embedserve.router.metrics import Metrics, merge, snapshot
+from embedserve.router.owner_link import (
     Abort,
     Admit,
     Admitted,
@@ -41,7 +41,7 @@ from router.owner_link import (
     Submit,
     Welcome,
 )
-from router.queue_handle import Admission, EntryResult, Submission, TokenizedInput
+from embedserve.router.queue_handle import Admission, EntryResult, Submission, TokenizedInput
 
 logger = logging.getLogger(__name__)
 

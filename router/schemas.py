@@ -6,8 +6,8 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
-from router.errors import BatchSizeError, EmptyInputError, MalformedRequestError, ValidationError, input_validation
-from tokenizer_pool.pool import Input, TextPair
+from embedserve.router.errors import BatchSizeError, EmptyInputError, MalformedRequestError, ValidationError, input_validation
+from embedserve.tokenizer_pool.pool import Input, TextPair
 
 TruncationDirection = Literal["right", "left", "Right", "Left"]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]

@@ -13,12 +13,12 @@ import signal
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
-from proto.child import watch_parent
-from router import prompt_close
-from router.app import create_app
-from router.bind import host_port
-from router.metrics_listener import metrics_app, serve_metrics
-from router.settings import RouterSettings
+from embedserve.proto.child import watch_parent
+from embedserve.router import prompt_close
+from embedserve.router.app import create_app
+from embedserve.router.bind import host_port
+from embedserve.router.metrics_listener import metrics_app, serve_metrics
+from embedserve.router.settings import RouterSettings
 
 logger = logging.getLogger(__name__)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from proto.gen_pb import config_pb2
-from router.bind import resolve_bind_hosts
-from router.lanes import LanePolicy
+from embedserve.proto.gen_pb import config_pb2
+from embedserve.router.bind import resolve_bind_hosts
+from embedserve.router.lanes import LanePolicy
 
 
 @dataclass(frozen=True)

@@ -9,14 +9,14 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from router.backend_client import BackendClient
-from router.infer import Inference
-from router.metrics import Metrics
-from router.operations import Operations
-from router.queue_handle import QueueHandle
-from router.remote_queue import RemoteQueueHandle
-from router.settings import RouterSettings
-from tokenizer_pool.pool import TokenizerPool
+from embedserve.router.backend_client import BackendClient
+from embedserve.router.infer import Inference
+from embedserve.router.metrics import Metrics
+from embedserve.router.operations import Operations
+from embedserve.router.queue_handle import QueueHandle
+from embedserve.router.remote_queue import RemoteQueueHandle
+from embedserve.router.settings import RouterSettings
+from embedserve.tokenizer_pool.pool import TokenizerPool
 
 
 @dataclass(frozen=True)

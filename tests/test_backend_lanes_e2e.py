@@ -17,9 +17,9 @@ import grpc
 import numpy as np
 import pytest
 
-from proto.child import encode_config
-from proto.codec import pack_u32, unpack_tensor
-from proto.gen_pb import backend_pb2, backend_pb2_grpc, config_pb2
+from embedserve.proto.child import encode_config
+from embedserve.proto.codec import pack_u32, unpack_tensor
+from embedserve.proto.gen_pb import backend_pb2, backend_pb2_grpc, config_pb2
 from tests.conftest import ROOT, SCRATCH_ROOT, short_socket_prefix, wait_for
 
 MAX_BATCH_TOKENS = 16384
@@ -42,7 +42,7 @@ def backend(model_dir: Path) -> Iterator[Backend]:
         model_dir=str(model_dir), socket_path=socket_path, backend="torch", pooling="mean", device="cpu",
         max_batch_tokens=MAX_BATCH_TOKENS, name="backend-0", cache_dir=str(SCRATCH_ROOT / "cache"),
     )
-    process = subprocess.Popen([sys.executable, "-m", "backends", "backend-0"], stdin=subprocess.PIPE, cwd=ROOT)
+    process = subprocess.Popen([sys.executable, "-m", "embedserve.backends", "backend-0"], stdin=subprocess.PIPE, cwd=ROOT)
     assert process.stdin is not None
     process.stdin.write(encode_config(config))
     process.stdin.flush()

@@ -62,8 +62,8 @@ def test_python_backend_refuses_repository_code_without_the_opt_in_in_its_config
 ) -> None:
     # Defence in depth: the engine itself, built from a config without the opt-in,
     # never imports the model's code, whatever started it.
-    from backends.base import EngineSpec
-    from backends.engines import load_engine
+    from embedserve.backends.base import EngineSpec
+    from embedserve.backends.engines import load_engine
 
     # transformers copies the code it imports to HF_HOME/modules/transformers_modules/<folder name>.
     remote = build_remote_code_model(tmp_path / "never_imported_remote", model_dir)
@@ -87,7 +87,7 @@ def test_auto_picks_onnx_on_cpu_and_int8_stays_close(tmp_path: Path, sentence_tr
 
 def _launch(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "launcher", "--port", "0", "--grpc-port", "0", "--prometheus-port", "0",
+        [sys.executable, "-m", "embedserve.launcher", "--port", "0", "--grpc-port", "0", "--prometheus-port", "0",
          "--uds-path", short_socket_prefix(),
          *args],
         capture_output=True, text=True, timeout=180, cwd=ROOT,

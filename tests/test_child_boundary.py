@@ -10,9 +10,9 @@ import threading
 
 import pytest
 
-from proto.child import encode_config, read_config
-from proto.gen_pb import config_pb2
-from router.bind import BindError, host_port, local_host, resolve_bind_hosts
+from embedserve.proto.child import encode_config, read_config
+from embedserve.proto.gen_pb import config_pb2
+from embedserve.router.bind import BindError, host_port, local_host, resolve_bind_hosts
 from tests.conftest import ROOT
 
 
@@ -37,7 +37,7 @@ def test_config_frame_crosses_a_pipe_larger_than_its_buffer() -> None:
 @pytest.mark.parametrize("frame", [b"", b"\0\0", b"\0\0\0\x10short", b"\xff\xff\xff\xff"],
                          ids=["nothing", "half a length", "short body", "absurd length"])
 def test_a_broken_frame_exits_with_a_clear_message(frame: bytes) -> None:
-    result = subprocess.run([sys.executable, "-m", "tokenizer_pool", "tokenizer-0"], input=frame, cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "embedserve.tokenizer_pool", "tokenizer-0"], input=frame, cwd=ROOT,
                             capture_output=True, timeout=120)
     assert result.returncode == 1
     assert "started by the embedserve launcher" in result.stderr.decode()

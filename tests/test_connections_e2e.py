@@ -19,7 +19,7 @@ import httpx
 import orjson
 import pytest
 
-from proto.gen_pb import tei_pb2, tei_pb2_grpc
+from embedserve.proto.gen_pb import tei_pb2, tei_pb2_grpc
 from tests.conftest import BULK, RunningServer, start_server, wait_for
 
 BODY_READ_TIMEOUT_S = 3.0

@@ -16,7 +16,7 @@ import pytest
 
 from tests.backends.parity import cosine, embed_over_http, st_encode
 from tests.conftest import ROOT, short_socket_prefix, start_server
-from launcher import build_parser
+from embedserve.launcher import build_parser
 from tests.models import (
     DEFAULT_DENSE,
     add_dense_modules,
@@ -81,7 +81,7 @@ def test_dense_on_remote_code_matches_sentence_transformers(tmp_path: Path, mode
 
 def _launch(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "launcher", "--port", "0", "--grpc-port", "0", "--prometheus-port", "0",
+        [sys.executable, "-m", "embedserve.launcher", "--port", "0", "--grpc-port", "0", "--prometheus-port", "0",
          "--uds-path", short_socket_prefix(),
          *args],
         capture_output=True, text=True, timeout=180, cwd=ROOT,

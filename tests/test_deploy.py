@@ -36,11 +36,11 @@ import referencing
 import yaml
 from kubernetes_validate import utils as kv_utils
 
-import launcher
-from proto.logs import parse_log_level
-from router.app import create_app
-from router.metrics import Metrics
-from router.settings import RouterSettings
+from embedserve import launcher
+from embedserve.proto.logs import parse_log_level
+from embedserve.router.app import create_app
+from embedserve.router.metrics import Metrics
+from embedserve.router.settings import RouterSettings
 from tests.conftest import RunningServer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from router import swagger_ui
+from embedserve.router import swagger_ui
 from tests.conftest import RunningServer, start_server
 from tests.models import add_prompts, build_tiny_model
 

@@ -14,7 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from proto.gen_pb import tei_pb2, tei_pb2_grpc
+from embedserve.proto.gen_pb import tei_pb2, tei_pb2_grpc
 from tests.conftest import BULK, RunningServer, start_server, wait_for
 from tests.models import build_tiny_model
 

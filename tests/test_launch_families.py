@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from launcher import choose_backend
-from router.model_config import ModelConfigError, ModelSpec, load_model_spec
+from embedserve.launcher import choose_backend
+from embedserve.router.model_config import ModelConfigError, ModelSpec, load_model_spec
 from tests.conftest import ROOT, short_socket_prefix
 from tests.models import build_family_model, build_jina_bert_model
 
@@ -69,7 +69,7 @@ def test_gemma3_loads_float32_unless_told_and_never_float16() -> None:
 def test_gemma3_in_float16_is_refused_in_one_line(tmp_path: Path, model_dir: Path) -> None:
     gemma_dir = build_family_model("gemma3", tmp_path / "gemma3", model_dir)
     result = subprocess.run(
-        [sys.executable, "-m", "launcher", "--hostname", "127.0.0.1", "--port", "0", "--grpc-port", "0",
+        [sys.executable, "-m", "embedserve.launcher", "--hostname", "127.0.0.1", "--port", "0", "--grpc-port", "0",
          "--uds-path", short_socket_prefix(), "--model-id", str(gemma_dir), "--dtype", "float16"],
         capture_output=True, text=True, timeout=120, cwd=ROOT,
     )

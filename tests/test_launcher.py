@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from launcher import build_parser
+from embedserve.launcher import build_parser
 from tests.conftest import ROOT, free_port, short_socket_prefix, start_server
 
 LONG_TEXT = " ".join(["graceful shutdown drains requests that were accepted"] * 40)
@@ -25,7 +25,7 @@ LONG_TEXT = " ".join(["graceful shutdown drains requests that were accepted"] * 
 def _run_launcher(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         # An explicit --hostname: $HOSTNAME may not resolve on every machine (later args win).
-        [sys.executable, "-m", "launcher", "--hostname", "127.0.0.1", "--port", "0", "--grpc-port", "0",
+        [sys.executable, "-m", "embedserve.launcher", "--hostname", "127.0.0.1", "--port", "0", "--grpc-port", "0",
          "--prometheus-port", "0", "--uds-path", short_socket_prefix(), *args],
         capture_output=True, text=True, timeout=timeout_s, cwd=ROOT,
     )
@@ -71,7 +71,7 @@ def test_trust_remote_code_is_off_unless_asked_for(monkeypatch: pytest.MonkeyPat
 
 
 def test_help_lists_the_flags() -> None:
-    out = subprocess.run([sys.executable, "-m", "launcher", "--help"], capture_output=True, text=True, cwd=ROOT).stdout
+    out = subprocess.run([sys.executable, "-m", "embedserve.launcher", "--help"], capture_output=True, text=True, cwd=ROOT).stdout
     for flag in ("--model-id", "--max-batch-tokens", "--tokenization-workers", "--uds-path", "--payload-limit",
                  "--default-prompt-name", "--json-output", "--huggingface-hub-cache", "--graceful-timeout",
                  "--body-read-timeout", "--trust-remote-code"):
@@ -80,7 +80,7 @@ def test_help_lists_the_flags() -> None:
 
 def test_help_shows_real_defaults_never_none_nor_a_secret() -> None:
     env = {**os.environ, "API_KEY": "help-must-not-show-this"}
-    out = subprocess.run([sys.executable, "-m", "launcher", "--help"], capture_output=True, text=True, cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "embedserve.launcher", "--help"], capture_output=True, text=True, cwd=ROOT,
                          env=env).stdout
     assert "None" not in out and "help-must-not-show-this" not in out
     assert "(default: 16384)" in out and "(default: auto)" in out

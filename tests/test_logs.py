@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from proto import logs
-from proto.logs import OFF, TRACE, LogFilter, TeiJsonFormatter, configure_logging, parse_log_level
+from embedserve.proto import logs
+from embedserve.proto.logs import OFF, TRACE, LogFilter, TeiJsonFormatter, configure_logging, parse_log_level
 from tests.conftest import start_server
 
 # ---------------------------------------------------------------- LOG_LEVEL directives

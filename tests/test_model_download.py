@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from router.model_download import backend_files, checkpoint_files, metadata_files, onnx_files
+from embedserve.router.model_download import backend_files, checkpoint_files, metadata_files, onnx_files
 from tests.backends.parity import cosine
 from tests.conftest import ROOT, free_port, short_socket_prefix, start_server
 from tests.hub_standin import HubStandIn, commit_of, hub_standin
@@ -180,7 +180,7 @@ def test_bin_only_model_fetches_its_pickle(hub: HubStandIn, tmp_path: Path) -> N
 
 def test_remote_code_is_fetched_only_with_the_opt_in(hub: HubStandIn, tmp_path: Path) -> None:
     refused = subprocess.run(
-        [sys.executable, "-m", "launcher", "--hostname", "127.0.0.1", "--port", "0", "--grpc-port", "0",
+        [sys.executable, "-m", "embedserve.launcher", "--hostname", "127.0.0.1", "--port", "0", "--grpc-port", "0",
          "--uds-path", short_socket_prefix(), "--huggingface-hub-cache", str(tmp_path / "refused"),
          "--model-id", "acme/tiny-remote"],
         capture_output=True, text=True, timeout=120, cwd=ROOT, env={**os.environ, **_online(hub)},

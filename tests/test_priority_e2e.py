@@ -16,7 +16,7 @@ import grpc
 import httpx
 import pytest
 
-from proto.gen_pb import tei_pb2, tei_pb2_grpc
+from embedserve.proto.gen_pb import tei_pb2, tei_pb2_grpc
 from tests.conftest import RunningServer, start_server, wait_for
 
 LONG_TEXT = " ".join(["retrieval augmented generation pipelines embed passages"] * 16)  # ~100 tokens

@@ -87,7 +87,7 @@ def _socket_inodes(pid: int) -> set[str]:
 
 def _launch(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "launcher", "--hostname", "127.0.0.1", "--port", str(free_port()), "--grpc-port", "0",
+        [sys.executable, "-m", "embedserve.launcher", "--hostname", "127.0.0.1", "--port", str(free_port()), "--grpc-port", "0",
          "--uds-path", short_socket_prefix(), *args],
         capture_output=True, text=True, timeout=120, cwd=ROOT,
     )

@@ -16,7 +16,7 @@ import grpc
 import httpx
 import pytest
 
-from proto.gen_pb import tei_pb2, tei_pb2_grpc
+from embedserve.proto.gen_pb import tei_pb2, tei_pb2_grpc
 from tests.conftest import BULK, RunningServer, start_server, wait_for
 
 LONG_TEXT = " ".join(["a server earns trust by what it does when things go wrong"] * 25)

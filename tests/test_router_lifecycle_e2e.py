@@ -70,7 +70,7 @@ def _front_pids(server: RunningServer) -> dict[str, int]:
             args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
         except OSError:
             continue
-        name = "router-owner" if "router.owner" in args else args[-2] if args[-1] == "" else args[-1]
+        name = "router-owner" if "embedserve.router.owner" in args else args[-2] if args[-1] == "" else args[-1]
         found[name] = pid
     return found
 

@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
-from proto.gen_pb import tei_pb2, tei_pb2_grpc
+from embedserve.proto.gen_pb import tei_pb2, tei_pb2_grpc
 from tests.conftest import BULK, RunningServer, embed_on_a_raw_socket, start_server, wait_for
 
 LONG_TEXT = " ".join(["retrieval augmented generation pipelines embed passages"] * 16)  # ~100 tokens
@@ -157,7 +157,7 @@ def test_a_lost_queue_owner_fails_requests_at_once_and_stops_the_server(
 ) -> None:
     args = ("--router-workers", "2", "--max-batch-requests", "1", "--max-client-batch-size", "100")
     with start_server(*args, tmp_dir=tmp_path_factory.mktemp("ownerlost"), expect_clean_exit=False) as server:
-        owner_pids = [pid for pid in server.child_pids("router") if b"router.owner" in _cmdline(pid)]
+        owner_pids = [pid for pid in server.child_pids("router") if b"embedserve.router.owner" in _cmdline(pid)]
         assert len(owner_pids) == 1
         results: list[httpx.Response] = []
         waiting = threading.Thread(

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from launcher import DEFAULT_PROMETHEUS_PORT, build_parser
-from router.model_config import POOLING_FLAG_VALUES
+from embedserve.launcher import DEFAULT_PROMETHEUS_PORT, build_parser
+from embedserve.router.model_config import POOLING_FLAG_VALUES
 from tests.conftest import ROOT, short_socket_prefix
 
 
@@ -164,12 +164,12 @@ def test_boolean_env_twins_read_false(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_version_flag_prints_and_exits_zero() -> None:
     for flag in ("-V", "--version"):
-        result = subprocess.run([sys.executable, "-m", "launcher", flag], capture_output=True, text=True, cwd=ROOT)
+        result = subprocess.run([sys.executable, "-m", "embedserve.launcher", flag], capture_output=True, text=True, cwd=ROOT)
         assert result.returncode == 0 and result.stdout.startswith("embedserve "), result
 
 
 def test_hf_api_token_is_hidden_from_help() -> None:
-    out = subprocess.run([sys.executable, "-m", "launcher", "--help"], capture_output=True, text=True, cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "embedserve.launcher", "--help"], capture_output=True, text=True, cwd=ROOT,
                          env={"PATH": "/usr/bin:/bin", "HF_API_TOKEN": "hf_in_env"}).stdout
     assert "--prometheus-port" in out and "--otlp-endpoint" in out
     assert "--hf-api-token" not in out and "hf_in_env" not in out
@@ -178,7 +178,7 @@ def test_hf_api_token_is_hidden_from_help() -> None:
 def test_hf_api_token_warns_and_is_never_printed() -> None:
     """The deprecated alias is used as the Hub token, with one warning, the token itself nowhere."""
     result = subprocess.run(
-        [sys.executable, "-m", "launcher", "--hostname", "127.0.0.1", "--port", "0", "--grpc-port", "0",
+        [sys.executable, "-m", "embedserve.launcher", "--hostname", "127.0.0.1", "--port", "0", "--grpc-port", "0",
          "--prometheus-port", "0", "--uds-path", short_socket_prefix(), "--hf-api-token", "hf_secret_value",
          "--model-id", "nobody/no-such-model"],
         capture_output=True, text=True, timeout=120, cwd=ROOT,

@@ -21,7 +21,7 @@ import grpc
 import httpx
 import pytest
 
-from proto.gen_pb import tei_pb2, tei_pb2_grpc
+from embedserve.proto.gen_pb import tei_pb2, tei_pb2_grpc
 from tests.conftest import RunningServer, start_server
 from tests.models import build_tiny_model
 

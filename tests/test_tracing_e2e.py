@@ -14,7 +14,7 @@ import httpx
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from proto.gen_pb import tei_pb2, tei_pb2_grpc
+from embedserve.proto.gen_pb import tei_pb2, tei_pb2_grpc
 from tests.conftest import RunningServer, free_port, start_server, wait_for
 from tests.otlp_receiver import ReceivedSpan, TraceReceiver, otlp_receiver
 

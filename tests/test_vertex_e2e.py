@@ -61,7 +61,7 @@ def test_vertex_environment_moves_the_port_and_adds_the_routes(router_workers: s
 
 def _launch(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "launcher", "--hostname", "127.0.0.1", "--port", "0", "--grpc-port", "0",
+        [sys.executable, "-m", "embedserve.launcher", "--hostname", "127.0.0.1", "--port", "0", "--grpc-port", "0",
          "--uds-path", short_socket_prefix()],
         capture_output=True, text=True, timeout=120, cwd=ROOT, env={**_base_env(), **env},
     )

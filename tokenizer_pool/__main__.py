@@ -1,3 +1,3 @@
-from tokenizer_pool.worker import main
+from embedserve.tokenizer_pool.worker import main
 
 main()

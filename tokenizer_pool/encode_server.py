@@ -18,10 +18,10 @@ from functools import partial
 
 import msgspec
 
-from proto.codec import unpack_u32
-from proto.frames import FrameProtocol
-from tokenizer_pool.encoder import EncodeError, Encoder, EncoderInput, TextPair
-from tokenizer_pool.frames import EncodeCall, EncodeResult, ErrorKind, IdInput, WireInput
+from embedserve.proto.codec import unpack_u32
+from embedserve.proto.frames import FrameProtocol
+from embedserve.tokenizer_pool.encoder import EncodeError, Encoder, EncoderInput, TextPair
+from embedserve.tokenizer_pool.frames import EncodeCall, EncodeResult, ErrorKind, IdInput, WireInput
 
 logger = logging.getLogger("tokenizer_pool")
 

@@ -13,8 +13,8 @@ from typing import Literal, cast
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from tokenizer_pool.limits import EncodeError, character_limit, check_characters, guard_text
-from tokenizer_pool.run_cache import RunCache
+from embedserve.tokenizer_pool.limits import EncodeError, character_limit, check_characters, guard_text
+from embedserve.tokenizer_pool.run_cache import RunCache
 
 # The wire's uint32 buffers are little-endian; array("I") writes native order.
 assert array("I").itemsize == 4 and sys.byteorder == "little", "encode_packed assumes little-endian uint32"

@@ -14,8 +14,8 @@ import logging
 
 import msgspec
 
-from proto.frames import FrameProtocol
-from tokenizer_pool.frames import EncodeCall, EncodeResult, WireInput
+from embedserve.proto.frames import FrameProtocol
+from embedserve.tokenizer_pool.frames import EncodeCall, EncodeResult, WireInput
 
 logger = logging.getLogger("tokenizer_pool")
 

@@ -22,11 +22,11 @@ import grpc
 import numpy as np
 from google.protobuf.message import Message
 
-from proto.codec import pack_u32, unpack_u32
-from proto.gen_pb import tokenizer_pb2, tokenizer_pb2_grpc
-from tokenizer_pool.frames import EncodeResult, ErrorKind, IdInput, WireInput, encode_socket_path
-from tokenizer_pool.limits import EncodeError, character_limit, check_characters, guard_text
-from tokenizer_pool.link import EncodeLink, LinkDown
+from embedserve.proto.codec import pack_u32, unpack_u32
+from embedserve.proto.gen_pb import tokenizer_pb2, tokenizer_pb2_grpc
+from embedserve.tokenizer_pool.frames import EncodeResult, ErrorKind, IdInput, WireInput, encode_socket_path
+from embedserve.tokenizer_pool.limits import EncodeError, character_limit, check_characters, guard_text
+from embedserve.tokenizer_pool.link import EncodeLink, LinkDown
 
 
 class TokenizationError(Exception):

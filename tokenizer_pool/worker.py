@@ -22,13 +22,13 @@ import grpc
 import orjson
 import uvloop
 
-from proto.child import read_config, serve_on_socket
-from proto.codec import pack_u32, unpack_u32
-from proto.gen_pb import config_pb2, tei_pb2, tokenizer_pb2, tokenizer_pb2_grpc
-from proto.logs import configure_logging
-from tokenizer_pool.encode_server import EncodeService, start_encode_server
-from tokenizer_pool.encoder import Direction, EncodeError, EncodedInput, Encoder, EncoderInput, TextPair, TokenColumns
-from tokenizer_pool.frames import encode_socket_path
+from embedserve.proto.child import read_config, serve_on_socket
+from embedserve.proto.codec import pack_u32, unpack_u32
+from embedserve.proto.gen_pb import config_pb2, tei_pb2, tokenizer_pb2, tokenizer_pb2_grpc
+from embedserve.proto.logs import configure_logging
+from embedserve.tokenizer_pool.encode_server import EncodeService, start_encode_server
+from embedserve.tokenizer_pool.encoder import Direction, EncodeError, EncodedInput, Encoder, EncoderInput, TextPair, TokenColumns
+from embedserve.tokenizer_pool.frames import encode_socket_path
 
 logger = logging.getLogger("tokenizer_pool")
 

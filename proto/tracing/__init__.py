@@ -17,7 +17,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from proto.tracing.otlp import RequestTimings, Tracing
+    from embedserve.proto.tracing.otlp import RequestTimings, Tracing
 
 _active: Tracing | None = None
 # One shared no-op: entering a nullcontext keeps no state, so it is reusable.
@@ -35,11 +35,11 @@ def configure(otlp_endpoint: str | None, service_name: str, disable_spans: bool,
     global _active
     if not otlp_endpoint or disable_spans:
         return
-    from proto.tracing.otlp import Tracing
+    from embedserve.proto.tracing.otlp import Tracing
 
     _active = Tracing.start(otlp_endpoint, service_name, process)
     if json_logs:
-        from proto import logs
+        from embedserve.proto import logs
 
         logs.span_fields = _active.log_fields
 

@@ -12,10 +12,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from proto.gen_pb import tei_pb2, tei_pb2_grpc
-from router.bind import host_port
-from router.grpc_api.servicers import EmbedService, InfoService, PredictService, RerankService, TokenizeService
-from router.state import AppState
+from embedserve.proto.gen_pb import tei_pb2, tei_pb2_grpc
+from embedserve.router.bind import host_port
+from embedserve.router.grpc_api.servicers import EmbedService, InfoService, PredictService, RerankService, TokenizeService
+from embedserve.router.state import AppState
 
 logger = logging.getLogger(__name__)
 

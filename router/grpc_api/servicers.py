@@ -17,18 +17,18 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol, TypeVar
 import grpc
 import numpy as np
 
-from proto import tracing
-from proto.gen_pb import tei_pb2, tei_pb2_grpc
-from router.errors import EmbedServeError, ValidationError
-from router.infer import ResponseMetadata
-from router.infer import CallLimits
-from router.lanes import PRIORITY_HEADER, parse_priority
-from router.operations import Truncation
-from router.version import VERSION
-from router.state import AppState
+from embedserve.proto import tracing
+from embedserve.proto.gen_pb import tei_pb2, tei_pb2_grpc
+from embedserve.router.errors import EmbedServeError, ValidationError
+from embedserve.router.infer import ResponseMetadata
+from embedserve.router.infer import CallLimits
+from embedserve.router.lanes import PRIORITY_HEADER, parse_priority
+from embedserve.router.operations import Truncation
+from embedserve.router.version import VERSION
+from embedserve.router.state import AppState
 
 if TYPE_CHECKING:
-    from proto.tracing.otlp import Tracing
+    from embedserve.proto.tracing.otlp import Tracing
 
 # tei-contract §2.3
 STATUS_BY_ERROR_TYPE = {

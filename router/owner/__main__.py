@@ -17,23 +17,23 @@ import signal
 
 import uvloop
 
-from proto import tracing
-from proto.child import read_config, watch_parent
-from proto.gen_pb import config_pb2
-from proto.logs import configure_logging
-from router.settings import RouterSettings
+from embedserve.proto import tracing
+from embedserve.proto.child import read_config, watch_parent
+from embedserve.proto.gen_pb import config_pb2
+from embedserve.proto.logs import configure_logging
+from embedserve.router.settings import RouterSettings
 
-logger = logging.getLogger("router.owner")
+logger = logging.getLogger("embedserve.router.owner")
 
 # The fronts' own drain ends by graceful_timeout_s plus Hypercorn's close.
 FRONT_DRAIN_MARGIN_S = 10.0
 
 
 async def serve(settings: RouterSettings) -> None:
-    from router.app import build_queue_owner, connect_backends
-    from router.infer import Permits
-    from router.metrics import Metrics
-    from router.owner.service import OwnerService
+    from embedserve.router.app import build_queue_owner, connect_backends
+    from embedserve.router.infer import Permits
+    from embedserve.router.metrics import Metrics
+    from embedserve.router.owner.service import OwnerService
 
     metrics = Metrics(settings.max_input_length)
     backends, facts, max_batch_requests = await connect_backends(settings)

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from router.batch_queue import QueueEntry
-from router.errors import BackendError, EmbedServeError, OverloadedError
-from router.infer import Permits
-from router.metrics import Metrics, merge, snapshot
-from router.owner_link import (
+from embedserve.router.batch_queue import QueueEntry
+from embedserve.router.errors import BackendError, EmbedServeError, OverloadedError
+from embedserve.router.infer import Permits
+from embedserve.router.metrics import Metrics, merge, snapshot
+from embedserve.router.owner_link import (
     Abort,
     Admit,
     Admitted,
@@ -41,8 +41,8 @@ from router.owner_link import (
     Submit,
     Welcome,
 )
-from router.queue_handle import EntryResult
-from router.queue_owner import QueueOwner
+from embedserve.router.queue_handle import EntryResult
+from embedserve.router.queue_owner import QueueOwner
 
 logger = logging.getLogger(__name__)
 

@@ -18,14 +18,14 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from router.errors import (
+from embedserve.router.errors import (
     BodyReadTimeoutError,
     EmbedServeError,
     PayloadTooLargeError,
     ShuttingDownError,
     UnsupportedMediaError,
 )
-from router.state import AppState
+from embedserve.router.state import AppState
 
 T = TypeVar("T")
 

@@ -16,13 +16,13 @@ from typing import Any, Generic, TypeVar
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proto import tracing
-from router.errors import EmbedServeError, ShuttingDownError, ValidationError
-from router.infer import ResponseMetadata
-from router.infer import CallLimits
-from router.lanes import PRIORITY_HEADER, parse_priority
-from router.operations import Truncation
-from router.routes._http import (
+from embedserve.proto import tracing
+from embedserve.router.errors import EmbedServeError, ShuttingDownError, ValidationError
+from embedserve.router.infer import ResponseMetadata
+from embedserve.router.infer import CallLimits
+from embedserve.router.lanes import PRIORITY_HEADER, parse_priority
+from embedserve.router.operations import Truncation
+from embedserve.router.routes._http import (
     Answer,
     ClientGone,
     HttpCall,
@@ -32,8 +32,8 @@ from router.routes._http import (
     json_answer,
     read_body,
 )
-from router.schemas import decode_body
-from router.state import AppState
+from embedserve.router.schemas import decode_body
+from embedserve.router.state import AppState
 
 B = TypeVar("B")
 

@@ -24,9 +24,9 @@ from starlette.datastructures import State
 from starlette.routing import BaseRoute
 from starlette.types import Receive, Scope, Send
 
-from router.auth import expected_authorization, is_authorized
-from router.routes._http import Answer, HttpCall, RawHeaders, unexpected_answer
-from router.routes._inference import Endpoint
+from embedserve.router.auth import expected_authorization, is_authorized
+from embedserve.router.routes._http import Answer, HttpCall, RawHeaders, unexpected_answer
+from embedserve.router.routes._inference import Endpoint
 
 logger = logging.getLogger(__name__)
 

@@ -8,18 +8,18 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from router.errors import ValidationError
-from router.routes import embed, predict
-from router.routes._http import HttpCall, app_state
-from router.routes._inference import Endpoint, Outcome, endpoint
-from router.schemas import (
+from embedserve.router.errors import ValidationError
+from embedserve.router.routes import embed, predict
+from embedserve.router.routes._http import HttpCall, app_state
+from embedserve.router.routes._inference import Endpoint, Outcome, endpoint
+from embedserve.router.schemas import (
     EmbedRequest,
     EmbedSparseRequest,
     PredictRequest,
     RerankRequest,
     VertexRequest,
 )
-from router.settings import RouterSettings
+from embedserve.router.settings import RouterSettings
 
 
 def default_route(settings: RouterSettings) -> Endpoint[Any]:

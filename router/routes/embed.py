@@ -7,10 +7,10 @@ import base64
 
 import numpy as np
 
-from router.operations import Truncation
-from router.routes._http import HttpCall, until_disconnected
-from router.routes._inference import Outcome, call_limits, endpoint, truncation
-from router.schemas import (
+from embedserve.router.operations import Truncation
+from embedserve.router.routes._http import HttpCall, until_disconnected
+from embedserve.router.routes._inference import Outcome, call_limits, endpoint, truncation
+from embedserve.router.schemas import (
     EmbedAllRequest,
     EmbedRequest,
     EmbedSparseRequest,

@@ -7,12 +7,12 @@ import asyncio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from router.openapi import build_openapi
+from embedserve.router.openapi import build_openapi
 
-from router.errors import BackendUnavailableError
-from router.routes._http import app_state, json_response
-from router.settings import RouterSettings
-from router.version import VERSION
+from embedserve.router.errors import BackendUnavailableError
+from embedserve.router.routes._http import app_state, json_response
+from embedserve.router.settings import RouterSettings
+from embedserve.router.version import VERSION
 
 
 async def health(request: Request) -> Response:

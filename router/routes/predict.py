@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from router.routes._http import HttpCall, until_disconnected
-from router.routes._inference import Outcome, call_limits, endpoint, truncation
-from router.schemas import PredictRequest, RerankRequest
+from embedserve.router.routes._http import HttpCall, until_disconnected
+from embedserve.router.routes._inference import Outcome, call_limits, endpoint, truncation
+from embedserve.router.schemas import PredictRequest, RerankRequest
 
 
 async def handle_predict(call: HttpCall, body: PredictRequest) -> Outcome:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from router.routes._http import HttpCall, JsonPieces
-from router.routes._inference import Outcome, endpoint
-from router.schemas import DecodeRequest, TokenizeRequest, parse_decode_ids
+from embedserve.router.routes._http import HttpCall, JsonPieces
+from embedserve.router.routes._inference import Outcome, endpoint
+from embedserve.router.schemas import DecodeRequest, TokenizeRequest, parse_decode_ids
 
 
 async def handle_tokenize(call: HttpCall, body: TokenizeRequest) -> Outcome:

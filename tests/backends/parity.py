@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from backends.base import ModelBatch
+from embedserve.backends.base import ModelBatch
 
 
 def encode(model_dir: Path, texts: list[str], pairs: list[str] | None = None) -> tuple[ModelBatch, list[list[int]], list[list[int]]]:

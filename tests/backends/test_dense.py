@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backends.base import Activation, DenseSpec
-from backends.dense import DenseHead
+from embedserve.backends.base import Activation, DenseSpec
+from embedserve.backends.dense import DenseHead
 
 TORCH_ACTIVATIONS: dict[Activation, str] = {"identity": "Identity", "tanh": "Tanh", "relu": "ReLU",
                                             "sigmoid": "Sigmoid"}

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backends.base import EngineSpec
-from backends.engines import load_engine
-from backends.padding import padded_chunks
+from embedserve.backends.base import EngineSpec
+from embedserve.backends.engines import load_engine
+from embedserve.backends.padding import padded_chunks
 from tests.backends.parity import cosine, encode, reference_logits, reference_pooled
 from tests.models import (
     CLASSIFIER_FAMILIES,

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from backends.base import EngineSpec
-from backends.engines import load_engine
-from backends.torch_backend import TorchBackend
+from embedserve.backends.base import EngineSpec
+from embedserve.backends.engines import load_engine
+from embedserve.backends.torch_backend import TorchBackend
 from tests.backends.parity import cosine, encode
 from tests.models import build_gte_model
 from tests.texts import varied_texts
@@ -94,7 +94,7 @@ def test_gte_weights_that_do_not_fit_are_refused(model_dir: Path, tmp_path: Path
 def test_gte_reads_rotary_settings_saved_by_transformers_5(tmp_path: Path) -> None:
     import json
 
-    from backends.gte import GteConfig
+    from embedserve.backends.gte import GteConfig
 
     hub_style = {"model_type": "new", "rope_theta": 500.0, "rope_scaling": {"type": "ntk", "factor": 2.0}}
     resaved = {"model_type": "new", "rope_theta": None, "rope_scaling": None,

@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from backends.model_cpu import MODEL_THREAD_NAME, ModelCpuClock, model_threads_named, set_thread_name, thread_name
+from embedserve.backends.model_cpu import MODEL_THREAD_NAME, ModelCpuClock, model_threads_named, set_thread_name, thread_name
 
 BURN_S = 0.2
 

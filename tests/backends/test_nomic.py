@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from backends.base import EngineSpec
-from backends.engines import load_engine
-from backends.padding import padded_chunks
+from embedserve.backends.base import EngineSpec
+from embedserve.backends.engines import load_engine
+from embedserve.backends.padding import padded_chunks
 from tests.backends.parity import cosine, encode
 from tests.models import build_nomic_model
 from tests.texts import varied_texts

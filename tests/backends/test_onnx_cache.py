@@ -7,7 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
-from backends.onnx_cache import LAST_USED, OnnxCache
+from embedserve.backends.onnx_cache import LAST_USED, OnnxCache
 
 
 def _model(folder: Path, weights: bytes = b"w" * 1000) -> Path:

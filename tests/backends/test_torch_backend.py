@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backends.base import EngineSpec, ModelBatch
-from backends.padding import length_sorted_chunks
-from backends.server import BatchRejected, decode_batch
-from backends.torch_backend import TorchBackend
-from proto.codec import pack_u32
-from proto.gen_pb import backend_pb2
+from embedserve.backends.base import EngineSpec, ModelBatch
+from embedserve.backends.padding import length_sorted_chunks
+from embedserve.backends.server import BatchRejected, decode_batch
+from embedserve.backends.torch_backend import TorchBackend
+from embedserve.proto.codec import pack_u32
+from embedserve.proto.gen_pb import backend_pb2
 from tests.texts import varied_texts
 
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from backends.base import EngineSpec
-from backends.engines import load_engine
-from backends.torch_backend import TorchBackend
-from backends.varlen import find_fast_kernel, kernel_error, reference_attention
+from embedserve.backends.base import EngineSpec
+from embedserve.backends.engines import load_engine
+from embedserve.backends.torch_backend import TorchBackend
+from embedserve.backends.varlen import find_fast_kernel, kernel_error, reference_attention
 from tests.backends.parity import cosine, encode, reference_pooled, reference_states
 from tests.models import FAMILIES, build_family_model
 from tests.texts import varied_texts
@@ -139,8 +139,8 @@ def test_auto_pads_on_cpu_and_varlen_refuses_unsupported(family_dirs: dict[str, 
 def test_roberta_positions_skip_padding_ids_like_transformers() -> None:
     from transformers.models.roberta import modeling_roberta
 
-    from backends.base import ModelBatch
-    from backends.varlen import PackedBatch
+    from embedserve.backends.base import ModelBatch
+    from embedserve.backends.varlen import PackedBatch
 
     ids = np.array([0, 5, 1, 7, 2, 0, 9, 2], dtype=np.uint32)  # the first text holds the padding id 1
     cu = np.array([0, 5, 8], dtype=np.uint32)

@@ -8,9 +8,9 @@ import random
 import numpy as np
 import pytest
 
-from proto.codec import unpack_u32
-from router.batch_queue import BatchQueue, QueueEntry
-from router.metrics import Metrics
+from embedserve.proto.codec import unpack_u32
+from embedserve.router.batch_queue import BatchQueue, QueueEntry
+from embedserve.router.metrics import Metrics
 
 
 def _queue(padded: bool, budget: int = 100, max_requests: int | None = None, offset: int = 0) -> BatchQueue:

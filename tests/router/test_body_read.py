@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from router.errors import BodyReadTimeoutError, ShuttingDownError
-from router.metrics import Metrics
-from router.routes._http import ClientGone, HttpCall, read_body
-from router.settings import RouterSettings
-from router.state import AppState
+from embedserve.router.errors import BodyReadTimeoutError, ShuttingDownError
+from embedserve.router.metrics import Metrics
+from embedserve.router.routes._http import ClientGone, HttpCall, read_body
+from embedserve.router.settings import RouterSettings
+from embedserve.router.state import AppState
 
 
 def _state(body_read_timeout_s: float) -> AppState:

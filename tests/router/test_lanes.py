@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from router.errors import ValidationError
-from router.lanes import FIFO, LanePolicy, parse_priority
+from embedserve.router.errors import ValidationError
+from embedserve.router.lanes import FIFO, LanePolicy, parse_priority
 
 
 def test_priority_values() -> None:

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from router.metrics import Counter, Metrics
+from embedserve.router.metrics import Counter, Metrics
 
 
 def test_renders_tei_names_without_total_suffix() -> None:

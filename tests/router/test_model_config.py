@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from router.model_config import ModelConfigError, load_model_spec
+from embedserve.router.model_config import ModelConfigError, load_model_spec
 
 
 def test_bundled_minilm(model_dir: Path) -> None:

@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from router.errors import BatchSizeError, EmptyInputError, ModelTypeError, ValidationError
-from router.infer import EncodeOptions, InferenceResult, ResponseMetadata
-from router.infer import CallLimits
-from router.operations import Operations, Truncation
-from router.settings import RouterSettings
-from tokenizer_pool.pool import Input, TextPair
+from embedserve.router.errors import BatchSizeError, EmptyInputError, ModelTypeError, ValidationError
+from embedserve.router.infer import EncodeOptions, InferenceResult, ResponseMetadata
+from embedserve.router.infer import CallLimits
+from embedserve.router.operations import Operations, Truncation
+from embedserve.router.settings import RouterSettings
+from embedserve.tokenizer_pool.pool import Input, TextPair
 
 HIDDEN = 4
 META = ResponseMetadata(0, 0, 0.0, 0.0, 0.0, 0.0)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from router.metrics import Metrics, merge, snapshot
-from router.owner_link import Abort, FramedLink, Message, Release, encode_frame
+from embedserve.router.metrics import Metrics, merge, snapshot
+from embedserve.router.owner_link import Abort, FramedLink, Message, Release, encode_frame
 
 
 class _Transport:

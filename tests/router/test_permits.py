@@ -4,8 +4,8 @@ import asyncio
 
 import pytest
 
-from router.errors import OverloadedError
-from router.infer import Permits
+from embedserve.router.errors import OverloadedError
+from embedserve.router.infer import Permits
 
 
 def test_try_acquire_is_all_or_nothing() -> None:

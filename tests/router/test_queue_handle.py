@@ -13,12 +13,12 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from router.batch_queue import BatchQueue
-from router.errors import DeadlineExceededError
-from router.infer import _await_or_abort
-from router.metrics import Metrics
-from router.queue_handle import Admission, EntryResult, QueueHandle, Submission, TokenizedInput
-from router.queue_owner import InprocQueueHandle, QueueOwner
+from embedserve.router.batch_queue import BatchQueue
+from embedserve.router.errors import DeadlineExceededError
+from embedserve.router.infer import _await_or_abort
+from embedserve.router.metrics import Metrics
+from embedserve.router.queue_handle import Admission, EntryResult, QueueHandle, Submission, TokenizedInput
+from embedserve.router.queue_owner import InprocQueueHandle, QueueOwner
 
 
 def _handle(budget: int = 100, max_requests: int | None = None) -> tuple[InprocQueueHandle, BatchQueue]:

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from router.errors import EmptyInputError, MalformedRequestError, ValidationError
-from router.schemas import EmbedRequest, decode_body, parse_inputs
+from embedserve.router.errors import EmptyInputError, MalformedRequestError, ValidationError
+from embedserve.router.schemas import EmbedRequest, decode_body, parse_inputs
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from router.model_config import ModelConfigError, load_model_spec
-from router.st_modules import DenseLayer, pooling_of
+from embedserve.router.model_config import ModelConfigError, load_model_spec
+from embedserve.router.st_modules import DenseLayer, pooling_of
 
 TRANSFORMER = {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}
 POOLING = {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}

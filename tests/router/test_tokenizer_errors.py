@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from router.errors import BackendUnavailableError, EmbedServeError, TokenizerError, ValidationError
-from router.infer import EncodeOptions, Inference
-from router.batch_queue import BatchQueue
-from router.metrics import Metrics
-from router.queue_owner import InprocQueueHandle, QueueOwner
-from tokenizer_pool.pool import (
+from embedserve.router.errors import BackendUnavailableError, EmbedServeError, TokenizerError, ValidationError
+from embedserve.router.infer import EncodeOptions, Inference
+from embedserve.router.batch_queue import BatchQueue
+from embedserve.router.metrics import Metrics
+from embedserve.router.queue_owner import InprocQueueHandle, QueueOwner
+from embedserve.tokenizer_pool.pool import (
     InvalidInputError,
     TokenizationError,
     TokenizerFailedError,

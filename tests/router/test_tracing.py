@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from proto import logs
-from proto import tracing
-from proto.tracing.otlp import Tracing, rust_duration
+from embedserve.proto import logs
+from embedserve.proto import tracing
+from embedserve.proto.tracing.otlp import Tracing, rust_duration
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,7 +26,7 @@ import sys
 import router.__main__, router.owner.__main__, router.app, router.server, router.owner.service
 import router.grpc_api.servicers, router.dispatcher, router.batch_queue, router.infer
 import backends.__main__, backends.server
-from proto import tracing
+from embedserve.proto import tracing
 tracing.configure(None, "svc", False, "router", True)
 tracing.configure("http://127.0.0.1:4317", "svc", True, "router", True)
 assert tracing.active() is None

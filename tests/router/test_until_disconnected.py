@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from router.routes._http import ClientGone, HttpCall, until_disconnected
+from embedserve.router.routes._http import ClientGone, HttpCall, until_disconnected
 
 
 def _call(disconnect: asyncio.Event) -> HttpCall:

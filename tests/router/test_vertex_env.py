@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from router.app import create_app
-from router.settings import RouterSettings
-from router.vertex_env import VertexEnv, VertexEnvError, read_vertex_env
+from embedserve.router.app import create_app
+from embedserve.router.settings import RouterSettings
+from embedserve.router.vertex_env import VertexEnv, VertexEnvError, read_vertex_env
 
 
 def test_unset_keeps_the_port_and_adds_no_route() -> None:

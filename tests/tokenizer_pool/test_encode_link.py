@@ -18,15 +18,15 @@ import msgspec
 import numpy as np
 import pytest
 
-from proto.child import encode_config
-from proto.gen_pb import config_pb2, tokenizer_pb2, tokenizer_pb2_grpc
+from embedserve.proto.child import encode_config
+from embedserve.proto.gen_pb import config_pb2, tokenizer_pb2, tokenizer_pb2_grpc
 from tests.conftest import ROOT, short_socket_prefix, wait_for
-from tokenizer_pool.encoder import Encoder, EncoderInput
-from tokenizer_pool.encoder import TextPair as EncoderPair
-from proto.frames import FrameReader, frame
-from tokenizer_pool.frames import EncodeCall, EncodeResult, encode_socket_path
-from tokenizer_pool.link import RETRY_AFTER_S
-from tokenizer_pool.pool import InvalidInputError, TextPair, TokenizerPool, TokenizerUnavailableError
+from embedserve.tokenizer_pool.encoder import Encoder, EncoderInput
+from embedserve.tokenizer_pool.encoder import TextPair as EncoderPair
+from embedserve.proto.frames import FrameReader, frame
+from embedserve.tokenizer_pool.frames import EncodeCall, EncodeResult, encode_socket_path
+from embedserve.tokenizer_pool.link import RETRY_AFTER_S
+from embedserve.tokenizer_pool.pool import InvalidInputError, TextPair, TokenizerPool, TokenizerUnavailableError
 
 MAX_INPUT_LENGTH = 64
 # No test waits this long unless a call hangs, which is the failure.
@@ -50,7 +50,7 @@ def running_worker(model_dir: Path, socket_path: str) -> Iterator[subprocess.Pop
     config = config_pb2.TokenizerConfig(
         model_dir=str(model_dir), socket_path=socket_path, max_input_length=MAX_INPUT_LENGTH, name="tokenizer-test"
     )
-    process = subprocess.Popen([sys.executable, "-m", "tokenizer_pool", "tokenizer-test"], stdin=subprocess.PIPE, cwd=ROOT)
+    process = subprocess.Popen([sys.executable, "-m", "embedserve.tokenizer_pool", "tokenizer-test"], stdin=subprocess.PIPE, cwd=ROOT)
     assert process.stdin is not None
     process.stdin.write(encode_config(config))
     process.stdin.flush()

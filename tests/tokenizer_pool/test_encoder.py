@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tokenizer_pool.encoder import EncodeError, Encoder, TextPair
+from embedserve.tokenizer_pool.encoder import EncodeError, Encoder, TextPair
 
 
 @pytest.fixture(scope="module")

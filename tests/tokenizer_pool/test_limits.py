@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tokenizer_pool.limits import EncodeError, character_limit, check_characters, guard_text
+from embedserve.tokenizer_pool.limits import EncodeError, character_limit, check_characters, guard_text
 
 
 def test_the_limit_is_max_input_length_times_250() -> None:

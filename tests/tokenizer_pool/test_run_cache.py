@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
-from tokenizer_pool import run_cache
-from tokenizer_pool.encoder import Encoder
-from tokenizer_pool.run_cache import RunCache
+from embedserve.tokenizer_pool import run_cache
+from embedserve.tokenizer_pool.encoder import Encoder
+from embedserve.tokenizer_pool.run_cache import RunCache
 
 # Printable ASCII (no '[', which starts BERT's added tokens) and characters that
 # exercise the normalizer: accents, case with context, CJK, combining marks,

@@ -4,7 +4,7 @@
 import os
 import sys
 
-import launcher
+from embedserve import launcher
 
 model_id = os.environ["MODEL_ID"]
 try:
