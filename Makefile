@@ -47,8 +47,12 @@ install: $(DEV_STAMP) proto/gen_pb/__init__.py
 serve: install-serve
 	$(VENV)/bin/embedserve $(ARGS)
 
+# mypy cannot follow the editable install's import hook, so it reads the sources
+# through a tree of links shaped like the installed `embedserve` package.
 typecheck: install
-	$(VENV)/bin/mypy launcher.py router backends tokenizer_pool proto
+	rm -rf .typecheck && mkdir -p .typecheck/embedserve
+	for part in launcher.py router backends tokenizer_pool proto; do ln -s ../../$$part .typecheck/embedserve/$$part; done
+	MYPYPATH=.typecheck $(VENV)/bin/mypy -p embedserve
 
 test: install typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -64,4 +68,4 @@ bench-cpu: install
 	$(PY) -m bench cpu-per-request $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) proto/gen_pb
+	rm -rf $(VENV) proto/gen_pb .typecheck

@@ -19,7 +19,7 @@ from embedserve.proto.logs import configure_logging
 if TYPE_CHECKING:
     from embedserve.backends.base import Activation, Backend, EngineSpec
 
-logger = logging.getLogger("backends")
+logger = logging.getLogger("embedserve.backends")
 
 EXIT_LOAD_FAILED = 3
 

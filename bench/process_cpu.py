@@ -21,13 +21,15 @@ def _parent_pid(pid: str) -> int:
 
 
 def _role(module: str) -> str:
-    # The queue owner (`-m router.owner`, --router-workers >= 2) is router work.
-    return "router" if module == "embedserve.router.owner" else module
+    # Children run `-m embedserve.<role>`; the queue owner (`-m embedserve.router.owner`,
+    # --router-workers >= 2) is router work.
+    role = module.removeprefix("embedserve.")
+    return "router" if role == "router.owner" else role
 
 
 def role_pids(launcher_pid: int) -> dict[str, list[int]]:
     """Children of the launcher `launcher_pid`, by the role in their command line
-    (`python -m <role> <name>`; their configuration is not in argv)."""
+    (`python -m embedserve.<role> <name>`; their configuration is not in argv)."""
     found: dict[str, list[int]] = {role: [] for role in ROLES}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():

@@ -45,6 +45,9 @@ TEI_TARGETS: dict[str, tuple[str, ...]] = {
     "text_embeddings_backend_ort": ("backends.onnx_backend", "backends.onnx_cache"),
     "text_embeddings_backend_python": ("backends.remote_code",),
 }
+# The installed package and the folders under it (pyproject.toml).
+PACKAGE = "embedserve"
+PACKAGE_PARTS = ("router", "backends", "tokenizer_pool", "proto")
 # At debug, hpack logs every decoded header, Authorization included: it stays at
 # info unless a directive names it.
 QUIET_UNLESS_NAMED = ("hpack",)
@@ -119,11 +122,17 @@ def _loggers_of(target: str) -> tuple[str, ...]:
     # backend crates; a module path inside a crate counts as the whole crate.
     crate = target.split("::", 1)[0]
     if "::" in target and crate in TEI_TARGETS:
-        return TEI_TARGETS[crate]
+        return tuple(map(_installed_name, TEI_TARGETS[crate]))
     tei = [name for name, ours in TEI_TARGETS.items() if name.startswith(crate)]
     if tei:
-        return tuple(dict.fromkeys(logger for name in tei for logger in TEI_TARGETS[name]))
-    return (target.replace("::", "."),)
+        return tuple(dict.fromkeys(_installed_name(logger) for name in tei for logger in TEI_TARGETS[name]))
+    return (_installed_name(target.replace("::", ".")),)
+
+
+def _installed_name(logger: str) -> str:
+    """Module loggers are named after the installed package (`embedserve.router.app`);
+    targets may leave the package out, as the folders do (`router=debug`)."""
+    return f"{PACKAGE}.{logger}" if logger.split(".", 1)[0] in PACKAGE_PARTS else logger
 
 
 # ---------------------------------------------------------------- JSON lines

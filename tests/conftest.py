@@ -164,19 +164,20 @@ def _wait_healthy(server: RunningServer) -> None:
 @contextmanager
 def start_server(
     *args: str, tmp_dir: Path, expect_clean_exit: bool = True, env: dict[str, str] | None = None,
-    listen_port: int | None = None,
+    listen_port: int | None = None, python: str = sys.executable, cwd: Path = ROOT,
 ) -> Iterator[RunningServer]:
-    """The launcher with `args` (after the defaults below, so they win) and `env` added to ours.
-    `listen_port`: where HTTP is served when `env` moves it off --port (AIP_HTTP_PORT)."""
+    """The launcher with `args` (after the defaults below, so they win) and `env` added to ours,
+    run by `python` (another environment's interpreter) from `cwd`. `listen_port`: where HTTP
+    is served when `env` moves it off --port (AIP_HTTP_PORT)."""
     port, grpc_port = free_port(), free_port()
     uds = short_socket_prefix()
     log_path = tmp_dir / f"embedserve-{port}.log"
-    argv = [sys.executable, "-m", "embedserve.launcher", "--hostname", "127.0.0.1", "--port", str(port), "--uds-path", uds,
+    argv = [python, "-m", "embedserve.launcher", "--hostname", "127.0.0.1", "--port", str(port), "--uds-path", uds,
             "--grpc-port", str(grpc_port), "--prometheus-port", "0", *args]
     with log_path.open("wb") as log:
         # One router process unless a test (or the environment) asks for more:
         # the default follows the cores, and tests count processes.
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
                                    env={"ROUTER_WORKERS": "1", **os.environ, **(env or {})})
     server = RunningServer(f"http://127.0.0.1:{listen_port or port}", uds, process, log_path, f"127.0.0.1:{grpc_port}")
     try:

@@ -32,38 +32,38 @@ def test_unset_or_empty_is_info(raw: str | None) -> None:
 
 
 def test_a_default_with_our_logger_names() -> None:
-    assert parse_log_level("info,router=debug") == LogFilter(logging.INFO, {"router": logging.DEBUG}, ())
+    assert parse_log_level("info,router=debug") == LogFilter(logging.INFO, {"embedserve.router": logging.DEBUG}, ())
     parsed = parse_log_level("warn, backends.onnx_backend=trace ,hypercorn.error=error")
     assert parsed.default == logging.WARNING and not parsed.problems
-    assert parsed.loggers == {"backends.onnx_backend": TRACE, "hypercorn.error": logging.ERROR}
+    assert parsed.loggers == {"embedserve.backends.onnx_backend": TRACE, "hypercorn.error": logging.ERROR}
 
 
 def test_tei_crate_names_select_the_loggers_doing_their_work() -> None:
     parsed = parse_log_level("text_embeddings_router=debug,warn")
     assert parsed.default == logging.WARNING
-    assert parsed.loggers == {"launcher": logging.DEBUG, "router": logging.DEBUG}
+    assert parsed.loggers == {"launcher": logging.DEBUG, "embedserve.router": logging.DEBUG}
     core = parse_log_level("text_embeddings_core=trace").loggers
-    assert core["tokenizer_pool"] == TRACE and core["router.batch_queue"] == TRACE
+    assert core["embedserve.tokenizer_pool"] == TRACE and core["embedserve.router.batch_queue"] == TRACE
     # A prefix covers every crate it starts, as EnvFilter matches targets.
-    assert parse_log_level("text_embeddings_backend=debug").loggers["backends"] == logging.DEBUG
+    assert parse_log_level("text_embeddings_backend=debug").loggers["embedserve.backends"] == logging.DEBUG
     assert parse_log_level("text_embeddings_backend_ort=debug").loggers == {
-        "backends.onnx_backend": logging.DEBUG, "backends.onnx_cache": logging.DEBUG}
+        "embedserve.backends.onnx_backend": logging.DEBUG, "embedserve.backends.onnx_cache": logging.DEBUG}
     # A module path inside a crate stands for the crate.
-    assert parse_log_level("text_embeddings_router::http::server=error").loggers["router"] == logging.ERROR
+    assert parse_log_level("text_embeddings_router::http::server=error").loggers["embedserve.router"] == logging.ERROR
 
 
 def test_the_more_specific_target_wins_whatever_the_order() -> None:
     parsed = parse_log_level("text_embeddings_backend_ort=debug,text_embeddings_backend=error")
-    assert parsed.loggers["backends"] == logging.ERROR
-    assert parsed.loggers["backends.onnx_backend"] == logging.DEBUG
+    assert parsed.loggers["embedserve.backends"] == logging.ERROR
+    assert parsed.loggers["embedserve.backends.onnx_backend"] == logging.DEBUG
 
 
 def test_targets_alone_turn_the_rest_off() -> None:
     # EnvFilter enables only what a directive names when no default level is given.
     parsed = parse_log_level("router=debug")
-    assert parsed.default == OFF and parsed.loggers == {"router": logging.DEBUG}
+    assert parsed.default == OFF and parsed.loggers == {"embedserve.router": logging.DEBUG}
     # A bare target enables all its levels.
-    assert parse_log_level("info,router").loggers == {"router": TRACE}
+    assert parse_log_level("info,router").loggers == {"embedserve.router": TRACE}
 
 
 def test_an_unknown_target_matches_nothing_and_is_no_problem() -> None:
@@ -83,7 +83,7 @@ def test_a_malformed_directive_is_skipped_with_a_reason(bad: str) -> None:
 def test_configure_logging_applies_the_directives(monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("LOG_LEVEL", "warn,tests.logs.loud=debug,router=loud")
-    saved = {name: logging.getLogger(name).level for name in ("", "tests.logs.loud", "proto.logs")}
+    saved = {name: logging.getLogger(name).level for name in ("", "tests.logs.loud", "embedserve.proto.logs")}
     try:
         configure_logging("launcher", False, report_problems=True)
         logging.getLogger("tests.logs.loud").debug("shown at debug")
@@ -174,6 +174,6 @@ def test_json_output_of_every_process_has_tei_fields(tmp_path: Path) -> None:
         assert {"timestamp", "level", "message", "target", "filename", "line_number"} <= set(line), line
         assert line["level"] in ("TRACE", "DEBUG", "INFO", "WARN", "ERROR")
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", line["timestamp"])
-    assert any(line["level"] == "DEBUG" and line["target"] == "backends.server" for line in lines)
+    assert any(line["level"] == "DEBUG" and line["target"] == "embedserve.backends.server" for line in lines)
     # Files are named relative to the project, as TEI's are to its workspace.
     assert any(line["filename"] == "launcher.py" for line in lines)

@@ -30,7 +30,7 @@ from embedserve.tokenizer_pool.encode_server import EncodeService, start_encode_
 from embedserve.tokenizer_pool.encoder import Direction, EncodeError, EncodedInput, Encoder, EncoderInput, TextPair, TokenColumns
 from embedserve.tokenizer_pool.frames import encode_socket_path
 
-logger = logging.getLogger("tokenizer_pool")
+logger = logging.getLogger("embedserve.tokenizer_pool")
 
 T = TypeVar("T")
 

@@ -23,9 +23,10 @@ ROOT = Path(__file__).resolve().parents[2]
 # --disable-spans; the process then lists any OpenTelemetry module it loaded.
 _NO_ENDPOINT = """
 import sys
-import router.__main__, router.owner.__main__, router.app, router.server, router.owner.service
-import router.grpc_api.servicers, router.dispatcher, router.batch_queue, router.infer
-import backends.__main__, backends.server
+import embedserve.router.__main__, embedserve.router.owner.__main__, embedserve.router.app
+import embedserve.router.server, embedserve.router.owner.service, embedserve.router.grpc_api.servicers
+import embedserve.router.dispatcher, embedserve.router.batch_queue, embedserve.router.infer
+import embedserve.backends.__main__, embedserve.backends.server
 from embedserve.proto import tracing
 tracing.configure(None, "svc", False, "router", True)
 tracing.configure("http://127.0.0.1:4317", "svc", True, "router", True)
