@@ -919,7 +919,7 @@ def test_dockerfile_entrypoint_and_cmd_parse_with_the_launcher(flavor: str) -> N
     entrypoint = json.loads(final.last("ENTRYPOINT"))
     cmd = json.loads(final.last("CMD"))
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert entrypoint == ["embedserve"] and scripts["embedserve"] == "launcher:main_entry"
+    assert entrypoint == ["embedserve"] and scripts["embedserve"] == "embedserve.launcher:main_entry"
     env = {**image_env(flavor), "HOSTNAME": "0f3c2a9d81b4"}  # Docker sets HOSTNAME to the container id
     args = parse_launcher_args(cmd, env)
     assert args.json_output is True

@@ -76,7 +76,7 @@ def test_an_unknown_target_matches_nothing_and_is_no_problem() -> None:
 def test_a_malformed_directive_is_skipped_with_a_reason(bad: str) -> None:
     parsed = parse_log_level(f"warn,{bad},tokenizer_pool=debug")
     assert parsed.default == logging.WARNING
-    assert parsed.loggers == {"tokenizer_pool": logging.DEBUG}
+    assert parsed.loggers == {"embedserve.tokenizer_pool": logging.DEBUG}
     assert len(parsed.problems) == 1 and repr(bad) in parsed.problems[0], parsed.problems
 
 
