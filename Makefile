@@ -25,8 +25,10 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # The serve lock is complete, so it installs without resolving dependencies.
+# The generated protos come before the project: embedserve.proto.gen_pb is one of its packages.
 $(SERVE_STAMP): pyproject.toml requirements-serve.lock | $(PY)
 	$(PY) -m pip install --quiet --no-deps -r requirements-serve.lock
+	$(PY) proto/generate.py
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(SERVE_STAMP)
 
