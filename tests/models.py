@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -218,23 +219,50 @@ def _finish_checkpoint(target: Path, tokenizer_source: Path, pooling: dict[str, 
     return target
 
 
-def build_remote_code_model(target: Path, tokenizer_source: Path, seed: int = 0) -> Path:
-    """A model whose architecture exists only in the model directory (auto_map)."""
+@dataclass(frozen=True)
+class RemoteCode:
+    """A reference architecture shipped beside the weights, as Hub checkpoints with
+    auto_map ship theirs: `configuration_<name>.py` holds `config_class`, and
+    `modeling_<name>.py` the classes `auto_classes` maps transformers' Auto names to."""
+
+    name: str
+    config_code: str
+    model_code: str
+    config_class: str
+    auto_classes: dict[str, str]
+
+
+def build_remote_checkpoint(code: RemoteCode, target: Path, tokenizer_source: Path, *, seed: int = 0,
+                            config: dict[str, Any] | None = None, architecture: str | None = None,
+                            pooling: dict[str, bool] | None = None) -> Path:
+    """A tiny checkpoint of `architecture` (default: the AutoModel class) with random
+    weights, saved by the reference code itself, with its auto_map and that code beside it."""
     import torch
+
+    config_module, model_module = f"configuration_{code.name}", f"modeling_{code.name}"
+    model_class = architecture or code.auto_classes["AutoModel"]
 
     def save(modules: dict[str, Any]) -> None:
         torch.manual_seed(seed)
-        config = modules["configuration_tiny"].TinyEncoderConfig()
-        config.auto_map = {
-            "AutoConfig": "configuration_tiny.TinyEncoderConfig",
-            "AutoModel": "modeling_tiny.TinyEncoderModel",
-        }
-        config.architectures = ["TinyEncoderModel"]
-        modules["modeling_tiny"].TinyEncoderModel(config).eval().save_pretrained(target)
+        instance = getattr(modules[config_module], code.config_class)(**(config or {}))
+        instance.architectures = [model_class]
+        instance.auto_map = {"AutoConfig": f"{config_module}.{code.config_class}",
+                             **{auto: f"{model_module}.{name}" for auto, name in code.auto_classes.items()}}
+        getattr(modules[model_module], model_class)(instance).eval().save_pretrained(target)
 
-    save_with_remote_code(target, {"configuration_tiny.py": REMOTE_CONFIG_CODE, "modeling_tiny.py": REMOTE_MODEL_CODE},
+    save_with_remote_code(target, {f"{config_module}.py": code.config_code, f"{model_module}.py": code.model_code},
                           save)
-    return _finish_checkpoint(target, tokenizer_source, {"pooling_mode_mean_tokens": True})
+    return _finish_checkpoint(target, tokenizer_source, pooling)
+
+
+TINY_REMOTE_CODE = RemoteCode("tiny", REMOTE_CONFIG_CODE, REMOTE_MODEL_CODE, "TinyEncoderConfig",
+                              {"AutoModel": "TinyEncoderModel"})
+
+
+def build_remote_code_model(target: Path, tokenizer_source: Path, seed: int = 0) -> Path:
+    """A model whose architecture exists only in the model directory (auto_map)."""
+    return build_remote_checkpoint(TINY_REMOTE_CODE, target, tokenizer_source, seed=seed,
+                                   pooling={"pooling_mode_mean_tokens": True})
 
 
 # A reference GTE ("new") written as remote code, the way transformers runs GTE
@@ -487,24 +515,19 @@ GTE_TINY_CONFIG: dict[str, object] = dict(
 )
 
 
+GTE_REMOTE_CODE = RemoteCode("gte", GTE_CONFIG_CODE, GTE_MODEL_CODE, "NewConfig", {
+    "AutoModel": "NewModel", "AutoModelForSequenceClassification": "NewForSequenceClassification"})
+
+
 def build_gte_model(target: Path, tokenizer_source: Path, seed: int = 0, classifier: bool = False,
                     **overrides: object) -> Path:
     """A tiny GTE ("new") checkpoint saved by the reference remote code, with its auto_map."""
-    import torch
-
-    def save(modules: dict[str, Any]) -> None:
-        modeling = modules["modeling_gte"]
-        torch.manual_seed(seed)
-        labels = {"id2label": {0: "LABEL_0"}, "label2id": {"LABEL_0": 0}} if classifier else {}
-        config = modeling.NewConfig(**{**GTE_TINY_CONFIG, **overrides}, **labels)
-        architecture = "NewForSequenceClassification" if classifier else "NewModel"
-        config.architectures = [architecture]
-        config.auto_map = {"AutoConfig": "configuration_gte.NewConfig", "AutoModel": "modeling_gte.NewModel",
-                           "AutoModelForSequenceClassification": "modeling_gte.NewForSequenceClassification"}
-        getattr(modeling, architecture)(config).eval().save_pretrained(target)
-
-    save_with_remote_code(target, {"configuration_gte.py": GTE_CONFIG_CODE, "modeling_gte.py": GTE_MODEL_CODE}, save)
-    return _finish_checkpoint(target, tokenizer_source, None if classifier else {"pooling_mode_cls_token": True})
+    labels = {"id2label": {0: "LABEL_0"}, "label2id": {"LABEL_0": 0}} if classifier else {}
+    return build_remote_checkpoint(
+        GTE_REMOTE_CODE, target, tokenizer_source, seed=seed, config={**GTE_TINY_CONFIG, **overrides, **labels},
+        architecture="NewForSequenceClassification" if classifier else "NewModel",
+        pooling=None if classifier else {"pooling_mode_cls_token": True},
+    )
 
 
 # A reference NomicBERT ("nomic_bert") written as remote code, as transformers runs
@@ -668,22 +691,15 @@ NOMIC_TINY_CONFIG: dict[str, object] = dict(
 )
 
 
+NOMIC_REMOTE_CODE = RemoteCode("nomic", NOMIC_CONFIG_CODE, NOMIC_MODEL_CODE, "NomicBertConfig",
+                               {"AutoModel": "NomicBertModel"})
+
+
 def build_nomic_model(target: Path, tokenizer_source: Path, seed: int = 0, **overrides: object) -> Path:
     """A tiny NomicBERT checkpoint saved by the reference remote code, with its auto_map
     and mean pooling (nomic-embed-text's shape: no biases, SwiGLU, rotary)."""
-    import torch
-
-    def save(modules: dict[str, Any]) -> None:
-        torch.manual_seed(seed)
-        config = modules["configuration_nomic"].NomicBertConfig(**{**NOMIC_TINY_CONFIG, **overrides})
-        config.architectures = ["NomicBertModel"]
-        config.auto_map = {"AutoConfig": "configuration_nomic.NomicBertConfig",
-                           "AutoModel": "modeling_nomic.NomicBertModel"}
-        modules["modeling_nomic"].NomicBertModel(config).eval().save_pretrained(target)
-
-    save_with_remote_code(target, {"configuration_nomic.py": NOMIC_CONFIG_CODE, "modeling_nomic.py": NOMIC_MODEL_CODE},
-                          save)
-    return _finish_checkpoint(target, tokenizer_source, {"pooling_mode_mean_tokens": True})
+    return build_remote_checkpoint(NOMIC_REMOTE_CODE, target, tokenizer_source, seed=seed,
+                                   config={**NOMIC_TINY_CONFIG, **overrides}, pooling={"pooling_mode_mean_tokens": True})
 
 
 # A reference JinaBERT (jina-embeddings-v2) written as remote code the way its
@@ -855,20 +871,15 @@ JINA_TINY_CONFIG: dict[str, object] = dict(
 )
 
 
+JINA_REMOTE_CODE = RemoteCode("jina", JINA_CONFIG_CODE, JINA_MODEL_CODE, "JinaBertConfig",
+                              {"AutoModel": "JinaBertModel"})
+
+
 def build_jina_bert_model(target: Path, tokenizer_source: Path, seed: int = 0, **overrides: object) -> Path:
     """A tiny JinaBERT checkpoint saved by the reference remote code, with its auto_map
     and mean pooling. Three heads: ALiBi's slopes for a count that is not a power of two."""
-    import torch
-
-    def save(modules: dict[str, Any]) -> None:
-        torch.manual_seed(seed)
-        config = modules["configuration_jina"].JinaBertConfig(**{**JINA_TINY_CONFIG, **overrides})
-        config.architectures = ["JinaBertModel"]
-        config.auto_map = {"AutoConfig": "configuration_jina.JinaBertConfig", "AutoModel": "modeling_jina.JinaBertModel"}
-        modules["modeling_jina"].JinaBertModel(config).eval().save_pretrained(target)
-
-    save_with_remote_code(target, {"configuration_jina.py": JINA_CONFIG_CODE, "modeling_jina.py": JINA_MODEL_CODE}, save)
-    return _finish_checkpoint(target, tokenizer_source, {"pooling_mode_mean_tokens": True})
+    return build_remote_checkpoint(JINA_REMOTE_CODE, target, tokenizer_source, seed=seed,
+                                   config={**JINA_TINY_CONFIG, **overrides}, pooling={"pooling_mode_mean_tokens": True})
 
 
 # Dense modules after pooling: (out_features, torch.nn activation class name, bias).
