@@ -194,7 +194,7 @@ def test_a_dead_collector_neither_slows_nor_fails_requests(tmp_path: Path) -> No
         started = time.monotonic()
         for _ in range(10):
             _embed_http(server, {"traceparent": _caller()[2]})
-        wait_for(lambda: "[router] proto.tracing.otlp: cannot export spans" in server.log(), 30,
+        wait_for(lambda: "[router] embedserve.proto.tracing.otlp: cannot export spans" in server.log(), 30,
                  "the export failure to be logged")
         for _ in range(10):
             _embed_http(server, {})
