@@ -123,11 +123,12 @@ def test_sigterm_under_load_finishes_what_was_accepted(tmp_path: Path) -> None:
         assert server.process.wait(timeout=90) == 0
 
 
-# ------------------------------------------------------------------ overload for a minute
+# ------------------------------------------------------------------ sustained overload
 
 CONCURRENCY_LIMIT = 8
-LOAD_S = 60.0
-WARMUP_S = 15.0
+# 30 s keeps the suite inside its 15-minute budget; EMBEDSERVE_TEST_SOAK_S=600 soaks longer.
+LOAD_S = float(os.environ.get("EMBEDSERVE_TEST_SOAK_S", "30"))
+WARMUP_S = 10.0
 
 
 def _hammer(url: str, seconds: float, clients: int) -> dict[int | None, int]:
@@ -158,7 +159,7 @@ def overload_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runnin
         yield running
 
 
-def test_a_minute_at_twice_the_concurrency_limit(overload_server: RunningServer) -> None:
+def test_sustained_load_at_twice_the_concurrency_limit(overload_server: RunningServer) -> None:
     server = overload_server
     clients = 2 * CONCURRENCY_LIMIT
     warm = _hammer(server.url, WARMUP_S, clients)
@@ -172,7 +173,7 @@ def test_a_minute_at_twice_the_concurrency_limit(overload_server: RunningServer)
     for name, rss in after_load.items():
         assert rss <= after_warmup[name] * 1.10, f"{name}: {after_warmup[name]} KiB -> {rss} KiB"
     assert _health(server) == 200
-    print(f"60 s at {clients} clients, limit {CONCURRENCY_LIMIT}: {counts}; RSS KiB {after_warmup} -> {after_load}")
+    print(f"{LOAD_S:.0f} s at {clients} clients, limit {CONCURRENCY_LIMIT}: {counts}; RSS KiB {after_warmup} -> {after_load}")
 
 
 # ------------------------------------------------------------------ deadlines
