@@ -490,6 +490,7 @@ def plan_launch(args: argparse.Namespace) -> LaunchPlan:
             raise LaunchError(f"{name} must be 0 or more seconds, got {seconds}", EXIT_CONFIG_ERROR)
     # The weights last: a bad flag must not wait for a download to be reported.
     fetch_backend_files(source, [backend], args.trust_remote_code)
+    refuse_onnx_export_of_shipped_code(backend, spec, args.model_id or DEFAULT_MODEL_ID)
     return LaunchPlan(args, args.model_id or DEFAULT_MODEL_ID, bind_hosts, vertex, spec, backend, gpus, max_input_length,
                       default_prompt, dtype)
 
@@ -509,6 +510,21 @@ def choose_backend(requested: str, spec: ModelSpec, gpus: list[str]) -> str:
     if spec.family in ONNX_MODEL_TYPES:
         return "onnx"
     return "torch"
+
+
+def refuse_onnx_export_of_shipped_code(backend: str, spec: ModelSpec, model_id: str) -> None:
+    """The ONNX export runs transformers' class for the model type. For code shipped
+    beside the weights that is a different architecture (JinaBERT's "bert" with ALiBi,
+    NomicBERT, GTE) it would export the wrong model, or fail deep in optimum: refused
+    here in one line, unless the model directory has its own ONNX file."""
+    if backend != "onnx" or not spec.remote_code or spec.family in TRANSFORMERS_REMOTE_MODEL_TYPES:
+        return
+    if any((spec.model_dir / name).is_file() for name in ("onnx/model.onnx", "model.onnx")):
+        return
+    instead = "--backend torch" if spec.family in NATIVE_REMOTE_MODEL_TYPES else "--backend python --trust-remote-code"
+    raise LaunchError(f"the onnx backend cannot export model {model_id} ({spec.family}): its architecture is the code "
+                      f"shipped with it (auto_map), not transformers' {spec.config_model_type}; use {instead}",
+                      EXIT_CONFIG_ERROR)
 
 
 def require_remote_code_opt_in(backend: str, spec: ModelSpec, model_id: str, trusted: bool) -> None:

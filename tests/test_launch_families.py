@@ -76,3 +76,16 @@ def test_gemma3_in_float16_is_refused_in_one_line(tmp_path: Path, model_dir: Pat
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
     assert len(errors) == 1 and "gemma3_text models overflow float16" in errors[0], result.stderr
+
+
+def test_onnx_never_exports_shipped_code_as_transformers_class(tmp_path: Path, model_dir: Path) -> None:
+    # JinaBERT says "bert": exported as transformers' BERT it would lose ALiBi and its gated MLP.
+    jina_dir = build_jina_bert_model(tmp_path / "jina", model_dir)
+    result = subprocess.run(
+        [sys.executable, "-m", "embedserve.launcher", "--hostname", "127.0.0.1", "--port", "0", "--grpc-port", "0",
+         "--uds-path", short_socket_prefix(), "--model-id", str(jina_dir), "--backend", "onnx"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "cannot export model" in errors[0] and "--backend torch" in errors[0], result.stderr
