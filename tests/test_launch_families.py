@@ -68,24 +68,23 @@ def test_gemma3_loads_float32_unless_told_and_never_float16() -> None:
 
 def test_gemma3_in_float16_is_refused_in_one_line(tmp_path: Path, model_dir: Path) -> None:
     gemma_dir = build_family_model("gemma3", tmp_path / "gemma3", model_dir)
-    result = subprocess.run(
-        [sys.executable, "-m", "embedserve.launcher", "--hostname", "127.0.0.1", "--port", "0", "--grpc-port", "0",
-         "--uds-path", short_socket_prefix(), "--model-id", str(gemma_dir), "--dtype", "float16"],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
-    )
-    assert result.returncode == 2
-    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
-    assert len(errors) == 1 and "gemma3_text models overflow float16" in errors[0], result.stderr
+    errors, stderr = _refused_start("--model-id", str(gemma_dir), "--dtype", "float16")
+    assert len(errors) == 1 and "gemma3_text models overflow float16" in errors[0], stderr
 
 
 def test_onnx_never_exports_shipped_code_as_transformers_class(tmp_path: Path, model_dir: Path) -> None:
     # JinaBERT says "bert": exported as transformers' BERT it would lose ALiBi and its gated MLP.
     jina_dir = build_jina_bert_model(tmp_path / "jina", model_dir)
+    errors, stderr = _refused_start("--model-id", str(jina_dir), "--backend", "onnx")
+    assert len(errors) == 1 and "cannot export model" in errors[0] and "--backend torch" in errors[0], stderr
+
+
+def _refused_start(*args: str) -> tuple[list[str], str]:
+    """The launcher's ERROR lines, and its whole stderr, for a start that must stop with exit 2."""
     result = subprocess.run(
         [sys.executable, "-m", "embedserve.launcher", "--hostname", "127.0.0.1", "--port", "0", "--grpc-port", "0",
-         "--uds-path", short_socket_prefix(), "--model-id", str(jina_dir), "--backend", "onnx"],
+         "--uds-path", short_socket_prefix(), *args],
         capture_output=True, text=True, timeout=120, cwd=ROOT,
     )
     assert result.returncode == 2
-    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
-    assert len(errors) == 1 and "cannot export model" in errors[0] and "--backend torch" in errors[0], result.stderr
+    return [line for line in result.stderr.splitlines() if " ERROR " in line], result.stderr

@@ -87,3 +87,33 @@ def st_encode(model_dir: Path, texts: list[str], prompt_name: str | None = None,
 
     model = SentenceTransformer(str(model_dir), device="cpu", trust_remote_code=trust_remote_code)
     return np.asarray(model.encode(texts, prompt_name=prompt_name), dtype=np.float32)
+
+
+def assert_native_matches_remote_code(model_dir: Path, texts: list[str], cache_dir: Path) -> None:
+    """The torch engine's own implementation of a remote-code family, mean-pooled, against
+    transformers running the checkpoint's own code text by text: a padded batch of mixed
+    lengths, then one text alone."""
+    from embedserve.backends.base import EngineSpec
+    from embedserve.backends.engines import load_engine
+    from embedserve.backends.padding import padded_chunks
+
+    engine = load_engine("torch", EngineSpec(model_dir, "cpu", "", "mean", cache_dir))
+    for part in (texts, texts[2:3]):
+        batch, sequences, types = encode(model_dir, part)
+        if len(part) > 1:
+            assert any(c.lengths.min() < c.lengths.max() for c in padded_chunks(batch, None, 0))
+        got = engine.embed(batch).pooled
+        assert cosine(got, remote_code_mean(model_dir, sequences, types)).min() >= 0.9999
+
+
+def remote_code_mean(model_dir: Path, sequences: list[list[int]], types: list[list[int]]) -> np.ndarray:
+    import torch
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(model_dir, trust_remote_code=True).eval()
+    assert type(model).__module__.startswith("transformers_modules"), "reference must be the model's own code"
+    with torch.inference_mode():
+        return np.stack([
+            model(input_ids=torch.tensor([ids]), token_type_ids=torch.tensor([t])).last_hidden_state[0].mean(0).numpy()
+            for ids, t in zip(sequences, types)
+        ])

@@ -8,13 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from embedserve.backends.base import EngineSpec
 from embedserve.backends.engines import load_engine
 from embedserve.backends.jina import alibi_slopes
-from embedserve.backends.padding import padded_chunks
-from tests.backends.parity import cosine, encode
+from tests.backends.parity import assert_native_matches_remote_code
 from tests.models import build_jina_bert_model
 from tests.texts import varied_texts
 
@@ -23,18 +21,6 @@ VARIANTS: dict[str, dict[str, object]] = {
     "three-heads-geglu": {},
     "four-heads-reglu": {"num_attention_heads": 4, "hidden_size": 32, "feed_forward_type": "reglu"},
 }
-
-
-def _reference_mean(model_dir: Path, sequences: list[list[int]], types: list[list[int]]) -> np.ndarray:
-    from transformers import AutoModel
-
-    model = AutoModel.from_pretrained(model_dir, trust_remote_code=True).eval()
-    assert type(model).__module__.startswith("transformers_modules"), "reference must be the model's own code"
-    with torch.inference_mode():
-        return np.stack([
-            model(input_ids=torch.tensor([ids]), token_type_ids=torch.tensor([t])).last_hidden_state[0].mean(0).numpy()
-            for ids, t in zip(sequences, types)
-        ])
 
 
 def test_alibi_slopes() -> None:
@@ -46,13 +32,7 @@ def test_alibi_slopes() -> None:
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_jina_bert_matches_its_remote_code(variant: str, model_dir: Path, tmp_path: Path) -> None:
     jina_dir = build_jina_bert_model(tmp_path / "jina", model_dir, **VARIANTS[variant])
-    engine = load_engine("torch", EngineSpec(jina_dir, "cpu", "", "mean", tmp_path))
-    for texts in (TEXTS, TEXTS[2:3]):  # mixed lengths (padded), then one text alone
-        batch, sequences, types = encode(jina_dir, texts)
-        if len(texts) > 1:
-            assert any(c.lengths.min() < c.lengths.max() for c in padded_chunks(batch, None, 0))
-        got = engine.embed(batch).pooled  # type: ignore[attr-defined]
-        assert cosine(got, _reference_mean(jina_dir, sequences, types)).min() >= 0.9999
+    assert_native_matches_remote_code(jina_dir, TEXTS, tmp_path)
 
 
 def test_the_qk_post_norm_variant_is_refused_with_a_pointer(model_dir: Path, tmp_path: Path) -> None:
