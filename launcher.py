@@ -857,13 +857,18 @@ def build_children(
         backends.append(ChildProcess(f"backend-{index}", [python, "-m", "embedserve.backends", f"backend-{index}"], env, config,
                                      socket_path, worker_fds, restartable=True))
 
+    # The one model this server serves; index 0 in every worker and in the router's pool.
+    tokenizer_model = config_pb2.TokenizerModel(
+        model_dir=str(plan.spec.model_dir), max_input_length=plan.max_input_length,
+        exclude_prompt_from_pooling=not plan.spec.include_prompt and pooling == "mean",
+        name=args.served_model_name or plan.model_id,
+    )
     tokenizers = []
     for index in range(args.tokenization_workers):
         socket_path = f"{uds}-tokenizer-{index}"
         tconfig = config_pb2.TokenizerConfig(
-            model_dir=str(plan.spec.model_dir), socket_path=socket_path, max_input_length=plan.max_input_length,
-            json_output=args.json_output, name=f"tokenizer-{index}", router_link=router_link,
-            exclude_prompt_from_pooling=not plan.spec.include_prompt and pooling == "mean",
+            socket_path=socket_path, json_output=args.json_output, name=f"tokenizer-{index}", router_link=router_link,
+            models=[tokenizer_model],
         )
         tokenizers.append(ChildProcess(f"tokenizer-{index}", [python, "-m", "embedserve.tokenizer_pool", f"tokenizer-{index}"],
                                        base_env, tconfig, socket_path, worker_fds, restartable=True,

@@ -78,7 +78,7 @@ def build_queue_owner(
 
 async def connect_services(settings: RouterSettings, on_owner_lost: Callable[[], None] | None = None) -> AppState:
     metrics = Metrics(settings.max_input_length)
-    tokenizers = TokenizerPool(list(settings.tokenizer_sockets), settings.max_input_length)
+    tokenizers = TokenizerPool(list(settings.tokenizer_sockets), [settings.max_input_length])
     # A front keeps its own backend connections for /health and /info; with a
     # queue owner process (--router-workers >= 2) only the owner sends batches.
     backends, facts, max_batch_requests = await connect_backends(settings)
@@ -90,7 +90,7 @@ async def connect_services(settings: RouterSettings, on_owner_lost: Callable[[],
     else:
         owner = build_queue_owner(settings, backends, facts, max_batch_requests, metrics)
         handle = InprocQueueHandle(owner, settings.max_concurrent_requests)
-    inference = Inference(tokenizers, handle, metrics, settings.lane_policy)
+    inference = Inference(tokenizers.model(0), handle, metrics, settings.lane_policy)
     operations = Operations(settings, facts.hidden_size, inference)
     return AppState(settings, metrics, tokenizers, backends, facts, handle, inference, operations)
 
