@@ -7,19 +7,21 @@ and the worker goes on serving."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import orjson
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Encoding, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from embedserve.proto.codec import pack_u32
 from embedserve.proto.gen_pb import config_pb2, tokenizer_pb2, tokenizer_pb2_grpc
 from embedserve.tokenizer_pool.frames import ErrorKind, encode_socket_path
 from embedserve.tokenizer_pool.link import EncodeLink
-from embedserve.tokenizer_pool.pool import InvalidInputError, TextPair, TokenizerFailedError, TokenizerPool
+from embedserve.tokenizer_pool.pool import Encoding as PoolEncoding
+from embedserve.tokenizer_pool.pool import InvalidInputError, TextPair, TokenizerPool
 from tests.conftest import short_socket_prefix
 from tests.tokenizer_pool.workers import running_worker
 
@@ -27,6 +29,7 @@ from tests.tokenizer_pool.workers import running_worker
 MINILM_MAX_LENGTH = 64
 BPE_MAX_LENGTH = 16
 HANG_S = 60.0
+T = TypeVar("T")
 PROMPT = "query: "
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Tokenizers differ per model, naïvely or not!", "hello"]
 # Over BPE_MAX_LENGTH tokens in both tokenizers, under MINILM_MAX_LENGTH.
@@ -64,7 +67,7 @@ class Reference:
     def ids(self, text: str | tuple[str, str], truncate: bool = False) -> list[int]:
         return self.encoding(text, truncate).ids
 
-    def encoding(self, text: str | tuple[str, str], truncate: bool = False):  # type: ignore[no-untyped-def]
+    def encoding(self, text: str | tuple[str, str], truncate: bool = False) -> Encoding:
         if truncate:
             self._tokenizer.enable_truncation(self.max_input_length)
         else:
@@ -102,8 +105,10 @@ def worker_paths(model_dir: Path, bpe_dir: Path) -> Iterator[list[str]]:
         yield paths
 
 
-def with_pool(paths: list[str], test):  # type: ignore[no-untyped-def]
-    async def run():  # type: ignore[no-untyped-def]
+def with_pool(paths: list[str], test: Callable[[TokenizerPool], Awaitable[T]]) -> T:
+    """`test`'s result on a fresh pool of `paths` serving both models."""
+
+    async def run() -> T:
         pool = TokenizerPool(paths, [MINILM_MAX_LENGTH, BPE_MAX_LENGTH])
         try:
             return await asyncio.wait_for(test(pool), HANG_S)
@@ -116,27 +121,27 @@ def with_pool(paths: list[str], test):  # type: ignore[no-untyped-def]
 def test_each_model_encodes_as_its_own_tokenizer(worker_paths: list[str], references: list[Reference]) -> None:
     pair = TextPair("a query", "a passage about it")
 
-    async def encode_both(pool: TokenizerPool) -> list[list[list[object]]]:
+    async def encode_both(pool: TokenizerPool) -> list[list[PoolEncoding]]:
         # Both models' calls in one loop turn: they share frames and workers.
         calls = [
             pool.model(index).encode([*TEXTS, pair, LONG_TEXT], True, "right", None) for index in (0, 1)
         ] + [pool.model(index).encode(TEXTS, True, "right", PROMPT) for index in (0, 1)]
-        return list(await asyncio.gather(*calls))  # type: ignore[arg-type]
+        return list(await asyncio.gather(*calls))
 
     plain_0, plain_1, prompted_0, prompted_1 = with_pool(worker_paths, encode_both)
     for reference, encodings in zip(references, (plain_0, plain_1)):
         expected = [reference.encoding(t, truncate=True) for t in [*TEXTS, (pair.first, pair.second), LONG_TEXT]]
-        assert [e.input_ids.tolist() for e in encodings] == [e.ids for e in expected]  # type: ignore[attr-defined]
-        assert [e.token_type_ids.tolist() for e in encodings] == [e.type_ids for e in expected]  # type: ignore[attr-defined]
+        assert [e.input_ids.tolist() for e in encodings] == [e.ids for e in expected]
+        assert [e.token_type_ids.tolist() for e in encodings] == [e.type_ids for e in expected]
     # Truncation is each model's own length.
-    assert len(plain_0[-1].input_ids) == len(references[0].ids(LONG_TEXT)) < MINILM_MAX_LENGTH  # type: ignore[attr-defined]
-    assert len(plain_1[-1].input_ids) == BPE_MAX_LENGTH  # type: ignore[attr-defined]
+    assert len(plain_0[-1].input_ids) == len(references[0].ids(LONG_TEXT)) < MINILM_MAX_LENGTH
+    assert len(plain_1[-1].input_ids) == BPE_MAX_LENGTH
     for reference, encodings in zip(references, (prompted_0, prompted_1)):
-        assert [e.input_ids.tolist() for e in encodings] == [reference.ids(PROMPT + t) for t in TEXTS]  # type: ignore[attr-defined]
+        assert [e.input_ids.tolist() for e in encodings] == [reference.ids(PROMPT + t) for t in TEXTS]
     # Only model 1 leaves the prompt out of pooling: <s> plus the prompt's tokens.
-    assert {e.pool_start for e in prompted_0} == {0}  # type: ignore[attr-defined]
+    assert {e.pool_start for e in prompted_0} == {0}
     prompt_tokens = len(references[1].ids(PROMPT)) - 1
-    assert prompt_tokens > 1 and {e.pool_start for e in prompted_1} == {prompt_tokens}  # type: ignore[attr-defined]
+    assert prompt_tokens > 1 and {e.pool_start for e in prompted_1} == {prompt_tokens}
 
 
 def test_each_model_refuses_over_its_own_limits(worker_paths: list[str]) -> None:
@@ -168,15 +173,16 @@ def test_each_model_tokenizes_and_decodes_as_its_own_tokenizer(
 ) -> None:
     ids = [reference.ids(TEXTS[1]) for reference in references]
 
-    async def calls(pool: TokenizerPool) -> list[object]:
-        return list(await asyncio.gather(
-            *(pool.model(index).tokenize(TEXTS, True, None, "json") for index in (0, 1)),
-            *(pool.model(index).decode([ids[index]], skip) for index in (0, 1) for skip in (True, False)),
-        ))
+    async def calls(pool: TokenizerPool) -> tuple[list[list[bytes]], list[list[str]]]:
+        tokenized = asyncio.gather(*(pool.model(index).tokenize(TEXTS, True, None, "json") for index in (0, 1)))
+        decoded = asyncio.gather(
+            *(pool.model(index).decode([ids[index]], skip) for index in (0, 1) for skip in (True, False))
+        )
+        return await tokenized, await decoded
 
-    tokens_0, tokens_1, *decoded = with_pool(worker_paths, calls)
+    (tokens_0, tokens_1), decoded = with_pool(worker_paths, calls)
     for reference, tokens in zip(references, (tokens_0, tokens_1)):
-        for text, answer in zip(TEXTS, tokens):  # type: ignore[call-overload]
+        for text, answer in zip(TEXTS, tokens):
             parsed = orjson.loads(answer)
             encoding = reference.encoding(text)
             assert [t["id"] for t in parsed] == encoding.ids
@@ -212,8 +218,8 @@ def test_a_model_index_the_workers_lack_is_refused_and_they_go_on_serving(worker
         ):
             with pytest.raises(grpc.RpcError) as refused:
                 call()
-            assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
-            assert refused.value.details() == "tokenizer worker has no model 9: it serves 2 model(s). This is a bug."  # type: ignore[attr-defined]
+            assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert refused.value.details() == "tokenizer worker has no model 9: it serves 2 model(s). This is a bug."
         answer = stub.Decode(tokenizer_pb2.DecodeRequest(ids=[pack_u32([101, 7592, 102])], skip_special_tokens=True, model=0), timeout=HANG_S)
         assert list(answer.texts) == ["hello"]
 
