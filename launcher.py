@@ -894,13 +894,22 @@ def build_children(
     first = plan.models[0]
     pooling = first.spec.pooling or "cls"
 
+    # Every served model, in RouterConfig.models order: model i is index i in
+    # every worker and in the router's pool.
+    tokenizer_models = [
+        config_pb2.TokenizerModel(
+            model_dir=str(model.spec.model_dir), max_input_length=model.max_input_length,
+            exclude_prompt_from_pooling=not model.spec.include_prompt and (model.spec.pooling or "cls") == "mean",
+            name=model.name,
+        )
+        for model in plan.models
+    ]
     tokenizers = []
     for index in range(args.tokenization_workers):
         socket_path = f"{uds}-tokenizer-{index}"
         tconfig = config_pb2.TokenizerConfig(
-            model_dir=str(first.spec.model_dir), socket_path=socket_path, max_input_length=first.max_input_length,
-            json_output=args.json_output, name=f"tokenizer-{index}", router_link=router_link,
-            exclude_prompt_from_pooling=not first.spec.include_prompt and pooling == "mean",
+            socket_path=socket_path, json_output=args.json_output, name=f"tokenizer-{index}", router_link=router_link,
+            models=tokenizer_models,
         )
         tokenizers.append(ChildProcess(f"tokenizer-{index}", [python, "-m", "embedserve.tokenizer_pool", f"tokenizer-{index}"],
                                        base_env, tconfig, socket_path, worker_fds, restartable=True,

@@ -80,7 +80,7 @@ async def connect_services(settings: RouterSettings, on_owner_lost: Callable[[],
     """Every served model's backends, queue and operations, on one tokenizer pool."""
     views = settings.model_views()
     all_metrics = [Metrics(view.max_input_length) for view in views]
-    tokenizers = TokenizerPool(list(settings.tokenizer_sockets), settings.max_input_length)
+    tokenizers = TokenizerPool(list(settings.tokenizer_sockets), [view.max_input_length for view in views])
     link: RemoteQueueHandle | None = None
     if settings.owner_socket:
         link = await RemoteQueueHandle.connect(
@@ -97,19 +97,13 @@ async def connect_services(settings: RouterSettings, on_owner_lost: Callable[[],
         else:
             owner = build_queue_owner(view, backends, facts, max_batch_requests, metrics)
             handle = InprocQueueHandle(owner, view.max_concurrent_requests)
-        inference = Inference(model_tokenizer(tokenizers, index), handle, metrics, view.lane_policy)
+        inference = Inference(tokenizers.model(index), handle, metrics, view.lane_policy)
         operations = Operations(view, facts.hidden_size, inference)
         models.append(ServedModel(index, view.served_model_name, view, metrics, backends, facts, handle, inference,
                                   operations))
     first = models[0]
     return AppState(settings, first.metrics, tokenizers, first.backends, first.facts, first.queue, first.inference,
                     first.operations, models=ModelRegistry(models), owner_link=link)
-
-
-def model_tokenizer(pool: TokenizerPool, index: int) -> TokenizerPool:
-    """Served model `index`'s tokenizer on the shared pool."""
-    assert index == 0, "the tokenizer pool serves one model until the multi-model pool lands"
-    return pool
 
 
 async def start_queues(state: AppState) -> None:
