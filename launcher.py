@@ -178,6 +178,18 @@ class _OriginList(argparse.Action):
         setattr(namespace, self.dest, origins if current is self.default else [*current, *origins])
 
 
+class _ModelIds(argparse.Action):
+    """--model-id, repeatable: `model_ids` lists every id given on the command line
+    (in order; empty: none given there), `model_id` is the first, as TEI's one
+    --model-id (or MODEL_ID, when no flag gives one)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: str | Sequence[object] | None, option_string: str | None = None) -> None:
+        ids = [*(getattr(namespace, "model_ids", None) or []), str(values)]
+        namespace.model_ids = ids
+        namespace.model_id = ids[0]
+
+
 def _split_origins(raw: str) -> list[str]:
     return [origin.strip() for origin in raw.split(",") if origin.strip()]
 
@@ -203,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     p.add_argument("-V", "--version", action="version", version=f"embedserve {VERSION}")
-    p.add_argument("--model-id", action="append", default=None,
+    p.add_argument("--model-id", action=_ModelIds, default=_env("MODEL_ID"),
                    help="Local model directory or Hugging Face Hub id; repeat it to serve several models, each "
                    "by its id (--models-config names them and sets per-model flags) [env MODEL_ID: one id]. "
                    f"Default: the bundled {DEFAULT_MODEL_ID}.")
@@ -443,10 +455,11 @@ class LaunchPlan:
 
 def model_entries(args: argparse.Namespace) -> list[ModelEntry]:
     """What to serve: --models-config, or --model-id (repeatable; MODEL_ID one id)."""
-    model_ids = args.model_id if args.model_id is not None else ([v] if (v := _env("MODEL_ID")) else [])
+    given = list(getattr(args, "model_ids", None) or [])
+    model_ids = given or ([args.model_id] if args.model_id else [])
     try:
         if args.models_config:
-            if args.model_id is not None:
+            if given:
                 raise ModelsConfigError("give the models with --model-id or in --models-config, not both")
             if args.served_model_name:
                 raise ModelsConfigError("--served-model-name names a single model; with --models-config, "
