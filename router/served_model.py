@@ -93,9 +93,11 @@ class ModelRegistry:
         rest = path[len(PATH_PREFIX):]
         best: ServedModel | None = None
         for model in self._models:
-            if rest.startswith(model.name + "/") and (best is None or len(model.name) > len(best.name)):
+            fits = rest == model.name or rest.startswith(model.name + "/")
+            if fits and (best is None or len(model.name) > len(best.name)):
                 best = model
         if best is None:
             raise ModelNotFoundError(f"The model `{rest.split('/', 1)[0]}` does not exist "
                                      f"(served: {', '.join(self._by_name)})")
-        return best, rest[len(best.name):]
+        # `/models/<name>` alone is that model's `/`.
+        return best, rest[len(best.name):] or "/"
