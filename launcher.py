@@ -47,6 +47,7 @@ from embedserve.proto.redact import child_environment, scrub_argv
 from embedserve.router.bind import BindError, host_port, local_host, resolve_bind_hosts
 from embedserve.router.model_config import POOLING_FLAG_VALUES, ModelConfigError, ModelSpec, load_model_spec
 from embedserve.router.model_download import HubModel, ModelDownloadError, hub_offline
+from embedserve.router.models_config import ModelEntry, ModelsConfigError, load_models_config, models_from_flags
 from embedserve.router.owner_link import owner_ready, probe_owner
 from embedserve.router.version import VERSION
 from embedserve.router.vertex_env import VertexEnv, VertexEnvError, read_vertex_env
@@ -177,6 +178,18 @@ class _OriginList(argparse.Action):
         setattr(namespace, self.dest, origins if current is self.default else [*current, *origins])
 
 
+class _ModelIds(argparse.Action):
+    """--model-id, repeatable: `model_ids` lists every id given on the command line
+    (in order; empty: none given there), `model_id` is the first, as TEI's one
+    --model-id (or MODEL_ID, when no flag gives one)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: str | Sequence[object] | None, option_string: str | None = None) -> None:
+        ids = [*(getattr(namespace, "model_ids", None) or []), str(values)]
+        namespace.model_ids = ids
+        namespace.model_id = ids[0]
+
+
 def _split_origins(raw: str) -> list[str]:
     return [origin.strip() for origin in raw.split(",") if origin.strip()]
 
@@ -202,9 +215,16 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     p.add_argument("-V", "--version", action="version", version=f"embedserve {VERSION}")
-    p.add_argument("--model-id", default=_env("MODEL_ID"),
-                   help="Local model directory or Hugging Face Hub id [env MODEL_ID]. "
+    p.add_argument("--model-id", action=_ModelIds, default=_env("MODEL_ID"),
+                   help="Local model directory or Hugging Face Hub id; repeat it to serve several models, each "
+                   "by its id (--models-config names them and sets per-model flags) [env MODEL_ID: one id]. "
                    f"Default: the bundled {DEFAULT_MODEL_ID}.")
+    p.add_argument("--models-config", default=_env("MODELS_CONFIG"),
+                   help="YAML file listing the models to serve (`models:`, each with model_id and optional "
+                   "name, revision, pooling, dtype, backend, dense_path, trust_remote_code, max_batch_tokens, "
+                   "max_batch_requests, max_concurrent_requests, default_prompt or default_prompt_name, "
+                   "prompts); those flags given here are every model's defaults. Not with --model-id "
+                   "[env MODELS_CONFIG]")
     p.add_argument("--revision", default=_env("REVISION"),
                    help="Hub revision (commit, branch or refs/pr/N) [env REVISION]")
     p.add_argument("--backend", default=_env("BACKEND", "auto"), choices=["auto", "torch", "onnx", "python"],
@@ -265,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     prompts.add_argument("--default-prompt", default=_env("DEFAULT_PROMPT"),
                          help="Prompt text prepended by default [env DEFAULT_PROMPT]")
     p.add_argument("--served-model-name", default=_env("SERVED_MODEL_NAME"),
-                   help="Model name in OpenAI responses; default the model id [env SERVED_MODEL_NAME]")
+                   help="Name of the one model served (OpenAI responses, /v1/models); default the model id "
+                   "[env SERVED_MODEL_NAME]")
     p.add_argument("--hostname", default=_env("HOSTNAME", "0.0.0.0"),
                    help="Address HTTP and gRPC listen on: an IP, or a name bound to what it resolves to "
                    "[env HOSTNAME]")
@@ -394,28 +415,62 @@ def detect_gpus() -> list[str]:
 
 
 @dataclass(frozen=True)
+class ModelPlan:
+    """One served model, decided before the first child starts. `args`: the flags
+    as this model sees them (the command line's, with its --models-config entry)."""
+
+    name: str
+    model_id: str
+    args: argparse.Namespace
+    spec: ModelSpec
+    backend: str
+    max_input_length: int
+    default_prompt: str | None
+    prompts: dict[str, str]
+    dtype: str  # what the backends load; "": the engine's default for its device
+    source: ModelSource
+
+
+@dataclass(frozen=True)
 class LaunchPlan:
     """Everything decided before the first child starts."""
 
     args: argparse.Namespace
-    model_id: str
     bind_hosts: tuple[str, ...]
     # The HTTP port (--port, or Vertex AI's AIP_HTTP_PORT) and Vertex AI's routes.
     vertex: VertexEnv
-    spec: ModelSpec
-    backend: str
     gpus: list[str]
-    max_input_length: int
-    default_prompt: str | None
-    dtype: str  # what the backends load; "": the engine's default for its device
+    # Every served model; the first is the default one.
+    models: tuple[ModelPlan, ...]
 
     @property
     def http_port(self) -> int:
         return self.vertex.http_port
 
+    @property
+    def backend(self) -> str:
+        """The first model's engine."""
+        return self.models[0].backend
+
+
+def model_entries(args: argparse.Namespace) -> list[ModelEntry]:
+    """What to serve: --models-config, or --model-id (repeatable; MODEL_ID one id)."""
+    given = list(getattr(args, "model_ids", None) or [])
+    model_ids = given or ([args.model_id] if args.model_id else [])
+    try:
+        if args.models_config:
+            if given:
+                raise ModelsConfigError("give the models with --model-id or in --models-config, not both")
+            if args.served_model_name:
+                raise ModelsConfigError("--served-model-name names a single model; with --models-config, "
+                                        "give each model its `name` there")
+            return load_models_config(args.models_config)
+        return models_from_flags(model_ids, args.served_model_name, DEFAULT_MODEL_ID)
+    except ModelsConfigError as exc:
+        raise LaunchError(str(exc), EXIT_CONFIG_ERROR) from exc
+
 
 def plan_launch(args: argparse.Namespace) -> LaunchPlan:
-    started = time.monotonic()
     try:
         bind_hosts = resolve_bind_hosts(args.hostname)
     except BindError as exc:
@@ -424,6 +479,20 @@ def plan_launch(args: argparse.Namespace) -> LaunchPlan:
         vertex = read_vertex_env(os.environ, args.port)
     except VertexEnvError as exc:
         raise LaunchError(str(exc), EXIT_CONFIG_ERROR) from exc
+    entries = model_entries(args)
+    check_server_flags(args)
+    gpus = detect_gpus()
+    models = tuple(plan_model(entry.model_args(args), gpus) for entry in entries)
+    # The weights last: a bad flag must not wait for a download to be reported.
+    for model in models:
+        fetch_backend_files(model.source, [model.backend], model.args.trust_remote_code)
+        refuse_onnx_export_of_shipped_code(model.backend, model.spec, model.model_id)
+    return LaunchPlan(args, bind_hosts, vertex, gpus, models)
+
+
+def plan_model(args: argparse.Namespace, gpus: list[str]) -> ModelPlan:
+    """One model's engine, dtype, input length and prompts, from its flags."""
+    started = time.monotonic()
     source = locate_model(args.model_id, args.revision, args.huggingface_hub_cache, args.hf_token)
     model_dir = source.path
     try:
@@ -436,7 +505,6 @@ def plan_launch(args: argparse.Namespace) -> LaunchPlan:
         # only mean pooling reads among the poolings served here.
         logger.warning("the Pooling module sets include_prompt false, which %s pooling does not use", spec.pooling)
 
-    gpus = detect_gpus()
     backend = choose_backend(args.backend, spec, gpus)
     require_remote_code_opt_in(backend, spec, args.model_id or DEFAULT_MODEL_ID, args.trust_remote_code)
     if args.dtype == "int8" and backend != "onnx":
@@ -461,16 +529,24 @@ def plan_launch(args: argparse.Namespace) -> LaunchPlan:
         logger.warning("max input length %d capped to --max-batch-tokens %d", max_input_length, args.max_batch_tokens)
         max_input_length = args.max_batch_tokens
 
+    prompts = {**spec.prompts, **getattr(args, "extra_prompts", {})}
     default_prompt = args.default_prompt
     if args.default_prompt_name is not None:
-        if args.default_prompt_name not in spec.prompts:
+        if args.default_prompt_name not in prompts:
             raise LaunchError(
                 f"--default-prompt-name {args.default_prompt_name!r} is not a prompt of this model "
-                f"(available: {', '.join(sorted(spec.prompts)) or 'none'})",
+                f"(available: {', '.join(sorted(prompts)) or 'none'})",
                 EXIT_CONFIG_ERROR,
             )
-        default_prompt = spec.prompts[args.default_prompt_name]
+        default_prompt = prompts[args.default_prompt_name]
+    model_id = args.model_id or DEFAULT_MODEL_ID
+    return ModelPlan(args.served_model_name or model_id, model_id, args, spec, backend, max_input_length,
+                     default_prompt, prompts, dtype, source)
 
+
+def check_server_flags(args: argparse.Namespace) -> None:
+    """Numbers every model shares the checks of (per-model values are checked
+    when their file is read)."""
     for name, value in (("--max-batch-tokens", args.max_batch_tokens), ("--max-concurrent-requests",
                         args.max_concurrent_requests), ("--max-client-batch-size", args.max_client_batch_size),
                         ("--tokenization-workers", args.tokenization_workers),
@@ -488,11 +564,6 @@ def plan_launch(args: argparse.Namespace) -> LaunchPlan:
     for name, seconds in (("--body-read-timeout", args.body_read_timeout), ("--graceful-timeout", args.graceful_timeout)):
         if seconds < 0:
             raise LaunchError(f"{name} must be 0 or more seconds, got {seconds}", EXIT_CONFIG_ERROR)
-    # The weights last: a bad flag must not wait for a download to be reported.
-    fetch_backend_files(source, [backend], args.trust_remote_code)
-    refuse_onnx_export_of_shipped_code(backend, spec, args.model_id or DEFAULT_MODEL_ID)
-    return LaunchPlan(args, args.model_id or DEFAULT_MODEL_ID, bind_hosts, vertex, spec, backend, gpus, max_input_length,
-                      default_prompt, dtype)
 
 
 def needs_remote_code(spec: ModelSpec) -> bool:
@@ -830,40 +901,28 @@ def build_children(
     )
     worker_fds = (router_pipe.read_fd,)
     uds = args.uds_path
-    devices: list[tuple[str, str | None]] = [("cuda", gpu) for gpu in plan.gpus] or [("cpu", None)]
-    pooling = plan.spec.pooling or "cls"
-    dense_layers = [
-        config_pb2.DenseLayer(path=str(layer.path), in_features=layer.in_features, out_features=layer.out_features,
-                              bias=layer.bias, activation=DENSE_ACTIVATIONS[layer.activation])
-        for layer in plan.spec.dense_layers
-    ]
+    backends_per_model = [_model_backends(plan, number, model, router_link, worker_fds, base_env)
+                          for number, model in enumerate(plan.models)]
+    backends = [child for children in backends_per_model for child in children]
+    first = plan.models[0]
+    pooling = first.spec.pooling or "cls"
 
-    backends = []
-    for index, (device, gpu) in enumerate(devices):
-        socket_path = f"{uds}-backend-{index}"
-        config = config_pb2.BackendConfig(
-            model_dir=str(plan.spec.model_dir), socket_path=socket_path, backend=plan.backend,
-            dtype=plan.dtype, pooling=pooling, device=device, max_batch_tokens=args.max_batch_tokens,
-            json_output=args.json_output, name=f"backend-{index}", position_offset=plan.spec.position_offset,
-            cache_dir=str(CACHE_DIR), cache_max_bytes=CACHE_MAX_BYTES, dense_layers=dense_layers,
-            router_link=router_link, otlp_service_name=args.otlp_service_name, disable_spans=args.disable_spans,
-            trust_remote_code=args.trust_remote_code,
+    # Every served model, in RouterConfig.models order: model i is index i in
+    # every worker and in the router's pool.
+    tokenizer_models = [
+        config_pb2.TokenizerModel(
+            model_dir=str(model.spec.model_dir), max_input_length=model.max_input_length,
+            exclude_prompt_from_pooling=not model.spec.include_prompt and (model.spec.pooling or "cls") == "mean",
+            name=model.name,
         )
-        if args.otlp_endpoint:
-            config.otlp_endpoint = args.otlp_endpoint
-        env = dict(base_env)
-        if gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = gpu
-        backends.append(ChildProcess(f"backend-{index}", [python, "-m", "embedserve.backends", f"backend-{index}"], env, config,
-                                     socket_path, worker_fds, restartable=True))
-
+        for model in plan.models
+    ]
     tokenizers = []
     for index in range(args.tokenization_workers):
         socket_path = f"{uds}-tokenizer-{index}"
         tconfig = config_pb2.TokenizerConfig(
-            model_dir=str(plan.spec.model_dir), socket_path=socket_path, max_input_length=plan.max_input_length,
-            json_output=args.json_output, name=f"tokenizer-{index}", router_link=router_link,
-            exclude_prompt_from_pooling=not plan.spec.include_prompt and pooling == "mean",
+            socket_path=socket_path, json_output=args.json_output, name=f"tokenizer-{index}", router_link=router_link,
+            models=tokenizer_models,
         )
         tokenizers.append(ChildProcess(f"tokenizer-{index}", [python, "-m", "embedserve.tokenizer_pool", f"tokenizer-{index}"],
                                        base_env, tconfig, socket_path, worker_fds, restartable=True,
@@ -874,19 +933,22 @@ def build_children(
             if len(path.encode()) > MAX_SOCKET_PATH_BYTES:
                 raise LaunchError(f"--uds-path is too long for a Unix socket: {path}", EXIT_CONFIG_ERROR)
 
+    served = [_served_model(model, children) for model, children in zip(plan.models, backends_per_model)]
+    # The top-level per-model fields describe the first model (the default).
+    fargs = first.args
     rconfig = config_pb2.RouterConfig(
-        model_id=plan.model_id, served_model_name=args.served_model_name or plan.model_id,
-        backend_sockets=[c.socket_path or "" for c in backends],
+        model_id=first.model_id, served_model_name=first.name,
+        backend_sockets=[c.socket_path or "" for c in backends_per_model[0]], models=served,
         tokenizer_sockets=[c.socket_path or "" for c in tokenizers],
         hostname=args.hostname, bind_hosts=plan.bind_hosts, port=plan.http_port,
-        max_concurrent_requests=args.max_concurrent_requests,
-        max_batch_tokens=args.max_batch_tokens, max_batch_requests=args.max_batch_requests or 0,
+        max_concurrent_requests=fargs.max_concurrent_requests,
+        max_batch_tokens=fargs.max_batch_tokens, max_batch_requests=fargs.max_batch_requests or 0,
         max_client_batch_size=args.max_client_batch_size, auto_truncate=args.auto_truncate,
-        max_input_length=plan.max_input_length, position_offset=plan.spec.position_offset,
-        prompts=plan.spec.prompts, payload_limit=args.payload_limit, json_output=args.json_output,
+        max_input_length=first.max_input_length, position_offset=first.spec.position_offset,
+        prompts=first.prompts, payload_limit=args.payload_limit, json_output=args.json_output,
         pooling=pooling, tokenization_workers=args.tokenization_workers,
-        graceful_timeout_s=args.graceful_timeout, model_type=plan.spec.model_type,
-        id2label=plan.spec.id2label, label2id=plan.spec.label2id, cors_allow_origin=args.cors_allow_origin or [],
+        graceful_timeout_s=args.graceful_timeout, model_type=first.spec.model_type,
+        id2label=first.spec.id2label, label2id=first.spec.label2id, cors_allow_origin=args.cors_allow_origin or [],
         task=TASK, grpc_port=args.grpc_port, grpc_max_parallel_stream_requests=GRPC_MAX_PARALLEL_STREAM_REQUESTS,
         default_request_timeout_ms=args.default_request_timeout_ms, body_read_timeout_s=args.body_read_timeout,
         queue_policy=args.queue_policy, interactive_max_tokens=args.interactive_max_tokens,
@@ -895,10 +957,10 @@ def build_children(
     )
     if args.otlp_endpoint:
         rconfig.otlp_endpoint = args.otlp_endpoint
-    if args.revision is not None:
-        rconfig.revision = args.revision
-    if plan.default_prompt is not None:
-        rconfig.default_prompt = plan.default_prompt
+    if fargs.revision is not None:
+        rconfig.revision = fargs.revision
+    if first.default_prompt is not None:
+        rconfig.default_prompt = first.default_prompt
     if args.api_key is not None:
         rconfig.api_key = args.api_key
     if plan.vertex.predict_route is not None:
@@ -933,6 +995,60 @@ def build_children(
             restartable=True,
         ))
     return backends, tokenizers, routers
+
+
+def _model_backends(
+    plan: LaunchPlan, number: int, model: ModelPlan, router_link: config_pb2.RouterLink, worker_fds: tuple[int, ...],
+    base_env: dict[str, str],
+) -> list[ChildProcess]:
+    """Model `number`'s backends: one per GPU, or one on CPU. The first model's
+    keep the single-model names and sockets (backend-<i>); others are
+    backend-m<number>-<i>."""
+    args = model.args
+    devices: list[tuple[str, str | None]] = [("cuda", gpu) for gpu in plan.gpus] or [("cpu", None)]
+    dense_layers = [
+        config_pb2.DenseLayer(path=str(layer.path), in_features=layer.in_features, out_features=layer.out_features,
+                              bias=layer.bias, activation=DENSE_ACTIVATIONS[layer.activation])
+        for layer in model.spec.dense_layers
+    ]
+    children = []
+    for index, (device, gpu) in enumerate(devices):
+        name = f"backend-{index}" if number == 0 else f"backend-m{number}-{index}"
+        socket_path = f"{plan.args.uds_path}-{name}"
+        config = config_pb2.BackendConfig(
+            model_dir=str(model.spec.model_dir), socket_path=socket_path, backend=model.backend,
+            dtype=model.dtype, pooling=model.spec.pooling or "cls", device=device,
+            max_batch_tokens=args.max_batch_tokens, json_output=args.json_output, name=name,
+            position_offset=model.spec.position_offset, cache_dir=str(CACHE_DIR), cache_max_bytes=CACHE_MAX_BYTES,
+            dense_layers=dense_layers, router_link=router_link, otlp_service_name=args.otlp_service_name,
+            disable_spans=args.disable_spans, trust_remote_code=args.trust_remote_code,
+        )
+        if args.otlp_endpoint:
+            config.otlp_endpoint = args.otlp_endpoint
+        env = dict(base_env)
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+        children.append(ChildProcess(name, [sys.executable, "-m", "embedserve.backends", name], env, config,
+                                     socket_path, worker_fds, restartable=True))
+    return children
+
+
+def _served_model(model: ModelPlan, backends: Sequence[ChildProcess]) -> config_pb2.ServedModel:
+    """What the router knows of one model (RouterConfig.models)."""
+    args = model.args
+    served = config_pb2.ServedModel(
+        name=model.name, model_id=model.model_id, backend_sockets=[c.socket_path or "" for c in backends],
+        pooling=model.spec.pooling or "cls", max_concurrent_requests=args.max_concurrent_requests,
+        max_batch_tokens=args.max_batch_tokens, max_batch_requests=args.max_batch_requests or 0,
+        max_input_length=model.max_input_length, position_offset=model.spec.position_offset,
+        prompts=model.prompts, model_type=model.spec.model_type, id2label=model.spec.id2label,
+        label2id=model.spec.label2id,
+    )
+    if args.revision is not None:
+        served.revision = args.revision
+    if model.default_prompt is not None:
+        served.default_prompt = model.default_prompt
+    return served
 
 
 def _front_ready_check(owner_path: str, index: int, plan: LaunchPlan) -> Callable[[], bool]:

@@ -29,11 +29,11 @@ from embedserve.router.operations import Operations
 from embedserve.router.queue_handle import QueueHandle
 from embedserve.router.queue_owner import InprocQueueHandle, QueueOwner
 from embedserve.router.remote_queue import RemoteQueueHandle
-from embedserve.router.routes import default, embed, health, predict, tokenize
+from embedserve.router.routes import default, embed, health, models, predict, tokenize
 from embedserve.router.routes._http import ClientGone, client_gone_answer, error_answer, unexpected_answer
-from embedserve.router.routes._inference import Endpoint
-from embedserve.router.routes.asgi import CorsPolicy, FrontApp
+from embedserve.router.routes.asgi import CorsPolicy, DirectRoute, FrontApp
 from embedserve.router.settings import RouterSettings
+from embedserve.router.served_model import MODEL_HEADER, ModelRegistry, ServedModel
 from embedserve.router.state import AppState, BackendFacts
 from embedserve.tokenizer_pool.pool import TokenizerPool
 
@@ -77,28 +77,45 @@ def build_queue_owner(
 
 
 async def connect_services(settings: RouterSettings, on_owner_lost: Callable[[], None] | None = None) -> AppState:
-    metrics = Metrics(settings.max_input_length)
-    tokenizers = TokenizerPool(list(settings.tokenizer_sockets), settings.max_input_length)
-    # A front keeps its own backend connections for /health and /info; with a
-    # queue owner process (--router-workers >= 2) only the owner sends batches.
-    backends, facts, max_batch_requests = await connect_backends(settings)
-    handle: QueueHandle
+    """Every served model's backends, queue and operations, on one tokenizer pool."""
+    views = settings.model_views()
+    all_metrics = [Metrics(view.max_input_length) for view in views]
+    tokenizers = TokenizerPool(list(settings.tokenizer_sockets), [view.max_input_length for view in views])
+    link: RemoteQueueHandle | None = None
     if settings.owner_socket:
-        handle = await RemoteQueueHandle.connect(
-            settings.owner_socket, settings.front_index, metrics, on_lost=on_owner_lost
+        link = await RemoteQueueHandle.connect(
+            settings.owner_socket, settings.front_index, all_metrics, on_lost=on_owner_lost
         )
-    else:
-        owner = build_queue_owner(settings, backends, facts, max_batch_requests, metrics)
-        handle = InprocQueueHandle(owner, settings.max_concurrent_requests)
-    inference = Inference(tokenizers, handle, metrics, settings.lane_policy)
-    operations = Operations(settings, facts.hidden_size, inference)
-    return AppState(settings, metrics, tokenizers, backends, facts, handle, inference, operations)
+    models = []
+    for index, (view, metrics) in enumerate(zip(views, all_metrics)):
+        # A front keeps its own backend connections for /health and /info; with a
+        # queue owner process (--router-workers >= 2) only the owner sends batches.
+        backends, facts, max_batch_requests = await connect_backends(view)
+        handle: QueueHandle
+        if link is not None:
+            handle = link.model(index)
+        else:
+            owner = build_queue_owner(view, backends, facts, max_batch_requests, metrics)
+            handle = InprocQueueHandle(owner, view.max_concurrent_requests)
+        inference = Inference(tokenizers.model(index), handle, metrics, view.lane_policy)
+        operations = Operations(view, facts.hidden_size, inference)
+        models.append(ServedModel(index, view.served_model_name, view, metrics, backends, facts, handle, inference,
+                                  operations))
+    first = models[0]
+    return AppState(settings, first.metrics, tokenizers, first.backends, first.facts, first.queue, first.inference,
+                    first.operations, models=ModelRegistry(models), owner_link=link)
+
+
+async def start_queues(state: AppState) -> None:
+    for model in state.models:
+        await model.queue.start()
 
 
 async def close_services(state: AppState) -> None:
-    await state.queue.close()
+    for model in state.models:
+        await model.queue.close()
     await state.tokenizers.close()
-    await asyncio.gather(*(backend.close() for backend in state.backends))
+    await asyncio.gather(*(backend.close() for model in state.models for backend in model.backends))
 
 
 async def _embedserve_error(request: Request, exc: Exception) -> Response:
@@ -159,7 +176,7 @@ def create_app(settings: RouterSettings, on_owner_lost: Callable[[], None] | Non
                 on_owner_lost()
 
         state = await connect_services(settings, owner_lost)
-        await state.queue.start()
+        await start_queues(state)
         app.state.embedserve = state
         app.state.openapi_document = None
         grpc_frontend = None
@@ -167,15 +184,17 @@ def create_app(settings: RouterSettings, on_owner_lost: Callable[[], None] | Non
             grpc_frontend = GrpcFrontend(state)
             await grpc_frontend.start()
             state.on_drain.append(lambda: grpc_frontend.begin_drain(settings.graceful_timeout_s))
-        logger.info(
-            "router ready: %d backend(s), %d tokenizer worker(s), padded=%s, max_batch_tokens=%d",
-            len(state.backends),
-            state.tokenizers.size,
-            state.facts.is_padded,
-            settings.max_batch_tokens,
-        )
-        if isinstance(state.queue, RemoteQueueHandle):
-            state.queue.announce_ready()
+        for model in state.models:
+            logger.info(
+                "router ready: model %s, %d backend(s), %d tokenizer worker(s), padded=%s, max_batch_tokens=%d",
+                model.name,
+                len(model.backends),
+                state.tokenizers.size,
+                model.facts.is_padded,
+                model.settings.max_batch_tokens,
+            )
+        if state.owner_link is not None:
+            state.owner_link.announce_ready()
         try:
             yield
         finally:
@@ -185,7 +204,7 @@ def create_app(settings: RouterSettings, on_owner_lost: Callable[[], None] | Non
 
     # POSTs to these paths skip Starlette's stack (router/routes/asgi.py); the
     # Route entries below still answer their other methods (405) and preflights.
-    direct: dict[str, Endpoint[Any]] = {
+    direct: dict[str, DirectRoute] = {
         "/embed": embed.embed,
         "/embed_all": embed.embed_all,
         "/embed_sparse": embed.embed_sparse,
@@ -196,8 +215,8 @@ def create_app(settings: RouterSettings, on_owner_lost: Callable[[], None] | Non
         "/rerank": predict.rerank,
         "/decode": tokenize.decode,
         "/vertex": default.vertex,
-        "/invocations": default.default_route(settings),
-        "/": default.default_route(settings),
+        "/invocations": default.model_default,
+        "/": default.model_default,
     }
     if settings.vertex_predict_route is not None:
         direct[settings.vertex_predict_route] = default.vertex
@@ -211,6 +230,8 @@ def create_app(settings: RouterSettings, on_owner_lost: Callable[[], None] | Non
         Route("/ping", health.health, methods=["GET"]),
         Route("/info", health.info, methods=["GET"]),
         Route("/metrics", health.metrics, methods=["GET"]),
+        Route("/v1/models", models.list_models, methods=["GET"]),
+        Route("/v1/models/{name:path}", models.get_model, methods=["GET"]),
         Route("/docs", swagger_ui.docs, methods=["GET"]),
         Route(swagger_ui.ASSET_PREFIX + "{name}", swagger_ui.asset, methods=["GET"]),
         Route("/api-doc/openapi.json", health.openapi, methods=["GET"]),
@@ -222,7 +243,7 @@ def create_app(settings: RouterSettings, on_owner_lost: Callable[[], None] | Non
             CORSMiddleware,
             allow_origins=allow_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["content-type", "authorization"],
+            allow_headers=["content-type", "authorization", MODEL_HEADER],
         )
     ]
     if settings.api_key:

@@ -8,6 +8,7 @@
     ├── UnsupportedMediaError   415  Validation
     ├── DeadlineExceededError   408  Timeout      (queued past its x-request-timeout-ms)
     ├── BodyReadTimeoutError    408  Timeout      (body slower than --body-read-timeout)
+    ├── ModelNotFoundError      404  NotFound     (no served model has that name)
     ├── ValidationError         422  Validation
     ├── TokenizerError          422  Tokenizer
     ├── BackendError            424  Backend      (BackendDownError: the process is gone)
@@ -96,6 +97,19 @@ class BodyReadTimeoutError(EmbedServeError):
     error_type = "Timeout"
     metric_label = "body_timeout"
     closes_connection = True
+
+
+class ModelNotFoundError(EmbedServeError):
+    """A request named a model this server does not serve: never answered by
+    another model. OpenAI's routes answer in OpenAI's own not-found shape."""
+
+    status = 404
+    error_type = "NotFound"
+    metric_label = "validation"
+
+    def to_openai_body(self) -> dict[str, object]:
+        return {"error": {"message": self.message, "type": "invalid_request_error", "param": "model",
+                          "code": "model_not_found"}}
 
 
 class ValidationError(EmbedServeError):

@@ -33,9 +33,9 @@ from embedserve.tokenizer_pool.pool import (
     Encoding,
     Input,
     InvalidInputError,
+    ModelTokenizer,
     TokenFormat,
     TokenizerFailedError,
-    TokenizerPool,
     TokenizerUnavailableError,
 )
 
@@ -165,9 +165,9 @@ class Permits:
 
 class Inference:
     def __init__(
-        self, tokenizers: TokenizerPool, queue: QueueHandle, metrics: Metrics, lanes: LanePolicy = FIFO
+        self, tokenizer: ModelTokenizer, queue: QueueHandle, metrics: Metrics, lanes: LanePolicy = FIFO
     ) -> None:
-        self._tokenizers = tokenizers
+        self._tokenizer = tokenizer
         self._queue = queue
         self._metrics = metrics
         self._lanes = lanes
@@ -261,7 +261,7 @@ class Inference:
 
     async def _encode(self, inputs: list[Input], options: EncodeOptions) -> list[Encoding]:
         return await _translated(
-            self._tokenizers.encode(inputs, options.truncate, options.direction, options.prompt)
+            self._tokenizer.encode(inputs, options.truncate, options.direction, options.prompt)
         )
 
     async def tokenize(
@@ -269,10 +269,10 @@ class Inference:
     ) -> list[bytes]:
         """/tokenize and gRPC Tokenize: each input's tokens, ready to send in `token_format`
         (no permits, as in TEI). Over the character limit → 422 before any worker sees it."""
-        return await _translated(self._tokenizers.tokenize(inputs, add_special_tokens, prompt, token_format))
+        return await _translated(self._tokenizer.tokenize(inputs, add_special_tokens, prompt, token_format))
 
     async def decode(self, id_lists: list[list[int]], skip_special_tokens: bool) -> list[str]:
-        return await _translated(self._tokenizers.decode(id_lists, skip_special_tokens))
+        return await _translated(self._tokenizer.decode(id_lists, skip_special_tokens))
 
 
 async def _translated(call: Awaitable[T]) -> T:

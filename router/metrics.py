@@ -46,6 +46,11 @@ def _labels_key(labels: dict[str, str]) -> Labels:
     return tuple(sorted(labels.items()))
 
 
+def _header(name: str, help_text: str, kind: str) -> Iterable[str]:
+    yield f"# HELP {name} {help_text}"
+    yield f"# TYPE {name} {kind}"
+
+
 def _format_value(value: float) -> str:
     if math.isinf(value):
         return "+Inf"
@@ -66,10 +71,12 @@ class Counter:
         return self.values.get(_labels_key(labels), 0.0)
 
     def render(self) -> Iterable[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} counter"
+        yield from _header(self.name, self.help, "counter")
+        yield from self.series()
+
+    def series(self, model: Labels = ()) -> Iterable[str]:
         for labels, value in self.values.items():
-            yield f"{self.name}{_format_labels(labels)} {_format_value(value)}"
+            yield f"{self.name}{_format_labels(model + labels)} {_format_value(value)}"
 
 
 @dataclass
@@ -82,9 +89,11 @@ class Gauge:
         self.current = value
 
     def render(self) -> Iterable[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} gauge"
-        yield f"{self.name} {_format_value(self.current)}"
+        yield from _header(self.name, self.help, "gauge")
+        yield from self.series()
+
+    def series(self, model: Labels = ()) -> Iterable[str]:
+        yield f"{self.name}{_format_labels(model)} {_format_value(self.current)}"
 
 
 @dataclass
@@ -111,15 +120,17 @@ class Histogram:
             self.maximum = value
 
     def render(self) -> Iterable[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} histogram"
+        yield from _header(self.name, self.help, "histogram")
+        yield from self.series()
+
+    def series(self, model: Labels = ()) -> Iterable[str]:
         cumulative = 0
         for bound, count in zip(self.buckets, self.counts):
             cumulative += count
-            yield f'{self.name}_bucket{{le="{_format_value(bound)}"}} {cumulative}'
-        yield f'{self.name}_bucket{{le="+Inf"}} {self.observations}'
-        yield f"{self.name}_sum {_format_value(self.total)}"
-        yield f"{self.name}_count {self.observations}"
+            yield f"{self.name}_bucket{_format_labels(model, ('le', _format_value(bound)))} {cumulative}"
+        yield f"{self.name}_bucket{_format_labels(model, ('le', '+Inf'))} {self.observations}"
+        yield f"{self.name}_sum{_format_labels(model)} {_format_value(self.total)}"
+        yield f"{self.name}_count{_format_labels(model)} {self.observations}"
 
 
 class PhaseDurations:
@@ -188,6 +199,27 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
+def render_models(models: Sequence[tuple[str, Metrics]]) -> str:
+    """/metrics of every served model: one model renders as ever; with several,
+    each series once per model with a `model="<name>"` label, under one header."""
+    if len(models) == 1:
+        return models[0][1].render()
+    per_model = [(name, list(_instruments(metrics))) for name, metrics in models]
+    lines: list[str] = []
+    for position, first in enumerate(per_model[0][1]):
+        lines.extend(_header(first.name, first.help, _KINDS[type(first)]))
+        for name, instruments in per_model:
+            lines.extend(instruments[position].series((("model", _escape(name)),)))
+    return "\n".join(lines) + "\n"
+
+
+_KINDS: dict[type, str] = {}
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 # ---- server-wide totals across processes (issue 12: several fronts, one queue owner)
 #
 # Every process counts into its own `Metrics`; a front answering /metrics asks
@@ -240,3 +272,18 @@ def merge(metrics: Metrics, part: dict[str, object]) -> None:
             metric.total += float(total)
             metric.observations += int(observations)
             metric.maximum = max(metric.maximum, float(maximum))
+
+
+_KINDS.update({Counter: "counter", Gauge: "gauge", Histogram: "histogram"})
+
+
+def snapshot_models(models: Sequence[Metrics]) -> dict[str, object]:
+    """Every model's snapshot, keyed by its index (what crosses the owner link)."""
+    return {str(index): snapshot(metrics) for index, metrics in enumerate(models)}
+
+
+def merge_models(models: Sequence[Metrics], part: dict[str, object]) -> None:
+    for index, metrics in enumerate(models):
+        data = part.get(str(index))
+        if isinstance(data, dict):
+            merge(metrics, data)

@@ -56,6 +56,11 @@ OPERATIONS = (
     Operation("/", "get", "Health", public=True),
     Operation("/ping", "get", "Health", public=True),
     Operation("/metrics", "get", "Prometheus metrics", public=True),
+    # Several models (README "Several models"): every route also answers under
+    # /models/{name}/..., or for the model an `x-model` header names.
+    Operation("/v1/models", "get", "The served models (OpenAI list)"),
+    Operation("/v1/models/{name}", "get", "One served model (OpenAI); 404 if none has that name",
+              openai_errors=True),
 )
 
 ERROR_STATUSES = {

@@ -51,6 +51,8 @@ class Admit(_Msg, tag="admit"):
     id: int
     count: int
     wait: bool
+    # Which served model's permits (RouterConfig.models order).
+    model: int = 0
 
 
 class Submit(_Msg, tag="submit"):
@@ -71,6 +73,8 @@ class Submit(_Msg, tag="submit"):
     # The request span the inputs' queue and inference spans join (W3C
     # traceparent, proto/tracing); "" when tracing is off: omitted on the wire.
     traceparent: str = ""
+    # Which served model's queue and permits (RouterConfig.models order).
+    model: int = 0
 
 
 class Abort(_Msg, tag="abort"):
@@ -92,7 +96,8 @@ class MetricsQuery(_Msg, tag="mq"):
 
 
 class MetricsPart(_Msg, tag="mp"):
-    """A front's own counters, answering the owner's MetricsCollect."""
+    """A front's own counters, answering the owner's MetricsCollect: one
+    snapshot per served model, keyed by its index (metrics.snapshot_models)."""
 
     id: int
     snapshot: dict[str, object]
@@ -103,6 +108,8 @@ class MetricsPart(_Msg, tag="mp"):
 
 class Welcome(_Msg, tag="welcome"):
     max_batch_requests: int | None
+    # Every served model's limit, in order (0: none); the first is also above.
+    model_max_batch_requests: list[int] = []
 
 
 class ProbeReply(_Msg, tag="probed"):

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from embedserve.router.errors import BackendError, BackendUnavailableError, EmbedServeError
-from embedserve.router.metrics import Metrics, merge, snapshot
+from embedserve.router.metrics import Metrics, merge_models, snapshot_models
 from embedserve.router.owner_link import (
     Abort,
     Admit,
@@ -41,7 +41,7 @@ from embedserve.router.owner_link import (
     Submit,
     Welcome,
 )
-from embedserve.router.queue_handle import Admission, EntryResult, Submission, TokenizedInput
+from embedserve.router.queue_handle import Admission, EntryResult, QueueHandle, Submission, TokenizedInput
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +86,11 @@ class _Call:
 
 
 class RemoteQueueHandle:
-    def __init__(self, metrics: Metrics, on_lost: Callable[[], None] | None) -> None:
-        self._metrics = metrics
+    """The front's link to the owner, and the queue handle of the first served
+    model; `model(i)` is model i's (each model has its own queue and permits)."""
+
+    def __init__(self, metrics: Sequence[Metrics], on_lost: Callable[[], None] | None) -> None:
+        self._metrics = list(metrics)
         self._on_lost = on_lost
         self._link = FramedLink(self._on_messages, self._link_lost)
         self._loop = asyncio.get_running_loop()
@@ -97,23 +100,32 @@ class RemoteQueueHandle:
         self._calls: dict[int, _Call] = {}  # submitted, some inputs not settled
         self._metric_queries: dict[int, asyncio.Future[dict[str, object]]] = {}
         self._max_batch_requests: int | None = None
+        self._model_max_batch_requests: list[int] = []
         self.lost = False
         self._closing = False
 
     @classmethod
     async def connect(
-        cls, path: str, front_index: int, metrics: Metrics, on_lost: Callable[[], None] | None = None
+        cls, path: str, front_index: int, metrics: Sequence[Metrics], on_lost: Callable[[], None] | None = None
     ) -> RemoteQueueHandle:
         handle = cls(metrics, on_lost)
         await handle._loop.create_unix_connection(lambda: handle._link, path)
         handle._link.send(Hello(front_index, os.getpid()))
         welcome = await asyncio.wait_for(handle._welcome, CONNECT_TIMEOUT_S)
         handle._max_batch_requests = welcome.max_batch_requests
+        handle._model_max_batch_requests = welcome.model_max_batch_requests
         return handle
 
     @property
     def max_batch_requests(self) -> int | None:
         return self._max_batch_requests
+
+    def model(self, index: int) -> QueueHandle:
+        """Served model `index`'s queue handle, on this one link."""
+        if index == 0:
+            return self
+        limits = self._model_max_batch_requests
+        return RemoteModelQueue(self, index, (limits[index] if index < len(limits) else 0) or None)
 
     def announce_ready(self) -> None:
         """This front serves now: the launcher's readiness probe counts it."""
@@ -121,7 +133,7 @@ class RemoteQueueHandle:
 
     # ---- QueueHandle
 
-    def admit(self, count: int, *, wait: bool) -> Admission:
+    def admit(self, count: int, *, wait: bool, model: int = 0) -> Admission:
         self._next_id += 1
         admission = Admission(count, self._loop.create_future(), self._next_id)
         if self.lost:
@@ -136,7 +148,7 @@ class RemoteQueueHandle:
             admission.granted.set_result(True)
             return admission
         self._waiting[admission.id] = admission
-        self._link.send(Admit(admission.id, count, wait))
+        self._link.send(Admit(admission.id, count, wait, model))
         return admission
 
     def release(self, admission: Admission) -> None:
@@ -160,6 +172,7 @@ class RemoteQueueHandle:
         admission: Admission | None = None,
         interactive: bool = False,
         traceparent: str = "",
+        model: int = 0,
     ) -> Submission:
         if self.lost:
             raise BackendUnavailableError(OWNER_GONE)
@@ -182,7 +195,7 @@ class RemoteQueueHandle:
             call_id, raw, deadline,
             np.concatenate([i.input_ids for i in inputs]).astype(_U32, copy=False).tobytes(),
             np.concatenate([i.token_type_ids for i in inputs]).astype(_U32, copy=False).tobytes(),
-            lengths.tobytes(), pool_starts, admit, interactive, traceparent,
+            lengths.tobytes(), pool_starts, admit, interactive, traceparent, model,
         ))
         self._calls[call_id] = _Call(futures, count)
         return RemoteSubmission(futures, call_id)
@@ -204,8 +217,8 @@ class RemoteQueueHandle:
 
     # ---- /metrics: server-wide totals
 
-    async def server_metrics(self, max_input_length: int) -> str:
-        """Every process's counters merged (the owner collects them), rendered."""
+    async def server_metrics(self, max_input_lengths: Sequence[int]) -> list[Metrics]:
+        """Every process's counters merged (the owner collects them), per served model."""
         if self.lost:
             raise BackendUnavailableError(OWNER_GONE)
         self._next_id += 1
@@ -219,9 +232,9 @@ class RemoteQueueHandle:
             raise BackendUnavailableError("the queue owner did not answer the metrics query") from None
         finally:
             self._metric_queries.pop(query_id, None)
-        merged = Metrics(max_input_length)
-        merge(merged, part)
-        return merged.render()
+        merged = [Metrics(length) for length in max_input_lengths]
+        merge_models(merged, part)
+        return merged
 
     # ---- messages from the owner
 
@@ -236,7 +249,7 @@ class RemoteQueueHandle:
             elif isinstance(message, Failed):
                 self._failed(message)
             elif isinstance(message, MetricsCollect):
-                self._link.send(MetricsPart(message.id, snapshot(self._metrics)))
+                self._link.send(MetricsPart(message.id, snapshot_models(self._metrics)))
             elif isinstance(message, MetricsReply):
                 query = self._metric_queries.get(message.id)
                 if query is not None and not query.done():
@@ -300,3 +313,45 @@ class RemoteQueueHandle:
             self._welcome.set_exception(ConnectionError("the queue owner closed the link before answering"))
         if self._on_lost is not None and not self._closing:
             self._on_lost()
+
+
+class RemoteModelQueue:
+    """Served model `index`'s queue handle on a front's one link to the owner:
+    admit and submit name the model; the rest is the link's."""
+
+    def __init__(self, link: RemoteQueueHandle, index: int, max_batch_requests: int | None) -> None:
+        self._link = link
+        self._index = index
+        self._max_batch_requests = max_batch_requests
+
+    @property
+    def max_batch_requests(self) -> int | None:
+        return self._max_batch_requests
+
+    def admit(self, count: int, *, wait: bool) -> Admission:
+        return self._link.admit(count, wait=wait, model=self._index)
+
+    def release(self, admission: Admission) -> None:
+        self._link.release(admission)
+
+    def submit(
+        self,
+        inputs: Sequence[TokenizedInput],
+        *,
+        raw: bool,
+        deadline: float | None,
+        admission: Admission | None = None,
+        interactive: bool = False,
+        traceparent: str = "",
+    ) -> Submission:
+        return self._link.submit(inputs, raw=raw, deadline=deadline, admission=admission, interactive=interactive,
+                                 traceparent=traceparent, model=self._index)
+
+    def abort(self, submission: Submission) -> None:
+        self._link.abort(submission)
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass  # the link closes with the first model's handle

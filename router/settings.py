@@ -2,11 +2,46 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from embedserve.proto.gen_pb import config_pb2
 from embedserve.router.bind import resolve_bind_hosts
 from embedserve.router.lanes import LanePolicy
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """One served model's own settings (RouterConfig.models); every other
+    RouterSettings field is the server's, shared by all models."""
+
+    name: str
+    model_id: str
+    backend_sockets: tuple[str, ...]
+    revision: str | None
+    pooling: str
+    max_concurrent_requests: int
+    max_batch_tokens: int
+    max_batch_requests: int | None
+    max_input_length: int
+    position_offset: int
+    default_prompt: str | None
+    prompts: dict[str, str]
+    model_type: str
+    id2label: dict[str, str]
+    label2id: dict[str, int]
+
+    @classmethod
+    def from_proto(cls, model: config_pb2.ServedModel) -> ModelSettings:
+        return cls(
+            name=model.name or model.model_id, model_id=model.model_id, backend_sockets=tuple(model.backend_sockets),
+            revision=model.revision if model.HasField("revision") else None, pooling=model.pooling,
+            max_concurrent_requests=model.max_concurrent_requests, max_batch_tokens=model.max_batch_tokens,
+            max_batch_requests=model.max_batch_requests or None, max_input_length=model.max_input_length,
+            position_offset=model.position_offset,
+            default_prompt=model.default_prompt if model.HasField("default_prompt") else None,
+            prompts=dict(model.prompts), model_type=model.model_type or "embedding", id2label=dict(model.id2label),
+            label2id=dict(model.label2id),
+        )
 
 
 @dataclass(frozen=True)
@@ -65,6 +100,24 @@ class RouterSettings:
     otlp_endpoint: str | None = None
     otlp_service_name: str = "text-embeddings-inference.server"
     disable_spans: bool = False
+    # Every served model, the first the default; empty: the one model the
+    # per-model fields above describe.
+    models: tuple[ModelSettings, ...] = ()
+
+    def model_views(self) -> list[RouterSettings]:
+        """One view per served model, in order: these settings with that model's
+        own fields. Each model's operations read only their view."""
+        if not self.models:
+            return [self]
+        return [
+            replace(self, model_id=m.model_id, served_model_name=m.name, backend_sockets=m.backend_sockets,
+                    revision=m.revision, pooling=m.pooling, max_concurrent_requests=m.max_concurrent_requests,
+                    max_batch_tokens=m.max_batch_tokens, max_batch_requests=m.max_batch_requests,
+                    max_input_length=m.max_input_length, position_offset=m.position_offset,
+                    default_prompt=m.default_prompt, prompts=m.prompts, model_type=m.model_type,
+                    id2label=m.id2label, label2id=m.label2id, models=())
+            for m in self.models
+        ]
 
     @property
     def lane_policy(self) -> LanePolicy:
@@ -125,4 +178,5 @@ class RouterSettings:
             otlp_endpoint=config.otlp_endpoint if config.HasField("otlp_endpoint") else None,
             otlp_service_name=config.otlp_service_name,
             disable_spans=config.disable_spans,
+            models=tuple(ModelSettings.from_proto(model) for model in config.models),
         )

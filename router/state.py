@@ -6,32 +6,27 @@ Built in the app's lifespan; no module-level state anywhere in the router.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from embedserve.router.backend_client import BackendClient
 from embedserve.router.infer import Inference
-from embedserve.router.metrics import Metrics
+from embedserve.router.metrics import Metrics, render_models
 from embedserve.router.operations import Operations
 from embedserve.router.queue_handle import QueueHandle
 from embedserve.router.remote_queue import RemoteQueueHandle
+from embedserve.router.served_model import BackendFacts, ModelRegistry, ServedModel
 from embedserve.router.settings import RouterSettings
 from embedserve.tokenizer_pool.pool import TokenizerPool
 
-
-@dataclass(frozen=True)
-class BackendFacts:
-    """What the backends told the router at start (all backends agree)."""
-
-    hidden_size: int
-    dtype: str
-    backend: str
-    is_padded: bool
-    max_batch_size: int | None
+__all__ = ["AppState", "BackendFacts"]
 
 
 @dataclass
 class AppState:
+    # The server's settings; `metrics` to `operations` are the default model's
+    # (the only one, unless several are served: `models` has them all).
     settings: RouterSettings
     metrics: Metrics
     tokenizers: TokenizerPool
@@ -51,13 +46,28 @@ class AppState:
     # Limits of the bodies still arriving. Such a request is not in flight yet, so
     # the drain ends its wait at once instead of holding SIGTERM for a slow upload.
     body_reads: set[asyncio.Timeout] = field(default_factory=set)
+    # Every served model by name; None: the one model above.
+    models: ModelRegistry = None  # type: ignore[assignment]
+    # The link to the queue owner process (--router-workers >= 2); None: the queues are here.
+    owner_link: RemoteQueueHandle | None = None
+    # Unix time the router started serving: /v1/models' `created`.
+    started_at: int = field(default_factory=lambda: int(time.time()))
+
+    def __post_init__(self) -> None:
+        if self.models is None:
+            self.models = ModelRegistry([ServedModel(
+                0, self.settings.served_model_name, self.settings, self.metrics, self.backends, self.facts,
+                self.queue, self.inference, self.operations)])
 
     async def render_metrics(self) -> str:
         """/metrics: server-wide totals; with several router processes, every
-        process's counters merged by the queue owner."""
-        if isinstance(self.queue, RemoteQueueHandle):
-            return await self.queue.server_metrics(self.settings.max_input_length)
-        return self.metrics.render()
+        process's counters merged by the queue owner. With several models, every
+        series carries a `model` label."""
+        if self.owner_link is not None:
+            parts = await self.owner_link.server_metrics([m.settings.max_input_length for m in self.models])
+        else:
+            parts = [m.metrics for m in self.models]
+        return render_models([(m.name, part) for m, part in zip(self.models, parts)])
 
     def begin_drain(self) -> None:
         if self.draining:

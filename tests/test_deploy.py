@@ -377,7 +377,7 @@ def test_every_manifest_is_schema_valid(release: Release) -> None:
 
 def test_service_monitor_is_the_only_custom_kind(release: Release) -> None:
     kinds = {m["kind"] for _, m in release.manifests}
-    assert kinds <= {"Deployment", "Service", "ServiceAccount", "Secret", "PersistentVolumeClaim",
+    assert kinds <= {"Deployment", "Service", "ServiceAccount", "Secret", "ConfigMap", "PersistentVolumeClaim",
                      "HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceMonitor", "Pod"}
 
 
@@ -995,3 +995,45 @@ def test_docker_context_holds_what_the_build_copies(flavor: str) -> None:
                 source = source.rstrip("/")
                 assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
                 assert source in allowed, f"COPY {source}: excluded by the .dockerignore"
+
+
+# ---------------------------------------------------------------- several models (issue 15)
+
+
+def test_models_render_a_config_file_the_launcher_reads(chart: helm.Chart, tmp_path: Path) -> None:
+    from embedserve.router.models_config import parse_models_config
+
+    release = render(chart, "multimodel")
+    args = server_args(release)
+    assert args.model_id is None and args.models_config
+    configmap = release.one("ConfigMap")
+    entries = parse_models_config(yaml.safe_load(configmap["data"]["models.yaml"]))
+    assert [(e.model_id, e.name) for e in entries] == [(m["model_id"], m.get("name", m["model_id"]))
+                                                       for m in release.merged["models"]]
+    assert entries[1].model_args(args).max_batch_tokens == 8192
+    # The file is where the flag says, from that ConfigMap, read-only.
+    mount = mount_for(release.server, args.models_config)
+    assert mount is not None and mount["readOnly"] is True
+    assert volume(release.pod_spec, mount["name"])["configMap"]["name"] == configmap["metadata"]["name"]
+    assert "checksum/models" in release.deployment["spec"]["template"]["metadata"]["annotations"]
+
+
+def test_no_models_keeps_the_single_model_chart(chart: helm.Chart) -> None:
+    release = render(chart, "default")
+    assert not release.all("ConfigMap")
+    assert server_args(release).models_config is None
+
+
+@pytest.mark.parametrize(("values", "complaint"), [
+    ({"models": [{"name": "x"}]}, "model_id"),
+    ({"models": [{"model_id": "a", "port": 80}]}, "port"),
+    ({"models": [{"model_id": "a", "pooling": "max"}]}, "/models/0/pooling"),
+])
+def test_schema_checks_model_entries(chart: helm.Chart, values: dict[str, Any], complaint: str) -> None:
+    with pytest.raises(helm.HelmValuesError, match=re.escape(complaint)):
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+
+
+def test_models_and_a_single_model_id_are_exclusive(chart: helm.Chart) -> None:
+    with pytest.raises(helm.HelmRenderError, match="models and server.modelId"):
+        chart.render({"models": [{"model_id": "a"}], "server": {"modelId": "b"}}, name=RELEASE, namespace=NAMESPACE)

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from functools import partial
@@ -20,7 +21,7 @@ import msgspec
 
 from embedserve.proto.codec import unpack_u32
 from embedserve.proto.frames import FrameProtocol
-from embedserve.tokenizer_pool.encoder import EncodeError, Encoder, EncoderInput, TextPair
+from embedserve.tokenizer_pool.encoder import EncodeError, Encoder, EncoderInput, TextPair, UnknownModelError, encoder_for
 from embedserve.tokenizer_pool.frames import EncodeCall, EncodeResult, ErrorKind, IdInput, WireInput
 
 logger = logging.getLogger("tokenizer_pool")
@@ -41,7 +42,8 @@ class _Job:
 class EncodeService:
     """Runs the encode calls of all connections on the worker's one tokenizer thread."""
 
-    encoder: Encoder
+    # One per model, in TokenizerConfig.models order; a call names its model's index.
+    encoders: Sequence[Encoder]
     thread: Executor
     _waiting: list[_Job] = field(default_factory=list)
     _running: bool = False
@@ -101,10 +103,14 @@ class EncodeService:
 
     def _answer(self, call: EncodeCall) -> EncodeResult:
         try:
+            encoder = encoder_for(self.encoders, call.model)
             inputs = [_encoder_input(item) for item in call.inputs]
-            packed = self.encoder.encode_packed(inputs, call.truncate, "left" if call.truncate_left else "right", call.prompt)
+            packed = encoder.encode_packed(inputs, call.truncate, "left" if call.truncate_left else "right", call.prompt)
         except EncodeError as exc:
             return EncodeResult(call.id, error_kind=ErrorKind.INVALID_INPUT, error=str(exc))
+        except UnknownModelError as exc:
+            logger.error("%s", exc)
+            return EncodeResult(call.id, error_kind=ErrorKind.TOKENIZER_FAILED, error=str(exc))
         except Exception as exc:  # tokenizers raises plain Exceptions on odd input
             logger.exception("tokenizer failed")
             return EncodeResult(call.id, error_kind=ErrorKind.TOKENIZER_FAILED, error=f"tokenizer error {exc}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -19,7 +19,10 @@ from embedserve.tokenizer_pool.run_cache import RunCache
 # The wire's uint32 buffers are little-endian; array("I") writes native order.
 assert array("I").itemsize == 4 and sys.byteorder == "little", "encode_packed assumes little-endian uint32"
 
-__all__ = ["Direction", "EncodeError", "EncodedInput", "Encoder", "EncoderInput", "PackedEncodings", "TextPair", "TokenColumns"]
+__all__ = [
+    "Direction", "EncodeError", "EncodedInput", "Encoder", "EncoderInput", "PackedEncodings", "TextPair", "TokenColumns",
+    "UnknownModelError", "encoder_for",
+]
 
 Direction = Literal["right", "left"]
 
@@ -231,6 +234,20 @@ class Encoder:
         else:
             self._tokenizer.enable_truncation(self.max_input_length, strategy="longest_first", direction=direction)
         self._truncation = wanted
+
+
+class UnknownModelError(Exception):
+    """A call names a model index the worker does not serve: the router and the
+    worker were configured apart, a bug, answered as a tokenizer failure."""
+
+
+def encoder_for(encoders: Sequence[Encoder], model: int) -> Encoder:
+    """The encoder of `model`, an index into the worker's TokenizerConfig.models."""
+    if not 0 <= model < len(encoders):
+        raise UnknownModelError(
+            f"tokenizer worker has no model {model}: it serves {len(encoders)} model(s). This is a bug."
+        )
+    return encoders[model]
 
 
 def _byte_offsets(text: str) -> Callable[[int], int]:

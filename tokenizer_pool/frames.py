@@ -42,6 +42,10 @@ class EncodeCall(msgspec.Struct, array_like=True, gc=False):
     truncate: bool
     truncate_left: bool
     prompt: str | None
+    # The model's index in the worker's TokenizerConfig.models. Last, with a
+    # default: a frame from a one-model router decodes the same. (msgspec writes
+    # array-like defaults anyway; a 0 costs one byte.)
+    model: int = 0
 
 
 class ErrorKind(IntEnum):

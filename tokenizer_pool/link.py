@@ -52,8 +52,11 @@ class EncodeLink:
     def in_flight(self) -> int:
         return len(self._pending) + self._connect_waiters
 
-    async def call(self, inputs: list[WireInput], truncate: bool, truncate_left: bool, prompt: str | None) -> EncodeResult:
-        """The worker's answer; raises LinkDown when it is unreachable or dies first."""
+    async def call(
+        self, inputs: list[WireInput], truncate: bool, truncate_left: bool, prompt: str | None, model: int = 0
+    ) -> EncodeResult:
+        """The worker's answer for `model` (its index in the worker's models); raises
+        LinkDown when the worker is unreachable or dies first."""
         if self._protocol is None:
             self._connect_waiters += 1
             try:
@@ -67,7 +70,7 @@ class EncodeLink:
         self._pending[call_id] = answer
         if not self._outbox:
             loop.call_soon(self._flush)
-        self._outbox.append(EncodeCall(call_id, inputs, truncate, truncate_left, prompt))
+        self._outbox.append(EncodeCall(call_id, inputs, truncate, truncate_left, prompt, model))
         try:
             return await answer
         finally:

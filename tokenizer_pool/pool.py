@@ -1,9 +1,13 @@
 """Router-side client of the tokenizer workers.
 
-Each call goes to the worker with the fewest calls in flight, so one slow request
-(a huge text) does not hold up others queued behind it on the same worker.
-TEI's character guard is applied here, before anything is sent: an over-long
-input is refused (or cut) without occupying a worker.
+One pool of workers serves every model of the server: `TokenizerPool` owns the
+workers (choice, health, shutdown) and `pool.model(i)` is model i's
+`ModelTokenizer` (encode, tokenize, decode), whose calls carry the model's index.
+
+Each call goes to the worker with the fewest calls in flight, of any model, so
+one slow request (a huge text) does not hold up others queued behind it on the
+same worker. TEI's character guard is applied here, per model, before anything
+is sent: an over-long input is refused (or cut) without occupying a worker.
 
 Encode, the per-request hop, goes over each worker's encode link (link.py:
 msgpack frames that carry every call of an event-loop iteration at once);
@@ -13,7 +17,7 @@ msgpack frames that carry every call of an event-loop iteration at once);
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
@@ -71,10 +75,17 @@ FORMATS = {"json": tokenizer_pb2.TOKENIZE_FORMAT_JSON, "tei": tokenizer_pb2.TOKE
 
 
 class TokenizerPool:
-    def __init__(self, socket_paths: list[str], max_input_length: int) -> None:
+    """The router's handle on the tokenizer workers, shared by every model the server
+    serves: each worker tokenizes for all of them. Per-model calls go through
+    `model(index)`; worker choice, health and shutdown are the pool's."""
+
+    def __init__(self, socket_paths: list[str], max_input_lengths: Sequence[int]) -> None:
         if not socket_paths:
             raise ValueError("a tokenizer pool needs at least one worker socket")
-        self.character_limit = character_limit(max_input_length)
+        if not max_input_lengths:
+            raise ValueError("a tokenizer pool needs at least one model")
+        # One per model, in the workers' TokenizerConfig.models order.
+        self._models = [ModelTokenizer(self, index, length) for index, length in enumerate(max_input_lengths)]
         # A restarted worker is back within a second: reconnect quickly. Answers are
         # not capped: one input's /tokenize result, legal under the character limit,
         # can pass 64 MB of JSON on a long-context model (~60 bytes per token).
@@ -92,22 +103,15 @@ class TokenizerPool:
     def size(self) -> int:
         return len(self._stubs)
 
-    async def encode(
-        self,
-        inputs: list[Input],
-        truncate: bool,
-        direction: Literal["right", "left"],
-        prompt: str | None,
-    ) -> list[Encoding]:
-        wire = [_wire_input(self._bounded(item, truncate, prompt)) for item in inputs]
-        result = await self._encode_call(wire, truncate, direction == "left", prompt)
-        if result.error_kind == ErrorKind.INVALID_INPUT:
-            raise InvalidInputError(result.error)
-        if result.error_kind != ErrorKind.NONE:
-            raise TokenizerFailedError(result.error)
-        return _encodings(result, len(inputs))
+    def model(self, index: int) -> ModelTokenizer:
+        """The calls of the model at `index` (its position in the workers' models)."""
+        if not 0 <= index < len(self._models):
+            raise IndexError(f"the tokenizer pool serves {len(self._models)} model(s), not model {index}")
+        return self._models[index]
 
-    async def _encode_call(self, wire: list[WireInput], truncate: bool, left: bool, prompt: str | None) -> EncodeResult:
+    async def _encode_call(
+        self, model: int, wire: list[WireInput], truncate: bool, left: bool, prompt: str | None
+    ) -> EncodeResult:
         """One worker's answer: the least busy one that can be reached. A call that
         never reached a worker moves on to the next; one lost with its worker is a 503."""
         tried: list[int] = []
@@ -117,12 +121,91 @@ class TokenizerPool:
             if worker is None:
                 raise TokenizerUnavailableError(f"tokenizer worker unavailable: {reason}")
             try:
-                return await self._links[worker].call(wire, truncate, left, prompt)
+                return await self._links[worker].call(wire, truncate, left, prompt, model)
             except LinkDown as exc:
                 if exc.sent:
                     raise TokenizerUnavailableError(f"tokenizer worker unavailable: {exc.reason}") from exc
                 reason = exc.reason
                 tried.append(worker)
+
+    async def _tokenize_call(self, request: tokenizer_pb2.TokenizeRequest) -> list[bytes]:
+        with self._grpc_worker() as worker:
+            return [result.tokens async for result in self._stubs[worker].Tokenize(request)]
+
+    async def _call(self, method: str, request: Message) -> Message:
+        with self._grpc_worker() as worker:
+            response: Message = await getattr(self._stubs[worker], method)(request)
+        return response
+
+    @contextmanager
+    def _grpc_worker(self) -> Iterator[int]:
+        """The least busy worker for a gRPC call: counted in flight while the block
+        runs, its gRPC errors turned into the pool's."""
+        worker = self._any_worker()
+        self._in_flight[worker] += 1
+        try:
+            yield worker
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc) from exc
+        finally:
+            self._in_flight[worker] -= 1
+
+    def in_flight(self, worker: int) -> int:
+        """Calls the router has sent to `worker` and not yet had answered, all models'."""
+        return self._in_flight[worker] + self._links[worker].in_flight
+
+    def _least_busy(self, excluding: list[int] | None = None) -> int | None:
+        """Fewest calls in flight (of every model: one model's backlog sends the
+        others' calls to the less busy workers), workers whose last connect failed last."""
+        candidates = [i for i in range(len(self._stubs)) if not excluding or i not in excluding]
+        if not candidates:
+            return None
+        return min(candidates, key=lambda i: (self._links[i].down, self.in_flight(i)))
+
+    def _any_worker(self) -> int:
+        worker = self._least_busy()
+        assert worker is not None  # a pool has at least one worker
+        return worker
+
+    async def health(self, timeout_s: float = 2.0) -> bool:
+        try:
+            await asyncio.gather(
+                *(stub.Health(tokenizer_pb2.HealthRequest(), timeout=timeout_s) for stub in self._stubs)
+            )
+        except grpc.aio.AioRpcError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        for link in self._links:
+            link.close()
+        await asyncio.gather(*(channel.close() for channel in self._channels))
+
+
+class ModelTokenizer:
+    """One model's tokenizer calls, sent to the pool's shared workers with the
+    model's index. TEI's character guard is the model's: it is applied here."""
+
+    def __init__(self, pool: TokenizerPool, index: int, max_input_length: int) -> None:
+        self._pool = pool
+        self.index = index
+        self.max_input_length = max_input_length
+        self.character_limit = character_limit(max_input_length)
+
+    async def encode(
+        self,
+        inputs: list[Input],
+        truncate: bool,
+        direction: Literal["right", "left"],
+        prompt: str | None,
+    ) -> list[Encoding]:
+        wire = [_wire_input(self._bounded(item, truncate, prompt)) for item in inputs]
+        result = await self._pool._encode_call(self.index, wire, truncate, direction == "left", prompt)
+        if result.error_kind == ErrorKind.INVALID_INPUT:
+            raise InvalidInputError(result.error)
+        if result.error_kind != ErrorKind.NONE:
+            raise TokenizerFailedError(result.error)
+        return _encodings(result, len(inputs))
 
     async def tokenize(
         self, inputs: list[str], add_special_tokens: bool, prompt: str | None, token_format: TokenFormat
@@ -137,10 +220,10 @@ class TokenizerPool:
             # /tokenize never truncates: over the limit is always a refusal.
             self._check(len(prompt or "") + len(item))
         request = tokenizer_pb2.TokenizeRequest(
-            inputs=inputs, add_special_tokens=add_special_tokens, prompt=prompt, format=FORMATS[token_format]
+            inputs=inputs, add_special_tokens=add_special_tokens, prompt=prompt, format=FORMATS[token_format],
+            model=self.index,
         )
-        with self._grpc_worker() as worker:
-            results = [result.tokens async for result in self._stubs[worker].Tokenize(request)]
+        results = await self._pool._tokenize_call(request)
         if len(results) != len(inputs):
             raise TokenizerFailedError(
                 f"tokenizer worker returned {len(results)} results for {len(inputs)} inputs. This is a bug."
@@ -148,8 +231,10 @@ class TokenizerPool:
         return results
 
     async def decode(self, id_lists: list[list[int]], skip_special_tokens: bool) -> list[str]:
-        request = tokenizer_pb2.DecodeRequest(ids=[pack_u32(ids) for ids in id_lists], skip_special_tokens=skip_special_tokens)
-        response: tokenizer_pb2.DecodeResponse = await self._call("Decode", request)
+        request = tokenizer_pb2.DecodeRequest(
+            ids=[pack_u32(ids) for ids in id_lists], skip_special_tokens=skip_special_tokens, model=self.index
+        )
+        response: tokenizer_pb2.DecodeResponse = await self._pool._call("Decode", request)
         return list(response.texts)
 
     def _bounded(self, item: Input, truncate: bool, prompt: str | None) -> Input:
@@ -176,54 +261,6 @@ class TokenizerPool:
             check_characters(characters, self.character_limit if limit is None else limit)
         except EncodeError as exc:
             raise InvalidInputError(str(exc)) from exc
-
-    async def _call(self, method: str, request: Message) -> Message:
-        with self._grpc_worker() as worker:
-            response: Message = await getattr(self._stubs[worker], method)(request)
-        return response
-
-    @contextmanager
-    def _grpc_worker(self) -> Iterator[int]:
-        """The least busy worker for a gRPC call: counted in flight while the block
-        runs, its gRPC errors turned into the pool's."""
-        worker = self._any_worker()
-        self._in_flight[worker] += 1
-        try:
-            yield worker
-        except grpc.aio.AioRpcError as exc:
-            raise _translate(exc) from exc
-        finally:
-            self._in_flight[worker] -= 1
-
-    def in_flight(self, worker: int) -> int:
-        """Calls the router has sent to `worker` and not yet had answered."""
-        return self._in_flight[worker] + self._links[worker].in_flight
-
-    def _least_busy(self, excluding: list[int] | None = None) -> int | None:
-        """Fewest calls in flight, workers whose last connect failed last."""
-        candidates = [i for i in range(len(self._stubs)) if not excluding or i not in excluding]
-        if not candidates:
-            return None
-        return min(candidates, key=lambda i: (self._links[i].down, self.in_flight(i)))
-
-    def _any_worker(self) -> int:
-        worker = self._least_busy()
-        assert worker is not None  # a pool has at least one worker
-        return worker
-
-    async def health(self, timeout_s: float = 2.0) -> bool:
-        try:
-            await asyncio.gather(
-                *(stub.Health(tokenizer_pb2.HealthRequest(), timeout=timeout_s) for stub in self._stubs)
-            )
-        except grpc.aio.AioRpcError:
-            return False
-        return True
-
-    async def close(self) -> None:
-        for link in self._links:
-            link.close()
-        await asyncio.gather(*(channel.close() for channel in self._channels))
 
 
 def _wire_input(item: Input) -> WireInput:

@@ -129,15 +129,22 @@ class GrpcFrontend:
 
     async def _update_health(self) -> None:
         state = self._state
-        results = await asyncio.gather(*(backend.health() for backend in state.backends))
-        healthy = any(results) and not state.draining
+        # A service serves while a model of a type that has it is healthy; the
+        # server ("") while every model is.
+        healthy_models = []
+        for model in state.models:
+            results = await asyncio.gather(*(backend.health() for backend in model.backends))
+            if any(results) and not state.draining:
+                healthy_models.append(model)
+        healthy = len(healthy_models) == len(state.models)
         serving = health_pb2.HealthCheckResponse.SERVING
         not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
-        model_services = SERVICES_BY_MODEL_TYPE.get(state.settings.model_type, ())
+        model_services = {name for model in healthy_models
+                          for name in SERVICES_BY_MODEL_TYPE.get(model.settings.model_type, ())}
         for name, full_name in SERVICES.items():
             if name in ("Info", "Tokenize"):
                 status = serving  # these need no backend
             else:
-                status = serving if healthy and name in model_services else not_serving
+                status = serving if name in model_services else not_serving
             await self._health.set(full_name, status)
         await self._health.set("", serving if healthy else not_serving)

@@ -24,6 +24,8 @@ from embedserve.router.infer import ResponseMetadata
 from embedserve.router.infer import CallLimits
 from embedserve.router.lanes import PRIORITY_HEADER, parse_priority
 from embedserve.router.operations import Truncation
+from embedserve.router.metrics import Metrics
+from embedserve.router.served_model import MODEL_HEADER, ServedModel
 from embedserve.router.version import VERSION
 from embedserve.router.state import AppState
 
@@ -38,6 +40,8 @@ STATUS_BY_ERROR_TYPE = {
     "Validation": grpc.StatusCode.INVALID_ARGUMENT,
     "Tokenizer": grpc.StatusCode.FAILED_PRECONDITION,
     "Empty": grpc.StatusCode.INVALID_ARGUMENT,
+    # embedserve's own: the x-model metadata names no served model.
+    "NotFound": grpc.StatusCode.NOT_FOUND,
 }
 
 MODEL_TYPES = {
@@ -75,8 +79,21 @@ class _Service:
     def __init__(self, state: AppState) -> None:
         self._state = state
 
+    def _model(self, context: grpc.aio.ServicerContext) -> ServedModel:
+        """The model the `x-model` metadata names; none: the default model."""
+        for key, value in context.invocation_metadata() or ():
+            if key == MODEL_HEADER:
+                return self._state.models.named(value if isinstance(value, str) else value.decode("latin-1"))
+        return self._state.models.default
+
+    def _metrics(self, context: grpc.aio.ServicerContext) -> Metrics:
+        try:
+            return self._model(context).metrics
+        except EmbedServeError:
+            return self._state.models.default.metrics
+
     async def _abort(self, context: grpc.aio.ServicerContext, exc: EmbedServeError) -> NoReturn:
-        self._state.metrics.request_failure.inc(err=exc.metric_label)
+        self._metrics(context).request_failure.inc(err=exc.metric_label)
         tracing.current_failed(exc.message)
         await context.abort(STATUS_BY_ERROR_TYPE.get(exc.error_type, grpc.StatusCode.INTERNAL), exc.message)
         raise AssertionError("context.abort returned")  # it always raises
@@ -91,9 +108,9 @@ class _Service:
                 break
         return CallLimits(wait_for_permit=wait, priority=priority)
 
-    def _count_dropped(self) -> None:
+    def _count_dropped(self, context: grpc.aio.ServicerContext) -> None:
         # One per request (per stream item), as HTTP counts a client that left.
-        self._state.metrics.request_failure.inc(err="dropped")
+        self._metrics(context).request_failure.inc(err="dropped")
 
     async def _unary(self, context: grpc.aio.ServicerContext, work: Awaitable[Outcome], span_name: str) -> Any:
         """`span_name`: the request span's, TEI's method name (proto/tracing)."""
@@ -109,7 +126,7 @@ class _Service:
         except EmbedServeError as exc:
             await self._abort(context, exc)
         except asyncio.CancelledError:
-            self._count_dropped()  # the client cancelled or left
+            self._count_dropped(context)  # the client cancelled or left
             raise
         if meta is not None:
             # TEI sends its x-* timing headers as gRPC metadata on unary calls too.
@@ -136,7 +153,7 @@ class _Service:
 
         def count_if_dropped(item: asyncio.Future[Outcome]) -> None:
             if item.cancelled():
-                self._count_dropped()
+                self._count_dropped(context)
 
         async def read() -> None:
             async for request in requests:
@@ -209,12 +226,15 @@ def _prompt_name(message: Any) -> str | None:
 
 class InfoService(_Service, tei_pb2_grpc.InfoServicer):
     async def Info(self, request: tei_pb2.InfoRequest, context: grpc.aio.ServicerContext) -> tei_pb2.InfoResponse:
-        state = self._state
-        settings = state.settings
+        try:
+            model = self._model(context)
+        except EmbedServeError as exc:
+            await self._abort(context, exc)
+        settings = model.settings
         response = tei_pb2.InfoResponse(
             version=VERSION,
             model_id=settings.model_id,
-            model_dtype=state.facts.dtype,
+            model_dtype=model.facts.dtype,
             model_type=MODEL_TYPES[settings.model_type],
             max_concurrent_requests=settings.max_concurrent_requests,
             max_input_length=settings.max_input_length,
@@ -224,14 +244,14 @@ class InfoService(_Service, tei_pb2_grpc.InfoServicer):
         )
         if settings.revision is not None:
             response.model_sha = settings.revision
-        if state.queue.max_batch_requests is not None:
-            response.max_batch_requests = state.queue.max_batch_requests
+        if model.queue.max_batch_requests is not None:
+            response.max_batch_requests = model.queue.max_batch_requests
         return response
 
 
 class EmbedService(_Service, tei_pb2_grpc.EmbedServicer):
     async def _embed(self, request: tei_pb2.EmbedRequest, context: grpc.aio.ServicerContext, wait: bool) -> Outcome:
-        result = await self._state.operations.embed_pooled(
+        result = await self._model(context).operations.embed_pooled(
             request.inputs,
             _truncation(request),
             _prompt_name(request),
@@ -244,7 +264,7 @@ class EmbedService(_Service, tei_pb2_grpc.EmbedServicer):
         return response, result.metadata
 
     async def _embed_sparse(self, request: tei_pb2.EmbedSparseRequest, context: grpc.aio.ServicerContext, wait: bool) -> Outcome:
-        result = await self._state.operations.embed_sparse(
+        result = await self._model(context).operations.embed_sparse(
             request.inputs, _truncation(request), _prompt_name(request), self._limits(context, wait)
         )
         values = [tei_pb2.SparseValue(index=i, value=v) for i, v in result.weights[0]]
@@ -253,7 +273,7 @@ class EmbedService(_Service, tei_pb2_grpc.EmbedServicer):
         )
 
     async def _embed_all(self, request: tei_pb2.EmbedAllRequest, context: grpc.aio.ServicerContext, wait: bool) -> Outcome:
-        result = await self._state.operations.embed_all(
+        result = await self._model(context).operations.embed_all(
             request.inputs, _truncation(request), _prompt_name(request), self._limits(context, wait)
         )
         tokens = [tei_pb2.TokenEmbedding(embeddings=row.tolist()) for row in np.asarray(result.matrices[0])]
@@ -289,7 +309,7 @@ class PredictService(_Service, tei_pb2_grpc.PredictServicer):
     async def _predict(
         self, inputs: str | list[str], request: _Truncatable, raw_scores: bool, context: grpc.aio.ServicerContext, wait: bool
     ) -> Outcome:
-        result = await self._state.operations.predict(
+        result = await self._model(context).operations.predict(
             inputs, _truncation(request), raw_scores, self._limits(context, wait)
         )
         predictions = [tei_pb2.Prediction(score=score, label=label) for score, label in result.ranked[0]]
@@ -341,7 +361,7 @@ class RerankService(_Service, tei_pb2_grpc.RerankServicer):
         direction: int,
     ) -> Outcome:
         # Rerank texts wait for permits, as in TEI, rather than failing the call.
-        result = await self._state.operations.rerank(
+        result = await self._model(context).operations.rerank(
             pairs, Truncation(truncate, _direction(direction)), raw_scores, self._limits(context, wait=True),
             is_batch=len(pairs) != 1,
         )
@@ -370,27 +390,27 @@ class RerankService(_Service, tei_pb2_grpc.RerankServicer):
 
 
 class TokenizeService(_Service, tei_pb2_grpc.TokenizeServicer):
-    async def _tokenize(self, request: tei_pb2.EncodeRequest) -> Outcome:
-        [message] = await self._state.operations.tokenize(
+    async def _tokenize(self, request: tei_pb2.EncodeRequest, context: grpc.aio.ServicerContext) -> Outcome:
+        [message] = await self._model(context).operations.tokenize(
             [request.inputs], request.add_special_tokens, _prompt_name(request), "tei"
         )
         # The worker built the tei.v1 message; parsing it back is one C pass, not a Python loop per token.
         return tei_pb2.EncodeResponse.FromString(message), None
 
-    async def _decode(self, request: tei_pb2.DecodeRequest) -> Outcome:
-        [text] = await self._state.operations.decode([list(request.ids)], request.skip_special_tokens)
+    async def _decode(self, request: tei_pb2.DecodeRequest, context: grpc.aio.ServicerContext) -> Outcome:
+        [text] = await self._model(context).operations.decode([list(request.ids)], request.skip_special_tokens)
         return tei_pb2.DecodeResponse(text=text), None
 
     async def Tokenize(self, request: tei_pb2.EncodeRequest, context: grpc.aio.ServicerContext) -> Any:
-        return await self._unary(context, self._tokenize(request), "tokenize")
+        return await self._unary(context, self._tokenize(request, context), "tokenize")
 
     async def TokenizeStream(self, requests: AsyncIterator[tei_pb2.EncodeRequest], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        async for response in self._stream(requests, context, self._tokenize, "tokenize_stream"):
+        async for response in self._stream(requests, context, lambda r: self._tokenize(r, context), "tokenize_stream"):
             yield response
 
     async def Decode(self, request: tei_pb2.DecodeRequest, context: grpc.aio.ServicerContext) -> Any:
-        return await self._unary(context, self._decode(request), "decode")
+        return await self._unary(context, self._decode(request, context), "decode")
 
     async def DecodeStream(self, requests: AsyncIterator[tei_pb2.DecodeRequest], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        async for response in self._stream(requests, context, self._decode, "decode_stream"):
+        async for response in self._stream(requests, context, lambda r: self._decode(r, context), "decode_stream"):
             yield response

@@ -1,8 +1,8 @@
 """Entry point of the queue owner process: `python -m router.owner owner`, its
 RouterConfig on stdin (proto/child.py); --router-workers >= 2 only.
 
-It connects to the backends, runs the one token-budget queue and its dispatch,
-holds the server-wide permits, and serves the fronts on `owner_socket`. On
+It connects to the backends, runs each served model's token-budget queue and
+its dispatch, holds each model's permits, and serves the fronts on `owner_socket`. On
 SIGTERM (or once the launcher is gone) it keeps serving the fronts that are
 still connected, which drain first, for at most the graceful timeout plus a
 margin, then stops.
@@ -35,11 +35,18 @@ async def serve(settings: RouterSettings) -> None:
     from embedserve.router.metrics import Metrics
     from embedserve.router.owner.service import OwnerService
 
-    metrics = Metrics(settings.max_input_length)
-    backends, facts, max_batch_requests = await connect_backends(settings)
-    owner = build_queue_owner(settings, backends, facts, max_batch_requests, metrics)
-    service = OwnerService(owner, Permits(settings.max_concurrent_requests), metrics, settings.max_input_length)
-    owner.start()
+    views = settings.model_views()
+    owners, permits, metrics, backends = [], [], [], []
+    for view in views:
+        model_metrics = Metrics(view.max_input_length)
+        model_backends, facts, max_batch_requests = await connect_backends(view)
+        owners.append(build_queue_owner(view, model_backends, facts, max_batch_requests, model_metrics))
+        permits.append(Permits(view.max_concurrent_requests))
+        metrics.append(model_metrics)
+        backends.extend(model_backends)
+    service = OwnerService(owners, permits, metrics, [view.max_input_length for view in views])
+    for owner in owners:
+        owner.start()
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -51,8 +58,9 @@ async def serve(settings: RouterSettings) -> None:
     if os.path.exists(path):
         os.unlink(path)
     server = await loop.create_unix_server(service.new_connection, path)
-    logger.info("queue owner ready on %s: %d backend(s), max_batch_tokens=%d, max_concurrent_requests=%d",
-                path, len(backends), settings.max_batch_tokens, settings.max_concurrent_requests)
+    logger.info("queue owner ready on %s: %d model(s), %d backend(s), max_batch_tokens=%s, max_concurrent_requests=%s",
+                path, len(views), len(backends), "/".join(str(v.max_batch_tokens) for v in views),
+                "/".join(str(v.max_concurrent_requests) for v in views))
     await stop.wait()
     # Fronts still connected are draining: their accepted requests still need the queue.
     try:
@@ -60,7 +68,7 @@ async def serve(settings: RouterSettings) -> None:
     except TimeoutError:
         logger.warning("fronts still connected after the graceful timeout; stopping anyway")
     server.close()
-    await owner.stop()
+    await asyncio.gather(*(owner.stop() for owner in owners))
     await asyncio.gather(*(backend.close() for backend in backends))
     if os.path.exists(path):
         os.unlink(path)

@@ -1,8 +1,8 @@
 """The queue owner's side of every front's link: admission, submit, abort,
 results, metrics (router/owner_link.py has the messages).
 
-The owner runs the one `QueueOwner` (token-budget queue + dispatcher) and the
-server-wide `Permits`. A front's entries go into the same queue as everyone's;
+The owner runs one `QueueOwner` (token-budget queue + dispatcher) and one
+`Permits` per served model; a message names its model by index. A front's entries go into the same queue as everyone's;
 each entry's future is a `RemoteSlot` that hands its result to the front's
 link, which packs everything finished in one iteration into one Results
 message. A front whose link drops loses its calls: their queued entries are
@@ -20,7 +20,7 @@ import numpy as np
 from embedserve.router.batch_queue import QueueEntry
 from embedserve.router.errors import BackendError, EmbedServeError, OverloadedError
 from embedserve.router.infer import Permits
-from embedserve.router.metrics import Metrics, merge, snapshot
+from embedserve.router.metrics import Metrics, merge_models, snapshot_models
 from embedserve.router.owner_link import (
     Abort,
     Admit,
@@ -87,6 +87,8 @@ class OwnerCall:
     id: int
     permits: int
     granted: asyncio.Future[bool] | None
+    # The served model whose queue and permits the call uses.
+    model: int = 0
     # Permits taken with the submit (no Admit before it).
     held: bool = False
     slots: list[RemoteSlot] = field(default_factory=list)
@@ -129,7 +131,9 @@ class FrontConnection:
             elif isinstance(message, Hello):
                 self.front_index = message.front_index
                 self._service.fronts.add(self)
-                self.link.send(Welcome(self._service.owner.queue.max_batch_requests))
+                owners = self._service.owners
+                self.link.send(Welcome(owners[0].queue.max_batch_requests,
+                                       [owner.queue.max_batch_requests or 0 for owner in owners]))
                 logger.info("front %d (pid %d) connected", message.front_index, message.pid)
             elif isinstance(message, Ready):
                 self.ready = True
@@ -137,13 +141,16 @@ class FrontConnection:
                 self.link.send(ProbeReply(self._service.ready_fronts()))
 
     def _admit(self, message: Admit) -> None:
-        granted = self._service.permits.request(message.count, wait=message.wait)
+        if not 0 <= message.model < len(self._service.owners):
+            self.link.send(Admitted(message.id, False))
+            return
+        granted = self._service.permits[message.model].request(message.count, wait=message.wait)
         if granted.done():
             if granted.result():
-                self.calls[message.id] = OwnerCall(self, message.id, message.count, granted)
+                self.calls[message.id] = OwnerCall(self, message.id, message.count, granted, message.model)
             self.link.send(Admitted(message.id, granted.result()))
             return
-        self.calls[message.id] = OwnerCall(self, message.id, message.count, granted)
+        self.calls[message.id] = OwnerCall(self, message.id, message.count, granted, message.model)
 
         def answer(future: asyncio.Future[bool], call_id: int = message.id) -> None:
             if not future.cancelled():
@@ -154,12 +161,17 @@ class FrontConnection:
     def _submit(self, message: Submit) -> None:
         call = self.calls.get(message.id)
         if call is None:
-            if message.admit and not self._service.permits.try_acquire(message.admit):
+            error: EmbedServeError | None = None
+            if not 0 <= message.model < len(self._service.owners):
+                error = BackendError(f"no served model {message.model}. This is a bug.")
+            elif message.admit and not self._service.permits[message.model].try_acquire(message.admit):
                 error = OverloadedError()
+            if error is not None:
                 self.link.send(Failed(message.id, list(range(len(message.lengths) // 4)), type(error).__name__,
                                       error.message))
                 return
-            call = self.calls[message.id] = OwnerCall(self, message.id, message.admit, None, held=message.admit > 0)
+            call = self.calls[message.id] = OwnerCall(self, message.id, message.admit, None, message.model,
+                                                      held=message.admit > 0)
         lengths = np.frombuffer(message.lengths, dtype=_U32)
         ids = np.frombuffer(message.input_ids, dtype=_U32)
         types = np.frombuffer(message.token_type_ids, dtype=_U32)
@@ -180,7 +192,7 @@ class FrontConnection:
             offset = end
         call.open_entries = len(entries)
         try:
-            self._service.owner.append(entries)
+            self._service.owners[call.model].append(entries)
         except RuntimeError as exc:
             self._fail_call(call, range(len(entries)), BackendError(str(exc)))
 
@@ -198,10 +210,11 @@ class FrontConnection:
         if withdraw:
             for slot in call.slots:
                 slot.cancel()
+        permits = self._service.permits[call.model]
         if call.granted is not None:
-            self._service.permits.withdraw(call.permits, call.granted)
+            permits.withdraw(call.permits, call.granted)
         elif call.held:
-            self._service.permits.release(call.permits)
+            permits.release(call.permits)
 
     # ---- outcomes from the dispatcher (through RemoteSlot)
 
@@ -257,11 +270,15 @@ class _Collection:
 
 
 class OwnerService:
-    def __init__(self, owner: QueueOwner, permits: Permits, metrics: Metrics, max_input_length: int) -> None:
-        self.owner = owner
+    """Per served model, in RouterConfig.models order: its queue owner, its
+    permits, its metrics (and the bucket layout's max input length)."""
+
+    def __init__(self, owners: list[QueueOwner], permits: list[Permits], metrics: list[Metrics],
+                 max_input_lengths: list[int]) -> None:
+        self.owners = owners
         self.permits = permits
         self.metrics = metrics
-        self._max_input_length = max_input_length
+        self._max_input_lengths = max_input_lengths
         self.fronts: set[FrontConnection] = set()
         self._connections = 0
         self._collections: dict[int, _Collection] = {}
@@ -293,7 +310,7 @@ class OwnerService:
     def collect_metrics(self, asker: FrontConnection, query_id: int) -> None:
         self._next_collection += 1
         collection_id = self._next_collection
-        collection = _Collection(asker, query_id, set(self.fronts), [snapshot(self.metrics)])
+        collection = _Collection(asker, query_id, set(self.fronts), [snapshot_models(self.metrics)])
         self._collections[collection_id] = collection
         for front in collection.waiting:
             front.link.send(MetricsCollect(collection_id))
@@ -316,7 +333,7 @@ class OwnerService:
             return
         if collection.timer is not None:
             collection.timer.cancel()
-        merged = Metrics(self._max_input_length)
+        merged = [Metrics(length) for length in self._max_input_lengths]
         for part in collection.parts:
-            merge(merged, part)
-        collection.asker.link.send(MetricsReply(collection.query_id, snapshot(merged)))
+            merge_models(merged, part)
+        collection.asker.link.send(MetricsReply(collection.query_id, snapshot_models(merged)))

@@ -25,6 +25,7 @@ from embedserve.router.errors import (
     ShuttingDownError,
     UnsupportedMediaError,
 )
+from embedserve.router.served_model import MODEL_HEADER, ServedModel
 from embedserve.router.state import AppState
 
 T = TypeVar("T")
@@ -47,6 +48,16 @@ def app_state(request: Request) -> AppState:
     return state
 
 
+# Where router/routes/asgi.py leaves the model a `/models/<name>/` prefix chose.
+MODEL_SCOPE_KEY = "embedserve.model"
+_MODEL_HEADER_KEY = MODEL_HEADER.encode()
+
+
+def request_model(request: Request) -> ServedModel:
+    """The model a Starlette-routed request chose (path prefix, else x-model, else the default)."""
+    return HttpCall.of(request).model
+
+
 @dataclass(slots=True)
 class HttpCall:
     """One HTTP request as the routes read it."""
@@ -56,10 +67,37 @@ class HttpCall:
     receive: Receive
     # perf_counter() time by which the request's inputs must have run, if any.
     deadline: float | None = None
+    # The model the request chose, once known (router/served_model.py).
+    chosen: ServedModel | None = None
 
     @classmethod
     def of(cls, request: Request) -> HttpCall:
         return cls(app_state(request), request.scope, request.receive)
+
+    @property
+    def model(self) -> ServedModel:
+        """The chosen model: by the path prefix, else the x-model header, else the
+        default. An unknown name raises ModelNotFoundError (404)."""
+        return self.choose_model(None)
+
+    def choose_model(self, body_model: str | None) -> ServedModel:
+        """As `model`, with the OpenAI body's `model` field as the last say; that
+        field is read only when several models are served (one model answers
+        whatever it names, as TEI)."""
+        if self.chosen is not None:
+            return self.chosen
+        models = self.state.models
+        chosen = self.scope.get(MODEL_SCOPE_KEY)
+        if chosen is None:
+            header = self.header(_MODEL_HEADER_KEY)
+            if header is not None:
+                chosen = models.named(header.strip())
+            elif body_model is not None and models.several:
+                chosen = models.named(body_model)
+            else:
+                chosen = models.default
+        self.chosen = chosen
+        return chosen
 
     def header(self, name: bytes) -> str | None:
         """The first value of header `name` (lower case), as Starlette's `headers.get`."""

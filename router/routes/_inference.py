@@ -21,6 +21,7 @@ from embedserve.router.errors import EmbedServeError, ShuttingDownError, Validat
 from embedserve.router.infer import ResponseMetadata
 from embedserve.router.infer import CallLimits
 from embedserve.router.lanes import PRIORITY_HEADER, parse_priority
+from embedserve.router.metrics import Metrics
 from embedserve.router.operations import Truncation
 from embedserve.router.routes._http import (
     Answer,
@@ -85,20 +86,25 @@ class Endpoint(Generic[B]):
             finally:
                 state.request_finished()
         except EmbedServeError as exc:
-            state.metrics.request_failure.inc(err=exc.metric_label)
+            _metrics(call).request_failure.inc(err=exc.metric_label)
             return error_answer(exc, openai=self.openai_errors)
         except ClientGone:
             # Once per request, however many inputs it had (TEI counts requests).
-            state.metrics.request_failure.inc(err="dropped")
+            _metrics(call).request_failure.inc(err="dropped")
             return client_gone_answer()
         headers: RawHeaders = []
         if outcome.metadata is not None:
             headers = [(key.encode(), value.encode()) for key, value in outcome.metadata.headers().items()]
-            state.metrics.request_duration.observe(time.perf_counter() - started)
+            _metrics(call).request_duration.observe(time.perf_counter() - started)
         return json_answer(outcome.content, headers=headers)
 
     async def starlette(self, request: Request) -> Response:
         return (await self.answer(HttpCall.of(request))).response()
+
+
+def _metrics(call: HttpCall) -> Metrics:
+    """The chosen model's metrics; the default model's if none was chosen (yet)."""
+    return (call.chosen or call.state.models.default).metrics
 
 
 def endpoint(schema: type[B], handler: Handler[B], *, openai_errors: bool = False, span_name: str = "") -> Endpoint[B]:

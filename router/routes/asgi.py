@@ -17,16 +17,26 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Protocol
 
 from starlette.applications import Starlette
 from starlette.datastructures import State
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import Receive, Scope, Send
 
 from embedserve.router.auth import expected_authorization, is_authorized
-from embedserve.router.routes._http import Answer, HttpCall, RawHeaders, unexpected_answer
-from embedserve.router.routes._inference import Endpoint
+from embedserve.router.errors import ModelNotFoundError
+from embedserve.router.routes._http import (
+    MODEL_SCOPE_KEY,
+    Answer,
+    HttpCall,
+    RawHeaders,
+    error_answer,
+    unexpected_answer,
+)
+from embedserve.router.served_model import PATH_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +66,22 @@ class CorsPolicy:
 _UNAUTHORIZED = Answer(401)
 
 
+class DirectRoute(Protocol):
+    """A POST route served on the direct path (an `Endpoint`, or the default route
+    that picks the chosen model's)."""
+
+    async def answer(self, call: HttpCall) -> Answer: ...
+
+    async def starlette(self, request: Request) -> Response: ...
+
+
+# OpenAI's routes answer an unknown model in OpenAI's shape.
+_OPENAI_PATHS = ("/v1/embeddings", "/embeddings")
+
+
 class FrontApp:
     def __init__(
-        self, starlette: Starlette, direct: Mapping[str, Endpoint[Any]], cors: CorsPolicy, api_key: str | None
+        self, starlette: Starlette, direct: Mapping[str, DirectRoute], cors: CorsPolicy, api_key: str | None
     ) -> None:
         self._starlette = starlette
         self._direct = dict(direct)
@@ -74,6 +97,12 @@ class FrontApp:
         return self._starlette.routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(PATH_PREFIX):
+            chosen = self._strip_model_prefix(scope)
+            if isinstance(chosen, Answer):
+                await chosen.send(send, self._cors.headers(_first_header(scope, b"origin")))
+                return
+            scope = chosen
         endpoint = self._direct.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
         if endpoint is None:
             await self._starlette(scope, receive, send)
@@ -99,3 +128,35 @@ class FrontApp:
             logger.error("unhandled error on %s", scope["path"], exc_info=exc)
             answer = unexpected_answer(exc)
         await answer.send(send, cors)
+
+    def _strip_model_prefix(self, scope: Scope) -> Scope | Answer:
+        """`/models/<name>/<route>`: `<route>` for that model (kept in the scope).
+        An unknown name is a 404 (after the API key check: names are not public)."""
+        path = scope["path"]
+        try:
+            split = self._starlette.state.embedserve.models.split_path(path)
+        except ModelNotFoundError as exc:
+            expected = self._expected_authorization
+            if expected is not None and not is_authorized(_last_header(scope, b"authorization"), expected):
+                return _UNAUTHORIZED
+            return error_answer(exc, openai=path.endswith(_OPENAI_PATHS))
+        except AttributeError:  # not started yet: Starlette answers as for any path
+            return scope
+        assert split is not None
+        model, route = split
+        return {**scope, "path": route, "raw_path": route.encode(), MODEL_SCOPE_KEY: model}
+
+
+def _first_header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+def _last_header(scope: Scope, name: bytes) -> bytes:
+    found = b""
+    for key, value in scope["headers"]:
+        if key == name:
+            found = value
+    return bytes(found)

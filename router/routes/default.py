@@ -8,9 +8,9 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from embedserve.router.errors import ValidationError
+from embedserve.router.errors import EmbedServeError, ValidationError
 from embedserve.router.routes import embed, predict
-from embedserve.router.routes._http import HttpCall, app_state
+from embedserve.router.routes._http import Answer, HttpCall, error_answer, request_model
 from embedserve.router.routes._inference import Endpoint, Outcome, endpoint
 from embedserve.router.schemas import (
     EmbedRequest,
@@ -37,7 +37,26 @@ def default_route(settings: RouterSettings) -> Endpoint[Any]:
 
 
 async def invocations(request: Request) -> Response:
-    return await default_route(app_state(request).settings).starlette(request)
+    return await default_route(request_model(request).settings).starlette(request)
+
+
+class ModelDefaultRoute:
+    """POST / and /invocations on the direct path: the chosen model's own route
+    (each served model may be of another type)."""
+
+    async def answer(self, call: HttpCall) -> Answer:
+        try:
+            model = call.model
+        except EmbedServeError as exc:
+            call.state.metrics.request_failure.inc(err=exc.metric_label)
+            return error_answer(exc)
+        return await default_route(model.settings).answer(call)
+
+    async def starlette(self, request: Request) -> Response:
+        return (await self.answer(HttpCall.of(request))).response()
+
+
+model_default = ModelDefaultRoute()
 
 
 def _convert(instance: dict[str, Any], schema: type[Any]) -> Any:
@@ -49,7 +68,7 @@ def _convert(instance: dict[str, Any], schema: type[Any]) -> Any:
 
 async def handle_vertex(call: HttpCall, body: VertexRequest) -> Outcome:
     """Each instance is a rerank request if it parses as one, else the model type's request."""
-    settings = call.state.settings
+    settings = call.model.settings
     predictions = []
     for instance in body.instances:
         try:

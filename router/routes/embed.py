@@ -21,7 +21,7 @@ from embedserve.router.schemas import (
 
 
 async def handle_embed(call: HttpCall, body: EmbedRequest) -> Outcome:
-    work = call.state.operations.embed_pooled(
+    work = call.model.operations.embed_pooled(
         body.inputs, truncation(body.truncate, body.truncation_direction), body.prompt_name, body.normalize,
         body.dimensions, call_limits(call),
     )
@@ -30,7 +30,7 @@ async def handle_embed(call: HttpCall, body: EmbedRequest) -> Outcome:
 
 
 async def handle_embed_all(call: HttpCall, body: EmbedAllRequest) -> Outcome:
-    work = call.state.operations.embed_all(
+    work = call.model.operations.embed_all(
         body.inputs, truncation(body.truncate, body.truncation_direction), body.prompt_name, call_limits(call)
     )
     result = await until_disconnected(call, work)
@@ -38,7 +38,7 @@ async def handle_embed_all(call: HttpCall, body: EmbedAllRequest) -> Outcome:
 
 
 async def handle_embed_sparse(call: HttpCall, body: EmbedSparseRequest) -> Outcome:
-    work = call.state.operations.embed_sparse(
+    work = call.model.operations.embed_sparse(
         body.inputs, truncation(body.truncate, body.truncation_direction), body.prompt_name, call_limits(call)
     )
     result = await until_disconnected(call, work)
@@ -48,7 +48,7 @@ async def handle_embed_sparse(call: HttpCall, body: EmbedSparseRequest) -> Outco
 
 async def handle_similarity(call: HttpCall, body: SimilarityRequest) -> Outcome:
     params = body.parameters or SimilarityParameters()
-    work = call.state.operations.similarity(
+    work = call.model.operations.similarity(
         body.inputs.source_sentence, body.inputs.sentences, truncation(params.truncate, params.truncation_direction),
         params.prompt_name, call_limits(call),
     )
@@ -57,8 +57,9 @@ async def handle_similarity(call: HttpCall, body: SimilarityRequest) -> Outcome:
 
 
 async def handle_openai(call: HttpCall, body: OpenAIEmbeddingsRequest) -> Outcome:
+    model = call.choose_model(body.model)
     # OpenAI's API has no truncation, prompt or normalize fields: the server's defaults, normalized.
-    work = call.state.operations.embed_pooled(
+    work = model.operations.embed_pooled(
         body.input, Truncation(truncate=None), None, True, body.dimensions, call_limits(call)
     )
     result = await until_disconnected(call, work)
@@ -72,7 +73,7 @@ async def handle_openai(call: HttpCall, body: OpenAIEmbeddingsRequest) -> Outcom
     content = {
         "object": "list",
         "data": data,
-        "model": call.state.settings.served_model_name,
+        "model": model.name,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
     return Outcome(content, result.metadata)

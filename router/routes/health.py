@@ -10,25 +10,34 @@ from starlette.responses import Response
 from embedserve.router.openapi import build_openapi
 
 from embedserve.router.errors import BackendUnavailableError
-from embedserve.router.routes._http import app_state, json_response
+from embedserve.router.routes._http import MODEL_SCOPE_KEY, app_state, json_response, request_model
+from embedserve.router.served_model import MODEL_HEADER
 from embedserve.router.settings import RouterSettings
 from embedserve.router.version import VERSION
 
 
 async def health(request: Request) -> Response:
+    """200 once the tokenizer pool and a backend of the chosen model answer; with
+    no model chosen (no prefix, no x-model), of every served model."""
     state = app_state(request)
     if state.draining:
         raise BackendUnavailableError("unhealthy")
-    backends_ok = await asyncio.gather(*(backend.health() for backend in state.backends))
-    if not any(backends_ok) or not await state.tokenizers.health():
+    explicit = MODEL_SCOPE_KEY in request.scope or MODEL_HEADER in request.headers
+    models = [request_model(request)] if explicit else list(state.models)
+    for model in models:
+        backends_ok = await asyncio.gather(*(backend.health() for backend in model.backends))
+        if not any(backends_ok):
+            raise BackendUnavailableError("unhealthy")
+    if not await state.tokenizers.health():
         raise BackendUnavailableError("unhealthy")
     return Response(status_code=200)
 
 
 async def info(request: Request) -> Response:
-    state = app_state(request)
-    settings = state.settings
-    facts = state.facts
+    """TEI's /info of the chosen model (the default one unless a prefix or x-model names another)."""
+    model = request_model(request)
+    settings = model.settings
+    facts = model.facts
     return json_response(
         {
             "model_id": settings.model_id,
@@ -39,7 +48,7 @@ async def info(request: Request) -> Response:
             "max_concurrent_requests": settings.max_concurrent_requests,
             "max_input_length": settings.max_input_length,
             "max_batch_tokens": settings.max_batch_tokens,
-            "max_batch_requests": state.queue.max_batch_requests,
+            "max_batch_requests": model.queue.max_batch_requests,
             "max_client_batch_size": settings.max_client_batch_size,
             "auto_truncate": settings.auto_truncate,
             "tokenization_workers": settings.tokenization_workers,

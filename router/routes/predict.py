@@ -8,7 +8,7 @@ from embedserve.router.schemas import PredictRequest, RerankRequest
 
 
 async def handle_predict(call: HttpCall, body: PredictRequest) -> Outcome:
-    work = call.state.operations.predict(
+    work = call.model.operations.predict(
         body.inputs, truncation(body.truncate, body.truncation_direction), body.raw_scores, call_limits(call)
     )
     result = await until_disconnected(call, work)
@@ -17,7 +17,7 @@ async def handle_predict(call: HttpCall, body: PredictRequest) -> Outcome:
 
 
 async def handle_rerank(call: HttpCall, body: RerankRequest) -> Outcome:
-    work = call.state.operations.rerank(
+    work = call.model.operations.rerank(
         [(body.query, text) for text in body.texts], truncation(body.truncate, body.truncation_direction),
         body.raw_scores, call_limits(call), is_batch=True,
     )

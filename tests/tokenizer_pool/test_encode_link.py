@@ -8,19 +8,14 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import grpc
 import msgspec
 import numpy as np
 import pytest
 
-from embedserve.proto.child import encode_config
-from embedserve.proto.gen_pb import config_pb2, tokenizer_pb2, tokenizer_pb2_grpc
-from tests.conftest import ROOT, short_socket_prefix, wait_for
+from tests.conftest import short_socket_prefix
+from tests.tokenizer_pool.workers import MAX_INPUT_LENGTH, running_worker
 from embedserve.tokenizer_pool.encoder import Encoder, EncoderInput
 from embedserve.tokenizer_pool.encoder import TextPair as EncoderPair
 from embedserve.proto.frames import FrameReader, frame
@@ -28,43 +23,8 @@ from embedserve.tokenizer_pool.frames import EncodeCall, EncodeResult, encode_so
 from embedserve.tokenizer_pool.link import RETRY_AFTER_S
 from embedserve.tokenizer_pool.pool import InvalidInputError, TextPair, TokenizerPool, TokenizerUnavailableError
 
-MAX_INPUT_LENGTH = 64
 # No test waits this long unless a call hangs, which is the failure.
 HANG_S = 60.0
-
-
-def _healthy(socket_path: str) -> bool:
-    if not os.path.exists(encode_socket_path(socket_path)):
-        return False
-    with grpc.insecure_channel(f"unix://{socket_path}") as channel:
-        try:
-            tokenizer_pb2_grpc.TokenizerStub(channel).Health(tokenizer_pb2.HealthRequest(), timeout=2)
-        except grpc.RpcError:
-            return False
-    return True
-
-
-@contextmanager
-def running_worker(model_dir: Path, socket_path: str) -> Iterator[subprocess.Popen[bytes]]:
-    """A real tokenizer worker, configured over its stdin as the launcher does."""
-    config = config_pb2.TokenizerConfig(
-        model_dir=str(model_dir), socket_path=socket_path, max_input_length=MAX_INPUT_LENGTH, name="tokenizer-test"
-    )
-    process = subprocess.Popen([sys.executable, "-m", "embedserve.tokenizer_pool", "tokenizer-test"], stdin=subprocess.PIPE, cwd=ROOT)
-    assert process.stdin is not None
-    process.stdin.write(encode_config(config))
-    process.stdin.flush()
-    try:
-        wait_for(lambda: process.poll() is not None or _healthy(socket_path), 120, "the worker to serve")
-        assert process.poll() is None
-        yield process
-    finally:
-        process.stdin.close()  # EOF: the worker stops and removes its sockets
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +44,9 @@ def test_calls_of_one_frame_are_answered_each_alone(model_dir: Path, encoder: En
     inputs[too_long] = [" ".join(words)]
 
     async def run() -> list[object]:
-        pool = TokenizerPool([socket_path], MAX_INPUT_LENGTH)
+        pool = TokenizerPool([socket_path], [MAX_INPUT_LENGTH])
         try:
-            calls = [pool.encode(item, i != too_long, "right", None) for i, item in enumerate(inputs)]
+            calls = [pool.model(0).encode(item, i != too_long, "right", None) for i, item in enumerate(inputs)]
             return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), HANG_S)
         finally:
             await pool.close()
@@ -129,11 +89,11 @@ def test_calls_made_in_one_loop_iteration_leave_as_one_frame() -> None:
 
     async def run() -> None:
         server = await asyncio.start_unix_server(answer, encode_socket_path(socket_path))
-        pool = TokenizerPool([socket_path], MAX_INPUT_LENGTH)
+        pool = TokenizerPool([socket_path], [MAX_INPUT_LENGTH])
         try:
-            await pool.encode(["connect first"], True, "right", None)
+            await pool.model(0).encode(["connect first"], True, "right", None)
             answers = await asyncio.wait_for(
-                asyncio.gather(*(pool.encode([f"text {i}"], True, "right", None) for i in range(25))), HANG_S
+                asyncio.gather(*(pool.model(0).encode([f"text {i}"], True, "right", None) for i in range(25))), HANG_S
             )
             assert all(a[0].input_ids.tolist() == [101, 102] for a in answers)
         finally:
@@ -154,7 +114,7 @@ def test_a_killed_worker_fails_its_calls_fast_and_a_restarted_one_is_reconnected
         async def client() -> None:
             while not stop.is_set():
                 try:
-                    await pool.encode([text] * 8, True, "right", None)
+                    await pool.model(0).encode([text] * 8, True, "right", None)
                     outcomes["ok"] += 1
                 except TokenizerUnavailableError as exc:
                     assert exc.message.startswith("tokenizer worker unavailable: ")
@@ -165,7 +125,7 @@ def test_a_killed_worker_fails_its_calls_fast_and_a_restarted_one_is_reconnected
         return outcomes
 
     async def run(worker: subprocess.Popen[bytes]) -> dict[str, int]:
-        pool = TokenizerPool([socket_path], MAX_INPUT_LENGTH)
+        pool = TokenizerPool([socket_path], [MAX_INPUT_LENGTH])
         stop = asyncio.Event()
         try:
             running = asyncio.ensure_future(load(pool, stop))
@@ -180,7 +140,7 @@ def test_a_killed_worker_fails_its_calls_fast_and_a_restarted_one_is_reconnected
             stop.set()
             outcomes = await running
             with running_worker(model_dir, socket_path):  # the launcher restarts it at the same path
-                after = await asyncio.wait_for(pool.encode(["back again"], True, "right", None), HANG_S)
+                after = await asyncio.wait_for(pool.model(0).encode(["back again"], True, "right", None), HANG_S)
                 assert after[0].input_ids[0] == 101
             return outcomes
         finally:
@@ -197,14 +157,14 @@ def test_calls_move_to_a_live_worker_when_another_is_gone_and_come_back_after_it
 
     async def spread(pool: TokenizerPool) -> tuple[int, int]:
         """Calls each worker holds right after a burst of 20 is made."""
-        calls = [asyncio.ensure_future(pool.encode([f"text {i}"], True, "right", None)) for i in range(20)]
+        calls = [asyncio.ensure_future(pool.model(0).encode([f"text {i}"], True, "right", None)) for i in range(20)]
         await asyncio.sleep(0)
         held = (pool.in_flight(0), pool.in_flight(1))
         assert len(await asyncio.wait_for(asyncio.gather(*calls), HANG_S)) == 20
         return held
 
     async def run(first: subprocess.Popen[bytes]) -> None:
-        pool = TokenizerPool(paths, MAX_INPUT_LENGTH)
+        pool = TokenizerPool(paths, [MAX_INPUT_LENGTH])
         try:
             assert await spread(pool) == (10, 10), "a burst spreads while the links connect"
             first.kill()

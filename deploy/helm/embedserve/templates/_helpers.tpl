@@ -122,6 +122,12 @@ render as floats (2e+06).
 {{- $args = concat $args (list "--prometheus-port" ($metricsPort | toString)) }}
 {{- $args = concat $args (list "--uds-path" (printf "%s/embedserve" (include "embedserve.tmpDir" .))) }}
 {{- $args = concat $args (list "--huggingface-hub-cache" (trimSuffix "/" .Values.modelStorage.mountPath)) }}
+{{- if .Values.models }}
+{{- if or $s.modelId $s.servedModelName }}
+{{- fail "models and server.modelId / server.servedModelName are exclusive: name each model in models" }}
+{{- end }}
+{{- $args = concat $args (list "--models-config" (include "embedserve.modelsConfigPath" .)) }}
+{{- end }}
 {{- with $s.modelId }}{{ $args = concat $args (list "--model-id" .) }}{{ end }}
 {{- with $s.revision }}{{ $args = concat $args (list "--revision" .) }}{{ end }}
 {{- with $s.servedModelName }}{{ $args = concat $args (list "--served-model-name" .) }}{{ end }}
@@ -218,3 +224,18 @@ ports.
 {{- end }}
 {{- toYaml $context }}
 {{- end }}
+
+{{/*
+The --models-config file (values `models`), its ConfigMap and where the server reads it.
+*/}}
+{{- define "embedserve.modelsFile" -}}
+{{- toYaml (dict "models" .Values.models) }}
+{{- end }}
+
+{{- define "embedserve.modelsConfigName" -}}
+{{- printf "%s-models" (include "embedserve.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "embedserve.modelsConfigDir" -}}/etc/embedserve{{- end }}
+
+{{- define "embedserve.modelsConfigPath" -}}{{ include "embedserve.modelsConfigDir" . }}/models.yaml{{- end }}
