@@ -20,8 +20,8 @@ from embedserve.tokenizer_pool.run_cache import RunCache
 # The wire's uint32 buffers are little-endian; array("I") writes native order.
 assert array("I").itemsize == 4 and sys.byteorder == "little", "encode_packed assumes little-endian uint32"
 
-__all__ = ["Direction", "EncodeError", "EncodedInput", "Encoder", "EncoderInput", "FramedText", "PackedEncodings", "TextPair",
-           "TokenColumns"]
+__all__ = ["Direction", "EncodeError", "EncodedInput", "Encoder", "EncoderInput", "FramedText", "PackedEncodings",
+           "TextPair", "TokenColumns"]
 
 Direction = Literal["right", "left"]
 
@@ -164,7 +164,9 @@ class Encoder:
         self._check_lengths(map(len, encodings))
         return [e.ids for e in encodings], [e.type_ids for e in encodings], characters, pool_start
 
-    def _framed(self, items: list[FramedText], truncate: bool, direction: Direction, prompt: str | None) -> list[list[int]]:
+    def _framed(
+        self, items: list[FramedText], truncate: bool, direction: Direction, prompt: str | None
+    ) -> list[list[int]]:
         """Prefix, body and suffix encoded apart without special tokens and joined, the
         body cut to what the frame leaves of max_input_length (Qwen3-Reranker's model
         card encodes its prompts the same way)."""
@@ -172,7 +174,8 @@ class Encoder:
             raise EncodeError("`prompt_name` cannot be set with a reranker template")
         self._set_truncation(False, "right")
         limit = character_limit(self.max_input_length)
-        bodies = [guard_text(item.body, truncate, max(limit - len(item.prefix) - len(item.suffix), 0)) for item in items]
+        bodies = [guard_text(item.body, truncate, max(limit - len(item.prefix) - len(item.suffix), 0))
+                  for item in items]
         encodings = self._tokenizer.encode_batch(bodies, add_special_tokens=False)
         id_lists = []
         for item, encoding in zip(items, encodings):
