@@ -143,7 +143,8 @@ def test_a_causal_reranker_frames_each_pair_and_answers_rerank_only() -> None:
     _run(operations.rerank([("q", "doc two")], Truncation(None), False, CallLimits(), is_batch=True,
                            instruction="another"))
     first, second = (call["inputs"][0] for call in inference.calls)
-    assert first == FramedText(QWEN3.prefix, "<Instruct>: find the city\n<Query>: q\n<Document>: doc one", QWEN3.suffix)
+    body = "<Instruct>: find the city\n<Query>: q\n<Document>: doc one"
+    assert first == FramedText(QWEN3.prefix, body, QWEN3.suffix)
     assert second.body == "<Instruct>: another\n<Query>: q\n<Document>: doc two"
     # The backend's empty instruction is the template's own.
     default = causal_prompt("qwen3", "")
