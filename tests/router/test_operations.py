@@ -138,7 +138,8 @@ def test_a_causal_reranker_frames_each_pair_and_answers_rerank_only() -> None:
     inference = RecordingInference(row=np.array([0.5], np.float32))
     config = RouterSettings(model_id="m", served_model_name="m", backend_sockets=(), tokenizer_sockets=(),
                             model_type="reranker", id2label={"0": "yes"}, label2id={"yes": 0})
-    operations = Operations(config, HIDDEN, inference, causal_prompt("qwen3", "find the city"))  # type: ignore[arg-type]
+    prompt = causal_prompt("qwen3", "find the city")
+    operations = Operations(config, HIDDEN, inference, prompt)  # type: ignore[arg-type]
     _run(operations.rerank([("q", "doc one")], Truncation(None), False, CallLimits(), is_batch=True))
     _run(operations.rerank([("q", "doc two")], Truncation(None), False, CallLimits(), is_batch=True,
                            instruction="another"))
