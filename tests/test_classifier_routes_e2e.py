@@ -1,4 +1,4 @@
-"""/predict and /rerank on tiny real classifier and reranker models, against transformers."""
+"""/predict, /rerank and /v1/rerank on tiny real classifier and reranker models, against transformers."""
 
 from __future__ import annotations
 
