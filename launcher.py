@@ -49,6 +49,7 @@ from embedserve.router.model_config import POOLING_FLAG_VALUES, ModelConfigError
 from embedserve.router.model_download import HubModel, ModelDownloadError, hub_offline
 from embedserve.router.models_config import ModelEntry, ModelsConfigError, load_models_config, models_from_flags
 from embedserve.router.owner_link import owner_ready, probe_owner
+from embedserve.router.rerank_template import TEMPLATES
 from embedserve.router.version import VERSION
 from embedserve.router.vertex_env import VertexEnv, VertexEnvError, read_vertex_env
 from embedserve.tokenizer_pool.frames import encode_socket_path
@@ -241,6 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "dynamic quantization [env DTYPE]")
     p.add_argument("--pooling", default=_env("POOLING"), choices=list(POOLING_FLAG_VALUES),
                    help="Override the pooling of 1_Pooling/config.json [env POOLING]")
+    p.add_argument("--reranker-template", default=_env("RERANKER_TEMPLATE"), choices=sorted(TEMPLATES),
+                   help="Serve a ...ForCausalLM checkpoint as a reranker: each (query, document) is framed by this "
+                   "prompt template and scored by P(yes) against P(no) at its last token (qwen3: Qwen3-Reranker's "
+                   "model card). torch backend only (embedserve's own; TEI has none) [env RERANKER_TEMPLATE]")
+    p.add_argument("--reranker-instruction", default=_env("RERANKER_INSTRUCTION"),
+                   help="Default instruction of --reranker-template's prompt; a request's `instruction` field "
+                   "overrides it. Default: the template's own (qwen3: \"Given a web search query, retrieve relevant "
+                   "passages that answer the query\") [env RERANKER_INSTRUCTION]")
     p.add_argument("--dense-path", default=_env("DENSE_PATH"),
                    help="Dense module folder in the model directory (e.g. 2_Dense_1024 of stella's "
                    "2_Dense_<dims>) applied after pooling in place of the single one modules.json names, "
@@ -496,7 +505,9 @@ def plan_model(args: argparse.Namespace, gpus: list[str]) -> ModelPlan:
     source = locate_model(args.model_id, args.revision, args.huggingface_hub_cache, args.hf_token)
     model_dir = source.path
     try:
-        spec = load_model_spec(model_dir, args.pooling, args.dense_path)
+        if args.reranker_instruction is not None and not args.reranker_template:
+            raise ModelConfigError("--reranker-instruction needs --reranker-template")
+        spec = load_model_spec(model_dir, args.pooling, args.dense_path, args.reranker_template)
     except ModelConfigError as exc:
         raise LaunchError(f"cannot serve {model_dir}: {exc}", EXIT_CONFIG_ERROR) from exc
     logger.info("model %s resolved to %s in %.2fs", args.model_id or DEFAULT_MODEL_ID, model_dir, time.monotonic() - started)
@@ -506,6 +517,9 @@ def plan_model(args: argparse.Namespace, gpus: list[str]) -> ModelPlan:
         logger.warning("the Pooling module sets include_prompt false, which %s pooling does not use", spec.pooling)
 
     backend = choose_backend(args.backend, spec, gpus)
+    if spec.reranker_template and backend != "torch":
+        raise LaunchError(f"cannot serve {model_dir} with the {backend} backend: causal-LM rerankers "
+                          "(--reranker-template) run on --backend torch only", EXIT_CONFIG_ERROR)
     require_remote_code_opt_in(backend, spec, args.model_id or DEFAULT_MODEL_ID, args.trust_remote_code)
     if args.dtype == "int8" and backend != "onnx":
         raise LaunchError(
@@ -574,6 +588,8 @@ def needs_remote_code(spec: ModelSpec) -> bool:
 def choose_backend(requested: str, spec: ModelSpec, gpus: list[str]) -> str:
     if requested != "auto":
         return requested
+    if spec.reranker_template:
+        return "torch"  # the only engine with last-token yes/no scoring
     if needs_remote_code(spec):
         return "python"
     if gpus:
@@ -1025,6 +1041,12 @@ def _model_backends(
         )
         if args.otlp_endpoint:
             config.otlp_endpoint = args.otlp_endpoint
+        if model.spec.reranker_template:
+            template = TEMPLATES[model.spec.reranker_template]
+            config.causal_reranker.CopyFrom(config_pb2.CausalReranker(
+                template=template.name, instruction=args.reranker_instruction or template.default_instruction,
+                yes_token=template.yes, no_token=template.no,
+            ))
         env = dict(base_env)
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu

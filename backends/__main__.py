@@ -49,7 +49,7 @@ async def serve(config: config_pb2.BackendConfig) -> None:
     except Exception as exc:
         logger.error("cannot load %s with the %s backend: %s", config.model_dir, config.backend, exc)
         sys.exit(EXIT_LOAD_FAILED)
-    servicer = BackendServicer(engine, config.max_batch_tokens)
+    servicer = BackendServicer(engine, config.max_batch_tokens, rerank=spec.causal_rerank)
     logger.info("%s backend ready on %s in %.1fs", config.backend, engine.device, time.monotonic() - started)
 
     server = grpc.aio.server(options=GRPC_OPTIONS)
@@ -59,15 +59,19 @@ async def serve(config: config_pb2.BackendConfig) -> None:
 
 
 def engine_spec(config: config_pb2.BackendConfig) -> EngineSpec:
-    from embedserve.backends.base import DenseSpec, EngineSpec
+    from embedserve.backends.base import CausalRerankSpec, DenseSpec, EngineSpec
 
     dense = tuple(
         DenseSpec(Path(layer.path), layer.in_features, layer.out_features, layer.bias, ACTIVATIONS[layer.activation])
         for layer in config.dense_layers
     )
+    causal = None
+    if config.HasField("causal_reranker"):
+        reranker = config.causal_reranker
+        causal = CausalRerankSpec(reranker.template, reranker.instruction, reranker.yes_token, reranker.no_token)
     return EngineSpec(Path(config.model_dir), config.device, config.dtype, config.pooling, Path(config.cache_dir),
                       cache_max_bytes=config.cache_max_bytes, dense_layers=dense,
-                      trust_remote_code=config.trust_remote_code)
+                      trust_remote_code=config.trust_remote_code, causal_rerank=causal)
 
 
 def _warm_up(engine: Backend) -> None:

@@ -26,6 +26,17 @@ class DenseSpec:
 
 
 @dataclass(frozen=True)
+class CausalRerankSpec:
+    """A ...ForCausalLM checkpoint served as a reranker (BackendConfig.causal_reranker):
+    Predict answers logit(yes) - logit(no) at each sequence's last token."""
+
+    template: str  # the router's prompt template, reported in InfoResponse
+    instruction: str  # its default instruction, reported alike
+    yes_token: str
+    no_token: str
+
+
+@dataclass(frozen=True)
 class EngineSpec:
     """What every engine is built from (BackendConfig, minus the transport)."""
 
@@ -38,6 +49,8 @@ class EngineSpec:
     dense_layers: tuple[DenseSpec, ...] = ()  # applied in order to pooled rows
     # --trust-remote-code: only then may code from the model directory be imported.
     trust_remote_code: bool = False
+    # Set: the checkpoint is a causal LM served as a reranker (torch engine only).
+    causal_rerank: CausalRerankSpec | None = None
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ ENGINES = {
 def load_engine(name: str, spec: EngineSpec) -> Backend:
     if name not in ENGINES:
         raise ValueError(f"unknown backend {name!r}; choose from {', '.join(ENGINES)}")
+    if spec.causal_rerank is not None and name != "torch":
+        raise ValueError(f"causal-LM rerankers run on the torch backend only, not {name}")
     module_name, class_name = ENGINES[name].split(":")
     engine: Backend = getattr(importlib.import_module(module_name), class_name)(spec)
     # Dense modules run on the pooled rows, the same for every engine.

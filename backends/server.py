@@ -23,7 +23,7 @@ from functools import partial
 import grpc
 import numpy as np
 
-from embedserve.backends.base import Backend, EmbedOutput, ModelBatch
+from embedserve.backends.base import Backend, CausalRerankSpec, EmbedOutput, ModelBatch
 from embedserve.backends.batch_job import BatchJob, Join
 from embedserve.backends.model_cpu import MODEL_THREAD_NAME, ModelCpuClock, set_thread_name
 from embedserve.backends.pipeline import Pending, ready
@@ -109,9 +109,13 @@ def decode_batch(request: backend_pb2.Batch, padded: bool, max_batch_tokens: int
 
 
 class BackendServicer(backend_pb2_grpc.BackendServicer):
-    def __init__(self, backend: Backend, max_batch_tokens: int, slicing: bool = True) -> None:
+    def __init__(
+        self, backend: Backend, max_batch_tokens: int, slicing: bool = True, rerank: CausalRerankSpec | None = None
+    ) -> None:
         self._backend = backend
         self._max_batch_tokens = max_batch_tokens
+        # Reported in Info: the router frames a causal reranker's pairs with it.
+        self._rerank = rerank
         # Before the forward thread starts: the clock's first scan must not see it
         # unnamed (a thread it files as not the model's stays so).
         self._model_cpu = ModelCpuClock()
@@ -149,6 +153,8 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
             device=backend.device,
             backend=backend.name,
             pooling=backend.pooling,
+            reranker_template=self._rerank.template if self._rerank else "",
+            reranker_instruction=self._rerank.instruction if self._rerank else "",
         )
 
     async def Health(self, request: backend_pb2.HealthRequest, context: grpc.aio.ServicerContext) -> backend_pb2.HealthResponse:

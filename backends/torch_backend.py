@@ -19,9 +19,16 @@ from typing import Any
 import numpy as np
 import torch
 import transformers
-from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+)
 
 from embedserve.backends import gte, jina, nomic
+from embedserve.backends.causal_rerank import YesNoHead, last_states, score_token_ids
 from embedserve.backends.base import EmbedOutput, EngineSpec, ModelBatch
 from embedserve.backends.padding import PaddedChunk, PaddedEngine, padded_chunks
 from embedserve.backends.pipeline import Pending, copies_for, ready
@@ -86,7 +93,11 @@ class TorchBackend(PaddedEngine):
         else:
             config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         architectures = config.architectures or []
-        self._is_classifier = any(a.endswith("Classification") for a in architectures)
+        causal = spec.causal_rerank
+        if causal is not None and not any(a.endswith("ForCausalLM") for a in architectures):
+            raise ValueError(f"a reranker template needs a ...ForCausalLM checkpoint, not {', '.join(architectures)}")
+        # A causal reranker answers Predict like a one-label classifier (backends/causal_rerank.py).
+        self._is_classifier = causal is not None or any(a.endswith("Classification") for a in architectures)
         if not self._is_classifier and spec.pooling not in POOLINGS:
             raise ValueError(f"pooling {spec.pooling!r} is not supported by the {self.name} backend")
         self.pooling = spec.pooling
@@ -95,7 +106,9 @@ class TorchBackend(PaddedEngine):
             raise ValueError(f"SPLADE pooling is not available for {type(config).__name__.removesuffix('Config')} "
                              "models")
         model_cls: type[Any]
-        if self._is_classifier:
+        if causal is not None:
+            model_cls = AutoModelForCausalLM
+        elif self._is_classifier:
             model_cls = AutoModelForSequenceClassification
         elif spec.pooling == "splade":
             model_cls = AutoModelForMaskedLM
@@ -117,6 +130,14 @@ class TorchBackend(PaddedEngine):
             self._model = _load(model_cls, model_dir, DTYPES[dtype], trust_remote_code)
         self._model.eval().to(self.device)
         logger.info("weights loaded in %.1fs", time.monotonic() - started)
+        self._yes_no: YesNoHead | None = None
+        if causal is not None:
+            yes_id, no_id = score_token_ids(model_dir, causal.yes_token, causal.no_token)
+            self._yes_no = YesNoHead(self._model, yes_id, no_id)
+            # The decoder alone from here: the full LM head is never run (nor kept, unless tied).
+            self._model = self._model.base_model
+            logger.info("causal reranker: scoring tokens %r (%d) against %r (%d) at the last token",
+                        causal.yes_token, yes_id, causal.no_token, no_id)
 
         self._token_width = int(getattr(config, "hidden_size", 0) or getattr(config, "dim", 0))
         # Width of a pooled row: SPLADE pools over the vocabulary.
@@ -125,7 +146,8 @@ class TorchBackend(PaddedEngine):
         # Pad with the model's own padding id: RoBERTa-like models derive
         # position ids from it.
         self._pad_token_id = int(getattr(config, "pad_token_id", None) or 0)
-        self._varlen = None if trust_remote_code else self._unpadded_encoder(DTYPES[dtype])
+        # A causal reranker runs padded: its last-token scoring reads right-padded rows.
+        self._varlen = None if trust_remote_code or causal else self._unpadded_encoder(DTYPES[dtype])
         bert_family = (not trust_remote_code and not native and not getattr(config, "is_decoder", False)
                        and getattr(config, "model_type", None) in BROADCAST_MASK_MODEL_TYPES
                        and int(transformers.__version__.split(".")[0]) == BROADCAST_MASK_TRANSFORMERS)
@@ -207,6 +229,8 @@ class TorchBackend(PaddedEngine):
             raise ValueError("model is not a classifier: use Embed")
         if batch.raw_indices:
             raise ValueError("raw token outputs are not available for classifiers")
+        if self._yes_no is not None:
+            return self._predict_causal(self._yes_no, batch)
         if self._varlen is not None:
             packed = self._varlen.pack(batch, self.device)
             logits: F32Array = self._varlen.classify(packed).float().cpu().numpy()
@@ -217,6 +241,15 @@ class TorchBackend(PaddedEngine):
             logits = output.logits.float().cpu().numpy()
             for row, seq in enumerate(chunk.indices):
                 rows[seq] = logits[row]
+        return np.stack([rows[i] for i in range(batch.size)])
+
+    def _predict_causal(self, head: YesNoHead, batch: ModelBatch) -> F32Array:
+        rows: dict[int, F32Array] = {}
+        for chunk in padded_chunks(batch, self._chunk_tokens(), self._pad_token_id):
+            output, mask = self._forward(chunk)
+            scores = head(last_states(_hidden_states(output), mask)).cpu().numpy()
+            for row, seq in enumerate(chunk.indices):
+                rows[seq] = scores[row]
         return np.stack([rows[i] for i in range(batch.size)])
 
     @property
@@ -265,13 +298,15 @@ class TorchBackend(PaddedEngine):
         """The model's output on one chunk, and its [n, max_len] padding mask on the device."""
         mask = torch.from_numpy(chunk.attention_mask).to(self.device)
         padded = int(chunk.lengths.min()) < chunk.attention_mask.shape[1]
-        inputs = {
+        inputs: dict[str, Any] = {
             "input_ids": torch.from_numpy(chunk.input_ids).to(self.device),
             # Without padding transformers drops the 2D mask for SDPA altogether.
             "attention_mask": mask.unsqueeze(1) if self.broadcast_mask and padded else mask,
         }
         if self._uses_token_types:
             inputs["token_type_ids"] = torch.from_numpy(chunk.token_type_ids).to(self.device)
+        if self._yes_no is not None:
+            inputs["use_cache"] = False  # one forward pass: a KV cache would only cost memory
         return self._model(**inputs), mask
 
     def _pool(self, output: Any, mask: torch.Tensor, mean_mask: torch.Tensor) -> torch.Tensor:

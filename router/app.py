@@ -29,7 +29,8 @@ from embedserve.router.operations import Operations
 from embedserve.router.queue_handle import QueueHandle
 from embedserve.router.queue_owner import InprocQueueHandle, QueueOwner
 from embedserve.router.remote_queue import RemoteQueueHandle
-from embedserve.router.routes import default, embed, health, models, predict, tokenize
+from embedserve.router.rerank_template import causal_prompt
+from embedserve.router.routes import default, embed, health, models, predict, rerank_v1, tokenize
 from embedserve.router.routes._http import ClientGone, client_gone_answer, error_answer, unexpected_answer
 from embedserve.router.routes.asgi import CorsPolicy, DirectRoute, FrontApp
 from embedserve.router.settings import RouterSettings
@@ -46,8 +47,10 @@ async def connect_backends(settings: RouterSettings) -> tuple[list[BackendClient
     infos = await asyncio.gather(*(backend.info() for backend in backends))
     first = infos[0]
     for backend, other in zip(backends, infos):
-        if (other.hidden_size, other.is_padded) != (first.hidden_size, first.is_padded):
-            raise RuntimeError(f"{backend.name} disagrees with backend-0 on hidden size or padding")
+        if (other.hidden_size, other.is_padded, other.reranker_template, other.reranker_instruction) != (
+            first.hidden_size, first.is_padded, first.reranker_template, first.reranker_instruction
+        ):
+            raise RuntimeError(f"{backend.name} disagrees with backend-0 on hidden size, padding or reranker template")
     limits = [i.max_batch_size for i in infos if i.max_batch_size] + (
         [settings.max_batch_requests] if settings.max_batch_requests else []
     )
@@ -57,6 +60,8 @@ async def connect_backends(settings: RouterSettings) -> tuple[list[BackendClient
         backend=first.backend,
         is_padded=first.is_padded,
         max_batch_size=first.max_batch_size or None,
+        reranker_template=first.reranker_template,
+        reranker_instruction=first.reranker_instruction,
     )
     return backends, facts, min(limits) if limits else None
 
@@ -98,7 +103,8 @@ async def connect_services(settings: RouterSettings, on_owner_lost: Callable[[],
             owner = build_queue_owner(view, backends, facts, max_batch_requests, metrics)
             handle = InprocQueueHandle(owner, view.max_concurrent_requests)
         inference = Inference(tokenizers.model(index), handle, metrics, view.lane_policy)
-        operations = Operations(view, facts.hidden_size, inference)
+        operations = Operations(view, facts.hidden_size, inference,
+                                causal_prompt(facts.reranker_template, facts.reranker_instruction))
         models.append(ServedModel(index, view.served_model_name, view, metrics, backends, facts, handle, inference,
                                   operations))
     first = models[0]
@@ -213,6 +219,7 @@ def create_app(settings: RouterSettings, on_owner_lost: Callable[[], None] | Non
         "/embeddings": embed.openai_embeddings,
         "/predict": predict.predict,
         "/rerank": predict.rerank,
+        "/v1/rerank": rerank_v1.rerank_v1,
         "/decode": tokenize.decode,
         "/vertex": default.vertex,
         "/invocations": default.model_default,

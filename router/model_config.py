@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from embedserve.router.rerank_template import TEMPLATES
 from embedserve.router.st_modules import DenseLayer, Pooling, pooling_of, read_json, read_pipeline
 from embedserve.router.st_modules import ModelConfigError as ModelConfigError  # raised by both; importers catch it here
 
@@ -61,6 +62,8 @@ class ModelSpec:
     include_prompt: bool = True
     # JinaBERT's checkpoints say model type "bert" (with ALiBi positions), an architecture BERT is not.
     jina_bert: bool = False
+    # --reranker-template: a ...ForCausalLM checkpoint served as a reranker (router/rerank_template.py).
+    reranker_template: str = ""
 
     @property
     def family(self) -> str:
@@ -78,8 +81,12 @@ class ModelSpec:
         return requested or ""
 
 
-def load_model_spec(model_dir: Path, pooling_flag: str | None = None, dense_path: str | None = None) -> ModelSpec:
-    """`dense_path`: --dense-path, the Dense module to apply (router/st_modules.py)."""
+def load_model_spec(
+    model_dir: Path, pooling_flag: str | None = None, dense_path: str | None = None,
+    reranker_template: str | None = None,
+) -> ModelSpec:
+    """`dense_path`: --dense-path, the Dense module to apply (router/st_modules.py);
+    `reranker_template`: --reranker-template, which makes a causal LM a reranker."""
     config_path = model_dir / "config.json"
     if not config_path.is_file():
         raise ModelConfigError(f"{model_dir} has no config.json")
@@ -97,7 +104,23 @@ def load_model_spec(model_dir: Path, pooling_flag: str | None = None, dense_path
     label2id: dict[str, int] = {}
     dense_layers: tuple[DenseLayer, ...] = ()
     include_prompt = True
-    if requested == "splade":
+    if reranker_template:
+        # Never guessed from the checkpoint: Qwen3-Embedding and Qwen3-Reranker are
+        # both Qwen3ForCausalLM; only the user knows which one this is.
+        template = TEMPLATES.get(reranker_template)
+        if template is None:
+            raise ModelConfigError(f"unknown reranker template {reranker_template!r} "
+                                   f"(available: {', '.join(sorted(TEMPLATES))})")
+        if not any(a.endswith("ForCausalLM") for a in architectures):
+            raise ModelConfigError(f"--reranker-template {reranker_template} needs a ...ForCausalLM checkpoint, "
+                                   f"not {', '.join(architectures) or 'no architecture'}")
+        if requested is not None:
+            raise ModelConfigError("--pooling does not apply to a causal-LM reranker")
+        # One score per pair, as a one-label classifier: TEI's reranker type.
+        model_type = "reranker"
+        id2label = {"0": template.yes}
+        label2id = {template.yes: 0}
+    elif requested == "splade":
         if not any(a.endswith("MaskedLM") for a in architectures):
             raise ModelConfigError("splade pooling needs a ...ForMaskedLM architecture")
         pooling = "splade"
@@ -113,7 +136,7 @@ def load_model_spec(model_dir: Path, pooling_flag: str | None = None, dense_path
         pooling_config = _pooling_config(pipeline.pooling_dir)
         include_prompt = bool(pooling_config.get("include_prompt", True)) if pooling_config else True
         pooling = requested or _pooling_from_config(pooling_config, pipeline.pooling_dir,
-                                                    str(config.get("model_type", "")))
+                                                    str(config.get("model_type", "")), architectures)
         width = (pooling_config or {}).get("word_embedding_dimension")
         if dense_layers and isinstance(width, int) and dense_layers[0].in_features != width:
             raise ModelConfigError(f"Dense module {dense_layers[0].path.name} takes {dense_layers[0].in_features} "
@@ -151,6 +174,7 @@ def load_model_spec(model_dir: Path, pooling_flag: str | None = None, dense_path
         remote_code=bool(config.get("auto_map")),
         dense_layers=dense_layers,
         include_prompt=include_prompt,
+        reranker_template=reranker_template or "",
     )
 
 
@@ -167,11 +191,15 @@ def _pooling_config(pooling_dir: Path) -> dict[str, Any] | None:
     return read_json(path) if path.is_file() else None
 
 
-def _pooling_from_config(config: dict[str, Any] | None, pooling_dir: Path, model_type: str) -> Pooling:
+def _pooling_from_config(config: dict[str, Any] | None, pooling_dir: Path, model_type: str,
+                         architectures: tuple[str, ...] = ()) -> Pooling:
     if config is None:
         if "bert" in model_type:
             return "cls"
-        raise ModelConfigError(f"no {pooling_dir.name}/config.json and no --pooling given")
+        hint = ""
+        if any(a.endswith("ForCausalLM") for a in architectures):
+            hint = f"; a causal-LM reranker (Qwen3-Reranker) needs --reranker-template ({', '.join(sorted(TEMPLATES))})"
+        raise ModelConfigError(f"no {pooling_dir.name}/config.json and no --pooling given{hint}")
     return pooling_of(config, pooling_dir / "config.json")
 
 

@@ -44,6 +44,8 @@ PER_MODEL_KEYS: dict[str, type] = {
     "default_prompt": str,
     "default_prompt_name": str,
     "prompts": dict,
+    "reranker_template": str,
+    "reranker_instruction": str,
 }
 CHOICES: dict[str, Sequence[str]] = {"pooling": tuple(POOLING_FLAG_VALUES), "dtype": DTYPES, "backend": BACKENDS}
 

@@ -41,6 +41,7 @@ OPERATIONS = (
     Operation("/embed_sparse", "post", "SPLADE sparse embeddings", schemas.EmbedSparseRequest),
     Operation("/predict", "post", "Sequence classification", schemas.PredictRequest),
     Operation("/rerank", "post", "Rerank texts against a query", schemas.RerankRequest),
+    Operation("/v1/rerank", "post", "Jina/Cohere-compatible rerank", schemas.V1RerankRequest, openai_errors=True),
     Operation("/similarity", "post", "Cosine similarity to a source sentence", schemas.SimilarityRequest),
     Operation("/tokenize", "post", "Tokenize", schemas.TokenizeRequest),
     Operation("/decode", "post", "Decode token ids", schemas.DecodeRequest),

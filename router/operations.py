@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from embedserve.router.errors import EmptyInputError
+from embedserve.router.errors import EmptyInputError, ModelTypeError, input_validation
 from embedserve.router.infer import CallLimits, EncodeOptions, Family, Inference, InferenceResult, ResponseMetadata
 from embedserve.router.model_ops import (
     ranked_predictions,
@@ -29,6 +29,7 @@ from embedserve.router.model_ops import (
     resolve_prompt,
     sparse_entries,
 )
+from embedserve.router.rerank_template import CausalRerankPrompt
 from embedserve.router.schemas import check_batch_size, check_dimensions, parse_inputs, parse_predict_inputs
 from embedserve.router.settings import RouterSettings
 from embedserve.router.vectors import finish_embeddings
@@ -96,10 +97,16 @@ class Ranking:
 class Operations:
     """Each method checks the model type first, then the inputs, then runs (TEI's order)."""
 
-    def __init__(self, settings: RouterSettings, hidden_size: int, inference: Inference) -> None:
+    def __init__(
+        self, settings: RouterSettings, hidden_size: int, inference: Inference,
+        causal_rerank: CausalRerankPrompt | None = None,
+    ) -> None:
         self._settings = settings
         self._hidden_size = hidden_size
         self._inference = inference
+        # Set when the backend serves a causal-LM reranker (its InfoResponse says so):
+        # rerank pairs are framed by its prompt template instead of a tokenizer pair.
+        self._causal_rerank = causal_rerank
 
     async def embed_pooled(
         self,
@@ -171,6 +178,9 @@ class Operations:
         TEI applies the server's default prompt to single texts; a pair then fails.
         """
         require_classifier(self._settings)
+        if self._causal_rerank is not None:
+            raise ModelTypeError("Backend error: a causal-LM reranker answers /rerank only: its prompt template "
+                                 "needs a query and a document")
         parsed, is_batch = parse_predict_inputs(inputs)
         check_batch_size(len(parsed), self._settings.max_client_batch_size)
         options = self._encode_options(truncation, self._settings.default_prompt)
@@ -183,19 +193,29 @@ class Operations:
         return Predictions(ranked, result.metadata, is_batch)
 
     async def rerank(
-        self, pairs: list[tuple[str, str]], truncation: Truncation, raw_scores: bool, limits: CallLimits, *, is_batch: bool
+        self, pairs: list[tuple[str, str]], truncation: Truncation, raw_scores: bool, limits: CallLimits, *,
+        is_batch: bool, instruction: str | None = None, texts_field: str = "texts",
     ) -> Ranking:
-        """/rerank, gRPC Rerank and RerankStream: (query, text) pairs, scored by the
-        first logit. `is_batch` is how the transport counts the call in
-        te_request_count (HTTP: always a batch; gRPC: a batch unless one text)."""
+        """/rerank, /v1/rerank, gRPC Rerank and RerankStream: (query, text) pairs, scored
+        by the first logit. `is_batch` is how the transport counts the call in
+        te_request_count (HTTP: always a batch; gRPC: a batch unless one text).
+        `instruction` overrides a causal reranker's default; `texts_field` names the
+        texts in the empty-input error (/v1/rerank's are `documents`)."""
         settings = self._settings
         require_reranker(settings)
+        causal = self._causal_rerank
+        if instruction is not None and causal is None:
+            raise input_validation("`instruction` is only available for causal-LM rerankers (--reranker-template)")
         if not pairs:
-            raise EmptyInputError("`texts` cannot be empty")
+            raise EmptyInputError(f"`{texts_field}` cannot be empty")
         check_batch_size(len(pairs), settings.max_client_batch_size)
         if not all(query and text for query, text in pairs):
             raise EmptyInputError()
-        inputs: list[Input] = [TextPair(query, text) for query, text in pairs]
+        inputs: list[Input]
+        if causal is None:
+            inputs = [TextPair(query, text) for query, text in pairs]
+        else:
+            inputs = [causal.frame(instruction, query, text) for query, text in pairs]
         result = await self._inference.run(
             inputs, self._encode_options(truncation, None), family="predict",
             method="batch" if is_batch else "single",

@@ -48,6 +48,29 @@ class RerankRequest(msgspec.Struct, kw_only=True):
     truncation_direction: TruncationDirection = "right"
     raw_scores: bool = False
     return_text: bool = False
+    # Causal-LM rerankers only (--reranker-template): the prompt's instruction; None: the server's.
+    instruction: str | None = None
+
+
+class RerankDocument(msgspec.Struct, kw_only=True):
+    """Cohere's and Jina's object form of a document; other keys are ignored."""
+
+    text: str
+
+
+class V1RerankRequest(msgspec.Struct, kw_only=True):
+    """/v1/rerank in Jina's shape (Cohere's request is the same): `model` is accepted
+    and ignored, as on /v1/embeddings; so are fields neither serves here
+    (`max_chunks_per_doc`, `max_tokens_per_doc`, `rank_fields`)."""
+
+    query: str
+    documents: list[str | RerankDocument]
+    model: str | None = None
+    top_n: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    # Jina's default (Cohere's v1 API defaulted to false).
+    return_documents: bool = True
+    # Causal-LM rerankers only, as on /rerank.
+    instruction: str | None = None
 
 
 class SimilarityInputs(msgspec.Struct, kw_only=True):

@@ -34,6 +34,9 @@ class BackendFacts:
     backend: str
     is_padded: bool
     max_batch_size: int | None
+    # A causal-LM reranker's prompt template and default instruction; "": none.
+    reranker_template: str = ""
+    reranker_instruction: str = ""
 
 
 @dataclass

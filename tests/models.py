@@ -979,3 +979,39 @@ def with_dense_module(model_dir: Path, target: Path, folder: str) -> Path:
     dense["path"] = folder
     (target / "modules.json").write_text(json.dumps(modules))
     return target
+
+
+# Qwen3-Reranker's shape: a Qwen3ForCausalLM (untied LM head, as the 4B and 8B) and a
+# byte-level BPE tokenizer trained here, offline, with Qwen's chat tokens and "yes"
+# and "no" as tokens of their own; its small vocabulary keeps the model tiny.
+CAUSAL_RERANKER_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def build_tiny_causal_reranker(target: Path, texts: list[str], seed: int = 0, max_positions: int = 512) -> Path:
+    """`texts`: what the tests send, so the tokenizer learns merges for them."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    corpus = ["yes\nno\n"] * 200 + texts * 20 + [
+        'Judge whether the Document meets the requirements based on the Query and the Instruct provided. '
+        'Note that the answer can only be "yes" or "no".\n<Instruct>: <Query>: <Document>: assistant user system',
+    ] * 20
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=CAUSAL_RERANKER_SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(corpus, trainer)
+    tokenizer.add_tokens(["<think>", "</think>"])  # Qwen3's: added, not special
+    assert tokenizer.token_to_id("yes") is not None and tokenizer.token_to_id("no") is not None
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    fast.save_pretrained(target)
+
+    torch.manual_seed(seed)
+    config = Qwen3Config(vocab_size=tokenizer.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=16, intermediate_size=64,
+                         max_position_embeddings=max_positions, initializer_range=0.2, tie_word_embeddings=False)
+    config.architectures = ["Qwen3ForCausalLM"]
+    Qwen3ForCausalLM(config).eval().save_pretrained(target)
+    return target

@@ -1,4 +1,4 @@
-"""/predict and /rerank on tiny real classifier and reranker models, against transformers."""
+"""/predict, /rerank and /v1/rerank on tiny real classifier and reranker models, against transformers."""
 
 from __future__ import annotations
 
@@ -137,3 +137,64 @@ def test_classifier_default_routes(classifier: RunningServer) -> None:
     assert vertex.status_code == 424  # the rerank instance on a classifier
     vertex = _post(classifier, "/vertex", {"instances": [{"inputs": "one"}, {"inputs": ["a", "b"]}]})
     assert vertex.status_code == 200 and len(vertex.json()["predictions"]) == 2
+
+
+def test_v1_rerank_shape_matches_rerank(reranker: RunningServer, reranker_dir: Path) -> None:
+    """Jina's shape (TEI PR #797), sorted by score; the scores are /rerank's, sigmoid of the first logit."""
+    response = _post(reranker, "/v1/rerank", {"model": "anything", "query": QUERY, "documents": TEXTS,
+                                              "max_chunks_per_doc": 3})
+    assert response.status_code == 200, response.text
+    assert "x-compute-tokens" in response.headers
+    body = response.json()
+    assert set(body) == {"model", "results", "usage"}
+    assert body["model"] == str(reranker_dir)  # the served model name, whatever the client asked for
+    ranks = _post(reranker, "/rerank", {"query": QUERY, "texts": TEXTS}).json()
+    assert [r["index"] for r in body["results"]] == [r["index"] for r in ranks]
+    for result, rank in zip(body["results"], ranks):
+        # Jina's default returns the documents.
+        assert result == {"index": rank["index"], "relevance_score": pytest.approx(rank["score"], abs=1e-6),
+                          "document": {"text": TEXTS[rank["index"]]}}
+        expected = 1 / (1 + np.exp(-_logits(reranker_dir, QUERY, TEXTS[rank["index"]])[0]))
+        assert result["relevance_score"] == pytest.approx(expected, abs=1e-4)
+    assert body["usage"]["total_tokens"] == int(response.headers["x-compute-tokens"]) > 0
+    assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"]
+
+
+def test_v1_rerank_top_n_objects_and_no_documents(reranker: RunningServer) -> None:
+    full = _post(reranker, "/v1/rerank", {"query": QUERY, "documents": TEXTS}).json()["results"]
+    objects = [{"text": t, "id": f"doc-{i}"} for i, t in enumerate(TEXTS)]  # Cohere's objects; extra keys ignored
+    body = _post(reranker, "/v1/rerank", {"query": QUERY, "documents": objects, "top_n": 2,
+                                          "return_documents": False}).json()
+    assert body["results"] == [{"index": r["index"], "relevance_score": r["relevance_score"]} for r in full[:2]]
+    mixed = _post(reranker, "/v1/rerank", {"query": QUERY, "documents": [TEXTS[0], {"text": TEXTS[1]}],
+                                           "top_n": 10}).json()["results"]
+    assert sorted(r["document"]["text"] for r in mixed) == sorted(TEXTS[:2])
+
+
+def test_v1_rerank_errors(reranker: RunningServer, classifier: RunningServer) -> None:
+    # OpenAI-like error bodies, as /v1/embeddings.
+    empty = _post(reranker, "/v1/rerank", {"query": QUERY, "documents": []})
+    assert (empty.status_code, empty.json()) == (400, {"message": "`documents` cannot be empty", "code": 400,
+                                                       "type": "Empty"})
+    too_many = _post(reranker, "/v1/rerank", {"query": QUERY, "documents": ["x"] * 33})
+    assert too_many.status_code == 422
+    assert too_many.json() == {"message": "batch size 33 > maximum allowed batch size 32", "code": 422,
+                               "type": "Validation"}
+    for bad in ({"query": QUERY, "documents": TEXTS, "top_n": 0}, {"query": QUERY},
+                {"query": QUERY, "documents": [{"title": "no text"}]}, {"query": QUERY, "documents": [3]},
+                {"query": QUERY, "documents": TEXTS, "return_documents": "yes"}):
+        response = _post(reranker, "/v1/rerank", bad)
+        assert response.status_code == 422, (bad, response.text)
+        assert response.json()["type"] == "Validation" and response.json()["code"] == 422
+    assert _post(reranker, "/v1/rerank", {"query": "", "documents": ["a"]}).json()["type"] == "Empty"
+    instruction = _post(reranker, "/v1/rerank", {"query": QUERY, "documents": ["a"], "instruction": "judge"})
+    assert instruction.status_code == 422 and "causal-LM rerankers" in instruction.json()["message"]
+    not_reranker = _post(classifier, "/v1/rerank", {"query": QUERY, "documents": ["a"]})
+    assert not_reranker.status_code == 424
+    assert not_reranker.json() == {"message": "Backend error: model is not a re-ranker model", "code": 424,
+                                   "type": "Backend"}
+    document = httpx.get(f"{reranker.url}/api-doc/openapi.json").json()
+    operation = document["paths"]["/v1/rerank"]["post"]
+    assert operation["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "OpenAIErrorResponse")
+    assert operation["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("V1RerankRequest")

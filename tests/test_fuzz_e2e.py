@@ -5,7 +5,7 @@ near-valid bodies built from the route's real field names with wrong or edge
 values, raw bytes that are not JSON, and requests with a wrong content type.
 Whatever comes in, the server must answer like TEI does: never a 5xx, errors as
 JSON in TEI's shape (`{"error", "error_type"}`, OpenAI's `{"message", "code",
-"type"}` on /v1/embeddings and /embeddings), successes as JSON. After each run the
+"type"}` on /v1/embeddings, /embeddings and /v1/rerank), successes as JSON. After each run the
 server must still be healthy and still serve a normal request.
 
 It runs against the default embedding server and against a tiny reranker, so that
@@ -39,6 +39,7 @@ POST_ROUTES = (
     "/embed_sparse",
     "/predict",
     "/rerank",
+    "/v1/rerank",
     "/similarity",
     "/tokenize",
     "/decode",
@@ -48,7 +49,7 @@ POST_ROUTES = (
     "/",
     "/invocations",
 )
-OPENAI_ROUTES = frozenset({"/v1/embeddings", "/embeddings"})
+OPENAI_ROUTES = frozenset({"/v1/embeddings", "/embeddings", "/v1/rerank"})
 
 MAX_CLIENT_BATCH_SIZE = 32  # the server's default --max-client-batch-size
 VOCAB_SIZE = 30522  # bert-base-uncased vocabulary, shared by MiniLM and the tiny models
@@ -70,7 +71,7 @@ ERROR_TYPES_BY_STATUS: dict[int, frozenset[str]] = {
 # texts on a slow CPU, short enough that a hung server fails the test.
 TIMEOUT_S = 60.0
 
-# Generated requests per route and server: 13 routes x 2 servers x 40 = 1040, well over
+# Generated requests per route and server: 14 routes x 2 servers x 40 = 1120, well over
 # the ~400 the issue asks for, while the whole file stays well under a minute on a
 # 2-core machine (most of it is starting the two servers). Per route rather than one
 # run over all routes: Hypothesis does not sample routes evenly, and a failure's test
@@ -79,8 +80,8 @@ EXAMPLES_PER_ROUTE = 40
 
 # The routes each model type answers with a 200; the others must say 424.
 SERVED_ROUTES = {
-    "embedding": frozenset(POST_ROUTES) - {"/embed_sparse", "/predict", "/rerank"},
-    "reranker": frozenset({"/predict", "/rerank", "/tokenize", "/decode", "/vertex", "/", "/invocations"}),
+    "embedding": frozenset(POST_ROUTES) - {"/embed_sparse", "/predict", "/rerank", "/v1/rerank"},
+    "reranker": frozenset({"/predict", "/rerank", "/v1/rerank", "/tokenize", "/decode", "/vertex", "/", "/invocations"}),
 }
 
 FUZZ_SETTINGS = settings(
@@ -252,9 +253,30 @@ embed_all_body = _object(
 predict_body = _object(
     {"inputs": predict_inputs}, {"truncate": optional_flag, "truncation_direction": direction, "raw_scores": flag}
 )
+# Neither served model is a causal-LM reranker: any instruction is refused.
+instruction = _field(st.none(), st.one_of(short_texts, st.just("")))
 rerank_body = _object(
     {"query": text, "texts": _text_list(MAX_CLIENT_BATCH_SIZE)},
-    {"truncate": optional_flag, "truncation_direction": direction, "raw_scores": flag, "return_text": flag},
+    {"truncate": optional_flag, "truncation_direction": direction, "raw_scores": flag, "return_text": flag,
+     "instruction": instruction},
+)
+# Jina's and Cohere's documents: strings or {"text": ...} objects (other keys ignored).
+document = st.one_of(texts, texts.map(lambda t: {"text": t}), short_texts.map(lambda t: {"text": t, "id": 7}))
+v1_rerank_body = _object(
+    {
+        "query": text,
+        "documents": _field(
+            st.one_of(st.lists(document, min_size=1, max_size=8), _at_batch_limit(document)),
+            st.one_of(st.sampled_from(([], [""], [{"text": ""}], [{"title": "a"}], [{"text": 1}], ["a", 1], "a")),
+                      _over_batch_limit(document)),
+        ),
+    },
+    {
+        "model": _field(st.one_of(st.none(), st.text(max_size=30)), st.sampled_from((1, [], {}))),
+        "top_n": _field(st.one_of(st.none(), st.integers(1, 40)), st.sampled_from((0, -1, "2", 1.5, 2**64, True))),
+        "return_documents": flag,
+        "instruction": instruction,
+    },
 )
 similarity_parameters = _object({}, {"truncate": optional_flag, "truncation_direction": direction,
                                      "prompt_name": prompt_name})
@@ -326,6 +348,7 @@ BODIES: dict[str, Field] = {
     "/embed_sparse": embed_all_body,
     "/predict": predict_body,
     "/rerank": rerank_body,
+    "/v1/rerank": v1_rerank_body,
     "/similarity": similarity_body,
     "/tokenize": tokenize_body,
     "/decode": decode_body,
@@ -428,6 +451,11 @@ def _check_success(path: str, model_type: str, content: Any) -> None:
         assert _vectors(content) and content, content
     elif path == "/embed_all":
         assert isinstance(content, list) and all(_vectors(tokens) for tokens in content), "bad /embed_all body"
+    elif path == "/v1/rerank":
+        results = content["results"]
+        assert all(_numbers(r["relevance_score"]) and 0 <= r["relevance_score"] <= 1 for r in results), content
+        assert [r["relevance_score"] for r in results] == sorted((r["relevance_score"] for r in results), reverse=True)
+        assert content["usage"]["prompt_tokens"] == content["usage"]["total_tokens"] > 0
     elif path in OPENAI_ROUTES:
         assert content["object"] == "list" and isinstance(content["data"], list), content
         assert [d["index"] for d in content["data"]] == list(range(len(content["data"])))

@@ -14,7 +14,7 @@ import pytest
 from embedserve.launcher import choose_backend
 from embedserve.router.model_config import ModelConfigError, ModelSpec, load_model_spec
 from tests.conftest import ROOT, short_socket_prefix
-from tests.models import build_family_model, build_jina_bert_model
+from tests.models import build_family_model, build_jina_bert_model, build_tiny_causal_reranker, build_tiny_model
 
 
 def _spec(model_type: str, remote_code: bool = False, jina_bert: bool = False) -> ModelSpec:
@@ -77,6 +77,24 @@ def test_onnx_never_exports_shipped_code_as_transformers_class(tmp_path: Path, m
     jina_dir = build_jina_bert_model(tmp_path / "jina", model_dir)
     errors, stderr = _refused_start("--model-id", str(jina_dir), "--backend", "onnx")
     assert len(errors) == 1 and "cannot export model" in errors[0] and "--backend torch" in errors[0], stderr
+
+
+def test_causal_rerankers_need_the_template_flag_a_causal_lm_and_torch(tmp_path: Path, model_dir: Path) -> None:
+    causal = build_tiny_causal_reranker(tmp_path / "qwen3-reranker", ["a document"])
+    # Never guessed: without the flag it is a causal LM with no pooling, and the error says what to add.
+    with pytest.raises(ModelConfigError, match="--reranker-template"):
+        load_model_spec(causal)
+    spec = load_model_spec(causal, reranker_template="qwen3")
+    assert (spec.model_type, spec.id2label, spec.reranker_template) == ("reranker", {"0": "yes"}, "qwen3")
+    assert choose_backend("auto", spec, []) == "torch"
+    with pytest.raises(ModelConfigError, match="needs a ...ForCausalLM checkpoint"):
+        load_model_spec(build_tiny_model("reranker", tmp_path / "bert-reranker", model_dir), reranker_template="qwen3")
+    for backend in ("onnx", "python"):
+        errors, stderr = _refused_start("--model-id", str(causal), "--reranker-template", "qwen3", "--backend", backend,
+                                        "--trust-remote-code")
+        assert len(errors) == 1 and "run on --backend torch only" in errors[0], stderr
+    errors, stderr = _refused_start("--model-id", str(causal), "--reranker-instruction", "judge")
+    assert len(errors) == 1 and "--reranker-instruction needs --reranker-template" in errors[0], stderr
 
 
 def _refused_start(*args: str) -> tuple[list[str], str]:

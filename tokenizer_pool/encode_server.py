@@ -21,8 +21,10 @@ import msgspec
 
 from embedserve.proto.codec import unpack_u32
 from embedserve.proto.frames import FrameProtocol
-from embedserve.tokenizer_pool.encoder import EncodeError, Encoder, EncoderInput, TextPair, UnknownModelError, encoder_for
-from embedserve.tokenizer_pool.frames import EncodeCall, EncodeResult, ErrorKind, IdInput, WireInput
+from embedserve.tokenizer_pool.encoder import (
+    EncodeError, Encoder, EncoderInput, TextPair, UnknownModelError, encoder_for,
+)
+from embedserve.tokenizer_pool.frames import EncodeCall, EncodeResult, ErrorKind, FramedText, IdInput, WireInput
 
 logger = logging.getLogger("tokenizer_pool")
 
@@ -125,7 +127,7 @@ def _send(payloads: list[tuple[_Connection, bytes]]) -> None:
 
 
 def _encoder_input(item: WireInput) -> EncoderInput:
-    if isinstance(item, str):
+    if isinstance(item, (str, FramedText)):
         return item
     if isinstance(item, IdInput):
         return unpack_u32(item.packed)

@@ -13,6 +13,7 @@ from typing import Literal, cast
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
+from embedserve.tokenizer_pool.frames import FramedText
 from embedserve.tokenizer_pool.limits import EncodeError, character_limit, check_characters, guard_text
 from embedserve.tokenizer_pool.run_cache import RunCache
 
@@ -20,8 +21,8 @@ from embedserve.tokenizer_pool.run_cache import RunCache
 assert array("I").itemsize == 4 and sys.byteorder == "little", "encode_packed assumes little-endian uint32"
 
 __all__ = [
-    "Direction", "EncodeError", "EncodedInput", "Encoder", "EncoderInput", "PackedEncodings", "TextPair", "TokenColumns",
-    "UnknownModelError", "encoder_for",
+    "Direction", "EncodeError", "EncodedInput", "Encoder", "EncoderInput", "FramedText", "PackedEncodings", "TextPair",
+    "TokenColumns", "UnknownModelError", "encoder_for",
 ]
 
 Direction = Literal["right", "left"]
@@ -33,7 +34,10 @@ class TextPair:
     second: str
 
 
-EncoderInput = str | np.ndarray | TextPair
+EncoderInput = str | np.ndarray | TextPair | FramedText
+
+# Distinct prefixes and suffixes of framed texts whose ids are kept (a template has two).
+MAX_FRAME_PARTS = 16
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,7 @@ class Encoder:
         self._vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
         self._exclude_prompt_from_pooling = exclude_prompt_from_pooling
         self._prompt_lengths: dict[str, int] = {}
+        self._frame_parts: dict[str, list[int]] = {}
         self._runs = RunCache.for_tokenizer(self._tokenizer)
 
     def encode(self, inputs: list[EncoderInput], truncate: bool, direction: Direction, prompt: str | None) -> list[EncodedInput]:
@@ -109,6 +114,11 @@ class Encoder:
         self, inputs: list[EncoderInput], truncate: bool, direction: Direction, prompt: str | None
     ) -> tuple[list[list[int]], list[list[int]] | None, list[int], int]:
         """Every input's ids and type ids (None: all 0), characters and pool start."""
+        framed = [item for item in inputs if isinstance(item, FramedText)]
+        if framed:
+            if len(framed) != len(inputs):
+                raise EncodeError("framed texts cannot be mixed with other inputs in one call")
+            return self._framed(framed, truncate, direction, prompt), None, [_characters(f) for f in framed], 0
         texts: list[str | tuple[str, str]] = []
         characters: list[int] = []
         specials: list[bool] = []
@@ -126,6 +136,7 @@ class Encoder:
                 text, add_special = (prompt or "") + item, True
                 characters.append(len(text))
             else:
+                assert not isinstance(item, FramedText)  # framed calls return above
                 text, add_special = self._text_of_ids(item, prompt)
                 characters.append(len(item))
             texts.append(guard_text(text, truncate, limit))
@@ -154,6 +165,41 @@ class Encoder:
             ]
         self._check_lengths(map(len, encodings))
         return [e.ids for e in encodings], [e.type_ids for e in encodings], characters, pool_start
+
+    def _framed(
+        self, items: list[FramedText], truncate: bool, direction: Direction, prompt: str | None
+    ) -> list[list[int]]:
+        """Prefix, body and suffix encoded apart without special tokens and joined, the
+        body cut to what the frame leaves of max_input_length (Qwen3-Reranker's model
+        card encodes its prompts the same way)."""
+        if prompt is not None:
+            raise EncodeError("`prompt_name` cannot be set with a reranker template")
+        self._set_truncation(False, "right")
+        limit = character_limit(self.max_input_length)
+        bodies = [guard_text(item.body, truncate, max(limit - len(item.prefix) - len(item.suffix), 0))
+                  for item in items]
+        encodings = self._tokenizer.encode_batch(bodies, add_special_tokens=False)
+        id_lists = []
+        for item, encoding in zip(items, encodings):
+            prefix, suffix = self._frame_part(item.prefix), self._frame_part(item.suffix)
+            body: list[int] = encoding.ids
+            budget = self.max_input_length - len(prefix) - len(suffix)
+            if truncate and len(body) > budget:
+                if budget <= 0:
+                    raise EncodeError(f"the reranker template alone takes {len(prefix) + len(suffix)} tokens, "
+                                      f"more than the maximum input length {self.max_input_length}")
+                body = body[:budget] if direction == "right" else body[len(body) - budget:]
+            id_lists.append(prefix + body + suffix)
+        self._check_lengths(map(len, id_lists))
+        return id_lists
+
+    def _frame_part(self, text: str) -> list[int]:
+        known = self._frame_parts.get(text)
+        if known is None:
+            if len(self._frame_parts) >= MAX_FRAME_PARTS:
+                self._frame_parts.clear()
+            known = self._frame_parts[text] = list(self._tokenizer.encode(text, add_special_tokens=False).ids)
+        return known
 
     def _check_lengths(self, lengths: Iterable[int]) -> None:
         for length in lengths:
@@ -248,6 +294,10 @@ def encoder_for(encoders: Sequence[Encoder], model: int) -> Encoder:
             f"tokenizer worker has no model {model}: it serves {len(encoders)} model(s). This is a bug."
         )
     return encoders[model]
+
+
+def _characters(item: FramedText) -> int:
+    return len(item.prefix) + len(item.body) + len(item.suffix)
 
 
 def _byte_offsets(text: str) -> Callable[[int], int]:

@@ -26,14 +26,25 @@ def encode_socket_path(grpc_socket_path: str) -> str:
     return grpc_socket_path + ".e"
 
 
-class IdInput(msgspec.Struct, gc=False):
+class IdInput(msgspec.Struct, tag="ids", gc=False):
     """Client token ids, little-endian uint32 (decoded to text and re-encoded, as TEI does)."""
 
     packed: bytes
 
 
-# A text, a pair of texts (the tokenizer's pair template), or client ids.
-WireInput = str | tuple[str, str] | IdInput
+class FramedText(msgspec.Struct, tag="framed", frozen=True, gc=False):
+    """A prompt template's text (router/rerank_template.py): the three parts are
+    tokenized apart, without special tokens, and joined; truncation cuts only the
+    body, so the prefix and the suffix, where a causal reranker answers, stay whole.
+    The same type on both sides of the link."""
+
+    prefix: str
+    body: str
+    suffix: str
+
+
+# A text, a pair of texts (the tokenizer's pair template), client ids, or a framed text.
+WireInput = str | tuple[str, str] | IdInput | FramedText
 
 
 class EncodeCall(msgspec.Struct, array_like=True, gc=False):

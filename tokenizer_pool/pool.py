@@ -28,7 +28,7 @@ from google.protobuf.message import Message
 
 from embedserve.proto.codec import pack_u32, unpack_u32
 from embedserve.proto.gen_pb import tokenizer_pb2, tokenizer_pb2_grpc
-from embedserve.tokenizer_pool.frames import EncodeResult, ErrorKind, IdInput, WireInput, encode_socket_path
+from embedserve.tokenizer_pool.frames import EncodeResult, ErrorKind, FramedText, IdInput, WireInput, encode_socket_path
 from embedserve.tokenizer_pool.limits import EncodeError, character_limit, check_characters, guard_text
 from embedserve.tokenizer_pool.link import EncodeLink, LinkDown
 
@@ -68,7 +68,8 @@ class TextPair:
     second: str
 
 
-Input = str | list[int] | TextPair
+# FramedText: a causal reranker's prompt (router/rerank_template.py), sent as it is.
+Input = str | list[int] | TextPair | FramedText
 TokenFormat = Literal["json", "tei"]
 
 FORMATS = {"json": tokenizer_pb2.TOKENIZE_FORMAT_JSON, "tei": tokenizer_pb2.TOKENIZE_FORMAT_TEI_PROTO}
@@ -254,6 +255,13 @@ class ModelTokenizer:
             # Cutting the text alone is enough for the worker to make the exact cut
             # of prompt + text.
             return guard_text(item, True, self.character_limit)
+        if isinstance(item, FramedText):
+            if not truncate:
+                self._check(len(item.prefix) + len(item.body) + len(item.suffix))
+            # Only the body is ever cut; the frame is the template's, a few hundred characters.
+            budget = max(self.character_limit - len(item.prefix) - len(item.suffix), 0)
+            body = guard_text(item.body, True, budget)
+            return item if body is item.body else FramedText(item.prefix, body, item.suffix)
         return item
 
     def _check(self, characters: int, limit: int | None = None) -> None:
@@ -264,7 +272,7 @@ class ModelTokenizer:
 
 
 def _wire_input(item: Input) -> WireInput:
-    if isinstance(item, str):
+    if isinstance(item, (str, FramedText)):
         return item
     if isinstance(item, TextPair):
         return (item.first, item.second)

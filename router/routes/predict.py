@@ -19,7 +19,7 @@ async def handle_predict(call: HttpCall, body: PredictRequest) -> Outcome:
 async def handle_rerank(call: HttpCall, body: RerankRequest) -> Outcome:
     work = call.model.operations.rerank(
         [(body.query, text) for text in body.texts], truncation(body.truncate, body.truncation_direction),
-        body.raw_scores, call_limits(call), is_batch=True,
+        body.raw_scores, call_limits(call), is_batch=True, instruction=body.instruction,
     )
     result = await until_disconnected(call, work)
     ranks = []

@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedserve.backends.base import EngineSpec, ModelBatch
+from embedserve.backends.base import CausalRerankSpec, EngineSpec, ModelBatch
 from embedserve.backends.padding import length_sorted_chunks
 from embedserve.backends.server import BatchRejected, decode_batch
 from embedserve.backends.torch_backend import TorchBackend
 from embedserve.proto.codec import pack_u32
 from embedserve.proto.gen_pb import backend_pb2
+from tests.models import build_tiny_causal_reranker
 from tests.texts import varied_texts
 
 
@@ -50,6 +51,32 @@ def test_pooling_matches_transformers(model_dir: Path, tokenizer, pooling: str) 
             hidden = model(input_ids=ids).last_hidden_state[0]
         expected = {"mean": hidden.mean(0), "cls": hidden[0], "last_token": hidden[-1]}[pooling].numpy()
         np.testing.assert_allclose(row, expected, atol=1e-4)
+
+
+def test_causal_reranker_scores_the_last_token_of_each_padded_row(tmp_path: Path) -> None:
+    """logit(yes) - logit(no) at each sequence's last token, in padded chunks of mixed
+    lengths, equals the full LM head of transformers run one sequence at a time."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    texts = varied_texts(10, seed=3)
+    model_dir = build_tiny_causal_reranker(tmp_path / "causal", texts)
+    spec = EngineSpec(model_dir, "cpu", "", "cls", Path("/nonexistent"),
+                      causal_rerank=CausalRerankSpec("qwen3", "judge", "yes", "no"))
+    backend = TorchBackend(spec)
+    assert backend.is_classifier and backend.is_padded
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    encodings = [tokenizer.encode(t, add_special_tokens=False)[:200] for t in texts]
+    ids = np.concatenate([np.asarray(e, np.uint32) for e in encodings])
+    cu = np.concatenate([[0], np.cumsum([len(e) for e in encodings])]).astype(np.uint32)
+    got = backend.predict(ModelBatch(ids, np.zeros_like(ids), np.zeros_like(ids), cu, max(map(len, encodings))))
+    assert got.shape == (len(texts), 1)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    yes, no = tokenizer.convert_tokens_to_ids("yes"), tokenizer.convert_tokens_to_ids("no")
+    for row, encoding in zip(got, encodings):
+        with torch.inference_mode():
+            logits = model(torch.tensor([encoding])).logits[0, -1]
+        assert row[0] == pytest.approx(float(logits[yes] - logits[no]), abs=1e-4)
 
 
 def test_chunks_cover_every_sequence_once() -> None:

@@ -129,3 +129,29 @@ def test_decode_refuses_empty_id_lists() -> None:
     with pytest.raises(EmptyInputError, match="`ids` cannot be empty"):
         _run(operations.decode([[]], True))
     assert _run(operations.decode([[1, 2]], True)) == ["text"]
+
+
+def test_a_causal_reranker_frames_each_pair_and_answers_rerank_only() -> None:
+    from embedserve.router.rerank_template import QWEN3, causal_prompt
+    from embedserve.tokenizer_pool.frames import FramedText
+
+    inference = RecordingInference(row=np.array([0.5], np.float32))
+    config = RouterSettings(model_id="m", served_model_name="m", backend_sockets=(), tokenizer_sockets=(),
+                            model_type="reranker", id2label={"0": "yes"}, label2id={"yes": 0})
+    prompt = causal_prompt("qwen3", "find the city")
+    operations = Operations(config, HIDDEN, inference, prompt)  # type: ignore[arg-type]
+    _run(operations.rerank([("q", "doc one")], Truncation(None), False, CallLimits(), is_batch=True))
+    _run(operations.rerank([("q", "doc two")], Truncation(None), False, CallLimits(), is_batch=True,
+                           instruction="another"))
+    first, second = (call["inputs"][0] for call in inference.calls)
+    body = "<Instruct>: find the city\n<Query>: q\n<Document>: doc one"
+    assert first == FramedText(QWEN3.prefix, body, QWEN3.suffix)
+    assert second.body == "<Instruct>: another\n<Query>: q\n<Document>: doc two"
+    # The backend's empty instruction is the template's own.
+    default = causal_prompt("qwen3", "")
+    assert default is not None and default.default_instruction == QWEN3.default_instruction
+    with pytest.raises(ModelTypeError, match="answers /rerank only"):
+        _run(operations.predict(["q", "d"], Truncation(None), False, CallLimits()))
+    assert causal_prompt("", "") is None
+    with pytest.raises(RuntimeError, match="does not know"):
+        causal_prompt("llama9", "")

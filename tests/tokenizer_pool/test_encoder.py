@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedserve.tokenizer_pool.encoder import EncodeError, Encoder, TextPair
+from embedserve.tokenizer_pool.encoder import EncodeError, Encoder, FramedText, TextPair
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +86,30 @@ def test_packed_encodings_match_one_array_per_input(encoder: Encoder) -> None:
             assert packed.type_ids is not None and np.frombuffer(packed.type_ids, "<u4").tolist() == type_ids.tolist()
         else:
             assert packed.type_ids is None  # all zero: not sent
+
+
+def test_framed_text_cuts_only_the_body(encoder: Encoder) -> None:
+    """A causal reranker's prompt: the frame's tokens stay whole at both ends, whichever
+    side of the body the truncation cuts; no special tokens are added."""
+    ids = encoder._tokenizer.encode
+    prefix, suffix = "judge this :", "answer yes or no"
+    body = " ".join(f"w{i}" for i in range(40))
+    head, tail = ids(prefix, add_special_tokens=False).ids, ids(suffix, add_special_tokens=False).ids
+    framed = FramedText(prefix, body, suffix)
+    for direction in ("right", "left"):
+        encoded = encoder.encode([framed], truncate=True, direction=direction, prompt=None)[0].input_ids.tolist()
+        assert len(encoded) == 16 and encoded[: len(head)] == head and encoded[-len(tail):] == tail
+        whole_body = ids(body, add_special_tokens=False).ids
+        kept = encoded[len(head): -len(tail)]
+        assert kept == (whole_body[: len(kept)] if direction == "right" else whole_body[-len(kept):])
+    short = encoder.encode([FramedText(prefix, "w1", suffix)], truncate=False, direction="right", prompt=None)[0]
+    assert short.input_ids.tolist() == head + ids("w1", add_special_tokens=False).ids + tail
+    assert short.characters == len(prefix) + 2 + len(suffix)
+    with pytest.raises(EncodeError, match="must have less than 16 tokens"):
+        encoder.encode([framed], truncate=False, direction="right", prompt=None)
+    with pytest.raises(EncodeError, match="template alone takes"):
+        encoder.encode([FramedText(body, "w1", suffix)], truncate=True, direction="right", prompt=None)
+    with pytest.raises(EncodeError, match="cannot be mixed"):
+        encoder.encode([framed, "plain"], truncate=True, direction="right", prompt=None)
+    with pytest.raises(EncodeError, match="`prompt_name` cannot be set"):
+        encoder.encode([framed], truncate=True, direction="right", prompt="query: ")
