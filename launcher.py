@@ -207,8 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
                    f"Default: the bundled {DEFAULT_MODEL_ID}.")
     p.add_argument("--revision", default=_env("REVISION"),
                    help="Hub revision (commit, branch or refs/pr/N) [env REVISION]")
-    p.add_argument("--backend", default=_env("BACKEND", "auto"), choices=["auto", "torch", "onnx", "python"],
-                   help="Engine. auto: python for models with their own code (auto_map; needs "
+    p.add_argument("--backend", default=_env("BACKEND", "auto"), choices=["auto", "torch", "onnx", "python", "static"],
+                   help="Engine. auto: static for model2vec models (an embedding matrix, no transformer; the only "
+                   "engine for them, always on CPU); python for models with their own code (auto_map; needs "
                    "--trust-remote-code) except GTE, NomicBERT and JinaBERT, which torch implements natively, and "
                    "gte-Qwen2, which transformers has; torch on a GPU; onnx on CPU for the architectures it serves; "
                    "else torch [env BACKEND]")
@@ -439,6 +440,9 @@ def plan_launch(args: argparse.Namespace) -> LaunchPlan:
     gpus = detect_gpus()
     backend = choose_backend(args.backend, spec, gpus)
     require_remote_code_opt_in(backend, spec, args.model_id or DEFAULT_MODEL_ID, args.trust_remote_code)
+    if args.dtype is not None and backend == "static":
+        raise LaunchError(f"cannot serve {model_dir}: --dtype does not apply to the static backend, which averages the "
+                          "model's own matrix in float32", EXIT_CONFIG_ERROR)
     if args.dtype == "int8" and backend != "onnx":
         raise LaunchError(
             f"cannot serve {model_dir} with the {backend} backend: --dtype int8 needs --backend onnx", EXIT_CONFIG_ERROR
@@ -501,6 +505,8 @@ def needs_remote_code(spec: ModelSpec) -> bool:
 
 
 def choose_backend(requested: str, spec: ModelSpec, gpus: list[str]) -> str:
+    if spec.static_embedding or requested == "static":
+        return choose_static_backend(requested, spec)
     if requested != "auto":
         return requested
     if needs_remote_code(spec):
@@ -510,6 +516,17 @@ def choose_backend(requested: str, spec: ModelSpec, gpus: list[str]) -> str:
     if spec.family in ONNX_MODEL_TYPES:
         return "onnx"
     return "torch"
+
+
+def choose_static_backend(requested: str, spec: ModelSpec) -> str:
+    """model2vec models have no transformer: only the static engine runs them, and it runs nothing else."""
+    if not spec.static_embedding:
+        raise LaunchError(f"the static backend serves model2vec models only (config.json model_type \"model2vec\"), "
+                          f"not {spec.config_model_type or 'this model'}", EXIT_CONFIG_ERROR)
+    if requested not in ("auto", "static"):
+        raise LaunchError(f"a model2vec model has no transformer for the {requested} backend; use --backend static "
+                          "(or auto)", EXIT_CONFIG_ERROR)
+    return "static"
 
 
 def refuse_onnx_export_of_shipped_code(backend: str, spec: ModelSpec, model_id: str) -> None:
@@ -831,6 +848,9 @@ def build_children(
     worker_fds = (router_pipe.read_fd,)
     uds = args.uds_path
     devices: list[tuple[str, str | None]] = [("cuda", gpu) for gpu in plan.gpus] or [("cpu", None)]
+    if plan.backend == "static":
+        # A matrix lookup: one CPU process, whatever GPUs there are.
+        devices = [("cpu", None)]
     pooling = plan.spec.pooling or "cls"
     dense_layers = [
         config_pb2.DenseLayer(path=str(layer.path), in_features=layer.in_features, out_features=layer.out_features,
@@ -864,6 +884,7 @@ def build_children(
             model_dir=str(plan.spec.model_dir), socket_path=socket_path, max_input_length=plan.max_input_length,
             json_output=args.json_output, name=f"tokenizer-{index}", router_link=router_link,
             exclude_prompt_from_pooling=not plan.spec.include_prompt and pooling == "mean",
+            static_embedding=plan.spec.static_embedding,
         )
         tokenizers.append(ChildProcess(f"tokenizer-{index}", [python, "-m", "embedserve.tokenizer_pool", f"tokenizer-{index}"],
                                        base_env, tconfig, socket_path, worker_fds, restartable=True,

@@ -105,7 +105,8 @@ def _tei_message(tokens: TokenColumns) -> bytes:
 
 
 async def serve(config: config_pb2.TokenizerConfig) -> None:
-    encoder = Encoder(Path(config.model_dir), config.max_input_length, config.exclude_prompt_from_pooling)
+    encoder = Encoder(Path(config.model_dir), config.max_input_length, config.exclude_prompt_from_pooling,
+                      config.static_embedding)
     servicer = TokenizerServicer(encoder)
     # The encode link listens before gRPC starts: once Health (the launcher's
     # readiness probe) answers, the router can connect to both.
