@@ -32,8 +32,9 @@ $(SERVE_STAMP): pyproject.toml requirements-serve.lock | $(PY)
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(SERVE_STAMP)
 
-$(DEV_STAMP): $(SERVE_STAMP) requirements.lock
+$(DEV_STAMP): $(SERVE_STAMP) requirements.lock requirements-reference.lock
 	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -r requirements-reference.lock
 	touch $(DEV_STAMP)
 
 proto/gen_pb/__init__.py: $(SERVE_STAMP) $(wildcard proto/*.proto) proto/generate.py

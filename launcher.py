@@ -47,7 +47,7 @@ from embedserve.proto.redact import child_environment, scrub_argv
 from embedserve.router.bind import BindError, host_port, local_host, resolve_bind_hosts
 from embedserve.router.model_config import POOLING_FLAG_VALUES, ModelConfigError, ModelSpec, load_model_spec
 from embedserve.router.model_download import HubModel, ModelDownloadError, hub_offline
-from embedserve.router.models_config import ModelEntry, ModelsConfigError, load_models_config, models_from_flags
+from embedserve.router.models_config import BACKENDS, ModelEntry, ModelsConfigError, load_models_config, models_from_flags
 from embedserve.router.owner_link import owner_ready, probe_owner
 from embedserve.router.rerank_template import TEMPLATES
 from embedserve.router.version import VERSION
@@ -228,8 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "[env MODELS_CONFIG]")
     p.add_argument("--revision", default=_env("REVISION"),
                    help="Hub revision (commit, branch or refs/pr/N) [env REVISION]")
-    p.add_argument("--backend", default=_env("BACKEND", "auto"), choices=["auto", "torch", "onnx", "python"],
-                   help="Engine. auto: python for models with their own code (auto_map; needs "
+    p.add_argument("--backend", default=_env("BACKEND", "auto"), choices=BACKENDS,
+                   help="Engine. auto: static for model2vec models (an embedding matrix, no transformer; the only "
+                   "engine for them, always on CPU); python for models with their own code (auto_map; needs "
                    "--trust-remote-code) except GTE, NomicBERT and JinaBERT, which torch implements natively, and "
                    "gte-Qwen2, which transformers has; torch on a GPU; onnx on CPU for the architectures it serves; "
                    "else torch [env BACKEND]")
@@ -521,6 +522,9 @@ def plan_model(args: argparse.Namespace, gpus: list[str]) -> ModelPlan:
         raise LaunchError(f"cannot serve {model_dir} with the {backend} backend: causal-LM rerankers "
                           "(--reranker-template) run on --backend torch only", EXIT_CONFIG_ERROR)
     require_remote_code_opt_in(backend, spec, args.model_id or DEFAULT_MODEL_ID, args.trust_remote_code)
+    if args.dtype is not None and backend == "static":
+        raise LaunchError(f"cannot serve {model_dir}: --dtype does not apply to the static backend, which averages the "
+                          "model's own matrix in float32", EXIT_CONFIG_ERROR)
     if args.dtype == "int8" and backend != "onnx":
         raise LaunchError(
             f"cannot serve {model_dir} with the {backend} backend: --dtype int8 needs --backend onnx", EXIT_CONFIG_ERROR
@@ -586,6 +590,8 @@ def needs_remote_code(spec: ModelSpec) -> bool:
 
 
 def choose_backend(requested: str, spec: ModelSpec, gpus: list[str]) -> str:
+    if spec.static_embedding or requested == "static":
+        return choose_static_backend(requested, spec)
     if requested != "auto":
         return requested
     if spec.reranker_template:
@@ -597,6 +603,17 @@ def choose_backend(requested: str, spec: ModelSpec, gpus: list[str]) -> str:
     if spec.family in ONNX_MODEL_TYPES:
         return "onnx"
     return "torch"
+
+
+def choose_static_backend(requested: str, spec: ModelSpec) -> str:
+    """model2vec models have no transformer: only the static engine runs them, and it runs nothing else."""
+    if not spec.static_embedding:
+        raise LaunchError(f"the static backend serves model2vec models only (config.json model_type \"model2vec\"), "
+                          f"not {spec.config_model_type or 'this model'}", EXIT_CONFIG_ERROR)
+    if requested not in ("auto", "static"):
+        raise LaunchError(f"a model2vec model has no transformer for the {requested} backend; use --backend static "
+                          "(or auto)", EXIT_CONFIG_ERROR)
+    return "static"
 
 
 def refuse_onnx_export_of_shipped_code(backend: str, spec: ModelSpec, model_id: str) -> None:
@@ -929,7 +946,7 @@ def build_children(
         config_pb2.TokenizerModel(
             model_dir=str(model.spec.model_dir), max_input_length=model.max_input_length,
             exclude_prompt_from_pooling=not model.spec.include_prompt and (model.spec.pooling or "cls") == "mean",
-            name=model.name,
+            name=model.name, static_embedding=model.spec.static_embedding,
         )
         for model in plan.models
     ]
@@ -1022,6 +1039,9 @@ def _model_backends(
     backend-m<number>-<i>."""
     args = model.args
     devices: list[tuple[str, str | None]] = [("cuda", gpu) for gpu in plan.gpus] or [("cpu", None)]
+    if model.backend == "static":
+        # A matrix lookup: one CPU process, whatever GPUs there are.
+        devices = [("cpu", None)]
     dense_layers = [
         config_pb2.DenseLayer(path=str(layer.path), in_features=layer.in_features, out_features=layer.out_features,
                               bias=layer.bias, activation=DENSE_ACTIVATIONS[layer.activation])

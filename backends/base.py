@@ -106,7 +106,8 @@ class Backend(Protocol):
 
     Methods are called from a single worker thread, one at a time.
     Variants, by name (`backends/engines.py`): torch (`TorchBackend`), onnx
-    (`OnnxBackend`), python (`RemoteCodeBackend`, trust_remote_code).
+    (`OnnxBackend`), python (`RemoteCodeBackend`, trust_remote_code), static
+    (`StaticBackend`, model2vec).
     """
 
     name: str

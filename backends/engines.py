@@ -12,6 +12,8 @@ ENGINES = {
     "torch": "embedserve.backends.torch_backend:TorchBackend",
     "onnx": "embedserve.backends.onnx_backend:OnnxBackend",
     "python": "embedserve.backends.remote_code:RemoteCodeBackend",
+    # model2vec's static embeddings: numpy only (backends/static.py).
+    "static": "embedserve.backends.static:StaticBackend",
 }
 
 

@@ -39,6 +39,10 @@ POSITION_OFFSET_MODEL_TYPES = ("xlm-roberta", "camembert", "roberta")
 # Gemma3's activations overflow float16 (TEI router/src/lib.rs defaults gemma3_text
 # to float32 alike). bfloat16, its training dtype, stays available on request.
 FLOAT32_MODEL_TYPES = ("gemma3_text",)
+# model2vec's default max_length; its config may say another, or null (no limit).
+STATIC_DEFAULT_MAX_LENGTH = 512
+# model2vec's max_length null: no limit of its own, so --max-batch-tokens caps it.
+STATIC_UNLIMITED_LENGTH = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,8 @@ class ModelSpec:
     jina_bert: bool = False
     # --reranker-template: a ...ForCausalLM checkpoint served as a reranker (router/rerank_template.py).
     reranker_template: str = ""
+    # A model2vec static embedding model: an embedding matrix, no transformer (backends/static.py).
+    static_embedding: bool = False
 
     @property
     def family(self) -> str:
@@ -93,6 +99,8 @@ def load_model_spec(
     if not (model_dir / "tokenizer.json").is_file():
         raise ModelConfigError(f"{model_dir} has no tokenizer.json (a fast tokenizer is required)")
     config = read_json(config_path)
+    if config.get("model_type") == "model2vec":
+        return _static_model_spec(model_dir, config, requested_pooling=pooling_flag, dense_path=dense_path)
     architectures = tuple(str(a) for a in config.get("architectures") or ())
     requested = POOLING_FLAG_VALUES.get(pooling_flag) if pooling_flag else None
     if pooling_flag and requested is None:
@@ -175,6 +183,27 @@ def load_model_spec(
         dense_layers=dense_layers,
         include_prompt=include_prompt,
         reranker_template=reranker_template or "",
+    )
+
+
+def _static_model_spec(model_dir: Path, config: dict[str, Any], requested_pooling: str | None,
+                       dense_path: str | None) -> ModelSpec:
+    """model2vec: tokens -> rows of a matrix -> their mean. Its config.json's max_length
+    is the token limit (model2vec's default 512 when absent; null: none)."""
+    if not (model_dir / "model.safetensors").is_file():
+        raise ModelConfigError(f"{model_dir} is a model2vec model without model.safetensors")
+    if requested_pooling not in (None, "mean"):
+        raise ModelConfigError(f"a model2vec model averages its token vectors; --pooling {requested_pooling} does not apply")
+    if dense_path is not None:
+        raise ModelConfigError("--dense-path does not apply to a model2vec model")
+    max_length = config.get("max_length", STATIC_DEFAULT_MAX_LENGTH)
+    if max_length is not None and (not isinstance(max_length, int) or max_length <= 0):
+        raise ModelConfigError(f"config.json's max_length must be a positive integer or null, not {max_length!r}")
+    return ModelSpec(
+        model_dir=model_dir, model_type="embedding", pooling="mean", id2label={}, label2id={},
+        base_input_length=STATIC_UNLIMITED_LENGTH if max_length is None else max_length, position_offset=0,
+        architectures=tuple(str(a) for a in config.get("architectures") or ()), config_model_type="model2vec",
+        static_embedding=True,
     )
 
 

@@ -25,7 +25,7 @@ import yaml
 
 from embedserve.router.model_config import POOLING_FLAG_VALUES
 
-BACKENDS = ("auto", "torch", "onnx", "python")
+BACKENDS = ("auto", "torch", "onnx", "python", "static")
 DTYPES = ("float32", "float16", "bfloat16", "int8")
 
 # key -> what a value must be; `str` keys with a fixed set name it in CHOICES.

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 
 from embedserve.router.errors import BatchSizeError, EmptyInputError, MalformedRequestError, ValidationError, input_validation
+from embedserve.router.quantize import Precision
 from embedserve.tokenizer_pool.pool import Input, TextPair
 
 TruncationDirection = Literal["right", "left", "Right", "Left"]
@@ -21,6 +22,10 @@ class EmbedRequest(msgspec.Struct, kw_only=True):
     prompt_name: str | None = None
     normalize: bool = True
     dimensions: NonNegative | None = None
+    # embedserve's own (TEI #219): sentence-transformers' quantize_embeddings precisions (router/quantize.py).
+    precision: Precision = "float32"
+    # int8/uint8 only: [mins, maxs] per output dimension; absent: this request's own embeddings.
+    ranges: list[list[float]] | None = None
 
 
 class EmbedAllRequest(msgspec.Struct, kw_only=True):
@@ -108,8 +113,12 @@ class OpenAIEmbeddingsRequest(msgspec.Struct, kw_only=True):
     input: str | list[Any]
     model: str | None = None
     user: str | None = None
-    encoding_format: Literal["float", "base64"] = "float"
+    # float and base64 are OpenAI's; the quantized ones (Azure AI Inference's names) answer lists of ints.
+    encoding_format: Literal["float", "base64", "int8", "uint8", "binary", "ubinary"] = "float"
     dimensions: NonNegative | None = None
+    # As /embed's; with encoding_format base64 the quantized bytes are what is encoded.
+    precision: Precision | None = None
+    ranges: list[list[float]] | None = None
 
 
 T = TypeVar("T")

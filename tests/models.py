@@ -1015,3 +1015,31 @@ def build_tiny_causal_reranker(target: Path, texts: list[str], seed: int = 0, ma
     config.architectures = ["Qwen3ForCausalLM"]
     Qwen3ForCausalLM(config).eval().save_pretrained(target)
     return target
+
+
+def build_model2vec_model(target: Path, tokenizer_source: Path, *, dim: int = 16, normalize: bool = False,
+                          max_length: int | None = 512, vocabulary_quantization: int | None = None,
+                          seed: int = 0) -> Path:
+    """A model2vec folder as its save_pretrained writes one: config.json, a random
+    `embeddings` matrix (one row per token of `tokenizer_source`'s tokenizer.json)
+    in model.safetensors, the tokenizer.json. `vocabulary_quantization`: that many
+    rows, with a token -> row `mapping` and per-token `weights`."""
+    import numpy as np
+    from safetensors.numpy import save_file
+    from tokenizers import Tokenizer
+
+    target.mkdir(parents=True, exist_ok=True)
+    vocab_size = len(Tokenizer.from_file(str(tokenizer_source / "tokenizer.json")).get_vocab())
+    rng = np.random.default_rng(seed)
+    rows = vocab_size if vocabulary_quantization is None else vocabulary_quantization
+    tensors = {"embeddings": rng.standard_normal((rows, dim)).astype(np.float32)}
+    config: dict[str, Any] = {"model_type": "model2vec", "architectures": ["StaticModel"], "hidden_dim": dim,
+                              "normalize": normalize, "max_length": max_length, "embedding_dtype": "float32"}
+    if vocabulary_quantization is not None:
+        tensors["mapping"] = rng.integers(0, rows, vocab_size).astype(np.int64)
+        tensors["weights"] = rng.uniform(0.5, 2.0, vocab_size).astype(np.float32)
+        config["vocabulary_quantization"] = rows
+    save_file(tensors, str(target / "model.safetensors"))
+    shutil.copy(tokenizer_source / "tokenizer.json", target / "tokenizer.json")
+    (target / "config.json").write_text(json.dumps(config))
+    return target

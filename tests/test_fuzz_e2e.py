@@ -242,10 +242,16 @@ def _text_list(at_limit: int) -> Field:
 
 text = _field(texts, st.sampled_from(("", 1, None, ["a"])))
 
+precisions = ("float32", "int8", "uint8", "binary", "ubinary")
+# Valid in shape; 422 unless the precision is int8/uint8 and the width the output's.
+quantization_ranges = _field(st.one_of(st.none(), st.just([[-1.0] * 384, [1.0] * 384])),
+                             st.sampled_from(([], [[0.0]], [[1.0], [0.0]], [[0.0], ["a"]], "x")))
 embed_body = _object(
     {"inputs": embed_inputs},
     {"truncate": optional_flag, "truncation_direction": direction, "prompt_name": prompt_name, "normalize": flag,
-     "dimensions": dimensions},
+     "dimensions": dimensions,
+     "precision": _field(st.sampled_from(precisions), st.sampled_from(("", "INT8", "float", "int4", None))),
+     "ranges": quantization_ranges},
 )
 embed_all_body = _object(
     {"inputs": embed_inputs}, {"truncate": optional_flag, "truncation_direction": direction, "prompt_name": prompt_name}
@@ -311,9 +317,11 @@ openai_body = _object(
     {
         "model": _field(st.one_of(st.none(), st.text(max_size=30)), st.sampled_from((1, [], {}))),
         "user": _field(st.one_of(st.none(), st.text(max_size=30)), st.sampled_from((1, [], {}))),
-        "encoding_format": _field(st.sampled_from(("float", "base64")),
-                                  st.sampled_from(("", "FLOAT", "Base64", "binary", None))),
+        "encoding_format": _field(st.sampled_from(("float", "base64", "int8", "uint8", "binary", "ubinary")),
+                                  st.sampled_from(("", "FLOAT", "Base64", "int4", None))),
         "dimensions": dimensions,
+        "precision": _field(st.one_of(st.none(), st.sampled_from(precisions)), st.sampled_from(("", "INT8", "int4"))),
+        "ranges": quantization_ranges,
     },
 )
 

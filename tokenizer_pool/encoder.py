@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from array import array
 from collections.abc import Callable, Iterable, Sequence
@@ -26,6 +27,10 @@ __all__ = [
 ]
 
 Direction = Literal["right", "left"]
+
+# A static model's input left with no token is sent as this one id, past any
+# vocabulary: the static engine counts it for nothing (backends/static.py).
+STATIC_EMPTY_ID = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,9 @@ class EncodedInput:
 
 
 class Encoder:
-    def __init__(self, model_dir: Path, max_input_length: int, exclude_prompt_from_pooling: bool = False) -> None:
+    def __init__(self, model_dir: Path, max_input_length: int, exclude_prompt_from_pooling: bool = False,
+                 static_embedding: bool = False) -> None:
+        """`static_embedding`: model2vec's tokenization (`StaticRules`) instead of TEI's special tokens."""
         tokenizer_file = model_dir / "tokenizer.json"
         if not tokenizer_file.is_file():
             raise FileNotFoundError(f"{tokenizer_file} is missing: a fast tokenizer is required")
@@ -89,6 +96,7 @@ class Encoder:
         self._prompt_lengths: dict[str, int] = {}
         self._frame_parts: dict[str, list[int]] = {}
         self._runs = RunCache.for_tokenizer(self._tokenizer)
+        self._static = StaticRules.of(self._tokenizer, max_input_length) if static_embedding else None
 
     def encode(self, inputs: list[EncoderInput], truncate: bool, direction: Direction, prompt: str | None) -> list[EncodedInput]:
         id_lists, type_lists, characters, pool_start = self._encodings(inputs, truncate, direction, prompt)
@@ -139,6 +147,8 @@ class Encoder:
                 assert not isinstance(item, FramedText)  # framed calls return above
                 text, add_special = self._text_of_ids(item, prompt)
                 characters.append(len(item))
+            if self._static is not None:
+                text, add_special = self._static.cut(text, truncate), False
             texts.append(guard_text(text, truncate, limit))
             specials.append(add_special)
         self._set_truncation(truncate, direction)
@@ -150,6 +160,8 @@ class Encoder:
                 if truncate:
                     from_runs = [self._runs.truncate(ids, self.max_input_length, specials[0], direction) for ids in from_runs]
                 self._check_lengths(map(len, from_runs))
+                if self._static is not None:
+                    from_runs = self._static.kept(from_runs)
                 return from_runs, None, characters, pool_start
         encodings: list[Encoding]
         if uniform:
@@ -164,6 +176,8 @@ class Encoder:
                 for sequence, add_special in zip(texts, specials)
             ]
         self._check_lengths(map(len, encodings))
+        if self._static is not None:
+            return self._static.kept([e.ids for e in encodings]), None, characters, pool_start
         return [e.ids for e in encodings], [e.type_ids for e in encodings], characters, pool_start
 
     def _framed(
@@ -205,7 +219,7 @@ class Encoder:
         for length in lengths:
             if length > self.max_input_length:
                 raise EncodeError(f"`inputs` must have less than {self.max_input_length} tokens. Given: {length}")
-            if length == 0:
+            if length == 0 and self._static is None:
                 raise EncodeError("`inputs` cannot be empty")
 
     def _prompt_length(self, prompt: str) -> int:
@@ -298,6 +312,35 @@ def encoder_for(encoders: Sequence[Encoder], model: int) -> Encoder:
 
 def _characters(item: FramedText) -> int:
     return len(item.prefix) + len(item.body) + len(item.suffix)
+
+
+@dataclass(frozen=True)
+class StaticRules:
+    """model2vec's `StaticModel.encode` tokenization, beside the encoder's own: no
+    special tokens; when truncating, the text first cut to max_length x the median
+    length of the vocabulary's tokens in characters; after truncation to max_length
+    tokens, the unknown token dropped; an input with no token left is one
+    STATIC_EMPTY_ID (a zero vector)."""
+
+    char_limit: int
+    unk_id: int | None
+
+    @classmethod
+    def of(cls, tokenizer: Tokenizer, max_length: int) -> StaticRules:
+        median = int(np.median([len(token) for token in tokenizer.get_vocab()]))
+        model = json.loads(tokenizer.to_str())["model"]
+        # Unigram names its unknown token by id; WordPiece, BPE and WordLevel by text.
+        unk_id = model.get("unk_id") if model.get("type") == "Unigram" else \
+            (tokenizer.token_to_id(model["unk_token"]) if model.get("unk_token") is not None else None)
+        return cls(max_length * median, unk_id)
+
+    def cut(self, text: str, truncate: bool) -> str:
+        return text[: self.char_limit] if truncate else text
+
+    def kept(self, id_lists: list[list[int]]) -> list[list[int]]:
+        if self.unk_id is not None:
+            id_lists = [[i for i in ids if i != self.unk_id] for ids in id_lists]
+        return [ids or [STATIC_EMPTY_ID] for ids in id_lists]
 
 
 def _byte_offsets(text: str) -> Callable[[int], int]:

@@ -126,7 +126,8 @@ def load_encoders(config: config_pb2.TokenizerConfig) -> list[Encoder]:
     so no model's state (truncation, runs, prompt lengths) leaks into another's."""
     if not config.models:
         raise ValueError("a tokenizer worker needs at least one model in TokenizerConfig.models")
-    encoders = [Encoder(Path(m.model_dir), m.max_input_length, m.exclude_prompt_from_pooling) for m in config.models]
+    encoders = [Encoder(Path(m.model_dir), m.max_input_length, m.exclude_prompt_from_pooling, m.static_embedding)
+                for m in config.models]
     for index, model in enumerate(config.models):
         logger.info("model %d: %s (max_input_length %d)", index, model.name or model.model_dir, model.max_input_length)
     return encoders

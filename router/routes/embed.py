@@ -3,11 +3,9 @@ OpenAI-compatible /v1/embeddings (also /embeddings)."""
 
 from __future__ import annotations
 
-import base64
-
-import numpy as np
-
+from embedserve.router.errors import input_validation
 from embedserve.router.operations import Truncation
+from embedserve.router.quantize import QUANTIZED, Precision, base64_rows, check_ranges, quantize
 from embedserve.router.routes._http import HttpCall, until_disconnected
 from embedserve.router.routes._inference import Outcome, call_limits, endpoint, truncation
 from embedserve.router.schemas import (
@@ -21,12 +19,13 @@ from embedserve.router.schemas import (
 
 
 async def handle_embed(call: HttpCall, body: EmbedRequest) -> Outcome:
+    ranges = check_ranges(body.ranges, body.precision)
     work = call.model.operations.embed_pooled(
         body.inputs, truncation(body.truncate, body.truncation_direction), body.prompt_name, body.normalize,
         body.dimensions, call_limits(call),
     )
     result = await until_disconnected(call, work)
-    return Outcome(result.vectors, result.metadata)
+    return Outcome(quantize(result.vectors, body.precision, ranges), result.metadata)
 
 
 async def handle_embed_all(call: HttpCall, body: EmbedAllRequest) -> Outcome:
@@ -58,12 +57,14 @@ async def handle_similarity(call: HttpCall, body: SimilarityRequest) -> Outcome:
 
 async def handle_openai(call: HttpCall, body: OpenAIEmbeddingsRequest) -> Outcome:
     model = call.choose_model(body.model)
+    precision = openai_precision(body)
+    ranges = check_ranges(body.ranges, precision)
     # OpenAI's API has no truncation, prompt or normalize fields: the server's defaults, normalized.
     work = model.operations.embed_pooled(
         body.input, Truncation(truncate=None), None, True, body.dimensions, call_limits(call)
     )
     result = await until_disconnected(call, work)
-    vectors = result.vectors
+    vectors = quantize(result.vectors, precision, ranges)
     data: list[dict[str, object]]
     if body.encoding_format == "base64":
         data = [{"object": "embedding", "embedding": text, "index": i} for i, text in enumerate(base64_rows(vectors))]
@@ -79,18 +80,15 @@ async def handle_openai(call: HttpCall, body: OpenAIEmbeddingsRequest) -> Outcom
     return Outcome(content, result.metadata)
 
 
-def base64_rows(vectors: np.ndarray) -> list[str]:
-    """Each row's little-endian float32 bytes in base64 (OpenAI's `encoding_format`)."""
-    matrix = np.ascontiguousarray(vectors, dtype="<f4")
-    if len(matrix) == 0:
-        return []
-    row_bytes = matrix.shape[1] * 4
-    if row_bytes and row_bytes % 3 == 0:
-        # Rows end on whole base64 groups (no padding): encode the matrix once and cut.
-        text = base64.b64encode(matrix.data).decode("ascii")
-        step = row_bytes // 3 * 4
-        return [text[start : start + step] for start in range(0, len(text), step)]
-    return [base64.b64encode(row.data).decode("ascii") for row in matrix]
+def openai_precision(body: OpenAIEmbeddingsRequest) -> Precision:
+    """A quantized `encoding_format` names the precision itself; `precision` says it
+    for base64 (raw bytes) and float (JSON lists); the two must not disagree."""
+    if body.encoding_format in QUANTIZED:
+        named: Precision = body.encoding_format
+        if body.precision not in (None, named):
+            raise input_validation(f"`precision` {body.precision!r} contradicts `encoding_format` {named!r}")
+        return named
+    return body.precision or "float32"
 
 
 embed = endpoint(EmbedRequest, handle_embed)
