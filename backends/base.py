@@ -38,6 +38,8 @@ class EngineSpec:
     dense_layers: tuple[DenseSpec, ...] = ()  # applied in order to pooled rows
     # --trust-remote-code: only then may code from the model directory be imported.
     trust_remote_code: bool = False
+    # The router's --max-batch-tokens: the largest CUDA-graph bucket; 0: not known.
+    max_batch_tokens: int = 0
 
 
 @dataclass(frozen=True)
