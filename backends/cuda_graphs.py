@@ -12,7 +12,7 @@ shapes are frozen, so batches are padded up to one of a few *buckets*:
 - `max_seqlen` fixed per bucket: the model's longest sequence (or the bucket size).
 
 A batch goes into the smallest bucket that holds its tokens and its sequences plus
-the padding: the spare tokens form extra sequences of at most `max_seqlen` pad
+the padding: the spare tokens form extra sequences of at most `PAD_SEQ_TOKENS` pad
 tokens after the real ones (attention never crosses a sequence boundary, and every
 other op is token-wise, so the real tokens' states are exactly the unpadded
 ones), and the remaining slots are empty sequences. The real batch is the padded
@@ -46,6 +46,9 @@ SMALLEST_TOKENS = 128
 SEQ_SLOTS = (8, 32, 128, 512, 2048)
 MAX_GRAPHS = 96
 TOKEN_ALIGN = 64  # tensor-core GEMMs like row counts in multiples of 64
+# Padding sequences are at most this long: attention over padding costs its length
+# squared, so many short ones cost less than few long ones (and slots are cheap).
+PAD_SEQ_TOKENS = 128
 
 
 @dataclass(frozen=True, order=True)
@@ -86,9 +89,10 @@ def plan_buckets(max_tokens: int, max_seqlen: int, max_graphs: int = MAX_GRAPHS,
 
 
 def padding_lengths(pad_tokens: int, max_seqlen: int) -> list[int]:
-    """The spare tokens as sequences of at most `max_seqlen`."""
-    full, rest = divmod(pad_tokens, max_seqlen)
-    return [max_seqlen] * full + ([rest] if rest else [])
+    """The spare tokens as sequences of at most `PAD_SEQ_TOKENS` (and `max_seqlen`)."""
+    longest = min(max_seqlen, PAD_SEQ_TOKENS)
+    full, rest = divmod(pad_tokens, longest)
+    return [longest] * full + ([rest] if rest else [])
 
 
 def choose_bucket(buckets: tuple[Bucket, ...], tokens: int, seqs: int, max_length: int) -> Bucket | None:
@@ -217,6 +221,8 @@ class GraphedEncoder:
         self._replays: dict[Bucket, Replay] = {}
         self.failure: str | None = None
         self.capture_seconds = 0.0
+        self.replayed = 0  # forwards from a graph, and run eagerly (bench/issue16.py reports them)
+        self.eager = 0
 
     @property
     def captured(self) -> int:
@@ -269,7 +275,9 @@ class GraphedEncoder:
             bucket = Bucket(int(padded.input_ids.shape[0]), int(padded.lengths.shape[0]), padded.max_length)
             replay = self._replays.get(bucket)
             if replay is not None:
+                self.replayed += 1
                 return replay.run(padded)[: packed.input_ids.shape[0]]
+        self.eager += 1
         return self.inner.hidden_states(packed)
 
     def classify(self, packed: PackedBatch) -> torch.Tensor:

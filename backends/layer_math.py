@@ -6,7 +6,11 @@ kernel. Here the same weights run as:
 
 - `fused`: one QKV GEMM per layer (the three projections concatenated once at load);
   the rest as in the modules, called as functions.
-- `compiled`: that, with everything from the attention output to the next layer's input
+- `epilogue`: `fused`, and a GELU activation computed inside the up projection's GEMM
+  (cuBLASLt's bias + GELU epilogue, `torch._addmm_activation`): one pass over the widest
+  tensor instead of two. That GELU is the tanh approximation, not the exact one BERT
+  uses: parity against float32 says whether it may be used (bench/issue16.py).
+- `compiled`: `fused`, with everything from the attention output to the next layer's input
   (output projection, residual + LayerNorm, up projection + activation, down projection,
   residual + LayerNorm) compiled by `torch.compile` (inductor), which fuses the
   elementwise work into the GEMMs' neighbours. Only the token count varies between
@@ -29,7 +33,10 @@ import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
 
-LAYER_MATHS = ("modules", "fused", "compiled")
+LAYER_MATHS = ("modules", "fused", "epilogue", "compiled")
+# transformers' and torch's GELU modules (exact or tanh): what the GEMM epilogue may replace.
+GELU_CLASSES = frozenset({"GELUActivation", "GELU", "NewGELUActivation", "PytorchGELUTanh", "GELUTanh",
+                          "GELUPytorchTanh"})
 
 # q, k, v [tokens, heads, head_dim] -> context [tokens, heads, head_dim]
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -88,16 +95,20 @@ class FusedLayer:
 Block = Callable[..., torch.Tensor]
 
 
-def make_block(act: Activation, ln1_eps: float, ln2_eps: float) -> Block:
+def make_block(act: Activation, ln1_eps: float, ln2_eps: float, gelu_epilogue: bool = False) -> Block:
     """The work between one layer's attention and the next layer's QKV projection, as a
-    function of tensors only (so one compiled graph serves every layer)."""
+    function of tensors only (so one compiled graph serves every layer). `gelu_epilogue`:
+    the activation (a GELU) inside the up projection's GEMM."""
 
     def block(context: torch.Tensor, hidden: torch.Tensor, out_w: torch.Tensor, out_b: torch.Tensor,
               ln1_w: torch.Tensor, ln1_b: torch.Tensor, up_w: torch.Tensor, up_b: torch.Tensor,
               down_w: torch.Tensor, down_b: torch.Tensor, ln2_w: torch.Tensor, ln2_b: torch.Tensor) -> torch.Tensor:
         width = (hidden.shape[-1],)
         attended = F.layer_norm(F.linear(context, out_w, out_b) + hidden, width, ln1_w, ln1_b, ln1_eps)
-        up = act(F.linear(attended, up_w, up_b))
+        if gelu_epilogue:
+            up = torch._addmm_activation(up_b, attended, up_w.t(), use_gelu=True)
+        else:
+            up = act(F.linear(attended, up_w, up_b))
         return F.layer_norm(F.linear(up, down_w, down_b) + attended, width, ln2_w, ln2_b, ln2_eps)
 
     return block
@@ -144,16 +155,21 @@ def _inductor(block: Block) -> Block:
 
 
 class FusedLayers:
-    """Every layer of an encoder in the `fused` or `compiled` math."""
+    """Every layer of an encoder in the `fused`, `epilogue` or `compiled` math."""
 
-    def __init__(self, layers: Sequence[FusedLayer], compiled: bool,
+    def __init__(self, layers: Sequence[FusedLayer], math: str,
                  compile_fn: Callable[[Block], Block] | None = None) -> None:
+        if math not in LAYER_MATHS[1:]:
+            raise ValueError(f"layer math {math!r}: choose from {', '.join(LAYER_MATHS[1:])}")
+        compiled = math == "compiled"
+        self._math = math
         self.layers = tuple(layers)
         self._blocks: dict[tuple[str, float, float], Block] = {}
         for layer in self.layers:
             key = _block_key(layer)
             if key not in self._blocks:
-                block = make_block(layer.act, layer.ln1_eps, layer.ln2_eps)
+                epilogue = math == "epilogue" and type(layer.act).__name__ in GELU_CLASSES
+                block = make_block(layer.act, layer.ln1_eps, layer.ln2_eps, epilogue)
                 self._blocks[key] = CompiledBlock(block, compile_fn) if compiled else block
         self._compiled = compiled
         # Whether the attention kernel takes q, k, v as strided views of the QKV output;
@@ -161,14 +177,14 @@ class FusedLayers:
         self._strided_ok: bool | None = None
 
     @classmethod
-    def from_modules(cls, layers: Sequence[Any], compiled: bool) -> FusedLayers:
-        return cls([FusedLayer.from_module(layer) for layer in layers], compiled)
+    def from_modules(cls, layers: Sequence[Any], math: str) -> FusedLayers:
+        return cls([FusedLayer.from_module(layer) for layer in layers], math)
 
     @property
     def math(self) -> str:
-        """`compiled`, or `fused` when compiling failed."""
+        """The math asked for; `fused` where compiling failed."""
         if not self._compiled:
-            return "fused"
+            return self._math
         failed = any(isinstance(b, CompiledBlock) and b.failure for b in self._blocks.values())
         return "fused" if failed else "compiled"
 

@@ -137,7 +137,8 @@ class VarlenEncoder:
     def __init__(self, model: Any, kernel: NamedKernel, layers: str = "modules") -> None:
         """`layers`: how each layer's math runs (backends/layer_math.py): `modules`
         calls the transformers modules; `fused` one QKV projection per layer;
-        `compiled` that, with the work after attention compiled by torch.compile."""
+        `epilogue` that, GELU inside the GEMM; `compiled` the work after attention
+        compiled by torch.compile."""
         reason = unsupported_reason(model)
         if reason is not None:
             raise ValueError(f"unpadded attention unavailable: {reason}")
@@ -153,7 +154,7 @@ class VarlenEncoder:
         self.max_positions = int(config.max_position_embeddings) - (self._padding_idx + 1 if self._padding_idx is not None else 0)
         self.fused: FusedLayers | None = None
         if layers != "modules":
-            self.fused = FusedLayers.from_modules(self._base.encoder.layer, compiled=layers == "compiled")
+            self.fused = FusedLayers.from_modules(self._base.encoder.layer, layers)
         self.layers = layers if self.fused is None else self.fused.math
 
     def pack(self, batch: ModelBatch, device: str, put: Upload | None = None) -> PackedBatch:
