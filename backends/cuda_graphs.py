@@ -32,13 +32,16 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
 
 from embedserve.backends.base import ModelBatch
 from embedserve.backends.varlen import NamedKernel, PackedBatch, Upload, VarlenEncoder
+
+if TYPE_CHECKING:
+    from torch.cuda import _POOL_HANDLE
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +172,7 @@ class CudaGraphForward:
     """The forward captured once on `example`'s shapes; `run` copies a batch of the same
     shapes into the captured inputs and replays."""
 
-    def __init__(self, forward: Forward, example: PackedBatch, pool: tuple[int, int] | None = None,
+    def __init__(self, forward: Forward, example: PackedBatch, pool: _POOL_HANDLE | None = None,
                  warmups: int = 2) -> None:
         self._static = _static_copy(example)
         side = torch.cuda.Stream()

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 16's device check, one call on one H100, under 8 minutes (bench/GPU_NOTES.md):
+# Issue 16's device check, one call on one H100, about 8 minutes (bench/GPU_NOTES.md):
 #   1. environment: wheels from .whl/ into /tmp/site, `import embedserve` resolving to
 #      this tree (a /tmp/pkg/embedserve link; the tree is copied there without pip
 #      install), the protobuf modules generated, GPU and versions printed, the server's
@@ -11,7 +11,7 @@
 #   4. issue 13's query-under-bulk, torch backend, 128 bulk clients of 32 texts, idle
 #      baseline ($OUT/query_under_bulk.json), shortened to fit.
 # Each section has its own time box (and none starts without 30 s left of ISSUE16_BUDGET_S,
-# default 470); a failing section prints its error and the next one runs. `--smoke`: every
+# default 500); a failing section prints its error and the next one runs. `--smoke`: every
 # section on CPU with tiny models and few clients, to check the script where no GPU is lent
 # (tests/bench/test_issue16_smoke.py runs section 2 that way).
 set -uo pipefail
@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 SMOKE=""
 [ "${1:-}" = "--smoke" ] && SMOKE="--smoke"
-BUDGET_S=${ISSUE16_BUDGET_S:-470}
+BUDGET_S=${ISSUE16_BUDGET_S:-500}
 # Where the wheels go and where the embedserve link lives (a dry run here keeps its own).
 SITE_DIR=${SITE_DIR:-/tmp/site}
 PKG_DIR=${PKG_DIR:-/tmp/pkg}
@@ -100,8 +100,8 @@ if [ -n "$SMOKE" ]; then
     --bulk-clients 4 --bulk-texts 4 --idle --policies priority --runs 1 --seconds 3 --ramp-s 1 --drain-s 10 \
     --warmup-s 1 --json-out "$OUT/query_under_bulk.json"
 else
-  section issue16 290 "$PYTHON" -m bench.issue16 --budget-s 250
-  section matrix 200 "$PYTHON" -m bench.gpu_check --matrix-only
+  section issue16 260 "$PYTHON" -m bench.issue16 --budget-s 220
+  section matrix 220 "$PYTHON" -m bench.gpu_check --matrix-only
   model=$("$PYTHON" -c "import tempfile; from pathlib import Path; from bench.gpu_check import build_model; print(build_model(Path(tempfile.mkdtemp()) / 'bert'))")
   section query_under_bulk 150 "$PYTHON" -m bench query-under-bulk --backend torch --model-id "$model" \
     --server-args "--dtype float16" --bulk-clients 128 --bulk-texts 32 --idle --policies priority --runs 1 \
