@@ -6,9 +6,9 @@ shapes are frozen, so batches are padded up to one of a few *buckets*:
 
 - total tokens: sizes about `2 ** (1 / steps)` apart (multiples of 64) from
   `SMALLEST_TOKENS` up to `max_batch_tokens`, the last exactly that;
-- sequence slots per token size: `SEQ_SLOTS` (capped at the token size): the
-  attention kernel's grid spans every slot, so slots far beyond the batch's
-  sequences cost empty blocks; hence several;
+- sequence slots per token size: `SEQ_SLOTS` (capped at the token size, and enough
+  to hold it): the attention kernel's grid spans every slot, so slots far beyond the
+  batch's sequences cost empty blocks; hence several;
 - `max_seqlen` fixed per bucket: the model's longest sequence (or the bucket size).
 
 A batch goes into the smallest bucket that holds its tokens and its sequences plus
@@ -83,9 +83,11 @@ def plan_buckets(max_tokens: int, max_seqlen: int, max_graphs: int = MAX_GRAPHS,
     token steps if they fit, else doublings, else the largest sizes only."""
     buckets: list[Bucket] = []
     for steps in (2, 1):
+        # A bucket's sequences hold at most seqs x max_seqlen tokens: larger ones could never be used.
         buckets = [Bucket(tokens, seqs, min(max_seqlen, tokens))
                    for tokens in token_sizes(max_tokens, smallest, steps)
-                   for seqs in sorted({min(s, tokens) for s in seq_slots})]
+                   for seqs in sorted({min(s, tokens) for s in seq_slots})
+                   if tokens <= seqs * min(max_seqlen, tokens)]
         if len(buckets) <= max_graphs:
             break
     return tuple(sorted(buckets)[-max_graphs:])

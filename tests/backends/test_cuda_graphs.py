@@ -54,6 +54,9 @@ def test_plan_buckets_is_bounded_and_covers_the_budget() -> None:
     assert len(buckets) <= 96 and buckets == tuple(sorted(buckets))
     assert max(b.tokens for b in buckets) == 32768
     assert all(b.seqs <= b.tokens and b.max_seqlen == min(512, b.tokens) for b in buckets)
+    # Only buckets whose slots can hold their tokens: 8 sequences of 512 are 4096 at most.
+    assert all(b.tokens <= b.seqs * b.max_seqlen for b in buckets)
+    assert Bucket(4096, 8, 512) in buckets and Bucket(6144, 8, 512) not in buckets
     few = plan_buckets(32768, 512, max_graphs=20)
     assert len(few) == 20 and few[-1].tokens == 32768  # coarser steps, then the largest kept
 
