@@ -46,8 +46,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SMALLEST_TOKENS = 128
-SEQ_SLOTS = (8, 32, 128, 512, 2048)
-MAX_GRAPHS = 96
+SEQ_SLOTS = (8, 32, 128, 256, 512, 1024, 2048)
+MAX_GRAPHS = 128
 TOKEN_ALIGN = 64  # tensor-core GEMMs like row counts in multiples of 64
 # Padding sequences are at most this long: attention over padding costs its length
 # squared, so many short ones cost less than few long ones (and slots are cheap).
