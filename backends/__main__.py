@@ -71,7 +71,8 @@ def engine_spec(config: config_pb2.BackendConfig) -> EngineSpec:
         causal = CausalRerankSpec(reranker.template, reranker.instruction, reranker.yes_token, reranker.no_token)
     return EngineSpec(Path(config.model_dir), config.device, config.dtype, config.pooling, Path(config.cache_dir),
                       cache_max_bytes=config.cache_max_bytes, dense_layers=dense,
-                      trust_remote_code=config.trust_remote_code, causal_rerank=causal)
+                      trust_remote_code=config.trust_remote_code, causal_rerank=causal,
+                      max_batch_tokens=config.max_batch_tokens)
 
 
 def _warm_up(engine: Backend) -> None:

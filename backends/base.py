@@ -51,6 +51,8 @@ class EngineSpec:
     trust_remote_code: bool = False
     # Set: the checkpoint is a causal LM served as a reranker (torch engine only).
     causal_rerank: CausalRerankSpec | None = None
+    # The router's --max-batch-tokens: the largest CUDA-graph bucket; 0: not known.
+    max_batch_tokens: int = 0
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,11 @@ row with varlen attention (`backends/varlen.py`), when an installed kernel provi
 Everything else runs padded SDPA, as length-sorted chunks (`backends/padding.py`).
 `EMBEDSERVE_TORCH_ATTENTION` overrides the choice: `auto` (the default), `padded`,
 or `varlen` (fail to load unless it can run unpadded; on CPU it uses the exact
-per-sequence kernel, for testing).
+per-sequence kernel, for testing). For BERT-like models unpadded,
+`EMBEDSERVE_TORCH_LAYERS` picks the layer math (`modules`, the default; `fused`;
+`compiled`: backends/layer_math.py) and `EMBEDSERVE_TORCH_GRAPHS=on` replays embed
+batches from CUDA graphs captured at start over bucketed shapes (backends/cuda_graphs.py;
+`off`, the default, until they have been measured on a GPU; on CPU an eager stand-in).
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from transformers import (
 from embedserve.backends import gte, jina, nomic
 from embedserve.backends.causal_rerank import YesNoHead, last_states, score_token_ids
 from embedserve.backends.base import EmbedOutput, EngineSpec, ModelBatch
+from embedserve.backends.cuda_graphs import GraphedEncoder, plan_buckets
+from embedserve.backends.layer_math import LAYER_MATHS
 from embedserve.backends.padding import PaddedChunk, PaddedEngine, padded_chunks
 from embedserve.backends.pipeline import Pending, copies_for, ready
 from embedserve.backends.varlen import (
@@ -53,6 +59,9 @@ CPU_CHUNK_TOKENS = 8192
 # 1024 tokens x a 30k vocabulary of float32 logits is already ~125 MB.
 SPLADE_CHUNK_TOKENS = 1024
 ATTENTION_MODES = ("auto", "padded", "varlen")
+GRAPH_MODES = ("off", "on")
+# Graph buckets go up to the router's --max-batch-tokens; this when it is not known.
+DEFAULT_GRAPH_TOKENS = 16384
 # transformers classes that turn a 2D padding mask into a float [B, 1, L, L] for SDPA
 # (~20% of a small model's CPU in `_expand_mask`), but take a [B, 1, L] mask as given
 # and only broadcast it to [B, 1, 1, L]: the same attention, built once per row. Read
@@ -148,6 +157,7 @@ class TorchBackend(PaddedEngine):
         self._pad_token_id = int(getattr(config, "pad_token_id", None) or 0)
         # A causal reranker runs padded: its last-token scoring reads right-padded rows.
         self._varlen = None if trust_remote_code or causal else self._unpadded_encoder(DTYPES[dtype])
+        self._varlen = self._graphed(self._varlen, spec.max_batch_tokens or DEFAULT_GRAPH_TOKENS)
         bert_family = (not trust_remote_code and not native and not getattr(config, "is_decoder", False)
                        and getattr(config, "model_type", None) in BROADCAST_MASK_MODEL_TYPES
                        and int(transformers.__version__.split(".")[0]) == BROADCAST_MASK_TRANSFORMERS)
@@ -157,6 +167,7 @@ class TorchBackend(PaddedEngine):
             # states; classifiers keep theirs); these classes skip it when it is None.
             self._model.pooler = None
         self.attention = f"varlen ({self._varlen.kernel.name})" if self._varlen else "padded sdpa"
+        self.attention += _engine_details(self._varlen)
         self._copies = copies_for(self.device)
         logger.info("attention: %s", self.attention)
 
@@ -187,7 +198,22 @@ class TorchBackend(PaddedEngine):
             if self.device != "cpu":
                 logger.info("running padded: %s", reason)
             return None
-        return gte.GteUnpadded(self._model, kernel) if is_gte else VarlenEncoder(self._model, kernel)
+        if is_gte:
+            return gte.GteUnpadded(self._model, kernel)
+        layers = os.environ.get("EMBEDSERVE_TORCH_LAYERS", "modules")
+        if layers not in LAYER_MATHS:
+            raise ValueError(f"EMBEDSERVE_TORCH_LAYERS={layers!r}: choose from {', '.join(LAYER_MATHS)}")
+        return VarlenEncoder(self._model, kernel, layers)
+
+    def _graphed(self, encoder: UnpaddedEncoder | None, max_tokens: int) -> UnpaddedEncoder | None:
+        mode = os.environ.get("EMBEDSERVE_TORCH_GRAPHS", "off")
+        if mode not in GRAPH_MODES:
+            raise ValueError(f"EMBEDSERVE_TORCH_GRAPHS={mode!r}: choose from {', '.join(GRAPH_MODES)}")
+        if mode == "off" or not isinstance(encoder, VarlenEncoder) or self._is_classifier:
+            return encoder  # GTE and classifiers run eagerly
+        graphed = GraphedEncoder(encoder, plan_buckets(max_tokens, encoder.max_positions), self.device)
+        graphed.capture()
+        return graphed
 
     @property
     def is_padded(self) -> bool:
@@ -276,7 +302,9 @@ class TorchBackend(PaddedEngine):
         if pooled_rows:
             results.append(pool_packed(hidden, packed, self.pooling, batch.pool_starts))
         if batch.raw_indices:
-            results.append(hidden.float())  # one device-to-host copy, then slices
+            # One device-to-host copy, then slices; a copy even in float32, as a graph
+            # replay's output buffer is overwritten by the next batch.
+            results.append(hidden.to(torch.float32, copy=True))
         copied = self._copies.download(results)
 
         def finish() -> EmbedOutput:
@@ -328,6 +356,21 @@ class TorchBackend(PaddedEngine):
         if self.pooling == "splade":
             return SPLADE_CHUNK_TOKENS  # logits are tokens x vocabulary floats
         return CPU_CHUNK_TOKENS if self.device == "cpu" else None
+
+
+def _engine_details(encoder: UnpaddedEncoder | None) -> str:
+    """What the log's attention line adds beyond the kernel: non-default layer math,
+    CUDA graphs and why they are off."""
+    details = []
+    inner = encoder.inner if isinstance(encoder, GraphedEncoder) else encoder
+    if isinstance(inner, VarlenEncoder) and inner.layers != "modules":
+        details.append(f"{inner.layers} layers")
+    if isinstance(inner, VarlenEncoder) and inner.fused is not None and inner.fused.compile_failure:
+        details.append(f"compile failed: {inner.fused.compile_failure}")
+    if isinstance(encoder, GraphedEncoder):
+        details.append(f"{encoder.captured} graphs in {encoder.capture_seconds:.1f}s" if encoder.captured
+                       else f"graphs failed: {encoder.failure}")
+    return f", {', '.join(details)}" if details else ""
 
 
 def _hidden_states(output: Any) -> torch.Tensor:

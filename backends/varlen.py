@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from embedserve.backends.base import ModelBatch
+from embedserve.backends.layer_math import LAYER_MATHS, FusedLayers
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,9 @@ class PackedBatch:
     seq_index: torch.Tensor  # int64 [tokens]: the sequence each token belongs to
     lengths: torch.Tensor  # int64 [n]
     max_length: int
+    # The same batch padded to a captured CUDA-graph bucket (backends/cuda_graphs.py);
+    # this batch is its prefix: the same tokens and sequences first, padding after.
+    bucket: PackedBatch | None = None
 
     @classmethod
     def from_batch(cls, batch: ModelBatch, device: str, padding_idx: int | None, put: Upload | None = None) -> PackedBatch:
@@ -130,16 +134,28 @@ def unsupported_reason(model: Any) -> str | None:
 class VarlenEncoder:
     """Runs a loaded BERT-like transformers model on packed batches."""
 
-    def __init__(self, model: Any, kernel: NamedKernel) -> None:
+    def __init__(self, model: Any, kernel: NamedKernel, layers: str = "modules") -> None:
+        """`layers`: how each layer's math runs (backends/layer_math.py): `modules`
+        calls the transformers modules; `fused` one QKV projection per layer;
+        `epilogue` that, GELU inside the GEMM; `compiled` the work after attention
+        compiled by torch.compile."""
         reason = unsupported_reason(model)
         if reason is not None:
             raise ValueError(f"unpadded attention unavailable: {reason}")
+        if layers not in LAYER_MATHS:
+            raise ValueError(f"layer math {layers!r}: choose from {', '.join(LAYER_MATHS)}")
         self.kernel = kernel
         self._model = model
         self._base = model.base_model
         config = model.config
         self._padding_idx = int(config.pad_token_id) if BERT_LIKE[config.model_type] else None
         self._model_type = config.model_type
+        self.pad_token_id = int(getattr(config, "pad_token_id", None) or 0)
+        self.max_positions = int(config.max_position_embeddings) - (self._padding_idx + 1 if self._padding_idx is not None else 0)
+        self.fused: FusedLayers | None = None
+        if layers != "modules":
+            self.fused = FusedLayers.from_modules(self._base.encoder.layer, layers)
+        self.layers = layers if self.fused is None else self.fused.math
 
     def pack(self, batch: ModelBatch, device: str, put: Upload | None = None) -> PackedBatch:
         return PackedBatch.from_batch(batch, device, self._padding_idx, put)
@@ -152,6 +168,8 @@ class VarlenEncoder:
             hidden = hidden + embeddings.token_type_embeddings(packed.token_type_ids)
         hidden = hidden + embeddings.position_embeddings(packed.position_ids)
         hidden = embeddings.LayerNorm(hidden)
+        if self.fused is not None:
+            return self.fused.run(hidden, lambda q, k, v: self.kernel.run(q, k, v, packed.cu_seqlens, packed.max_length))
         for layer in self._base.encoder.layer:
             hidden = self._layer(layer, hidden, packed)
         return hidden  # type: ignore[no-any-return]
@@ -208,6 +226,8 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: t
     bounds = cu.tolist()
     out = torch.empty_like(q)
     for start, end in zip(bounds[:-1], bounds[1:]):
+        if end == start:
+            continue  # an empty sequence: CUDA-graph buckets pad with them
         # [len, heads, dim] -> [heads, len, dim]
         query, key, value = (t[start:end].transpose(0, 1) for t in (q, k, v))
         out[start:end] = F.scaled_dot_product_attention(query, key, value).transpose(0, 1)

@@ -52,7 +52,8 @@ PARITY_MAX_TOKENS = 126  # the tiny models have 128 (+ 2 offset) positions
 MIN_FP16_COSINE = 0.999
 
 
-def build_model(target: Path) -> Path:
+def build_model(target: Path, tiny: bool = False) -> Path:
+    """BERT-base's shape with random weights; `tiny`: 2 layers of 64, for CPU smoke runs."""
     import torch
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import BertConfig, BertModel
@@ -77,8 +78,9 @@ def build_model(target: Path) -> Path:
     (target / "1_Pooling").mkdir(exist_ok=True)
     (target / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=VOCAB_SIZE, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                        intermediate_size=3072, max_position_embeddings=512)
+    shape = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128) if tiny else \
+        dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+    config = BertConfig(vocab_size=VOCAB_SIZE, max_position_embeddings=512, **shape)
     config.architectures = ["BertModel"]
     BertModel(config).save_pretrained(target)
     return target
@@ -353,7 +355,12 @@ def matrix_main(args: argparse.Namespace, out: Path | None) -> int:
         from bench.cpu_per_request import _bundled_model_dir
         from bench.near_free_model import build_near_free_model
 
-        model_dir = build_near_free_model(Path(tempfile.mkdtemp(prefix="es-smoke-")), _bundled_model_dir())
+        root = Path(tempfile.mkdtemp(prefix="es-smoke-"))
+        try:
+            tokenizer_source = _bundled_model_dir()
+        except ImportError:  # a machine like the GPU one, without the bundled model: our synthetic vocabulary
+            tokenizer_source = build_model(root / "tiny", tiny=True)
+        model_dir = build_near_free_model(root / "near-free", tokenizer_source)
     else:
         model_dir = build_model(Path(tempfile.mkdtemp(prefix="es-gpu-")) / "bert-base-random")
     section(summary, "load matrix", lambda: add_matrix(summary, model_dir, matrix_settings(args)))
