@@ -110,6 +110,19 @@ def choose_bucket(buckets: tuple[Bucket, ...], tokens: int, seqs: int, max_lengt
     return None
 
 
+def capture_example(bucket: Bucket, pad_id: int) -> ModelBatch:
+    """A batch that fills `bucket` with sequences of its max_seqlen: every planned
+    bucket holds it (tokens <= seqs x max_seqlen), whatever its padding would need.
+    One short sequence would not do: its spare tokens, cut into PAD_SEQ_TOKENS
+    pieces, can outnumber a large bucket's slots."""
+    full, rest = divmod(bucket.tokens, bucket.max_seqlen)
+    lengths = [bucket.max_seqlen] * full + ([rest] if rest else [])
+    positions = np.concatenate([np.arange(n, dtype=np.uint32) for n in lengths])
+    cu = np.concatenate([[0], np.cumsum(lengths)]).astype(np.uint32)
+    return ModelBatch(np.full(bucket.tokens, pad_id, np.uint32), np.zeros(bucket.tokens, np.uint32), positions, cu,
+                      max(lengths))
+
+
 def pad_to_bucket(batch: ModelBatch, bucket: Bucket, pad_id: int) -> ModelBatch:
     """`batch` followed by padding sequences of `pad_id` tokens and empty sequences,
     `bucket.tokens` tokens in `bucket.seqs` sequences in all."""
@@ -253,11 +266,8 @@ class GraphedEncoder:
                         self.buckets[0].tokens, self.buckets[-1].tokens, self.capture_seconds)
 
     def _example(self, bucket: Bucket) -> PackedBatch:
-        length = min(bucket.max_seqlen, bucket.tokens)
-        ids = np.full(length, self.inner.pad_token_id, np.uint32)
-        one = ModelBatch(ids, np.zeros(length, np.uint32), np.arange(length, dtype=np.uint32),
-                         np.array([0, length], np.uint32), length)
-        return self.inner.pack(pad_to_bucket(one, bucket, self.inner.pad_token_id), self._device)
+        example = capture_example(bucket, self.inner.pad_token_id)
+        return self.inner.pack(pad_to_bucket(example, bucket, self.inner.pad_token_id), self._device)
 
     def bucket_for(self, batch: ModelBatch) -> Bucket | None:
         if not self._replays:

@@ -18,6 +18,7 @@ from embedserve.backends.cuda_graphs import (
     EagerForward,
     Forward,
     GraphedEncoder,
+    capture_example,
     choose_bucket,
     pad_to_bucket,
     padding_lengths,
@@ -222,3 +223,14 @@ def test_engine_with_graphs_on_matches_transformers(model_dir: Path, layers: str
     monkeypatch.setenv("EMBEDSERVE_TORCH_GRAPHS", "sideways")
     with pytest.raises(ValueError, match="choose from off, on"):
         TorchBackend(EngineSpec(model_dir, "cpu", "", pooling, tmp_path))
+
+
+@pytest.mark.parametrize("max_tokens", [4096, 32768, 65536])
+def test_every_planned_bucket_takes_its_capture_example(max_tokens: int) -> None:
+    # The first GPU run captured nothing: one 512-token sequence plus 128-token
+    # padding pieces outnumbered the slots of (32768 tokens, 128 sequences).
+    for bucket in plan_buckets(max_tokens, 512):
+        example = capture_example(bucket, pad_id=0)
+        padded = pad_to_bucket(example, bucket, pad_id=0)
+        assert len(padded.input_ids) == bucket.tokens and padded.size == bucket.seqs
+        assert example.max_length <= bucket.max_seqlen
