@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -71,17 +71,14 @@ class ModelBatch:
         return self.max_length * self.size if padded else len(self.input_ids)
 
 
-_NO_SPARSE = np.empty(0, np.float32)
-_NO_COLBERT = np.empty((0, 0), np.float32)
-
-
 @dataclass(frozen=True)
 class EmbedOutput:
     pooled: F32Array  # [sequences not raw, width], batch order
     token_rows: F32Array  # [tokens of the raw sequences, hidden], batch order
     # bge-m3 heads (backends/bgem3.py), for ModelBatch.sparse_indices / colbert_indices:
-    sparse_weights: F32Array = _NO_SPARSE  # [tokens of those sequences], batch order
-    colbert_rows: F32Array = _NO_COLBERT  # [tokens - 1 of each of those sequences, colbert_dim]
+    sparse_weights: F32Array = field(default_factory=lambda: np.empty(0, np.float32))  # [their tokens]
+    # [tokens - 1 of each of those sequences, colbert_dim], batch order
+    colbert_rows: F32Array = field(default_factory=lambda: np.empty((0, 0), np.float32))
 
     @classmethod
     def assemble(

@@ -979,3 +979,16 @@ def with_dense_module(model_dir: Path, target: Path, folder: str) -> Path:
     dense["path"] = folder
     (target / "modules.json").write_text(json.dumps(modules))
     return target
+
+
+def build_bgem3_model(target: Path, tokenizer_source: Path, seed: int = 0) -> Path:
+    """A tiny bge-m3: an XLM-RoBERTa encoder with CLS pooling, and FlagEmbedding's two
+    head files beside it (random Linear(hidden, hidden) and Linear(hidden, 1) state dicts)."""
+    import torch
+
+    build_family_model("xlm-roberta", target, tokenizer_source, seed)
+    hidden = int(_OFFSET_ENCODER["hidden_size"])  # type: ignore[call-overload]
+    torch.manual_seed(seed + 1)
+    torch.save(torch.nn.Linear(hidden, hidden).state_dict(), target / "colbert_linear.pt")
+    torch.save(torch.nn.Linear(hidden, 1).state_dict(), target / "sparse_linear.pt")
+    return target
