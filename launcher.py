@@ -210,8 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default=_env("BACKEND", "auto"), choices=["auto", "torch", "onnx", "python"],
                    help="Engine. auto: python for models with their own code (auto_map; needs "
                    "--trust-remote-code) except GTE, NomicBERT and JinaBERT, which torch implements natively, and "
-                   "gte-Qwen2, which transformers has; torch on a GPU; onnx on CPU for the architectures it serves; "
-                   "else torch [env BACKEND]")
+                   "gte-Qwen2, which transformers has; torch on a GPU and for bge-m3 (its sparse and multi-vector "
+                   "heads); onnx on CPU for the architectures it serves; else torch [env BACKEND]")
     p.add_argument("--trust-remote-code", type=_bool, nargs="?", const=True,
                    default=_bool(_env("TRUST_REMOTE_CODE", "false") or "false"),
                    help="Allow running code from the model repository (auto_map in config.json), which the "
@@ -491,6 +491,7 @@ def plan_launch(args: argparse.Namespace) -> LaunchPlan:
     # The weights last: a bad flag must not wait for a download to be reported.
     fetch_backend_files(source, [backend], args.trust_remote_code)
     refuse_onnx_export_of_shipped_code(backend, spec, args.model_id or DEFAULT_MODEL_ID)
+    refuse_onnx_bge_m3(backend, spec, args.model_id or DEFAULT_MODEL_ID)
     return LaunchPlan(args, args.model_id or DEFAULT_MODEL_ID, bind_hosts, vertex, spec, backend, gpus, max_input_length,
                       default_prompt, dtype)
 
@@ -505,7 +506,7 @@ def choose_backend(requested: str, spec: ModelSpec, gpus: list[str]) -> str:
         return requested
     if needs_remote_code(spec):
         return "python"
-    if gpus:
+    if gpus or spec.bge_m3:  # bge-m3's heads run in the torch engine only
         return "torch"
     if spec.family in ONNX_MODEL_TYPES:
         return "onnx"
@@ -525,6 +526,15 @@ def refuse_onnx_export_of_shipped_code(backend: str, spec: ModelSpec, model_id: 
     raise LaunchError(f"the onnx backend cannot export model {model_id} ({spec.family}): its architecture is the code "
                       f"shipped with it (auto_map), not transformers' {spec.config_model_type}; use {instead}",
                       EXIT_CONFIG_ERROR)
+
+
+def refuse_onnx_bge_m3(backend: str, spec: ModelSpec, model_id: str) -> None:
+    """bge-m3's lexical and multi-vector heads run in the torch engine only: the onnx
+    one would serve its dense rows and answer the other routes as if it had no heads."""
+    if backend == "onnx" and spec.bge_m3:
+        raise LaunchError(f"the onnx backend cannot serve model {model_id}: its bge-m3 sparse and multi-vector "
+                          "heads (sparse_linear.pt, colbert_linear.pt) run in the torch backend only; use --backend "
+                          "torch (or auto)", EXIT_CONFIG_ERROR)
 
 
 def require_remote_code_opt_in(backend: str, spec: ModelSpec, model_id: str, trusted: bool) -> None:

@@ -27,9 +27,10 @@ from embedserve.router.infer import Inference
 from embedserve.router.metrics import Metrics
 from embedserve.router.operations import Operations
 from embedserve.router.queue_handle import QueueHandle
+from embedserve.router.multi_output import ModelHeads
 from embedserve.router.queue_owner import InprocQueueHandle, QueueOwner
 from embedserve.router.remote_queue import RemoteQueueHandle
-from embedserve.router.routes import default, embed, health, predict, tokenize
+from embedserve.router.routes import default, embed, health, multi_vector, predict, tokenize
 from embedserve.router.routes._http import ClientGone, client_gone_answer, error_answer, unexpected_answer
 from embedserve.router.routes._inference import Endpoint
 from embedserve.router.routes.asgi import CorsPolicy, FrontApp
@@ -46,8 +47,9 @@ async def connect_backends(settings: RouterSettings) -> tuple[list[BackendClient
     infos = await asyncio.gather(*(backend.info() for backend in backends))
     first = infos[0]
     for backend, other in zip(backends, infos):
-        if (other.hidden_size, other.is_padded) != (first.hidden_size, first.is_padded):
-            raise RuntimeError(f"{backend.name} disagrees with backend-0 on hidden size or padding")
+        if (other.hidden_size, other.is_padded, other.sparse_head, other.colbert_dim) != (
+                first.hidden_size, first.is_padded, first.sparse_head, first.colbert_dim):
+            raise RuntimeError(f"{backend.name} disagrees with backend-0 on hidden size, padding or bge-m3 heads")
     limits = [i.max_batch_size for i in infos if i.max_batch_size] + (
         [settings.max_batch_requests] if settings.max_batch_requests else []
     )
@@ -57,6 +59,7 @@ async def connect_backends(settings: RouterSettings) -> tuple[list[BackendClient
         backend=first.backend,
         is_padded=first.is_padded,
         max_batch_size=first.max_batch_size or None,
+        heads=ModelHeads(first.sparse_head, first.colbert_dim),
     )
     return backends, facts, min(limits) if limits else None
 
@@ -91,7 +94,7 @@ async def connect_services(settings: RouterSettings, on_owner_lost: Callable[[],
         owner = build_queue_owner(settings, backends, facts, max_batch_requests, metrics)
         handle = InprocQueueHandle(owner, settings.max_concurrent_requests)
     inference = Inference(tokenizers, handle, metrics, settings.lane_policy)
-    operations = Operations(settings, facts.hidden_size, inference)
+    operations = Operations(settings, facts.hidden_size, inference, facts.heads)
     return AppState(settings, metrics, tokenizers, backends, facts, handle, inference, operations)
 
 
@@ -189,6 +192,8 @@ def create_app(settings: RouterSettings, on_owner_lost: Callable[[], None] | Non
         "/embed": embed.embed,
         "/embed_all": embed.embed_all,
         "/embed_sparse": embed.embed_sparse,
+        "/embed_multi_vector": multi_vector.embed_multi_vector,
+        "/embed_hybrid": multi_vector.embed_hybrid,
         "/similarity": embed.similarity,
         "/v1/embeddings": embed.openai_embeddings,
         "/embeddings": embed.openai_embeddings,

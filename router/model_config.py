@@ -61,6 +61,9 @@ class ModelSpec:
     include_prompt: bool = True
     # JinaBERT's checkpoints say model type "bert" (with ALiBi positions), an architecture BERT is not.
     jina_bert: bool = False
+    # bge-m3: FlagEmbedding's lexical and multi-vector heads sit beside the weights
+    # (M3_HEAD_FILES); the torch engine runs them (backends/bgem3.py).
+    bge_m3: bool = False
 
     @property
     def family(self) -> str:
@@ -76,6 +79,10 @@ class ModelSpec:
                                        "use --dtype float32 (the default) or bfloat16")
             return requested or "float32"
         return requested or ""
+
+
+# bge-m3's head files, as FlagEmbedding saves them (the backend loads them: backends/bgem3.py).
+M3_HEAD_FILES = ("sparse_linear.pt", "colbert_linear.pt")
 
 
 def load_model_spec(model_dir: Path, pooling_flag: str | None = None, dense_path: str | None = None) -> ModelSpec:
@@ -151,6 +158,7 @@ def load_model_spec(model_dir: Path, pooling_flag: str | None = None, dense_path
         remote_code=bool(config.get("auto_map")),
         dense_layers=dense_layers,
         include_prompt=include_prompt,
+        bge_m3=model_type == "embedding" and all((model_dir / name).is_file() for name in M3_HEAD_FILES),
     )
 
 

@@ -71,6 +71,8 @@ class Submit(_Msg, tag="submit"):
     # The request span the inputs' queue and inference spans join (W3C
     # traceparent, proto/tracing); "" when tracing is off: omitted on the wire.
     traceparent: str = ""
+    # bge-m3 outputs each input also asks for (router/multi_output.Wanted bits).
+    wanted: int = 0
 
 
 class Abort(_Msg, tag="abort"):

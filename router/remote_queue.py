@@ -160,6 +160,7 @@ class RemoteQueueHandle:
         admission: Admission | None = None,
         interactive: bool = False,
         traceparent: str = "",
+        wanted: int = 0,
     ) -> Submission:
         if self.lost:
             raise BackendUnavailableError(OWNER_GONE)
@@ -182,7 +183,7 @@ class RemoteQueueHandle:
             call_id, raw, deadline,
             np.concatenate([i.input_ids for i in inputs]).astype(_U32, copy=False).tobytes(),
             np.concatenate([i.token_type_ids for i in inputs]).astype(_U32, copy=False).tobytes(),
-            lengths.tobytes(), pool_starts, admit, interactive, traceparent,
+            lengths.tobytes(), pool_starts, admit, interactive, traceparent, wanted,
         ))
         self._calls[call_id] = _Call(futures, count)
         return RemoteSubmission(futures, call_id)

@@ -34,6 +34,19 @@ class EmbedSparseRequest(EmbedAllRequest, kw_only=True):
     pass
 
 
+class EmbedMultiVectorRequest(EmbedAllRequest, kw_only=True):
+    normalize: bool = True
+
+
+# bge-m3's outputs by name (router/multi_output.py).
+HybridOutput = Literal["dense", "sparse", "multi_vector"]
+HYBRID_OUTPUTS: tuple[HybridOutput, ...] = ("dense", "sparse", "multi_vector")
+
+
+class EmbedHybridRequest(EmbedMultiVectorRequest, kw_only=True):
+    outputs: list[HybridOutput] = msgspec.field(default_factory=lambda: list(HYBRID_OUTPUTS))
+
+
 class PredictRequest(msgspec.Struct, kw_only=True):
     inputs: str | list[Any]
     truncate: bool | None = None
@@ -87,6 +100,8 @@ class OpenAIEmbeddingsRequest(msgspec.Struct, kw_only=True):
     user: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: NonNegative | None = None
+    # Ours, not OpenAI's: "multi_vector" answers bge-m3's multi-vectors, a list of vectors per input.
+    embedding_type: Literal["dense", "multi_vector"] = "dense"
 
 
 T = TypeVar("T")

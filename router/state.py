@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from embedserve.router.backend_client import BackendClient
 from embedserve.router.infer import Inference
 from embedserve.router.metrics import Metrics
+from embedserve.router.multi_output import ModelHeads
 from embedserve.router.operations import Operations
 from embedserve.router.queue_handle import QueueHandle
 from embedserve.router.remote_queue import RemoteQueueHandle
@@ -28,6 +29,8 @@ class BackendFacts:
     backend: str
     is_padded: bool
     max_batch_size: int | None
+    # bge-m3's lexical and multi-vector heads, when the backends run them.
+    heads: ModelHeads = ModelHeads()
 
 
 @dataclass
