@@ -41,8 +41,7 @@ class ModelHeads:
 
     def require(self, wanted: Wanted) -> None:
         if Wanted.SPARSE in wanted and not self.sparse:
-            raise ModelTypeError("Backend error: Model is not an embedding model with SPLADE pooling "
-                                 "or bge-m3 sparse head")
+            raise ModelTypeError("Backend error: Model has no bge-m3 sparse head")
         if Wanted.MULTI_VECTOR in wanted and not self.colbert_dim:
             raise ModelTypeError("Backend error: Model has no bge-m3 multi-vector (ColBERT) head")
 
