@@ -27,7 +27,6 @@ import pytest
 
 from tests.conftest import RunningServer, start_server
 from tests.models import build_bgem3_model
-from tests.test_launch_families import _refused_start
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog, and the dog does not mind the fox at all.",
@@ -261,8 +260,3 @@ def test_models_without_the_heads_refuse_the_bge_m3_routes(server: RunningServer
     openai = httpx.post(f"{server.url}/v1/embeddings", json={"input": "x", "embedding_type": "multi_vector"},
                         timeout=60)
     assert openai.status_code == 424 and "bge-m3" in openai.json()["message"]
-
-
-def test_onnx_refuses_bge_m3_in_one_line(m3_dir: Path) -> None:
-    errors, stderr = _refused_start("--model-id", str(m3_dir), "--backend", "onnx")
-    assert len(errors) == 1 and "bge-m3" in errors[0] and "--backend torch" in errors[0], stderr
