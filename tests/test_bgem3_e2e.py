@@ -21,10 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 
+from embedserve.proto.gen_pb import tei_pb2, tei_pb2_grpc
 from tests.conftest import RunningServer, start_server
 from tests.models import build_bgem3_model
 
@@ -199,6 +201,13 @@ def test_truncation(m3: RunningServer, reference: FlagReference, direction: str)
     _assert_lexical(_sparse(sparse[0]), raw.lexical[0])
     refused = _post(m3, "/embed_multi_vector", {"inputs": LONG_TEXT, "truncate": False})
     assert refused.status_code == 422 and "must have less than" in refused.json()["error"], refused.text
+
+
+def test_grpc_embed_sparse_answers_the_lexical_weights(m3: RunningServer, reference: FlagReference) -> None:
+    expected = reference.encode(TEXTS[:1], normalize=False).lexical[0]
+    with grpc.insecure_channel(m3.grpc_target) as channel:
+        response = tei_pb2_grpc.EmbedStub(channel).EmbedSparse(tei_pb2.EmbedSparseRequest(inputs=TEXTS[0]))
+    _assert_lexical({v.index: v.value for v in response.sparse_embeddings}, expected)
 
 
 def test_mixed_requests_at_once_each_get_their_own_outputs(m3: RunningServer, reference: FlagReference) -> None:
