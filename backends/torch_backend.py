@@ -216,14 +216,19 @@ class TorchBackend(PaddedEngine):
 
     def _padded_heads(self, heads: bgem3.M3Heads, hidden: torch.Tensor, chunk: PaddedChunk, batch: ModelBatch,
                       sparse: dict[int, F32Array], colbert: dict[int, F32Array]) -> None:
-        """The bge-m3 heads on the real tokens of the chunk's rows that ask for them."""
-        for row, seq in enumerate(chunk.indices):
-            length = int(chunk.lengths[row])
-            if seq in batch.sparse_indices:
-                ids = torch.from_numpy(chunk.input_ids[row, :length]).to(self.device)
-                sparse[seq] = heads.sparse_weights(hidden[row, :length], ids).cpu().numpy()
-            if seq in batch.colbert_indices:
-                colbert[seq] = heads.colbert_vectors(hidden[row, 1:length]).cpu().numpy()
+        """The bge-m3 heads on the chunk's rows that ask for them, one device call per
+        head; each row keeps its real tokens (padding is computed, then cut)."""
+        sparse_rows = [row for row, seq in enumerate(chunk.indices) if seq in batch.sparse_indices]
+        if sparse_rows:
+            ids = torch.from_numpy(chunk.input_ids[sparse_rows]).to(self.device)
+            weights = heads.sparse_weights(hidden[sparse_rows], ids).cpu().numpy()
+            for k, row in enumerate(sparse_rows):
+                sparse[chunk.indices[row]] = weights[k, : int(chunk.lengths[row])]
+        colbert_rows = [row for row, seq in enumerate(chunk.indices) if seq in batch.colbert_indices]
+        if colbert_rows:
+            vectors = heads.colbert_vectors(hidden[colbert_rows, 1:]).cpu().numpy()
+            for k, row in enumerate(colbert_rows):
+                colbert[chunk.indices[row]] = vectors[k, : int(chunk.lengths[row]) - 1]  # no CLS vector
 
     @torch.inference_mode()
     def predict(self, batch: ModelBatch) -> F32Array:
