@@ -439,6 +439,7 @@ def plan_launch(args: argparse.Namespace) -> LaunchPlan:
     gpus = detect_gpus()
     backend = choose_backend(args.backend, spec, gpus)
     require_remote_code_opt_in(backend, spec, args.model_id or DEFAULT_MODEL_ID, args.trust_remote_code)
+    refuse_onnx_bge_m3(backend, spec, args.model_id or DEFAULT_MODEL_ID)
     if args.dtype == "int8" and backend != "onnx":
         raise LaunchError(
             f"cannot serve {model_dir} with the {backend} backend: --dtype int8 needs --backend onnx", EXIT_CONFIG_ERROR
@@ -491,7 +492,6 @@ def plan_launch(args: argparse.Namespace) -> LaunchPlan:
     # The weights last: a bad flag must not wait for a download to be reported.
     fetch_backend_files(source, [backend], args.trust_remote_code)
     refuse_onnx_export_of_shipped_code(backend, spec, args.model_id or DEFAULT_MODEL_ID)
-    refuse_onnx_bge_m3(backend, spec, args.model_id or DEFAULT_MODEL_ID)
     return LaunchPlan(args, args.model_id or DEFAULT_MODEL_ID, bind_hosts, vertex, spec, backend, gpus, max_input_length,
                       default_prompt, dtype)
 

@@ -57,12 +57,12 @@ class M3Heads:
         return int(self.colbert.out_features)
 
     def sparse_weights(self, states: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-        """[tokens] float32 from [tokens, hidden] states and their int64 ids."""
+        """[..., tokens] float32 from [..., tokens, hidden] states and their int64 ids."""
         weights = torch.relu(self.sparse(states.float())).squeeze(-1)
         return weights.masked_fill(torch.isin(input_ids, self.special_ids), 0.0)
 
     def colbert_vectors(self, states: torch.Tensor) -> torch.Tensor:
-        """[tokens, colbert_dim] float32 from [tokens, hidden] states (the CLS state already left out)."""
+        """[..., tokens, colbert_dim] float32 from [..., tokens, hidden] states (the CLS state already left out)."""
         return self.colbert(states.float())  # type: ignore[no-any-return]
 
 

@@ -86,6 +86,7 @@ class HybridEmbeddings:
     dense: np.ndarray | None  # [inputs, hidden]
     sparse: list[list[tuple[int, float]]] | None
     multi_vectors: list[np.ndarray] | None
+    token_counts: list[int]
     metadata: ResponseMetadata
     is_batch: bool
 
@@ -176,8 +177,7 @@ class Operations:
         """/embed_multi_vector and /v1/embeddings' multi_vector type: bge-m3's ColBERT vectors."""
         hybrid = await self.embed_hybrid(inputs, truncation, prompt_name, normalize, Wanted.MULTI_VECTOR, limits)
         assert hybrid.multi_vectors is not None
-        counts = [len(m) + 1 for m in hybrid.multi_vectors]  # the CLS token has no vector
-        return MultiVectors(hybrid.multi_vectors, counts, hybrid.metadata, hybrid.is_batch)
+        return MultiVectors(hybrid.multi_vectors, hybrid.token_counts, hybrid.metadata, hybrid.is_batch)
 
     async def embed_hybrid(
         self, inputs: str | list[Any], truncation: Truncation, prompt_name: str | None, normalize: bool,
@@ -199,7 +199,7 @@ class Operations:
         if Wanted.MULTI_VECTOR in wanted:
             multi_vectors = [normalized(a.multi_vectors) if normalize else a.multi_vectors for a in answers]
         vectors = finish_embeddings([a.dense for a in answers], normalize, None) if dense else None
-        return HybridEmbeddings(vectors, sparse, multi_vectors, result.metadata, is_batch)
+        return HybridEmbeddings(vectors, sparse, multi_vectors, result.token_counts, result.metadata, is_batch)
 
     async def similarity(
         self, source: str, sentences: list[str], truncation: Truncation, prompt_name: str | None, limits: CallLimits
