@@ -6,8 +6,8 @@ One place for: which outputs an input asks for (`Wanted`, a bit set that rides t
 queue entry, the cross-process submit and the backend's `Batch`), how one input's
 answer crosses from the queue owner to the front (`pack` there, `unpack` here: one
 flat float32 row, so the owner-to-front link carries it as it carries any row), and
-the finishing: lexical weights aggregated per token id by max (FlagEmbedding's
-`_process_token_weights`), multi-vectors normalized when asked.
+the lexical weights' aggregation per token id by max (FlagEmbedding's
+`_process_token_weights`). Multi-vectors are normalized as dense rows are (router/vectors.py).
 """
 
 from __future__ import annotations
@@ -87,10 +87,3 @@ def lexical_weights(token_weights: np.ndarray, input_ids: np.ndarray) -> list[tu
     first = np.concatenate(([True], ids[1:] != ids[:-1]))
     return list(zip(ids[first].tolist(), weights[first].tolist()))
 
-
-def normalized(vectors: np.ndarray) -> np.ndarray:
-    """Each row L2-normalized (norms in float64, as router/vectors.py); zero rows stay zero."""
-    norms = np.linalg.norm(vectors.astype(np.float64), axis=-1, keepdims=True)
-    norms[norms == 0.0] = 1.0
-    result: np.ndarray = (vectors / norms).astype(np.float32)
-    return result

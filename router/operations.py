@@ -29,10 +29,10 @@ from embedserve.router.model_ops import (
     resolve_prompt,
     sparse_entries,
 )
-from embedserve.router.multi_output import ModelHeads, Wanted, lexical_weights, normalized, unpack
+from embedserve.router.multi_output import ModelHeads, Wanted, lexical_weights, unpack
 from embedserve.router.schemas import check_batch_size, check_dimensions, parse_inputs, parse_predict_inputs
 from embedserve.router.settings import RouterSettings
-from embedserve.router.vectors import finish_embeddings
+from embedserve.router.vectors import finish_embeddings, l2_normalized
 from embedserve.tokenizer_pool.pool import Input, TextPair, TokenFormat
 
 
@@ -197,7 +197,7 @@ class Operations:
         if Wanted.SPARSE in wanted:
             sparse = [lexical_weights(a.token_weights, ids) for a, ids in zip(answers, result.input_ids)]
         if Wanted.MULTI_VECTOR in wanted:
-            multi_vectors = [normalized(a.multi_vectors) if normalize else a.multi_vectors for a in answers]
+            multi_vectors = [l2_normalized(a.multi_vectors) if normalize else a.multi_vectors for a in answers]
         vectors = finish_embeddings([a.dense for a in answers], normalize, None) if dense else None
         return HybridEmbeddings(vectors, sparse, multi_vectors, result.token_counts, result.metadata, is_batch)
 

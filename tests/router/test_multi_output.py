@@ -14,7 +14,8 @@ from embedserve.router.batch_queue import BatchQueue, QueueEntry
 from embedserve.router.dispatcher import _split_results
 from embedserve.router.errors import ModelTypeError
 from embedserve.router.metrics import Metrics
-from embedserve.router.multi_output import ModelHeads, Wanted, lexical_weights, normalized, pack, unpack
+from embedserve.router.multi_output import ModelHeads, Wanted, lexical_weights, pack, unpack
+from embedserve.router.vectors import l2_normalized
 
 
 def test_lexical_weights_keep_each_ids_largest_positive_weight_ascending() -> None:
@@ -36,8 +37,8 @@ def test_pack_and_unpack_round_trip() -> None:
         unpack(pack(dense, weights, None), Wanted.SPARSE, tokens=4, hidden=4, colbert_dim=3)
 
 
-def test_normalized_leaves_zero_rows_zero() -> None:
-    rows = normalized(np.array([[3.0, 4.0], [0.0, 0.0]], np.float32))
+def test_l2_normalized_leaves_zero_rows_zero() -> None:
+    rows = l2_normalized(np.array([[3.0, 4.0], [0.0, 0.0]], np.float32))
     np.testing.assert_allclose(rows, [[0.6, 0.8], [0.0, 0.0]])
 
 
