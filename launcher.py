@@ -232,8 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Engine. auto: static for model2vec models (an embedding matrix, no transformer; the only "
                    "engine for them, always on CPU); python for models with their own code (auto_map; needs "
                    "--trust-remote-code) except GTE, NomicBERT and JinaBERT, which torch implements natively, and "
-                   "gte-Qwen2, which transformers has; torch on a GPU; onnx on CPU for the architectures it serves; "
-                   "else torch [env BACKEND]")
+                   "gte-Qwen2, which transformers has; torch on a GPU and for bge-m3 (its sparse and multi-vector "
+                   "heads); onnx on CPU for the architectures it serves; else torch [env BACKEND]")
     p.add_argument("--trust-remote-code", type=_bool, nargs="?", const=True,
                    default=_bool(_env("TRUST_REMOTE_CODE", "false") or "false"),
                    help="Allow running code from the model repository (auto_map in config.json), which the "
@@ -525,6 +525,7 @@ def plan_model(args: argparse.Namespace, gpus: list[str]) -> ModelPlan:
     if args.dtype is not None and backend == "static":
         raise LaunchError(f"cannot serve {model_dir}: --dtype does not apply to the static backend, which averages the "
                           "model's own matrix in float32", EXIT_CONFIG_ERROR)
+    refuse_onnx_bge_m3(backend, spec, args.model_id or DEFAULT_MODEL_ID)
     if args.dtype == "int8" and backend != "onnx":
         raise LaunchError(
             f"cannot serve {model_dir} with the {backend} backend: --dtype int8 needs --backend onnx", EXIT_CONFIG_ERROR
@@ -598,7 +599,7 @@ def choose_backend(requested: str, spec: ModelSpec, gpus: list[str]) -> str:
         return "torch"  # the only engine with last-token yes/no scoring
     if needs_remote_code(spec):
         return "python"
-    if gpus:
+    if gpus or spec.bge_m3:  # bge-m3's heads run in the torch engine only
         return "torch"
     if spec.family in ONNX_MODEL_TYPES:
         return "onnx"
@@ -629,6 +630,15 @@ def refuse_onnx_export_of_shipped_code(backend: str, spec: ModelSpec, model_id: 
     raise LaunchError(f"the onnx backend cannot export model {model_id} ({spec.family}): its architecture is the code "
                       f"shipped with it (auto_map), not transformers' {spec.config_model_type}; use {instead}",
                       EXIT_CONFIG_ERROR)
+
+
+def refuse_onnx_bge_m3(backend: str, spec: ModelSpec, model_id: str) -> None:
+    """bge-m3's lexical and multi-vector heads run in the torch engine only: the onnx
+    one would serve its dense rows and answer the other routes as if it had no heads."""
+    if backend == "onnx" and spec.bge_m3:
+        raise LaunchError(f"the onnx backend cannot serve model {model_id}: its bge-m3 sparse and multi-vector "
+                          "heads (sparse_linear.pt, colbert_linear.pt) run in the torch backend only; use --backend "
+                          "torch (or auto)", EXIT_CONFIG_ERROR)
 
 
 def require_remote_code_opt_in(backend: str, spec: ModelSpec, model_id: str, trusted: bool) -> None:

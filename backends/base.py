@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -68,6 +68,9 @@ class ModelBatch:
     raw_indices: frozenset[int] = frozenset()
     # Per sequence, the first token mean pooling counts; None: all from the first.
     pool_starts: U32Array | None = None
+    # Sequences that also want bge-m3's lexical weights / multi-vectors (backends/bgem3.py).
+    sparse_indices: frozenset[int] = frozenset()
+    colbert_indices: frozenset[int] = frozenset()
 
     @property
     def size(self) -> int:
@@ -87,20 +90,35 @@ class ModelBatch:
 class EmbedOutput:
     pooled: F32Array  # [sequences not raw, width], batch order
     token_rows: F32Array  # [tokens of the raw sequences, hidden], batch order
+    # bge-m3 heads (backends/bgem3.py), for ModelBatch.sparse_indices / colbert_indices:
+    sparse_weights: F32Array = field(default_factory=lambda: np.empty(0, np.float32))  # [their tokens]
+    # [tokens - 1 of each of those sequences, colbert_dim], batch order
+    colbert_rows: F32Array = field(default_factory=lambda: np.empty((0, 0), np.float32))
 
     @classmethod
     def assemble(
-        cls, pooled: dict[int, F32Array], raw: dict[int, F32Array], width: int, token_width: int
+        cls, pooled: dict[int, F32Array], raw: dict[int, F32Array], width: int, token_width: int,
+        sparse: dict[int, F32Array] | None = None, colbert: dict[int, F32Array] | None = None, colbert_dim: int = 0,
     ) -> EmbedOutput:
         """From per-sequence results keyed by batch index (chunks finish out of order)."""
         return cls(
-            pooled=np.stack([pooled[i] for i in sorted(pooled)]).astype(np.float32, copy=False)
-            if pooled
-            else np.empty((0, width), np.float32),
-            token_rows=np.concatenate([raw[i] for i in sorted(raw)]).astype(np.float32, copy=False)
-            if raw
-            else np.empty((0, token_width), np.float32),
+            pooled=_stacked(pooled, (0, width)),
+            token_rows=_joined(raw, (0, token_width)),
+            sparse_weights=_joined(sparse or {}, (0,)),
+            colbert_rows=_joined(colbert or {}, (0, colbert_dim)),
         )
+
+
+def _stacked(rows: dict[int, F32Array], empty: tuple[int, ...]) -> F32Array:
+    if not rows:
+        return np.empty(empty, np.float32)
+    return np.stack([rows[i] for i in sorted(rows)]).astype(np.float32, copy=False)
+
+
+def _joined(parts: dict[int, F32Array], empty: tuple[int, ...]) -> F32Array:
+    if not parts:
+        return np.empty(empty, np.float32)
+    return np.concatenate([parts[i] for i in sorted(parts)]).astype(np.float32, copy=False)
 
 
 class Backend(Protocol):
@@ -117,6 +135,10 @@ class Backend(Protocol):
     dtype: str
     pooling: str
     hidden_size: int
+    # bge-m3 heads the engine runs (backends/bgem3.py): lexical weights, and the
+    # multi-vector width (0: none).
+    sparse_head: bool
+    colbert_dim: int
 
     @property
     def is_classifier(self) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -160,6 +160,8 @@ class DenseEngine:
         self.dtype = engine.dtype
         self.pooling = engine.pooling
         self.hidden_size = head.out_features
+        self.sparse_head = engine.sparse_head
+        self.colbert_dim = engine.colbert_dim
         logger.info("applying Dense modules after %s pooling: %s (%d -> %d features)", engine.pooling,
                     ", ".join(layer.name for layer in head.layers), engine.hidden_size, head.out_features)
 
@@ -180,7 +182,7 @@ class DenseEngine:
 
     def embed(self, batch: ModelBatch) -> EmbedOutput:
         output = self._engine.embed(batch)
-        return EmbedOutput(pooled=self._head(output.pooled), token_rows=output.token_rows)
+        return replace(output, pooled=self._head(output.pooled))
 
     def predict(self, batch: ModelBatch) -> F32Array:
         return self._engine.predict(batch)

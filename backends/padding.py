@@ -78,6 +78,9 @@ class PaddedEngine:
     queue budgets max_len x n), takes any batch size, and is a classifier or not."""
 
     _is_classifier: bool
+    # No bge-m3 heads unless the engine loads them (backends/bgem3.py).
+    sparse_head = False
+    colbert_dim = 0
 
     @property
     def is_classifier(self) -> bool:

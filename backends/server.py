@@ -100,7 +100,14 @@ def decode_batch(request: backend_pb2.Batch, padded: bool, max_batch_tokens: int
             raise BatchRejected(str(exc)) from exc
         if len(pool_starts) != len(cu) - 1:
             raise BatchRejected("pool_starts needs one value per sequence")
-    batch = ModelBatch(input_ids, token_type_ids, position_ids, cu, int(request.max_length), raw_indices, pool_starts)
+    sparse_indices = frozenset(int(i) for i in request.sparse_indices)
+    colbert_indices = frozenset(int(i) for i in request.colbert_indices)
+    if any(i >= len(cu) - 1 for i in sparse_indices | colbert_indices):
+        raise BatchRejected("sparse_indices or colbert_indices names a sequence outside the batch")
+    if (sparse_indices | colbert_indices) & raw_indices:
+        raise BatchRejected("a raw sequence cannot also ask for bge-m3 outputs")
+    batch = ModelBatch(input_ids, token_type_ids, position_ids, cu, int(request.max_length), raw_indices, pool_starts,
+                       sparse_indices, colbert_indices)
     if max_batch_size is not None and batch.size > max_batch_size:
         raise BatchRejected(f"batch of {batch.size} sequences exceeds this backend's limit of {max_batch_size}")
     if batch.cost(padded) > max_batch_tokens:
@@ -155,6 +162,8 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
             pooling=backend.pooling,
             reranker_template=self._rerank.template if self._rerank else "",
             reranker_instruction=self._rerank.instruction if self._rerank else "",
+            sparse_head=backend.sparse_head,
+            colbert_dim=backend.colbert_dim,
         )
 
     async def Health(self, request: backend_pb2.HealthRequest, context: grpc.aio.ServicerContext) -> backend_pb2.HealthResponse:
@@ -169,7 +178,8 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
         output, cost, model_cpu_s = await self._run(request, context, launch, join_embed)
         return backend_pb2.EmbedResponse(
             embeddings=pack_tensor(output.pooled), token_embeddings=pack_tensor(output.token_rows), batch_tokens=cost,
-            model_cpu_seconds=model_cpu_s,
+            model_cpu_seconds=model_cpu_s, sparse_weights=pack_tensor(output.sparse_weights),
+            colbert_vectors=pack_tensor(output.colbert_rows),
         )
 
     async def Predict(self, request: backend_pb2.Batch, context: grpc.aio.ServicerContext) -> backend_pb2.PredictResponse:

@@ -62,11 +62,14 @@ def sub_batch(batch: ModelBatch, indices: IndexArray) -> Slice:
     token_index = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths) + np.arange(lengths.sum())
     new_cu = np.concatenate(([0], np.cumsum(lengths))).astype(np.uint32)
     position = {int(seq): new for new, seq in enumerate(indices.tolist())}
-    raw = frozenset(position[i] for i in batch.raw_indices if i in position)
+    def renumbered(sequences: frozenset[int]) -> frozenset[int]:
+        return frozenset(position[i] for i in sequences if i in position)
+
     pool_starts = None if batch.pool_starts is None else batch.pool_starts[indices]
     part = ModelBatch(
         batch.input_ids[token_index], batch.token_type_ids[token_index], batch.position_ids[token_index], new_cu,
-        int(lengths.max()), raw, pool_starts,
+        int(lengths.max()), renumbered(batch.raw_indices), pool_starts, renumbered(batch.sparse_indices),
+        renumbered(batch.colbert_indices),
     )
     return Slice(indices, part)
 
@@ -75,20 +78,29 @@ def join_embed(batch: ModelBatch, slices: Sequence[Slice], outputs: Sequence[Emb
     """The answer the whole batch would have had: pooled rows and token rows in batch order."""
     pooled: dict[int, F32Array] = {}
     raw: dict[int, F32Array] = {}
-    width = token_width = 0
+    sparse: dict[int, F32Array] = {}
+    colbert: dict[int, F32Array] = {}
+    width = token_width = colbert_dim = 0
     for part, output in zip(slices, outputs):
         width, token_width = output.pooled.shape[1], output.token_rows.shape[1]
-        pooled_row = token_row = 0
+        colbert_dim = max(colbert_dim, output.colbert_rows.shape[1])
+        pooled_row = token_row = sparse_row = colbert_row = 0
         lengths = part.batch.lengths
         for local, seq in enumerate(part.indices.tolist()):
+            length = int(lengths[local])
             if local in part.batch.raw_indices:
-                length = int(lengths[local])
                 raw[seq] = output.token_rows[token_row : token_row + length]
                 token_row += length
             else:
                 pooled[seq] = output.pooled[pooled_row]
                 pooled_row += 1
-    return EmbedOutput.assemble(pooled, raw, width, token_width)
+            if local in part.batch.sparse_indices:
+                sparse[seq] = output.sparse_weights[sparse_row : sparse_row + length]
+                sparse_row += length
+            if local in part.batch.colbert_indices:
+                colbert[seq] = output.colbert_rows[colbert_row : colbert_row + length - 1]
+                colbert_row += length - 1
+    return EmbedOutput.assemble(pooled, raw, width, token_width, sparse, colbert, colbert_dim)
 
 
 def join_predict(batch: ModelBatch, slices: Sequence[Slice], outputs: Sequence[F32Array]) -> F32Array:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,7 @@ from transformers import (
     AutoModelForSequenceClassification,
 )
 
-from embedserve.backends import gte, jina, nomic
+from embedserve.backends import bgem3, gte, jina, nomic
 from embedserve.backends.causal_rerank import YesNoHead, last_states, score_token_ids
 from embedserve.backends.base import EmbedOutput, EngineSpec, ModelBatch
 from embedserve.backends.cuda_graphs import GraphedEncoder, plan_buckets
@@ -168,6 +169,12 @@ class TorchBackend(PaddedEngine):
             self._model.pooler = None
         self.attention = f"varlen ({self._varlen.kernel.name})" if self._varlen else "padded sdpa"
         self.attention += _engine_details(self._varlen)
+        # bge-m3: its lexical and multi-vector heads run on the same hidden states.
+        self._heads: bgem3.M3Heads | None = None
+        if not self._is_classifier and spec.pooling != "splade" and bgem3.has_heads(model_dir):
+            self._heads = bgem3.M3Heads.load(model_dir, self._token_width, self.device)
+        self.sparse_head = self._heads is not None
+        self.colbert_dim = self._heads.colbert_dim if self._heads is not None else 0
         self._copies = copies_for(self.device)
         logger.info("attention: %s", self.attention)
 
@@ -229,12 +236,18 @@ class TorchBackend(PaddedEngine):
             raise ValueError("model is a classifier: use Predict")
         if batch.raw_indices and self.pooling == "splade":
             raise ValueError("`embed_all` is not available for SPLADE models")
+        if (batch.sparse_indices or batch.colbert_indices) and self._heads is None:
+            raise ValueError("the model has no bge-m3 sparse and multi-vector heads")
         if self._varlen is not None:
             return self._embed_unpadded(self._varlen, batch)
         pooled: dict[int, F32Array] = {}
         raw: dict[int, F32Array] = {}
+        sparse: dict[int, F32Array] = {}
+        colbert: dict[int, F32Array] = {}
         for chunk in padded_chunks(batch, self._chunk_tokens(), self._pad_token_id):
             output, mask = self._forward(chunk)
+            if self._heads is not None and (batch.sparse_indices or batch.colbert_indices):
+                self._padded_heads(self._heads, _hidden_states(output), chunk, batch, sparse, colbert)
             pooled_rows = [row for row, seq in enumerate(chunk.indices) if seq not in batch.raw_indices]
             if pooled_rows:
                 mean_mask = mask if chunk.mean_mask is chunk.attention_mask else \
@@ -247,7 +260,23 @@ class TorchBackend(PaddedEngine):
                 for row, seq in enumerate(chunk.indices):
                     if seq in batch.raw_indices:
                         raw[seq] = hidden[row, : int(chunk.lengths[row])]
-        return EmbedOutput.assemble(pooled, raw, self.hidden_size, self._token_width)
+        return EmbedOutput.assemble(pooled, raw, self.hidden_size, self._token_width, sparse, colbert, self.colbert_dim)
+
+    def _padded_heads(self, heads: bgem3.M3Heads, hidden: torch.Tensor, chunk: PaddedChunk, batch: ModelBatch,
+                      sparse: dict[int, F32Array], colbert: dict[int, F32Array]) -> None:
+        """The bge-m3 heads on the chunk's rows that ask for them, one device call per
+        head; each row keeps its real tokens (padding is computed, then cut)."""
+        sparse_rows = [row for row, seq in enumerate(chunk.indices) if seq in batch.sparse_indices]
+        if sparse_rows:
+            ids = torch.from_numpy(chunk.input_ids[sparse_rows]).to(self.device)
+            weights = heads.sparse_weights(hidden[sparse_rows], ids).cpu().numpy()
+            for k, row in enumerate(sparse_rows):
+                sparse[chunk.indices[row]] = weights[k, : int(chunk.lengths[row])]
+        colbert_rows = [row for row, seq in enumerate(chunk.indices) if seq in batch.colbert_indices]
+        if colbert_rows:
+            vectors = heads.colbert_vectors(hidden[colbert_rows, 1:]).cpu().numpy()
+            for k, row in enumerate(colbert_rows):
+                colbert[chunk.indices[row]] = vectors[k, : int(chunk.lengths[row]) - 1]  # no CLS vector
 
     @torch.inference_mode()
     def predict(self, batch: ModelBatch) -> F32Array:
@@ -287,7 +316,8 @@ class TorchBackend(PaddedEngine):
     @torch.inference_mode()
     def launch_embed(self, batch: ModelBatch) -> Pending[EmbedOutput]:
         """`embed`, returning once the batch is queued on the device."""
-        if self._varlen is None or self._is_classifier:
+        wants_missing_heads = (batch.sparse_indices or batch.colbert_indices) and self._heads is None
+        if self._varlen is None or self._is_classifier or wants_missing_heads:
             return ready(self.embed(batch))  # nothing to launch ahead; embed raises what it must
         return self._launch_unpadded(self._varlen, batch)
 
@@ -305,6 +335,13 @@ class TorchBackend(PaddedEngine):
             # One device-to-host copy, then slices; a copy even in float32, as a graph
             # replay's output buffer is overwritten by the next batch.
             results.append(hidden.to(torch.float32, copy=True))
+        heads = self._heads
+        if heads is not None and batch.sparse_indices:
+            index = self._copies.upload(bgem3.token_index(batch.cu_seq_lengths, batch.sparse_indices, False))
+            results.append(heads.sparse_weights(hidden[index], packed.input_ids[index]))
+        if heads is not None and batch.colbert_indices:
+            index = self._copies.upload(bgem3.token_index(batch.cu_seq_lengths, batch.colbert_indices, True))
+            results.append(heads.colbert_vectors(hidden[index]))
         copied = self._copies.download(results)
 
         def finish() -> EmbedOutput:
@@ -318,7 +355,12 @@ class TorchBackend(PaddedEngine):
                 states, bounds = arrays.pop(0), batch.cu_seq_lengths
                 for seq in batch.raw_indices:
                     raw[seq] = states[int(bounds[seq]) : int(bounds[seq + 1])]
-            return EmbedOutput.assemble(pooled, raw, self.hidden_size, self._token_width)
+            output = EmbedOutput.assemble(pooled, raw, self.hidden_size, self._token_width)
+            if batch.sparse_indices:
+                output = replace(output, sparse_weights=arrays.pop(0))
+            if batch.colbert_indices:
+                output = replace(output, colbert_rows=arrays.pop(0))
+            return output
 
         return Pending(finish)
 

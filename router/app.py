@@ -27,10 +27,11 @@ from embedserve.router.infer import Inference
 from embedserve.router.metrics import Metrics
 from embedserve.router.operations import Operations
 from embedserve.router.queue_handle import QueueHandle
+from embedserve.router.multi_output import ModelHeads
 from embedserve.router.queue_owner import InprocQueueHandle, QueueOwner
 from embedserve.router.remote_queue import RemoteQueueHandle
 from embedserve.router.rerank_template import causal_prompt
-from embedserve.router.routes import default, embed, health, models, predict, rerank_v1, tokenize
+from embedserve.router.routes import default, embed, health, models, multi_vector, predict, rerank_v1, tokenize
 from embedserve.router.routes._http import ClientGone, client_gone_answer, error_answer, unexpected_answer
 from embedserve.router.routes.asgi import CorsPolicy, DirectRoute, FrontApp
 from embedserve.router.settings import RouterSettings
@@ -47,10 +48,11 @@ async def connect_backends(settings: RouterSettings) -> tuple[list[BackendClient
     infos = await asyncio.gather(*(backend.info() for backend in backends))
     first = infos[0]
     for backend, other in zip(backends, infos):
-        if (other.hidden_size, other.is_padded, other.reranker_template, other.reranker_instruction) != (
-            first.hidden_size, first.is_padded, first.reranker_template, first.reranker_instruction
-        ):
-            raise RuntimeError(f"{backend.name} disagrees with backend-0 on hidden size, padding or reranker template")
+        if (other.hidden_size, other.is_padded, other.reranker_template, other.reranker_instruction, other.sparse_head,
+                other.colbert_dim) != (first.hidden_size, first.is_padded, first.reranker_template,
+                                       first.reranker_instruction, first.sparse_head, first.colbert_dim):
+            raise RuntimeError(f"{backend.name} disagrees with backend-0 on hidden size, padding, reranker template "
+                               "or bge-m3 heads")
     limits = [i.max_batch_size for i in infos if i.max_batch_size] + (
         [settings.max_batch_requests] if settings.max_batch_requests else []
     )
@@ -62,6 +64,7 @@ async def connect_backends(settings: RouterSettings) -> tuple[list[BackendClient
         max_batch_size=first.max_batch_size or None,
         reranker_template=first.reranker_template,
         reranker_instruction=first.reranker_instruction,
+        heads=ModelHeads(first.sparse_head, first.colbert_dim),
     )
     return backends, facts, min(limits) if limits else None
 
@@ -104,7 +107,7 @@ async def connect_services(settings: RouterSettings, on_owner_lost: Callable[[],
             handle = InprocQueueHandle(owner, view.max_concurrent_requests)
         inference = Inference(tokenizers.model(index), handle, metrics, view.lane_policy)
         operations = Operations(view, facts.hidden_size, inference,
-                                causal_prompt(facts.reranker_template, facts.reranker_instruction))
+                                causal_prompt(facts.reranker_template, facts.reranker_instruction), facts.heads)
         models.append(ServedModel(index, view.served_model_name, view, metrics, backends, facts, handle, inference,
                                   operations))
     first = models[0]
@@ -214,6 +217,8 @@ def create_app(settings: RouterSettings, on_owner_lost: Callable[[], None] | Non
         "/embed": embed.embed,
         "/embed_all": embed.embed_all,
         "/embed_sparse": embed.embed_sparse,
+        "/embed_multi_vector": multi_vector.embed_multi_vector,
+        "/embed_hybrid": multi_vector.embed_hybrid,
         "/similarity": embed.similarity,
         "/v1/embeddings": embed.openai_embeddings,
         "/embeddings": embed.openai_embeddings,

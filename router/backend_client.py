@@ -38,6 +38,10 @@ class BatchOutput:
     token_rows: np.ndarray  # the raw sequences' token vectors, concatenated in batch order
     batch_tokens: int  # the batch's cost under the backend's accounting
     model_cpu_s: float = 0.0  # CPU the backend's model threads spent for it (backends/model_cpu.py)
+    # bge-m3 (router/multi_output.py): per-token lexical weights of the sequences that
+    # asked, concatenated in batch order; their [tokens - 1, colbert_dim] multi-vectors.
+    sparse_weights: np.ndarray | None = None
+    colbert_rows: np.ndarray | None = None
 
 
 class BackendClient:
@@ -89,7 +93,8 @@ class BackendClient:
             response: backend_pb2.EmbedResponse = await self._stub.Embed(batch)
             return BatchOutput(
                 unpack_tensor(response.embeddings), unpack_tensor(response.token_embeddings), response.batch_tokens,
-                response.model_cpu_seconds,
+                response.model_cpu_seconds, _unpack_optional(response.sparse_weights),
+                _unpack_optional(response.colbert_vectors),
             )
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, self.name) from exc
@@ -110,6 +115,11 @@ class BackendClient:
         if self._recovery is not None:
             self._recovery.cancel()
         await self._channel.close()
+
+
+def _unpack_optional(tensor: backend_pb2.Tensor) -> np.ndarray | None:
+    """A tensor the backend may leave unset (no shape at all) when nothing asked for it."""
+    return unpack_tensor(tensor) if tensor.shape else None
 
 
 def _translate(exc: grpc.aio.AioRpcError, name: str) -> BackendError:

@@ -33,6 +33,7 @@ from embedserve.proto.codec import pack_u32
 from embedserve.proto.gen_pb import backend_pb2
 from embedserve.router.errors import DeadlineExceededError
 from embedserve.router.metrics import Metrics
+from embedserve.router.multi_output import Wanted
 from embedserve.router.queue_handle import EntryFuture
 
 if TYPE_CHECKING:
@@ -61,6 +62,8 @@ class QueueEntry:
     traceparent: str = ""
     # Its `queue` and `inference` spans, made at append when traced (proto/tracing).
     trace: EntrySpans | None = None
+    # bge-m3 outputs it also asks for (router/multi_output.Wanted bits).
+    wanted: int = 0
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -191,4 +194,6 @@ class BatchQueue:
             raw_indices=[i for i, e in enumerate(entries) if e.raw],
             pool_starts=pack_u32(np.fromiter((e.pool_start for e in entries), dtype=np.int64, count=len(entries)))
             if any(e.pool_start for e in entries) else b"",
+            sparse_indices=[i for i, e in enumerate(entries) if e.wanted & Wanted.SPARSE],
+            colbert_indices=[i for i, e in enumerate(entries) if e.wanted & Wanted.MULTI_VECTOR],
         )

@@ -26,6 +26,7 @@ from embedserve.router.backend_client import BackendClient, BatchOutput
 from embedserve.router.batch_queue import BatchQueue, FormedBatch
 from embedserve.router.errors import BackendDownError, BackendError, EmbedServeError
 from embedserve.router.metrics import Metrics
+from embedserve.router.multi_output import Wanted, pack
 from embedserve.router.queue_handle import EntryResult
 
 if TYPE_CHECKING:
@@ -122,6 +123,32 @@ def _split_results(batch: FormedBatch, output: BatchOutput) -> list[np.ndarray]:
         else:
             values.append(output.pooled[pooled_row])
             pooled_row += 1
+    if any(entry.wanted for entry in batch.entries):
+        return _with_head_outputs(batch, output, values)
+    return values
+
+
+def _with_head_outputs(batch: FormedBatch, output: BatchOutput, pooled: list[np.ndarray]) -> list[np.ndarray]:
+    """bge-m3: each entry that asked for lexical weights or multi-vectors gets them
+    packed behind its pooled row (router/multi_output.py)."""
+    weights = output.sparse_weights if output.sparse_weights is not None else np.empty(0, np.float32)
+    vectors = output.colbert_rows if output.colbert_rows is not None else np.empty((0, 0), np.float32)
+    wanted_weights = sum(len(e) for e in batch.entries if e.wanted & Wanted.SPARSE)
+    wanted_vectors = sum(len(e) - 1 for e in batch.entries if e.wanted & Wanted.MULTI_VECTOR)
+    if weights.shape[0] != wanted_weights or vectors.shape[0] != wanted_vectors:
+        raise BackendError(f"Backend error: {weights.shape[0]} lexical weights and {vectors.shape[0]} multi-vectors "
+                           f"for {wanted_weights} and {wanted_vectors} asked. This is a bug.")
+    values: list[np.ndarray] = []
+    weight_row = vector_row = 0
+    for entry, row in zip(batch.entries, pooled):
+        entry_weights = entry_vectors = None
+        if entry.wanted & Wanted.SPARSE:
+            entry_weights = weights[weight_row : weight_row + len(entry)]
+            weight_row += len(entry)
+        if entry.wanted & Wanted.MULTI_VECTOR:
+            entry_vectors = vectors[vector_row : vector_row + len(entry) - 1]
+            vector_row += len(entry) - 1
+        values.append(pack(row, entry_weights, entry_vectors) if entry.wanted else row)
     return values
 
 

@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
 import numpy as np
@@ -28,6 +28,7 @@ from embedserve.router.errors import (
 )
 from embedserve.router.lanes import FIFO, LanePolicy, Priority
 from embedserve.router.metrics import Metrics
+from embedserve.router.multi_output import Wanted
 from embedserve.router.queue_handle import EntryResult, QueueHandle, Submission, TokenizedInput
 from embedserve.tokenizer_pool.pool import (
     Encoding,
@@ -99,6 +100,8 @@ class InferenceResult:
     metadata: ResponseMetadata
     # Queued in the interactive lane (router/lanes.py).
     interactive: bool = False
+    # Each input's token ids, as queued (bge-m3 lexical weights are keyed by them).
+    input_ids: list[np.ndarray] = field(default_factory=list)
 
 
 class Permits:
@@ -181,6 +184,7 @@ class Inference:
         family: Family = "embed",
         method: Method = "single",
         limits: CallLimits = CallLimits(),
+        wanted: Wanted = Wanted.NONE,
     ) -> InferenceResult:
         """Tokenize, queue and run every input, and count it in the metrics.
 
@@ -188,12 +192,13 @@ class Inference:
         capacity instead of failing with 429 (gRPC streams); past `limits.deadline`
         (a perf_counter() time) inputs still queued are withdrawn and the call
         fails with DeadlineExceededError; `limits.priority`, with the inputs' size,
-        picks the queue lane (router/lanes.py).
+        picks the queue lane (router/lanes.py); `wanted`, bge-m3 outputs each input
+        also asks for (router/multi_output.py).
         """
         metrics = self._metrics
         metrics.request_count.inc(method=method)
         (metrics.embed_count if family == "embed" else metrics.predict_count).inc(len(inputs))
-        result = await self._run(inputs, options, raw, limits)
+        result = await self._run(inputs, options, raw, limits, wanted)
         (metrics.embed_success if family == "embed" else metrics.predict_success).inc(len(inputs))
         metrics.request_success.inc(method=method)
         meta = result.metadata
@@ -207,7 +212,9 @@ class Inference:
         tracing.record_request(meta)
         return result
 
-    async def _run(self, inputs: list[Input], options: EncodeOptions, raw: bool, limits: CallLimits) -> InferenceResult:
+    async def _run(
+        self, inputs: list[Input], options: EncodeOptions, raw: bool, limits: CallLimits, wanted: Wanted
+    ) -> InferenceResult:
         started = time.perf_counter()
         deadline = limits.deadline
         admission = self._queue.admit(len(inputs), wait=limits.wait_for_permit)
@@ -240,7 +247,7 @@ class Inference:
             interactive = self._lanes.is_interactive(limits.priority, sum(map(len, queued)))
             submission = self._queue.submit(
                 queued, raw=raw, deadline=deadline, admission=admission, interactive=interactive,
-                traceparent=tracing.current_traceparent(),
+                traceparent=tracing.current_traceparent(), wanted=int(wanted),
             )
             results = await _await_or_abort(self._queue, submission, deadline)
         finally:
@@ -256,7 +263,8 @@ class Inference:
             inference_time_s=sum(r.inference_time_s for r in results) / n,
         )
         return InferenceResult(
-            [r.values for r in results], [len(e.input_ids) for e in encodings], metadata, interactive
+            [r.values for r in results], [len(e.input_ids) for e in encodings], metadata, interactive,
+            [e.input_ids for e in encodings],
         )
 
     async def _encode(self, inputs: list[Input], options: EncodeOptions) -> list[Encoding]:

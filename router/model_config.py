@@ -70,6 +70,9 @@ class ModelSpec:
     reranker_template: str = ""
     # A model2vec static embedding model: an embedding matrix, no transformer (backends/static.py).
     static_embedding: bool = False
+    # bge-m3: FlagEmbedding's lexical and multi-vector heads sit beside the weights
+    # (M3_HEAD_FILES); the torch engine runs them (backends/bgem3.py).
+    bge_m3: bool = False
 
     @property
     def family(self) -> str:
@@ -85,6 +88,10 @@ class ModelSpec:
                                        "use --dtype float32 (the default) or bfloat16")
             return requested or "float32"
         return requested or ""
+
+
+# bge-m3's head files, as FlagEmbedding saves them (the backend loads them: backends/bgem3.py).
+M3_HEAD_FILES = ("sparse_linear.pt", "colbert_linear.pt")
 
 
 def load_model_spec(
@@ -183,6 +190,7 @@ def load_model_spec(
         dense_layers=dense_layers,
         include_prompt=include_prompt,
         reranker_template=reranker_template or "",
+        bge_m3=model_type == "embedding" and all((model_dir / name).is_file() for name in M3_HEAD_FILES),
     )
 
 

@@ -21,6 +21,8 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from embedserve.router.model_config import M3_HEAD_FILES
+
 # Files every backend and the tokenizer pool read before any weights: config.json,
 # tokenizer.json, modules.json, 1_Pooling/config.json, sentencepiece models.
 METADATA_SUFFIXES = (".json", ".txt", ".model")
@@ -58,8 +60,9 @@ def checkpoint_files(repo_files: Iterable[str], folder: str = "") -> list[str]:
 
 
 def metadata_files(repo_files: Sequence[str]) -> list[str]:
-    """Step 1: configs, tokenizer files and the weights of Dense modules."""
-    wanted = {name for name in repo_files if name.endswith(METADATA_SUFFIXES)}
+    """Step 1: configs, tokenizer files, the weights of Dense modules, and bge-m3's
+    head files (a few MB; their presence decides the backend)."""
+    wanted = {name for name in repo_files if name.endswith(METADATA_SUFFIXES) or name in M3_HEAD_FILES}
     dense_dirs = {str(PurePosixPath(name).parent) for name in repo_files
                   if not _is_root(name) and _is_dense_dir(str(PurePosixPath(name).parent))}
     for folder in dense_dirs:

@@ -30,9 +30,10 @@ from embedserve.router.model_ops import (
     sparse_entries,
 )
 from embedserve.router.rerank_template import CausalRerankPrompt
+from embedserve.router.multi_output import ModelHeads, Wanted, lexical_weights, unpack
 from embedserve.router.schemas import check_batch_size, check_dimensions, parse_inputs, parse_predict_inputs
 from embedserve.router.settings import RouterSettings
-from embedserve.router.vectors import finish_embeddings
+from embedserve.router.vectors import finish_embeddings, l2_normalized
 from embedserve.tokenizer_pool.pool import Input, TextPair, TokenFormat
 
 
@@ -70,6 +71,28 @@ class SparseEmbeddings:
 
 
 @dataclass(frozen=True)
+class MultiVectors:
+    """Per input, its bge-m3 multi-vectors (ColBERT): [tokens - 1, colbert_dim]."""
+
+    matrices: list[np.ndarray]
+    token_counts: list[int]
+    metadata: ResponseMetadata
+    is_batch: bool
+
+
+@dataclass(frozen=True)
+class HybridEmbeddings:
+    """bge-m3's outputs of the same inputs from one forward pass; those not asked for are None."""
+
+    dense: np.ndarray | None  # [inputs, hidden]
+    sparse: list[list[tuple[int, float]]] | None
+    multi_vectors: list[np.ndarray] | None
+    token_counts: list[int]
+    metadata: ResponseMetadata
+    is_batch: bool
+
+
+@dataclass(frozen=True)
 class Predictions:
     """Per input, (score, label) for every label, best first."""
 
@@ -99,7 +122,7 @@ class Operations:
 
     def __init__(
         self, settings: RouterSettings, hidden_size: int, inference: Inference,
-        causal_rerank: CausalRerankPrompt | None = None,
+        causal_rerank: CausalRerankPrompt | None = None, heads: ModelHeads = ModelHeads(),
     ) -> None:
         self._settings = settings
         self._hidden_size = hidden_size
@@ -107,6 +130,7 @@ class Operations:
         # Set when the backend serves a causal-LM reranker (its InfoResponse says so):
         # rerank pairs are framed by its prompt template instead of a tokenizer pair.
         self._causal_rerank = causal_rerank
+        self._heads = heads
 
     async def embed_pooled(
         self,
@@ -141,11 +165,46 @@ class Operations:
     async def embed_sparse(
         self, inputs: str | list[Any], truncation: Truncation, prompt_name: str | None, limits: CallLimits
     ) -> SparseEmbeddings:
-        """/embed_sparse and gRPC EmbedSparse: SPLADE weights."""
+        """/embed_sparse and gRPC EmbedSparse: SPLADE weights, or bge-m3's lexical weights."""
+        if self._heads.sparse and self._settings.model_type == "embedding" and not self._settings.is_splade:
+            hybrid = await self.embed_hybrid(inputs, truncation, prompt_name, False, Wanted.SPARSE, limits)
+            assert hybrid.sparse is not None
+            return SparseEmbeddings(hybrid.sparse, hybrid.metadata, hybrid.is_batch)
         require_splade(self._settings)
         parsed, is_batch = self._parsed(inputs)
         result = await self._run(parsed, is_batch, truncation, prompt_name, limits, "embed")
         return SparseEmbeddings([sparse_entries(row) for row in result.rows], result.metadata, is_batch)
+
+    async def embed_multi_vector(
+        self, inputs: str | list[Any], truncation: Truncation, prompt_name: str | None, normalize: bool,
+        limits: CallLimits,
+    ) -> MultiVectors:
+        """/embed_multi_vector and /v1/embeddings' multi_vector type: bge-m3's ColBERT vectors."""
+        hybrid = await self.embed_hybrid(inputs, truncation, prompt_name, normalize, Wanted.MULTI_VECTOR, limits)
+        assert hybrid.multi_vectors is not None
+        return MultiVectors(hybrid.multi_vectors, hybrid.token_counts, hybrid.metadata, hybrid.is_batch)
+
+    async def embed_hybrid(
+        self, inputs: str | list[Any], truncation: Truncation, prompt_name: str | None, normalize: bool,
+        wanted: Wanted, limits: CallLimits, *, dense: bool = False,
+    ) -> HybridEmbeddings:
+        """/embed_hybrid: bge-m3's dense row (with `dense`), lexical weights and
+        multi-vectors, whichever `wanted` asks, from one forward pass per batch.
+        `normalize` applies to the dense rows and to each multi-vector."""
+        require_embedding(self._settings)
+        self._heads.require(wanted)
+        parsed, is_batch = self._parsed(inputs)
+        result = await self._run(parsed, is_batch, truncation, prompt_name, limits, "embed", wanted=wanted)
+        heads = self._heads
+        answers = [unpack(row, wanted, tokens, self._hidden_size, heads.colbert_dim)
+                   for row, tokens in zip(result.rows, result.token_counts)]
+        sparse = multi_vectors = None
+        if Wanted.SPARSE in wanted:
+            sparse = [lexical_weights(a.token_weights, ids) for a, ids in zip(answers, result.input_ids)]
+        if Wanted.MULTI_VECTOR in wanted:
+            multi_vectors = [l2_normalized(a.multi_vectors) if normalize else a.multi_vectors for a in answers]
+        vectors = finish_embeddings([a.dense for a in answers], normalize, None) if dense else None
+        return HybridEmbeddings(vectors, sparse, multi_vectors, result.token_counts, result.metadata, is_batch)
 
     async def similarity(
         self, source: str, sentences: list[str], truncation: Truncation, prompt_name: str | None, limits: CallLimits
@@ -256,11 +315,12 @@ class Operations:
         limits: CallLimits,
         family: Family,
         raw: bool = False,
+        wanted: Wanted = Wanted.NONE,
     ) -> InferenceResult:
         options = self._encode_options(truncation, resolve_prompt(self._settings, prompt_name))
         return await self._inference.run(
             inputs, options, raw=raw, family=family, method="batch" if is_batch else "single",
-            limits=limits,
+            limits=limits, wanted=wanted,
         )
 
     def _encode_options(self, truncation: Truncation, prompt: str | None) -> EncodeOptions:

@@ -75,6 +75,8 @@ class Submit(_Msg, tag="submit"):
     traceparent: str = ""
     # Which served model's queue and permits (RouterConfig.models order).
     model: int = 0
+    # bge-m3 outputs each input also asks for (router/multi_output.Wanted bits).
+    wanted: int = 0
 
 
 class Abort(_Msg, tag="abort"):

@@ -113,6 +113,7 @@ class QueueHandle(Protocol):
         admission: Admission | None = None,
         interactive: bool = False,
         traceparent: str = "",
+        wanted: int = 0,
     ) -> Submission:
         """Queue every input of one call, in order (under `admission`'s permits),
         in the interactive lane or the bulk one (router/lanes.py).
@@ -124,6 +125,9 @@ class QueueHandle(Protocol):
         `time.perf_counter()` instant: CLOCK_MONOTONIC, the same in every process
         of the machine) an input still queued fails with DeadlineExceededError
         instead of running.
+
+        `wanted`: bge-m3 outputs each input also asks for (router/multi_output.Wanted
+        bits); its result is then `multi_output.pack`'s row.
         """
         ...
 

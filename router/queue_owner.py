@@ -68,11 +68,12 @@ class InprocQueueHandle:
         admission: Admission | None = None,
         interactive: bool = False,
         traceparent: str = "",
+        wanted: int = 0,
     ) -> Submission:
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[EntryResult]] = [loop.create_future() for _ in inputs]
         entries = [QueueEntry(i.input_ids, i.token_type_ids, future, raw, deadline, i.pool_start, interactive,
-                              traceparent=traceparent)
+                              traceparent=traceparent, wanted=wanted)
                    for i, future in zip(inputs, futures)]
         self._owner.append(entries)
         return Submission(futures)

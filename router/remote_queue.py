@@ -173,6 +173,7 @@ class RemoteQueueHandle:
         interactive: bool = False,
         traceparent: str = "",
         model: int = 0,
+        wanted: int = 0,
     ) -> Submission:
         if self.lost:
             raise BackendUnavailableError(OWNER_GONE)
@@ -195,7 +196,7 @@ class RemoteQueueHandle:
             call_id, raw, deadline,
             np.concatenate([i.input_ids for i in inputs]).astype(_U32, copy=False).tobytes(),
             np.concatenate([i.token_type_ids for i in inputs]).astype(_U32, copy=False).tobytes(),
-            lengths.tobytes(), pool_starts, admit, interactive, traceparent, model,
+            lengths.tobytes(), pool_starts, admit, interactive, traceparent, model, wanted,
         ))
         self._calls[call_id] = _Call(futures, count)
         return RemoteSubmission(futures, call_id)
@@ -343,9 +344,10 @@ class RemoteModelQueue:
         admission: Admission | None = None,
         interactive: bool = False,
         traceparent: str = "",
+        wanted: int = 0,
     ) -> Submission:
         return self._link.submit(inputs, raw=raw, deadline=deadline, admission=admission, interactive=interactive,
-                                 traceparent=traceparent, model=self._index)
+                                 traceparent=traceparent, model=self._index, wanted=wanted)
 
     def abort(self, submission: Submission) -> None:
         self._link.abort(submission)

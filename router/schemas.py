@@ -39,6 +39,19 @@ class EmbedSparseRequest(EmbedAllRequest, kw_only=True):
     pass
 
 
+class EmbedMultiVectorRequest(EmbedAllRequest, kw_only=True):
+    normalize: bool = True
+
+
+# bge-m3's outputs by name (router/multi_output.py).
+HybridOutput = Literal["dense", "sparse", "multi_vector"]
+HYBRID_OUTPUTS: tuple[HybridOutput, ...] = ("dense", "sparse", "multi_vector")
+
+
+class EmbedHybridRequest(EmbedMultiVectorRequest, kw_only=True):
+    outputs: list[HybridOutput] = msgspec.field(default_factory=lambda: list(HYBRID_OUTPUTS))
+
+
 class PredictRequest(msgspec.Struct, kw_only=True):
     inputs: str | list[Any]
     truncate: bool | None = None
@@ -119,6 +132,8 @@ class OpenAIEmbeddingsRequest(msgspec.Struct, kw_only=True):
     # As /embed's; with encoding_format base64 the quantized bytes are what is encoded.
     precision: Precision | None = None
     ranges: list[list[float]] | None = None
+    # Ours, not OpenAI's: "multi_vector" answers bge-m3's multi-vectors, a list of vectors per input.
+    embedding_type: Literal["dense", "multi_vector"] = "dense"
 
 
 T = TypeVar("T")

@@ -17,6 +17,7 @@ from embedserve.router.backend_client import BackendClient
 from embedserve.router.errors import ModelNotFoundError
 from embedserve.router.infer import Inference
 from embedserve.router.metrics import Metrics
+from embedserve.router.multi_output import ModelHeads
 from embedserve.router.operations import Operations
 from embedserve.router.queue_handle import QueueHandle
 from embedserve.router.settings import RouterSettings
@@ -37,6 +38,8 @@ class BackendFacts:
     # A causal-LM reranker's prompt template and default instruction; "": none.
     reranker_template: str = ""
     reranker_instruction: str = ""
+    # bge-m3's lexical and multi-vector heads, when the backends run them.
+    heads: ModelHeads = ModelHeads()
 
 
 @dataclass

@@ -1043,3 +1043,16 @@ def build_model2vec_model(target: Path, tokenizer_source: Path, *, dim: int = 16
     shutil.copy(tokenizer_source / "tokenizer.json", target / "tokenizer.json")
     (target / "config.json").write_text(json.dumps(config))
     return target
+
+
+def build_bgem3_model(target: Path, tokenizer_source: Path, seed: int = 0) -> Path:
+    """A tiny bge-m3: an XLM-RoBERTa encoder with CLS pooling, and FlagEmbedding's two
+    head files beside it (random Linear(hidden, hidden) and Linear(hidden, 1) state dicts)."""
+    import torch
+
+    build_family_model("xlm-roberta", target, tokenizer_source, seed)
+    hidden = int(_OFFSET_ENCODER["hidden_size"])  # type: ignore[call-overload]
+    torch.manual_seed(seed + 1)
+    torch.save(torch.nn.Linear(hidden, hidden).state_dict(), target / "colbert_linear.pt")
+    torch.save(torch.nn.Linear(hidden, 1).state_dict(), target / "sparse_linear.pt")
+    return target

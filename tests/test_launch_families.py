@@ -14,7 +14,9 @@ import pytest
 from embedserve.launcher import choose_backend
 from embedserve.router.model_config import ModelConfigError, ModelSpec, load_model_spec
 from tests.conftest import ROOT, short_socket_prefix
-from tests.models import build_family_model, build_jina_bert_model, build_tiny_causal_reranker, build_tiny_model
+from tests.models import (
+    build_bgem3_model, build_family_model, build_jina_bert_model, build_tiny_causal_reranker, build_tiny_model,
+)
 
 
 def _spec(model_type: str, remote_code: bool = False, jina_bert: bool = False) -> ModelSpec:
@@ -50,6 +52,14 @@ def test_jina_bert_is_told_from_bert_by_its_alibi_positions(model_dir: Path, tmp
     config["auto_map"]["AutoModel"] = "jinaai/jina-bert-v2-qk-post-norm--modeling_bert.JinaBertModel"
     (jina.model_dir / "config.json").write_text(json.dumps(config))
     assert load_model_spec(jina.model_dir).family == "bert"
+
+
+def test_bge_m3_is_detected_by_its_head_files_and_runs_torch(tmp_path: Path, model_dir: Path) -> None:
+    m3 = load_model_spec(build_bgem3_model(tmp_path / "m3", model_dir))
+    assert m3.bge_m3 and not load_model_spec(model_dir).bge_m3
+    assert choose_backend("auto", m3, []) == "torch"  # xlm-roberta alone would export to onnx on CPU
+    (m3.model_dir / "sparse_linear.pt").unlink()
+    assert not load_model_spec(m3.model_dir).bge_m3  # both heads, or it is not bge-m3
 
 
 def test_an_explicit_backend_wins() -> None:
@@ -95,6 +105,13 @@ def test_causal_rerankers_need_the_template_flag_a_causal_lm_and_torch(tmp_path:
         assert len(errors) == 1 and "run on --backend torch only" in errors[0], stderr
     errors, stderr = _refused_start("--model-id", str(causal), "--reranker-instruction", "judge")
     assert len(errors) == 1 and "--reranker-instruction needs --reranker-template" in errors[0], stderr
+
+
+def test_onnx_refuses_bge_m3_in_one_line(tmp_path: Path, model_dir: Path) -> None:
+    # Its sparse and multi-vector heads run in the torch engine only.
+    m3_dir = build_bgem3_model(tmp_path / "m3", model_dir)
+    errors, stderr = _refused_start("--model-id", str(m3_dir), "--backend", "onnx")
+    assert len(errors) == 1 and "bge-m3" in errors[0] and "--backend torch" in errors[0], stderr
 
 
 def _refused_start(*args: str) -> tuple[list[str], str]:

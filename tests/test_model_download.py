@@ -39,6 +39,9 @@ def test_metadata_is_configs_tokenizer_and_dense_weights() -> None:
     assert metadata_files(ST_REPO) == METADATA
     bin_dense = [name for name in ST_REPO if name != "2_Dense/model.safetensors"]
     assert "2_Dense/pytorch_model.bin" in metadata_files(bin_dense)
+    # bge-m3's head files decide the backend (router/model_config.M3_HEAD_FILES): fetched with the metadata.
+    m3 = metadata_files([*ST_REPO, "colbert_linear.pt", "sparse_linear.pt", "onnx/colbert_linear.pt"])
+    assert set(m3) - set(METADATA) == {"colbert_linear.pt", "sparse_linear.pt"}
 
 
 def test_torch_takes_safetensors_and_never_the_pickles_beside_them() -> None:

@@ -188,7 +188,7 @@ class FrontConnection:
             end = offset + length
             entries.append(QueueEntry(ids[offset:end], types[offset:end], slot, message.raw, message.deadline,
                                       int(starts[index]) if starts is not None else 0, message.interactive,
-                                      traceparent=message.traceparent))
+                                      traceparent=message.traceparent, wanted=message.wanted))
             offset = end
         call.open_entries = len(entries)
         try:

@@ -8,6 +8,7 @@ from embedserve.router.operations import Truncation
 from embedserve.router.quantize import QUANTIZED, Precision, base64_rows, check_ranges, quantize
 from embedserve.router.routes._http import HttpCall, until_disconnected
 from embedserve.router.routes._inference import Outcome, call_limits, endpoint, truncation
+from embedserve.router.served_model import ServedModel
 from embedserve.router.schemas import (
     EmbedAllRequest,
     EmbedRequest,
@@ -56,6 +57,8 @@ async def handle_similarity(call: HttpCall, body: SimilarityRequest) -> Outcome:
 
 
 async def handle_openai(call: HttpCall, body: OpenAIEmbeddingsRequest) -> Outcome:
+    if body.embedding_type == "multi_vector":
+        return await openai_multi_vector(call, body)
     model = call.choose_model(body.model)
     precision = openai_precision(body)
     ranges = check_ranges(body.ranges, precision)
@@ -70,14 +73,34 @@ async def handle_openai(call: HttpCall, body: OpenAIEmbeddingsRequest) -> Outcom
         data = [{"object": "embedding", "embedding": text, "index": i} for i, text in enumerate(base64_rows(vectors))]
     else:
         data = [{"object": "embedding", "embedding": v, "index": i} for i, v in enumerate(vectors)]
-    tokens = int(sum(result.token_counts))
-    content = {
+    return Outcome(openai_list(model, data, result.token_counts), result.metadata)
+
+
+async def openai_multi_vector(call: HttpCall, body: OpenAIEmbeddingsRequest) -> Outcome:
+    """`embedding_type: "multi_vector"` (ours): each item's `embedding` is the input's
+    bge-m3 multi-vectors, normalized, a list of vectors each encoded as `encoding_format` says."""
+    if body.dimensions is not None:
+        raise input_validation("`dimensions` is not available with `embedding_type` multi_vector")
+    model = call.choose_model(body.model)
+    work = model.operations.embed_multi_vector(
+        body.input, Truncation(truncate=None), None, True, call_limits(call)
+    )
+    result = await until_disconnected(call, work)
+    data: list[dict[str, object]] = [
+        {"object": "embedding", "embedding": base64_rows(m) if body.encoding_format == "base64" else m, "index": i}
+        for i, m in enumerate(result.matrices)
+    ]
+    return Outcome(openai_list(model, data, result.token_counts), result.metadata)
+
+
+def openai_list(model: ServedModel, data: list[dict[str, object]], token_counts: list[int]) -> dict[str, object]:
+    tokens = int(sum(token_counts))
+    return {
         "object": "list",
         "data": data,
         "model": model.name,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
-    return Outcome(content, result.metadata)
 
 
 def openai_precision(body: OpenAIEmbeddingsRequest) -> Precision:

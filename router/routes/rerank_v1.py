@@ -16,7 +16,8 @@ from embedserve.router.schemas import RerankDocument, V1RerankRequest
 
 async def handle_rerank_v1(call: HttpCall, body: V1RerankRequest) -> Outcome:
     texts = [document.text if isinstance(document, RerankDocument) else document for document in body.documents]
-    work = call.state.operations.rerank(
+    model = call.choose_model(body.model)
+    work = model.operations.rerank(
         [(body.query, text) for text in texts], Truncation(truncate=None), False, call_limits(call),
         is_batch=True, instruction=body.instruction, texts_field="documents",
     )
@@ -30,7 +31,7 @@ async def handle_rerank_v1(call: HttpCall, body: V1RerankRequest) -> Outcome:
         results.append(entry)
     tokens = result.metadata.compute_tokens
     content = {
-        "model": call.state.settings.served_model_name,
+        "model": model.name,
         "results": results,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
