@@ -49,7 +49,9 @@ async def serve(config: config_pb2.BackendConfig) -> None:
     except Exception as exc:
         logger.error("cannot load %s with the %s backend: %s", config.model_dir, config.backend, exc)
         sys.exit(EXIT_LOAD_FAILED)
-    servicer = BackendServicer(engine, config.max_batch_tokens, rerank=spec.causal_rerank)
+    # EMBEDSERVE_BULK_SLICES=off runs bulk batches whole: a baseline for measuring what slicing costs.
+    slicing = os.environ.get("EMBEDSERVE_BULK_SLICES", "on") != "off"
+    servicer = BackendServicer(engine, config.max_batch_tokens, slicing=slicing, rerank=spec.causal_rerank)
     logger.info("%s backend ready on %s in %.1fs", config.backend, engine.device, time.monotonic() - started)
 
     server = grpc.aio.server(options=GRPC_OPTIONS)

@@ -43,19 +43,23 @@ GRPC_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
-# How long one bulk slice should run: what a query arriving mid-batch waits for at
-# most. On CPU, ~25 ms slices cost no measurable bulk throughput (each still runs
-# hundreds of tokens); a GPU runs a slice's worth of tokens far faster, so its slices
-# are shorter in time for the same per-launch overhead.
-SLICE_TARGET_S = {"cpu": 0.025, "cuda": 0.008}
+# How long one bulk slice should run on CPU: what a query arriving mid-batch waits for
+# at most. ~25 ms slices cost no measurable bulk throughput there (each still runs
+# hundreds of tokens).
+# On a GPU bulk batches run whole: 8 ms slices (down to 1,024 tokens) held one H100's
+# served throughput to a quarter, the backend's one core busy launching small forwards
+# (bench/GPU_NOTES.md, 2026-11-27: bulk 441K against 1.73M tokens/s whole, mixed 212K
+# against 656K). A query still runs before every queued bulk batch, after at most the
+# one on the device (~35 ms for 65,536 tokens of BERT-base).
+SLICE_TARGET_S = 0.025
 # Slice size before the first measurement: small enough that a slow model's first
 # slice does not run long, big enough that a fast one measures something.
-INITIAL_SLICE_TOKENS = {"cpu": 256, "cuda": 4096}
+INITIAL_SLICE_TOKENS = 256
 # Never smaller: each forward call has a fixed cost (intra-op threads waking, per-op
 # dispatch), ~10 ms for a 12-token MiniLM call on two contended cores. Slices sized from
 # throughput alone shrink when the machine is busy until that cost is most of each
 # slice (measured: bulk down to a quarter); past this floor a slice runs longer instead.
-MIN_SLICE_TOKENS = {"cpu": 256, "cuda": 1024}
+MIN_SLICE_TOKENS = 256
 
 
 @runtime_checkable
@@ -126,10 +130,9 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
         # Before the forward thread starts: the clock's first scan must not see it
         # unnamed (a thread it files as not the model's stays so).
         self._model_cpu = ModelCpuClock()
-        device = "cuda" if backend.device.startswith("cuda") else "cpu"
-        # slicing=False runs bulk batches whole (a baseline for measurements).
-        sizer = SliceSizer(SLICE_TARGET_S[device] if slicing else None, INITIAL_SLICE_TOKENS[device],
-                           MIN_SLICE_TOKENS[device])
+        # slicing=False runs bulk batches whole (a baseline for measurements), as a GPU always does.
+        sliced = slicing and not backend.device.startswith("cuda")
+        sizer = SliceSizer(SLICE_TARGET_S if sliced else None, INITIAL_SLICE_TOKENS, MIN_SLICE_TOKENS)
         # Named, so the model's CPU (this thread and the intra-op workers it starts) is told apart.
         self._forward = ForwardScheduler(sizer, initializer=partial(set_thread_name, MODEL_THREAD_NAME))
         self._launch_embed: Callable[[ModelBatch], Pending[EmbedOutput]] | None = None
