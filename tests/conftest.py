@@ -157,7 +157,7 @@ def _wait_healthy(server: RunningServer) -> None:
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(0.2)
+        time.sleep(0.05)
     pytest.fail(f"embedserve not healthy after {STARTUP_TIMEOUT_S}s:\n{server.log()}")
 
 
