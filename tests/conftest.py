@@ -179,7 +179,7 @@ def _wait_healthy(server: RunningServer) -> None:
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(0.2)
+        time.sleep(0.05)
     pytest.fail(f"embedserve not healthy after {STARTUP_TIMEOUT_S}s:\n{server.log()}")
 
 
@@ -235,3 +235,34 @@ def sentence_transformer(model_dir: Path):  # type: ignore[no-untyped-def]
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(str(model_dir), device="cpu")
+
+
+# Tiny models that several modules serve with the same flags: built once, and one
+# server each for the whole session (a start costs seconds; the tests only read).
+@pytest.fixture(scope="session")
+def reranker_dir(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
+    from tests.models import build_tiny_model
+
+    return build_tiny_model("reranker", tmp_path_factory.mktemp("models") / "reranker", model_dir)
+
+
+@pytest.fixture(scope="session")
+def reranker_server(reranker_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A server on `reranker_dir` with the default flags."""
+    with start_server("--model-id", str(reranker_dir), tmp_dir=tmp_path_factory.mktemp("reranker")) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def splade_dir(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
+    from tests.models import build_tiny_model
+
+    return build_tiny_model("splade", tmp_path_factory.mktemp("models") / "splade", model_dir)
+
+
+@pytest.fixture(scope="session")
+def splade_server(splade_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A server on `splade_dir` with --pooling splade."""
+    args = ("--model-id", str(splade_dir), "--pooling", "splade")
+    with start_server(*args, tmp_dir=tmp_path_factory.mktemp("splade")) as running:
+        yield running

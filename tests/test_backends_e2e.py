@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests.backends.parity import cosine, embed_over_http
-from tests.conftest import ROOT, short_socket_prefix, start_server
+from tests.conftest import ROOT, RunningServer, short_socket_prefix, start_server
 from tests.models import build_gte_model, build_remote_code_model
 
 TEXTS = ["remote code models load in their own process", "short one", "Zürich 東京 café"]
@@ -73,14 +73,16 @@ def test_python_backend_refuses_repository_code_without_the_opt_in_in_its_config
     assert not list(modules.glob("never_imported_remote*"))
 
 
-def test_auto_picks_onnx_on_cpu_and_int8_stays_close(tmp_path: Path, sentence_transformer) -> None:  # type: ignore[no-untyped-def]
-    with start_server(tmp_dir=tmp_path) as server:
-        info = httpx.get(f"{server.url}/info").json()
-        assert (info["backend"], info["model_dtype"]) == ("onnx", "float32")
-        float32 = embed_over_http(server.url, TEXTS)
-    with start_server("--dtype", "int8", tmp_dir=tmp_path) as server:
-        assert httpx.get(f"{server.url}/info").json()["model_dtype"] == "int8"
-        int8 = embed_over_http(server.url, TEXTS)
+def test_auto_picks_onnx_on_cpu_and_int8_stays_close(  # type: ignore[no-untyped-def]
+    server: RunningServer, tmp_path: Path, sentence_transformer
+) -> None:
+    # The shared server is the default start: no --backend, no --dtype.
+    info = httpx.get(f"{server.url}/info").json()
+    assert (info["backend"], info["model_dtype"]) == ("onnx", "float32")
+    float32 = embed_over_http(server.url, TEXTS)
+    with start_server("--dtype", "int8", tmp_dir=tmp_path) as quantized:
+        assert httpx.get(f"{quantized.url}/info").json()["model_dtype"] == "int8"
+        int8 = embed_over_http(quantized.url, TEXTS)
     assert cosine(float32, sentence_transformer.encode(TEXTS)).min() >= 0.9999
     assert cosine(int8, float32).min() >= 0.97
 

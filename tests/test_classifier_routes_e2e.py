@@ -17,19 +17,13 @@ TEXTS = ["Paris is the capital of France.", "Berlin is in Germany.", "bananas ar
 
 
 @pytest.fixture(scope="module")
-def reranker_dir(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
-    return build_tiny_model("reranker", tmp_path_factory.mktemp("models") / "reranker", model_dir)
-
-
-@pytest.fixture(scope="module")
 def classifier_dir(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
     return build_tiny_model("classifier", tmp_path_factory.mktemp("models") / "classifier", model_dir, seed=1)
 
 
 @pytest.fixture(scope="module")
-def reranker(reranker_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with start_server("--model-id", str(reranker_dir), tmp_dir=tmp_path_factory.mktemp("rr")) as running:
-        yield running
+def reranker(reranker_server: RunningServer) -> RunningServer:
+    return reranker_server  # the session's server on `reranker_dir` (conftest)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 
 from embedserve.router import swagger_ui
 from tests.conftest import RunningServer, start_server
-from tests.models import add_prompts, build_tiny_model
+from tests.models import add_prompts
 
 
 def _post(server: RunningServer, path: str, body: object, **kwargs: object) -> httpx.Response:
@@ -135,15 +135,8 @@ def test_openapi_and_docs(server: RunningServer) -> None:
 
 
 @pytest.fixture(scope="module")
-def splade_dir(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
-    return build_tiny_model("splade", tmp_path_factory.mktemp("models") / "splade", model_dir)
-
-
-@pytest.fixture(scope="module")
-def splade(splade_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    args = ("--model-id", str(splade_dir), "--pooling", "splade")
-    with start_server(*args, tmp_dir=tmp_path_factory.mktemp("splade")) as running:
-        yield running
+def splade(splade_server: RunningServer) -> RunningServer:
+    return splade_server  # the session's server on `splade_dir` (conftest): --pooling splade
 
 
 def test_embed_sparse_matches_transformers(splade: RunningServer, splade_dir: Path) -> None:

@@ -22,7 +22,6 @@ import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,8 +29,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import RunningServer, start_server
-from tests.models import build_tiny_model
+from tests.conftest import RunningServer
 
 POST_ROUTES = (
     "/embed",
@@ -566,13 +564,6 @@ def _assert_still_serving(client: httpx.Client, server: RunningServer, path: str
 def client() -> Iterator[httpx.Client]:
     with httpx.Client(timeout=TIMEOUT_S) as http:
         yield http
-
-
-@pytest.fixture(scope="module")
-def reranker_server(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[RunningServer]:
-    path = build_tiny_model("reranker", tmp_path_factory.mktemp("fuzz-reranker") / "reranker", model_dir)
-    with start_server("--model-id", str(path), tmp_dir=tmp_path_factory.mktemp("fuzz-reranker-server")) as running:
-        yield running
 
 
 def _assert_reached_the_model(statuses: dict[int, int], kind: str, path: str) -> None:

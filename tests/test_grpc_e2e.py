@@ -16,7 +16,6 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from embedserve.proto.gen_pb import tei_pb2, tei_pb2_grpc
 from tests.conftest import BULK, RunningServer, start_server, wait_for
-from tests.models import build_tiny_model
 
 TEXTS = ["grpc clients work unchanged", "Zürich 東京", "a third, somewhat longer input text for the stream"]
 QUERY = "what is served over grpc"
@@ -153,18 +152,13 @@ def test_health_per_service_and_reflection(server: RunningServer) -> None:
 
 
 @pytest.fixture(scope="module")
-def reranker(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[RunningServer]:
-    path = build_tiny_model("reranker", tmp_path_factory.mktemp("models") / "reranker", model_dir)
-    with start_server("--model-id", str(path), tmp_dir=tmp_path_factory.mktemp("grpc-rr")) as running:
-        yield running
+def reranker(reranker_server: RunningServer) -> RunningServer:
+    return reranker_server  # the session's (conftest): default flags
 
 
 @pytest.fixture(scope="module")
-def splade(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[RunningServer]:
-    path = build_tiny_model("splade", tmp_path_factory.mktemp("models") / "splade", model_dir)
-    with start_server("--model-id", str(path), "--pooling", "splade",
-                      tmp_dir=tmp_path_factory.mktemp("grpc-splade")) as running:
-        yield running
+def splade(splade_server: RunningServer) -> RunningServer:
+    return splade_server  # the session's (conftest): --pooling splade
 
 
 def test_rerank_unary_and_stream(reranker: RunningServer) -> None:

@@ -3,6 +3,7 @@ against transformers computing the same pooled embedding text by text."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +34,10 @@ def family_dirs(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> di
 
 
 @pytest.fixture(scope="module")
-def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("onnx-cache")
+def onnx_cache() -> Path:
+    # The session's cache (conftest): entries are named after the files' contents, so the
+    # e2e servers on the same tiny checkpoints (deberta-v2 reranker, gte-Qwen2) reuse these.
+    return Path(os.environ["EMBEDSERVE_CACHE_DIR"])
 
 
 @pytest.mark.parametrize("engine", ["torch", "onnx"])
