@@ -19,6 +19,19 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spec
 CLASSIFIER_LABELS = {0: "negative", 1: "neutral", 2: "positive"}
 
 
+def classifier_logits(model_dir: Path, first: str, second: str | None = None) -> Any:
+    """transformers' logits for one text or one (text, text) pair: the reference a
+    served classifier or reranker is compared with."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    with torch.inference_mode():
+        encoded = tokenizer(first, second, return_tensors="pt", truncation=True, max_length=512)
+        return model(**encoded).logits[0].numpy()
+
+
 def build_tiny_model(kind: Kind, target: Path, tokenizer_source: Path, seed: int = 0) -> Path:
     import torch
     from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import RunningServer, start_server
-from tests.models import CLASSIFIER_LABELS, build_tiny_model
+from tests.models import CLASSIFIER_LABELS, build_tiny_model, classifier_logits
 
 QUERY = "what is the capital of france"
 TEXTS = ["Paris is the capital of France.", "Berlin is in Germany.", "bananas are yellow", "the eiffel tower"]
@@ -32,17 +32,6 @@ def classifier(classifier_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
         yield running
 
 
-def _logits(model_dir: Path, first: str, second: str | None = None) -> np.ndarray:
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    with torch.inference_mode():
-        encoded = tokenizer(first, second, return_tensors="pt", truncation=True, max_length=512)
-        return model(**encoded).logits[0].numpy()  # type: ignore[no-any-return]
-
-
 def _post(server: RunningServer, path: str, body: object) -> httpx.Response:
     return httpx.post(f"{server.url}{path}", json=body, timeout=60)
 
@@ -52,7 +41,7 @@ def test_rerank_matches_transformers(reranker: RunningServer, reranker_dir: Path
     assert response.status_code == 200, response.text
     assert "x-inference-time" in response.headers and "x-compute-tokens" in response.headers
     ranks = response.json()
-    expected = {i: 1 / (1 + np.exp(-_logits(reranker_dir, QUERY, t)[0])) for i, t in enumerate(TEXTS)}
+    expected = {i: 1 / (1 + np.exp(-classifier_logits(reranker_dir, QUERY, t)[0])) for i, t in enumerate(TEXTS)}
     assert sorted(r["index"] for r in ranks) == list(range(len(TEXTS)))
     assert [r["score"] for r in ranks] == sorted((r["score"] for r in ranks), reverse=True)
     for rank in ranks:
@@ -64,7 +53,7 @@ def test_rerank_raw_scores_and_text(reranker: RunningServer, reranker_dir: Path)
     ranks = _post(reranker, "/rerank", {"query": QUERY, "texts": TEXTS, "raw_scores": True, "return_text": True}).json()
     for rank in ranks:
         assert rank["text"] == TEXTS[rank["index"]]
-        assert rank["score"] == pytest.approx(_logits(reranker_dir, QUERY, rank["text"])[0], abs=1e-4)
+        assert rank["score"] == pytest.approx(classifier_logits(reranker_dir, QUERY, rank["text"])[0], abs=1e-4)
 
 
 def test_rerank_errors(reranker: RunningServer) -> None:
@@ -79,7 +68,7 @@ def test_rerank_errors(reranker: RunningServer) -> None:
 
 def test_reranker_predict_and_default_route(reranker: RunningServer, reranker_dir: Path) -> None:
     predictions = _post(reranker, "/predict", {"inputs": [QUERY, TEXTS[0]]}).json()
-    expected = 1 / (1 + np.exp(-_logits(reranker_dir, QUERY, TEXTS[0])[0]))
+    expected = 1 / (1 + np.exp(-classifier_logits(reranker_dir, QUERY, TEXTS[0])[0]))
     assert predictions == [{"score": pytest.approx(expected, abs=1e-4), "label": "LABEL_0"}]
     default = _post(reranker, "/", {"query": QUERY, "texts": TEXTS[:2]})
     assert default.status_code == 200 and len(default.json()) == 2
@@ -94,14 +83,14 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 def test_predict_single_pair_and_batch(classifier: RunningServer, classifier_dir: Path) -> None:
     single = _post(classifier, "/predict", {"inputs": "I love this"}).json()
-    expected = _softmax(_logits(classifier_dir, "I love this"))
+    expected = _softmax(classifier_logits(classifier_dir, "I love this"))
     assert [p["label"] for p in single] == [CLASSIFIER_LABELS[i] for i in np.argsort(-expected)]
     for prediction in single:
         index = {v: k for k, v in CLASSIFIER_LABELS.items()}[prediction["label"]]
         assert prediction["score"] == pytest.approx(expected[index], abs=1e-4)
 
     pair = _post(classifier, "/predict", {"inputs": ["premise text", "hypothesis text"], "raw_scores": True}).json()
-    raw = _logits(classifier_dir, "premise text", "hypothesis text")
+    raw = classifier_logits(classifier_dir, "premise text", "hypothesis text")
     assert sorted(p["score"] for p in pair) == pytest.approx(sorted(raw.tolist()), abs=1e-4)
 
     batch = _post(classifier, "/predict", {"inputs": [["I love this"], ["premise text", "hypothesis text"]]})
@@ -148,7 +137,7 @@ def test_v1_rerank_shape_matches_rerank(reranker: RunningServer, reranker_dir: P
         # Jina's default returns the documents.
         assert result == {"index": rank["index"], "relevance_score": pytest.approx(rank["score"], abs=1e-6),
                           "document": {"text": TEXTS[rank["index"]]}}
-        expected = 1 / (1 + np.exp(-_logits(reranker_dir, QUERY, TEXTS[rank["index"]])[0]))
+        expected = 1 / (1 + np.exp(-classifier_logits(reranker_dir, QUERY, TEXTS[rank["index"]])[0]))
         assert result["relevance_score"] == pytest.approx(expected, abs=1e-4)
     assert body["usage"]["total_tokens"] == int(response.headers["x-compute-tokens"]) > 0
     assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"]

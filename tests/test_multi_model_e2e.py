@@ -20,7 +20,7 @@ import yaml
 
 from embedserve.proto.gen_pb import tei_pb2, tei_pb2_grpc
 from tests.conftest import RunningServer, start_server, wait_for
-from tests.models import CLASSIFIER_LABELS, build_tiny_model
+from tests.models import CLASSIFIER_LABELS, build_tiny_model, classifier_logits
 
 QUERY = "what is the capital of france"
 TEXTS = ["Paris is the capital of France.", "Berlin is in Germany.", "bananas are yellow"]
@@ -59,17 +59,6 @@ def multi(model_dir: Path, reranker_dir: Path, classifier_dir: Path,
         yield running
 
 
-def _logits(model_dir: Path, first: str, second: str | None = None) -> np.ndarray:
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    with torch.inference_mode():
-        encoded = tokenizer(first, second, return_tensors="pt", truncation=True, max_length=512)
-        return model(**encoded).logits[0].numpy()  # type: ignore[no-any-return]
-
-
 def _post(server: RunningServer, path: str, body: object, headers: dict[str, str] | None = None) -> httpx.Response:
     return httpx.post(f"{server.url}{path}", json=body, headers=headers, timeout=120)
 
@@ -80,14 +69,14 @@ def _check_embeddings(vectors: list[list[float]], sentence_transformer) -> None:
 
 
 def _check_ranks(ranks: list[dict[str, float]], reranker_dir: Path) -> None:
-    expected = {i: 1 / (1 + np.exp(-_logits(reranker_dir, QUERY, text)[0])) for i, text in enumerate(TEXTS)}
+    expected = {i: 1 / (1 + np.exp(-classifier_logits(reranker_dir, QUERY, text)[0])) for i, text in enumerate(TEXTS)}
     assert sorted(int(r["index"]) for r in ranks) == [0, 1, 2]
     for rank in ranks:
         assert rank["score"] == pytest.approx(expected[int(rank["index"])], abs=1e-4)
 
 
 def _check_prediction(predictions: list[dict[str, object]], classifier_dir: Path) -> None:
-    logits = _logits(classifier_dir, QUERY)
+    logits = classifier_logits(classifier_dir, QUERY)
     probabilities = np.exp(logits) / np.exp(logits).sum()
     assert {p["label"] for p in predictions} == set(CLASSIFIER_LABELS.values())
     by_label = {p["label"]: p["score"] for p in predictions}
