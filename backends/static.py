@@ -34,6 +34,9 @@ NORM_EPSILON = 1e-32
 class StaticBackend:
     name = "static"
     pooling = "mean"
+    # No bge-m3 heads (backends/bgem3.py).
+    sparse_head = False
+    colbert_dim = 0
 
     def __init__(self, spec: EngineSpec) -> None:
         if spec.pooling not in ("mean", ""):
