@@ -137,6 +137,17 @@ def test_openai_model_field_picks_the_model(multi: RunningServer, sentence_trans
     assert "text-embedding-3-small" in unknown.json()["error"]["message"]
 
 
+def test_v1_rerank_model_field_picks_the_model(multi: RunningServer, reranker_dir: Path) -> None:
+    response = _post(multi, "/v1/rerank", {"query": QUERY, "documents": TEXTS, "model": "reranker"})
+    assert response.status_code == 200, response.text
+    assert response.json()["model"] == "reranker"
+    scores = {r["index"]: r["relevance_score"] for r in response.json()["results"]}
+    expected = {i: 1 / (1 + np.exp(-classifier_logits(reranker_dir, QUERY, text)[0])) for i, text in enumerate(TEXTS)}
+    assert scores == pytest.approx(expected, abs=1e-4)
+    unknown = _post(multi, "/v1/rerank", {"query": QUERY, "documents": TEXTS, "model": "rerank-english-v3.0"})
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
+
+
 def test_unknown_names_are_404_in_tei_shape(multi: RunningServer) -> None:
     for response in (_post(multi, "/models/nope/embed", {"inputs": "x"}),
                      _post(multi, "/embed", {"inputs": "x"}, {"x-model": "nope"}),
