@@ -518,14 +518,11 @@ def plan_model(args: argparse.Namespace, gpus: list[str]) -> ModelPlan:
         logger.warning("the Pooling module sets include_prompt false, which %s pooling does not use", spec.pooling)
 
     backend = choose_backend(args.backend, spec, gpus)
-    if spec.reranker_template and backend != "torch":
-        raise LaunchError(f"cannot serve {model_dir} with the {backend} backend: causal-LM rerankers "
-                          "(--reranker-template) run on --backend torch only", EXIT_CONFIG_ERROR)
+    refuse_engines_without_torch_parts(backend, spec, args.model_id or DEFAULT_MODEL_ID)
     require_remote_code_opt_in(backend, spec, args.model_id or DEFAULT_MODEL_ID, args.trust_remote_code)
     if args.dtype is not None and backend == "static":
         raise LaunchError(f"cannot serve {model_dir}: --dtype does not apply to the static backend, which averages the "
                           "model's own matrix in float32", EXIT_CONFIG_ERROR)
-    refuse_onnx_bge_m3(backend, spec, args.model_id or DEFAULT_MODEL_ID)
     if args.dtype == "int8" and backend != "onnx":
         raise LaunchError(
             f"cannot serve {model_dir} with the {backend} backend: --dtype int8 needs --backend onnx", EXIT_CONFIG_ERROR
@@ -596,7 +593,7 @@ def choose_backend(requested: str, spec: ModelSpec, gpus: list[str]) -> str:
     if requested != "auto":
         return requested
     if spec.reranker_template:
-        return "torch"  # the only engine with last-token yes/no scoring
+        return "torch"  # the only engine with last-token yes/no scoring (refuse_engines_without_torch_parts)
     if needs_remote_code(spec):
         return "python"
     if gpus or spec.bge_m3:  # bge-m3's heads run in the torch engine only
@@ -632,10 +629,16 @@ def refuse_onnx_export_of_shipped_code(backend: str, spec: ModelSpec, model_id: 
                       EXIT_CONFIG_ERROR)
 
 
-def refuse_onnx_bge_m3(backend: str, spec: ModelSpec, model_id: str) -> None:
-    """bge-m3's lexical and multi-vector heads run in the torch engine only: the onnx
-    one would serve its dense rows and answer the other routes as if it had no heads."""
-    if backend == "onnx" and spec.bge_m3:
+def refuse_engines_without_torch_parts(backend: str, spec: ModelSpec, model_id: str) -> None:
+    """Parts of a model that only the torch engine runs, refused in one place for
+    every other engine that would be asked for them: a causal-LM reranker's
+    last-token yes/no scoring, on every other engine; bge-m3's lexical and
+    multi-vector heads, which the onnx engine would drop and then answer the other
+    routes as if the model had none. `choose_backend`'s auto picks torch for both."""
+    if spec.reranker_template and backend != "torch":
+        raise LaunchError(f"cannot serve {spec.model_dir} with the {backend} backend: causal-LM rerankers "
+                          "(--reranker-template) run on --backend torch only", EXIT_CONFIG_ERROR)
+    if spec.bge_m3 and backend == "onnx":
         raise LaunchError(f"the onnx backend cannot serve model {model_id}: its bge-m3 sparse and multi-vector "
                           "heads (sparse_linear.pt, colbert_linear.pt) run in the torch backend only; use --backend "
                           "torch (or auto)", EXIT_CONFIG_ERROR)
