@@ -36,9 +36,10 @@ from embedserve.backends import bgem3, gte, jina, nomic
 from embedserve.backends.causal_rerank import YesNoHead, last_states, score_token_ids
 from embedserve.backends.base import EmbedOutput, EngineSpec, ModelBatch
 from embedserve.backends.cuda_graphs import GraphedEncoder, plan_buckets
+from embedserve.backends.device_copies import copies_for
 from embedserve.backends.layer_math import LAYER_MATHS
 from embedserve.backends.padding import PaddedChunk, PaddedEngine, padded_chunks
-from embedserve.backends.pipeline import Pending, copies_for, ready
+from embedserve.backends.pipeline import Pending, ready
 from embedserve.backends.varlen import (
     NamedKernel,
     UnpaddedEncoder,

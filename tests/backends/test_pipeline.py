@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from embedserve.backends.base import EmbedOutput, ModelBatch
-from embedserve.backends.pipeline import HostCopies, Pending
+from embedserve.backends.device_copies import HostCopies
+from embedserve.backends.pipeline import Pending
 from embedserve.backends.server import BackendServicer, LaunchesAhead
 from embedserve.proto.codec import pack_u32, unpack_tensor
 from embedserve.proto.gen_pb import backend_pb2
@@ -173,7 +174,7 @@ def test_torch_unpadded_launch_matches_embed(raw: bool, monkeypatch: pytest.Monk
 def test_copy_streams_round_trip_on_cuda() -> None:
     import torch
 
-    from embedserve.backends.pipeline import CopyStreams
+    from embedserve.backends.device_copies import CopyStreams
 
     copies = CopyStreams("cuda:0")
     finishes = []
