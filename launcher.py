@@ -9,7 +9,8 @@
 
 Start-up is a handshake, not a sleep: each socket is deleted, its child spawned,
 and the child counts as up once its socket answers a Health RPC (the router: once
-/health answers 200). A child that exits during start-up fails the launch at once.
+/health answers 200). The router processes are spawned with the workers, so their
+imports overlap the model load, but get their config only once the workers are up. A child that exits during start-up fails the launch at once.
 SIGTERM/SIGINT drain the router first (every front, then the queue owner), then
 stop the workers. A worker or a front that dies later is restarted with backoff;
 if the router (or the queue owner) dies, or a child keeps crashing, the rest are
@@ -683,6 +684,11 @@ class ChildProcess:
     restart_at: float | None = None
 
     def start(self) -> None:
+        self.spawn()
+        self.send_config()
+
+    def spawn(self) -> None:
+        """The process, importing its code; it waits for its config (send_config)."""
         for path in self.sockets():
             if os.path.lexists(path):
                 os.unlink(path)  # a stale socket must not pass for readiness
@@ -690,7 +696,9 @@ class ChildProcess:
         # then stops the children in order.
         self.popen = subprocess.Popen(self.argv, stdin=subprocess.PIPE, env=self.env, start_new_session=True,
                                       pass_fds=self.pass_fds)
-        assert self.popen.stdin is not None
+
+    def send_config(self) -> None:
+        assert self.popen is not None and self.popen.stdin is not None
         try:
             self.popen.stdin.write(encode_config(self.config))
             self.popen.stdin.flush()
@@ -1171,19 +1179,24 @@ class Launcher:
             workers = self._backends + self._tokenizers
             for child in workers:
                 child.start()
+            # The router processes import their code (most of their start-up) while the
+            # workers load; each gets its config, and so starts serving, once those it
+            # connects to are up.
+            for router in self._routers:
+                router.spawn()
             logger.info("started %d backend(s) and %d tokenizer worker(s)", len(self._backends), len(self._tokenizers))
-            wait_until_healthy(workers, self._stop)
+            wait_until_healthy(workers, self._stop, started_before=self._routers)
             health_url = _local_url(self._plan.bind_hosts, self._plan.http_port, "/health")
             if len(self._routers) > 1:  # the queue owner first: the fronts connect to it
                 owner, fronts = self._routers[0], self._routers[1:]
-                owner.start()
-                wait_until_healthy([owner], self._stop, None, workers)
+                owner.send_config()
+                wait_until_healthy([owner], self._stop, None, [*workers, *fronts])
                 for front in fronts:
-                    front.start()
+                    front.send_config()
                 self._router_pipe.close_write_end(self._routers)
                 wait_until_healthy(fronts, self._stop, health_url, [*workers, owner])
             else:
-                self._routers[0].start()
+                self._routers[0].send_config()
                 self._router_pipe.close_write_end(self._routers)
                 wait_until_healthy(self._routers, self._stop, health_url, workers)
         except LaunchError:

@@ -21,6 +21,10 @@ from embedserve.proto import tracing
 from embedserve.proto.child import read_config, watch_parent
 from embedserve.proto.gen_pb import config_pb2
 from embedserve.proto.logs import configure_logging
+from embedserve.router.app import build_queue_owner, connect_backends
+from embedserve.router.infer import Permits
+from embedserve.router.metrics import Metrics
+from embedserve.router.owner.service import OwnerService
 from embedserve.router.settings import RouterSettings
 
 logger = logging.getLogger("embedserve.router.owner")
@@ -30,11 +34,6 @@ FRONT_DRAIN_MARGIN_S = 10.0
 
 
 async def serve(settings: RouterSettings) -> None:
-    from embedserve.router.app import build_queue_owner, connect_backends
-    from embedserve.router.infer import Permits
-    from embedserve.router.metrics import Metrics
-    from embedserve.router.owner.service import OwnerService
-
     views = settings.model_views()
     owners, permits, metrics, backends = [], [], [], []
     for view in views:
