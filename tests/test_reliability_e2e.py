@@ -126,9 +126,10 @@ def test_sigterm_under_load_finishes_what_was_accepted(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ sustained overload
 
 CONCURRENCY_LIMIT = 8
-# 30 s keeps the suite inside its 15-minute budget; EMBEDSERVE_TEST_SOAK_S=600 soaks longer.
-LOAD_S = float(os.environ.get("EMBEDSERVE_TEST_SOAK_S", "30"))
-WARMUP_S = 10.0
+# 20 s keeps the suite inside its 15-minute budget; EMBEDSERVE_TEST_SOAK_S=60 is issue 7's
+# must-show, 600 soaks longer.
+LOAD_S = float(os.environ.get("EMBEDSERVE_TEST_SOAK_S", "20"))
+WARMUP_S = 5.0
 
 
 def _hammer(url: str, seconds: float, clients: int) -> dict[int | None, int]:
