@@ -138,27 +138,28 @@ def test_aborted_requests_count_once_each_not_per_input(server: RunningServer) -
 def test_cancelled_grpc_calls_count_once_each(server: RunningServer) -> None:
     dropped = server.metric('te_request_failure{err="dropped"}')
     enqueued = server.metric("te_request_input_length_count")
-    # Two batches of backlog: one running, one formed and waiting at the backend;
-    # the calls then wait in the queue.
+    # At least two batches of backlog (each request is half of --max-batch-tokens, and two
+    # that arrive together share a batch): one running, one formed and waiting at the
+    # backend; the calls then wait in the queue.
     backlog: list[int] = []
     blockers = [threading.Thread(target=lambda: backlog.append(
         httpx.post(f"{server.url}/embed", json={"inputs": [LONG_TEXT] * 32}, timeout=300).status_code))
-        for _ in range(2)]
+        for _ in range(3)]
     for blocker in blockers:
         blocker.start()
-    wait_for(lambda: server.metric("te_request_input_length_count") >= enqueued + 64, 60, "the backlog")
+    wait_for(lambda: server.metric("te_request_input_length_count") >= enqueued + 96, 60, "the backlog")
     with grpc.insecure_channel(server.grpc_target) as channel:
         stub = tei_pb2_grpc.EmbedStub(channel)
         calls = [stub.Embed.future(tei_pb2.EmbedRequest(inputs=f"cancelled {i}"), metadata=tuple(BULK.items()))
                  for i in range(5)]
-        wait_for(lambda: server.metric("te_request_input_length_count") >= enqueued + 69, 60, "the calls queued")
+        wait_for(lambda: server.metric("te_request_input_length_count") >= enqueued + 101, 60, "the calls queued")
         assert server.metric("te_queue_size") >= 5, "the calls must still wait behind the backlog"
         for call in calls:
             call.cancel()
         wait_for(lambda: server.metric('te_request_failure{err="dropped"}') >= dropped + 5, 30, "the drops")
     for blocker in blockers:
         blocker.join(timeout=300)
-    assert backlog == [200, 200]
+    assert backlog == [200, 200, 200]
     assert server.metric('te_request_failure{err="dropped"}') == dropped + 5
 
 
