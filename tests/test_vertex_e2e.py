@@ -25,7 +25,7 @@ def test_vertex_environment_moves_the_port_and_adds_the_routes(router_workers: s
     aip_port = free_port()
     env = {"AIP_HTTP_PORT": str(aip_port), "AIP_PREDICT_ROUTE": PREDICT_ROUTE, "AIP_HEALTH_ROUTE": HEALTH_ROUTE,
            "ROUTER_WORKERS": router_workers}
-    with start_server("--backend", "torch", "--api-key", API_KEY, "--router-workers", router_workers,
+    with start_server("--api-key", API_KEY, "--router-workers", router_workers,
                       tmp_dir=tmp_path, env=env, listen_port=aip_port) as server:
         log = server.log()
         # --port (start_server's own) is overridden: nothing listens there.
