@@ -958,8 +958,6 @@ def build_children(
     backends_per_model = [_model_backends(plan, number, model, router_link, worker_fds, base_env)
                           for number, model in enumerate(plan.models)]
     backends = [child for children in backends_per_model for child in children]
-    first = plan.models[0]
-    pooling = first.spec.pooling or "cls"
 
     # Every served model, in RouterConfig.models order: model i is index i in
     # every worker and in the router's pool.
@@ -987,22 +985,14 @@ def build_children(
             if len(path.encode()) > MAX_SOCKET_PATH_BYTES:
                 raise LaunchError(f"--uds-path is too long for a Unix socket: {path}", EXIT_CONFIG_ERROR)
 
-    served = [_served_model(model, children) for model, children in zip(plan.models, backends_per_model)]
-    # The top-level per-model fields describe the first model (the default).
-    fargs = first.args
     rconfig = config_pb2.RouterConfig(
-        model_id=first.model_id, served_model_name=first.name,
-        backend_sockets=[c.socket_path or "" for c in backends_per_model[0]], models=served,
+        models=[_served_model(model, children) for model, children in zip(plan.models, backends_per_model)],
         tokenizer_sockets=[c.socket_path or "" for c in tokenizers],
         hostname=args.hostname, bind_hosts=plan.bind_hosts, port=plan.http_port,
-        max_concurrent_requests=fargs.max_concurrent_requests,
-        max_batch_tokens=fargs.max_batch_tokens, max_batch_requests=fargs.max_batch_requests or 0,
         max_client_batch_size=args.max_client_batch_size, auto_truncate=args.auto_truncate,
-        max_input_length=first.max_input_length, position_offset=first.spec.position_offset,
-        prompts=first.prompts, payload_limit=args.payload_limit, json_output=args.json_output,
-        pooling=pooling, tokenization_workers=args.tokenization_workers,
-        graceful_timeout_s=args.graceful_timeout, model_type=first.spec.model_type,
-        id2label=first.spec.id2label, label2id=first.spec.label2id, cors_allow_origin=args.cors_allow_origin or [],
+        payload_limit=args.payload_limit, json_output=args.json_output,
+        tokenization_workers=args.tokenization_workers, graceful_timeout_s=args.graceful_timeout,
+        cors_allow_origin=args.cors_allow_origin or [],
         task=TASK, grpc_port=args.grpc_port, grpc_max_parallel_stream_requests=GRPC_MAX_PARALLEL_STREAM_REQUESTS,
         default_request_timeout_ms=args.default_request_timeout_ms, body_read_timeout_s=args.body_read_timeout,
         queue_policy=args.queue_policy, interactive_max_tokens=args.interactive_max_tokens,
@@ -1011,10 +1001,6 @@ def build_children(
     )
     if args.otlp_endpoint:
         rconfig.otlp_endpoint = args.otlp_endpoint
-    if fargs.revision is not None:
-        rconfig.revision = fargs.revision
-    if first.default_prompt is not None:
-        rconfig.default_prompt = first.default_prompt
     if args.api_key is not None:
         rconfig.api_key = args.api_key
     if plan.vertex.predict_route is not None:

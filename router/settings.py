@@ -54,7 +54,6 @@ class RouterSettings:
     bind_hosts: tuple[str, ...] = ("0.0.0.0",)
     port: int = 3000
     revision: str | None = None
-    model_dtype: str = "float32"
     pooling: str = "mean"
     max_concurrent_requests: int = 512
     max_batch_tokens: int = 16384
@@ -100,24 +99,28 @@ class RouterSettings:
     otlp_endpoint: str | None = None
     otlp_service_name: str = "text-embeddings-inference.server"
     disable_spans: bool = False
-    # Every served model, the first the default; empty: the one model the
-    # per-model fields above describe.
+    # Every served model, the first the default; the per-model fields above are the
+    # default model's. Empty only where settings are built directly (unit tests):
+    # then the fields above describe the one model.
     models: tuple[ModelSettings, ...] = ()
+
+    def viewing(self, model: ModelSettings) -> RouterSettings:
+        """These settings with `model`'s own fields."""
+        return replace(
+            self, model_id=model.model_id, served_model_name=model.name, backend_sockets=model.backend_sockets,
+            revision=model.revision, pooling=model.pooling, max_concurrent_requests=model.max_concurrent_requests,
+            max_batch_tokens=model.max_batch_tokens, max_batch_requests=model.max_batch_requests,
+            max_input_length=model.max_input_length, position_offset=model.position_offset,
+            default_prompt=model.default_prompt, prompts=model.prompts, model_type=model.model_type,
+            id2label=model.id2label, label2id=model.label2id,
+        )
 
     def model_views(self) -> list[RouterSettings]:
         """One view per served model, in order: these settings with that model's
         own fields. Each model's operations read only their view."""
         if not self.models:
             return [self]
-        return [
-            replace(self, model_id=m.model_id, served_model_name=m.name, backend_sockets=m.backend_sockets,
-                    revision=m.revision, pooling=m.pooling, max_concurrent_requests=m.max_concurrent_requests,
-                    max_batch_tokens=m.max_batch_tokens, max_batch_requests=m.max_batch_requests,
-                    max_input_length=m.max_input_length, position_offset=m.position_offset,
-                    default_prompt=m.default_prompt, prompts=m.prompts, model_type=m.model_type,
-                    id2label=m.id2label, label2id=m.label2id, models=())
-            for m in self.models
-        ]
+        return [replace(self.viewing(m), models=()) for m in self.models]
 
     @property
     def lane_policy(self) -> LanePolicy:
@@ -133,33 +136,23 @@ class RouterSettings:
 
     @classmethod
     def from_proto(cls, config: config_pb2.RouterConfig) -> RouterSettings:
-        return cls(
-            model_id=config.model_id,
-            served_model_name=config.served_model_name or config.model_id,
-            backend_sockets=tuple(config.backend_sockets),
+        models = tuple(ModelSettings.from_proto(model) for model in config.models)
+        if not models:
+            raise ValueError("the router's config names no model")
+        server = cls(
+            model_id="",
+            served_model_name="",
+            backend_sockets=(),
             tokenizer_sockets=tuple(config.tokenizer_sockets),
             bind_hosts=tuple(config.bind_hosts) or resolve_bind_hosts(config.hostname or "0.0.0.0"),
             port=config.port,
-            revision=config.revision if config.HasField("revision") else None,
-            model_dtype=config.model_dtype or "float32",
-            pooling=config.pooling,
-            max_concurrent_requests=config.max_concurrent_requests,
-            max_batch_tokens=config.max_batch_tokens,
-            max_batch_requests=config.max_batch_requests or None,
             max_client_batch_size=config.max_client_batch_size,
             auto_truncate=config.auto_truncate,
-            max_input_length=config.max_input_length,
-            position_offset=config.position_offset,
-            default_prompt=config.default_prompt if config.HasField("default_prompt") else None,
-            prompts=dict(config.prompts),
             api_key=config.api_key if config.HasField("api_key") else None,
             payload_limit=config.payload_limit,
             json_output=config.json_output,
             tokenization_workers=config.tokenization_workers or len(config.tokenizer_sockets),
             graceful_timeout_s=config.graceful_timeout_s or 30.0,
-            model_type=config.model_type or "embedding",
-            id2label=dict(config.id2label),
-            label2id=dict(config.label2id),
             cors_allow_origin=tuple(config.cors_allow_origin),
             task=config.task,
             grpc_port=config.grpc_port,
@@ -178,5 +171,6 @@ class RouterSettings:
             otlp_endpoint=config.otlp_endpoint if config.HasField("otlp_endpoint") else None,
             otlp_service_name=config.otlp_service_name,
             disable_spans=config.disable_spans,
-            models=tuple(ModelSettings.from_proto(model) for model in config.models),
+            models=models,
         )
+        return server.viewing(models[0])

@@ -18,7 +18,8 @@ from tests.conftest import ROOT
 
 def test_config_frame_crosses_a_pipe_larger_than_its_buffer() -> None:
     # 1 MiB of prompts: the writer blocks until the reader drains the 64 KiB pipe buffer.
-    config = config_pb2.RouterConfig(model_id="m", api_key="k", prompts={f"p{i}": "x" * 1024 for i in range(1024)})
+    model = config_pb2.ServedModel(model_id="m", prompts={f"p{i}": "x" * 1024 for i in range(1024)})
+    config = config_pb2.RouterConfig(api_key="k", models=[model])
     read_fd, write_fd = os.pipe()
 
     def write() -> None:
