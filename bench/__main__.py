@@ -1,5 +1,6 @@
 """`python -m bench`: baseline first, then the same corpus through embedserve.
-`python -m bench cpu-per-request` and `python -m bench query-under-bulk` run the other scenarios."""
+`python -m bench cpu-per-request`, `python -m bench query-under-bulk` and `python -m bench start-stop`
+run the other scenarios."""
 
 from __future__ import annotations
 
@@ -137,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.query_under_bulk import main as priority_main
 
         return priority_main(argv[1:])
+    if argv[:1] == ["start-stop"]:
+        from bench.start_stop import main as start_stop_main
+
+        return start_stop_main(argv[1:])
     opts = parse_args(argv)
     corpus = build_corpus(opts.model_dir, opts.texts, opts.seed)
     print(f"corpus: {len(corpus)} texts in {len(corpus.requests)} requests (seed {opts.seed})", flush=True)

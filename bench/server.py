@@ -84,7 +84,7 @@ class ServerProcess:
             return ""
         return self.log_path.read_text(encoding="utf-8", errors="replace")[-LOG_TAIL_CHARS:]
 
-    def wait_healthy(self, timeout_s: float = HEALTH_TIMEOUT_S) -> float:
+    def wait_healthy(self, timeout_s: float = HEALTH_TIMEOUT_S, poll_s: float = HEALTH_POLL_S) -> float:
         """Seconds until GET /health answered 200; raises with the log if it never does."""
         assert self.popen is not None
         started = time.monotonic()
@@ -98,7 +98,7 @@ class ServerProcess:
                         return time.monotonic() - started
                 except httpx.TransportError:
                     pass  # not listening yet
-                time.sleep(HEALTH_POLL_S)
+                time.sleep(poll_s)
         raise ServerError(f"server not healthy after {timeout_s:.0f}s:\n{self.log_tail()}")
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
