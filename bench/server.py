@@ -14,12 +14,16 @@ from pathlib import Path
 
 import httpx
 
+from bench.checkout import import_root_for
+
 HOST = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HEALTH_TIMEOUT_S = 300.0
 HEALTH_POLL_S = 0.5
 STOP_TIMEOUT_S = 30.0
 LOG_TAIL_CHARS = 8000
+# Links that make a server started in another checkout import that checkout (bench/checkout.py).
+LINKS_DIR = Path(tempfile.gettempdir()) / "embedserve-bench-checkouts"
 
 
 class ServerError(RuntimeError):
@@ -34,9 +38,8 @@ def free_port() -> int:
 
 
 def server_command(model_dir: Path, port: int, extra_args: list[str]) -> list[str]:
-    # `-m launcher`, run in a tree's root (ServerProcess.cwd), serves that tree's code:
-    # the `embedserve` script imports whichever checkout the venv was installed from,
-    # another one when several git worktrees share one venv.
+    # Run in a tree's root (ServerProcess.cwd), it serves that tree's code: start()
+    # points the import of `embedserve` there (bench/checkout.py).
     base = [sys.executable, "-m", "embedserve.launcher"]
     # --hostname is explicit because the launcher also reads $HOSTNAME, which shells set
     # to the machine name (a name binds what it resolves to). The short per-pid
@@ -69,6 +72,9 @@ class ServerProcess:
     def start(self) -> None:
         env = dict(os.environ)
         env.setdefault("HF_HUB_OFFLINE", "1")
+        import_root = import_root_for(self.cwd, LINKS_DIR)
+        if import_root is not None:  # another checkout than the installed one: its own code
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(import_root), env.get("PYTHONPATH")]))
         # A file, not a pipe: nobody reads the server's output during the run, and a
         # full pipe buffer would block its logging.
         handle = tempfile.NamedTemporaryFile(prefix="embedserve-bench-", suffix=".log", delete=False)

@@ -41,15 +41,11 @@ def _import_this_checkout() -> None:
     """`embedserve` is an editable install of one checkout; a second checkout
     (a git worktree, a clone next to it) would test that one's code, in this
     process and in every server it starts. Point the import at this tree."""
-    import importlib.util
+    from bench.checkout import import_root_for
 
-    root = Path(__file__).resolve().parent.parent
-    spec = importlib.util.find_spec("embedserve.launcher")
-    if spec is not None and spec.origin is not None and Path(spec.origin).resolve().parent == root:
+    link_root = import_root_for(Path(__file__).resolve().parent.parent, SCRATCH_ROOT)
+    if link_root is None:
         return
-    link_root = SCRATCH_ROOT / "pyroot"
-    link_root.mkdir()
-    (link_root / "embedserve").symlink_to(root)
     sys.path.insert(0, str(link_root))
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(link_root), os.environ.get("PYTHONPATH")]))
     for name in [m for m in sys.modules if m == "embedserve" or m.startswith("embedserve.")]:
