@@ -25,10 +25,13 @@ import numpy as np
 SIDE_PREFIX = "int8_outlier_side_"
 
 
-def split_outliers(source: Path, target: Path, channels: int, batches: Iterable[dict[str, np.ndarray]]) -> None:
-    """Write `source` with the `channels` largest input channels of every MatMul that
-    has a constant weight split off into a float product, to `target`. `batches` are
-    the graph's inputs, run in float32 to measure the activations."""
+def split_outliers(source: Path, target: Path, channels: int, min_ratio: float,
+                   batches: Iterable[dict[str, np.ndarray]]) -> None:
+    """Write `source` with the `channels` largest input channels of MatMuls split off
+    into a float product, to `target`. Split are the MatMuls with a constant weight
+    whose largest input channel reaches `min_ratio` times the median channel (each
+    channel's largest |value| in calibration). `batches` are the graph's inputs, run
+    in float32 to measure the activations."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -38,6 +41,7 @@ def split_outliers(source: Path, target: Path, channels: int, batches: Iterable[
     products = [node for node in graph.node
                 if node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in weights]
     activation_max = _activation_max(model, [node.input[0] for node in products], batches)
+    products = [node for node in products if _has_outliers(activation_max[node.input[0]], min_ratio)]
     added = []
     for index, node in enumerate(products):
         activation, output = node.input[0], node.output[0]
@@ -65,6 +69,10 @@ def split_outliers(source: Path, target: Path, channels: int, batches: Iterable[
     graph.node.extend(added)
     _sort_topologically(graph)
     onnx.save(model, str(target))
+
+
+def _has_outliers(channel_max: np.ndarray, min_ratio: float) -> bool:
+    return bool(channel_max.max() >= min_ratio * max(float(np.median(channel_max)), 1e-8))
 
 
 def _activation_max(model: object, names: list[str], batches: Iterable[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
