@@ -48,7 +48,7 @@ class Int8Recipe:
 
 
 
-INT8_RECIPE = Int8Recipe(name="matmul+attention, 4 float outlier channels", op_types=("MatMul", "Attention"),
+INT8_RECIPE = Int8Recipe(name="matmul+attention, 4 outlier channels in float", op_types=("MatMul", "Attention"),
                          outlier_channels=4)
 
 

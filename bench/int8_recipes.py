@@ -152,7 +152,7 @@ def _runner(variant: Variant) -> Callable[[list[object]], np.ndarray]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.int8_recipes", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipes", default="matmul,matmul+attention",
+    parser.add_argument("--recipes", default="matmul,chosen",
                         help="comma-separated, among: " + ", ".join(_recipes()))
     parser.add_argument("--texts", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0)
