@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -75,14 +76,14 @@ def _has_outliers(channel_max: np.ndarray, min_ratio: float) -> bool:
     return bool(channel_max.max() >= min_ratio * max(float(np.median(channel_max)), 1e-8))
 
 
-def _activation_max(model: object, names: list[str], batches: Iterable[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def _activation_max(model: Any, names: list[str], batches: Iterable[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Per channel (last axis), the largest |value| each named tensor takes on real tokens."""
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
     probe = onnx.ModelProto()
-    probe.CopyFrom(model)  # type: ignore[arg-type]
+    probe.CopyFrom(model)
     unique = list(dict.fromkeys(names))
     del probe.graph.output[:]
     probe.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in unique)
@@ -96,11 +97,11 @@ def _activation_max(model: object, names: list[str], batches: Iterable[dict[str,
     return found
 
 
-def _sort_topologically(graph: object) -> None:
+def _sort_topologically(graph: Any) -> None:
     """Put the added nodes between their producers and consumers (ONNX wants producers first)."""
-    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}  # type: ignore[attr-defined]
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
     ordered = []
-    pending = list(graph.node)  # type: ignore[attr-defined]
+    pending = list(graph.node)
     while pending:
         remaining = []
         for node in pending:
@@ -112,5 +113,5 @@ def _sort_topologically(graph: object) -> None:
         if len(remaining) == len(pending):
             raise ValueError("the graph has a cycle or an input nobody produces")
         pending = remaining
-    del graph.node[:]  # type: ignore[attr-defined]
-    graph.node.extend(ordered)  # type: ignore[attr-defined]
+    del graph.node[:]
+    graph.node.extend(ordered)
