@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.corpus import build_corpus
+from embedserve.backends.int8_recipe import INT8_RECIPE, Int8Recipe, quantize
+from embedserve.backends.onnx_backend import CPU_CHUNK_TOKENS, quiet_third_party
 
 ROUTER_BATCH_TOKENS = 16384  # the router's --max-batch-tokens default on 2 cores
 
@@ -38,6 +40,7 @@ class Variant:
     threads: int
     spinning: bool
     chunk_tokens: int
+    denormal_as_zero: bool = False
 
 
 def _default_model_dir() -> Path:
@@ -55,9 +58,7 @@ def _float32_model(model_dir: Path, cache_dir: Path) -> Path:
     return optimized_model(resolve_onnx_model(model_dir, "feature-extraction", cache), config, cache)
 
 
-def _recipes() -> dict[str, object]:
-    from embedserve.backends.int8_recipe import INT8_RECIPE, Int8Recipe
-
+def _recipes() -> dict[str, Int8Recipe]:
     ops = ("MatMul", "Attention")
     return {
         "matmul": Int8Recipe("matmul", ("MatMul",)),
@@ -73,11 +74,11 @@ def _recipes() -> dict[str, object]:
         "m+a-per-tensor": Int8Recipe("m+a-per-tensor", ops, per_channel=False),
         "chosen": INT8_RECIPE,
         **{f"m+a-outliers{k}": Int8Recipe(f"m+a-outliers{k}", ops, outlier_channels=k) for k in (1, 2, 4, 16)},
-        **{f"m+a-outliers2-ratio{r}": Int8Recipe(f"m+a-outliers2-ratio{r}", ops, outlier_channels=2, outlier_ratio=r)
-           for r in (0.0, 12.0, 15.0)},
+        **{f"m+a-outliers2-ratio{r}": Int8Recipe(f"m+a-outliers2-ratio{r}", ops, outlier_channels=2,
+                                                 outlier_ratio=r) for r in (0.0, 12.0, 15.0)},
         **{f"matmul-outliers{k}": Int8Recipe(f"matmul-outliers{k}", ("MatMul",), outlier_channels=k) for k in (4,)},
-        **{f"m+a-ffn-out-float-L{i}": Int8Recipe(f"m+a-ffn-out-float-L{i}", ops, keep_float=(rf"layer\.{i}/output/dense",))
-           for i in range(6)},
+        **{f"m+a-ffn-out-float-L{i}": Int8Recipe(f"m+a-ffn-out-float-L{i}", ops,
+                                                 keep_float=(rf"layer\.{i}/output/dense",)) for i in range(6)},
     }
 
 
@@ -128,6 +129,8 @@ def _runner(variant: Variant) -> Callable[[list[object]], np.ndarray]:
     options.intra_op_num_threads = variant.threads
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if variant.spinning else "0")
+    if variant.denormal_as_zero:
+        options.add_session_config_entry("session.set_denormal_as_zero", "1")
     session = ort.InferenceSession(str(variant.model), options, providers=["CPUExecutionProvider"])
     names = {i.name for i in session.get_inputs()}
 
@@ -159,14 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--spinning", default="1", help="comma-separated 1/0: ORT intra-op spin-waiting")
-    parser.add_argument("--chunk-tokens", default="8192", help="comma-separated chunk budgets")
+    parser.add_argument("--chunk-tokens", default=str(CPU_CHUNK_TOKENS), help="comma-separated chunk budgets")
     parser.add_argument("--float32-variants", action="store_true",
                         help="also time float32 under every --spinning / --chunk-tokens setting")
+    parser.add_argument("--denormal-as-zero", action="store_true",
+                        help="also run every variant with onnxruntime's session.set_denormal_as_zero")
     parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "embedserve"))
     args = parser.parse_args(argv)
-
-    from embedserve.backends.int8_recipe import quantize
-    from embedserve.backends.onnx_backend import quiet_third_party
 
     model_dir = _default_model_dir()
     float32 = _float32_model(model_dir, Path(args.cache_dir))
@@ -185,9 +187,12 @@ def main(argv: list[str] | None = None) -> int:
         recipe = recipes[name]
         target = scratch / f"{len(variants)}.onnx"
         with quiet_third_party():
-            quantize(float32, target, recipe, model_dir)  # type: ignore[arg-type]
+            quantize(float32, target, recipe, model_dir)
         variants += [Variant(f"{name} spin={int(s)} chunk={c}", target, args.threads, s, c)
                      for s in spins for c in chunks]
+    if args.denormal_as_zero:
+        variants += [Variant(f"{v.name} denormal=0", v.model, v.threads, v.spinning, v.chunk_tokens, True)
+                     for v in list(variants)]
     runners = {v.name: _runner(v) for v in variants}
     vectors = {name: run(batches[:1]) for name, run in runners.items()}  # warm-up
     times: dict[str, list[float]] = {name: [] for name in runners}
