@@ -3,7 +3,8 @@
 The model comes from `onnx/model.onnx` or `model.onnx` in the model directory;
 without one it is exported once with optimum into the cache folder and reused
 on the next start. On CPU, BERT-like graphs also get onnxruntime's transformer
-fusions, and `--dtype int8` a dynamic quantization, each cached the same way.
+fusions, and `--dtype int8` a dynamic quantization (backends/int8_recipe.py), each
+cached the same way.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ POOLINGS = ("cls", "mean", "last_token", "splade")
 DTYPES = ("float32", "int8")
 # Model types optimum exports and onnxruntime's BERT fusions understand.
 FUSABLE_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
-CPU_CHUNK_TOKENS = 8192
+# Smaller chunks keep a layer's activations nearer the cores' caches: on 2 cores,
+# 2048 ran ~5-10% faster than 8192 in float32 and int8 (bench/CPU_NOTES.md, issue 16).
+CPU_CHUNK_TOKENS = 2048
 SPLADE_CHUNK_TOKENS = 1024
 HIDDEN_OUTPUTS = ("last_hidden_state", "token_embeddings")
 
@@ -78,7 +81,7 @@ class OnnxBackend(PaddedEngine):
         if self.device == "cpu" and self._model_type in FUSABLE_MODEL_TYPES:
             chain.append(optimized_model(chain[-1], config, cache))
         if dtype == "int8":
-            chain.append(quantized_model(chain[-1], cache))
+            chain.append(quantized_model(chain[-1], model_dir, cache))
         path = chain[-1]
         # The whole chain stays: the next start looks up each step by its source.
         cache.evict(in_use=[p.parent for p in chain])
@@ -218,29 +221,19 @@ def optimized_model(path: Path, config: dict[str, Any], cache: OnnxCache) -> Pat
     return target
 
 
-def quantized_model(path: Path, cache: OnnxCache) -> Path:
-    entry = cache.derived_entry(path, "int8")
+def quantized_model(path: Path, model_dir: Path, cache: OnnxCache) -> Path:
+    """`path` quantized by the int8 recipe (backends/int8_recipe.py); its cache entry
+    is named after the recipe, so a changed recipe never reuses an older model."""
+    from embedserve.backends.int8_recipe import INT8_RECIPE, quantize
+
+    entry = cache.derived_entry(path, INT8_RECIPE.cache_step)
     target = entry / "model.onnx"
     if target.is_file():
         cache.mark_used(entry)
         return target
-    from onnx import TensorProto
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    # Fused graphs hold contrib ops that shape inference cannot type; their
-    # outputs are float, which the quantizer must be told. Per-channel scales on
-    # the MatMul weights only: per-tensor scales (the default) cost MiniLM a
-    # cosine of ~0.89 to float32, per-channel ~0.99.
-    extra = {"DefaultTensorType": TensorProto.FLOAT}
     with quiet_third_party():
-        _save_atomically(
-            lambda p: quantize_dynamic(
-                str(path), str(p), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
-                extra_options=extra,
-            ),
-            target,
-        )
-    logger.info("dynamically quantized to int8: %s", target)
+        _save_atomically(lambda p: quantize(path, p, INT8_RECIPE, model_dir), target)
+    logger.info("quantized to int8 (%s): %s", INT8_RECIPE.name, target)
     cache.mark_used(entry)
     return target
 

@@ -30,6 +30,13 @@ class RunReport:
         return self.server.texts_per_s / self.baseline.texts_per_s
 
 
+@dataclass(frozen=True)
+class Int8Figures:
+    speedup: float  # int8 server texts/s over float32 server texts/s
+    mean_cosine: float | None  # int8 vectors against float32's, text by text
+    min_cosine: float | None
+
+
 @dataclass
 class SuiteReport:
     config: dict[str, Any]
@@ -39,12 +46,15 @@ class SuiteReport:
     def run(self, name: str) -> RunReport | None:
         return next((r for r in self.runs if r.scenario.name == name), None)
 
-    def int8_figures(self) -> tuple[float, float | None] | None:
-        """Speed-up of int8 over float32 ONNX serving, and the smallest cosine between them."""
+    def int8_figures(self) -> Int8Figures | None:
+        """Speed-up of int8 over float32 ONNX serving, and the cosines between their vectors."""
         int8, float32 = self.run("onnx-int8"), self.run("onnx")
         if int8 is None or float32 is None or float32.server.texts_per_s <= 0:
             return None
-        return int8.server.texts_per_s / float32.server.texts_per_s, _min_cosine(int8.server, float32.server)
+        cosines = _cosines(int8.server, float32.server)
+        return Int8Figures(speedup=int8.server.texts_per_s / float32.server.texts_per_s,
+                           mean_cosine=float(cosines.mean()) if cosines.size else None,
+                           min_cosine=float(cosines.min()) if cosines.size else None)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"config": self.config, "runs": {}}
@@ -67,17 +77,20 @@ class SuiteReport:
             out["runs"][run.scenario.name] = entry
         figures = self.int8_figures()
         if figures is not None:
-            out["int8"] = {"speedup_vs_float32": figures[0], "min_cosine_vs_float32": figures[1]}
+            out["int8"] = {"speedup_vs_float32": figures.speedup, "mean_cosine_vs_float32": figures.mean_cosine,
+                           "min_cosine_vs_float32": figures.min_cosine}
         return out
 
 
-def _min_cosine(a: LoadResult, b: LoadResult) -> float | None:
+def _cosines(a: LoadResult, b: LoadResult) -> np.ndarray:
+    """Text by text, over the requests both runs answered."""
     common = sorted(set(a.embeddings) & set(b.embeddings))
     if not common:
-        return None
+        return np.empty(0)
     x = np.concatenate([a.embeddings[i] for i in common])
     y = np.concatenate([b.embeddings[i] for i in common])
-    return float(((x * y).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1))).min())
+    cos: np.ndarray = (x * y).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1))
+    return cos
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -119,8 +132,8 @@ def format_suite(suite: SuiteReport) -> str:
             lines.append(f"  note: token counts differ (baseline {run.baseline.tokens}, server {run.server.tokens})")
     figures = suite.int8_figures()
     if figures is not None:
-        speedup, cosine = figures
-        lines.append(f"int8 vs float32 (onnx server): speed-up {speedup:.2f}x, min cosine {_fmt(cosine, 5)}")
+        lines.append(f"int8 vs float32 (onnx server): speed-up {figures.speedup:.2f}x, "
+                     f"mean cosine {_fmt(figures.mean_cosine, 5)}, min cosine {_fmt(figures.min_cosine, 5)}")
     return "\n".join(lines)
 
 

@@ -17,6 +17,7 @@ import pytest
 from tests.backends.parity import cosine, embed_over_http
 from tests.conftest import ROOT, RunningServer, short_socket_prefix, start_server
 from tests.models import build_gte_model, build_remote_code_model
+from tests.texts import varied_texts
 
 TEXTS = ["remote code models load in their own process", "short one", "Zürich 東京 café"]
 
@@ -80,11 +81,18 @@ def test_auto_picks_onnx_on_cpu_and_int8_stays_close(  # type: ignore[no-untyped
     info = httpx.get(f"{server.url}/info").json()
     assert (info["backend"], info["model_dtype"]) == ("onnx", "float32")
     float32 = embed_over_http(server.url, TEXTS)
+    # Long and short texts: the int8 recipe's outlier channels matter most on long ones.
+    varied = varied_texts(24)
+    float32_varied = embed_over_http(server.url, varied)
     with start_server("--dtype", "int8", tmp_dir=tmp_path) as quantized:
         assert httpx.get(f"{quantized.url}/info").json()["model_dtype"] == "int8"
-        int8 = embed_over_http(quantized.url, TEXTS)
+        int8 = embed_over_http(quantized.url, TEXTS + varied)
     assert cosine(float32, sentence_transformer.encode(TEXTS)).min() >= 0.9999
-    assert cosine(int8, float32).min() >= 0.97
+    # The recipe (backends/int8_recipe.py) gives MiniLM ~0.995 on average, ~0.99 at worst
+    # on the bench corpus; the recipe before it (MatMul only) fails both bounds there.
+    int8_cosine = cosine(int8, np.concatenate([float32, float32_varied]))
+    assert int8_cosine.mean() >= 0.99
+    assert int8_cosine.min() >= 0.98
 
 
 def _launch(*args: str) -> subprocess.CompletedProcess[str]:
