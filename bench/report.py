@@ -13,7 +13,7 @@ import numpy as np
 from bench.baseline import BaselineResult
 from bench.corpus import Corpus
 from bench.load import LoadResult
-from bench.scenarios import Scenario
+from bench.scenarios import INT8_TARGETS, Scenario
 
 
 @dataclass
@@ -132,8 +132,13 @@ def format_suite(suite: SuiteReport) -> str:
             lines.append(f"  note: token counts differ (baseline {run.baseline.tokens}, server {run.server.tokens})")
     figures = suite.int8_figures()
     if figures is not None:
+        bar = INT8_TARGETS
+        met = (figures.speedup >= bar.speedup and (figures.mean_cosine or 0.0) >= bar.mean_cosine
+               and (figures.min_cosine or 0.0) >= bar.min_cosine)
         lines.append(f"int8 vs float32 (onnx server): speed-up {figures.speedup:.2f}x, "
-                     f"mean cosine {_fmt(figures.mean_cosine, 5)}, min cosine {_fmt(figures.min_cosine, 5)}")
+                     f"mean cosine {_fmt(figures.mean_cosine, 5)}, min cosine {_fmt(figures.min_cosine, 5)}  "
+                     f"(targets >= {bar.speedup:.2f}x, {bar.mean_cosine}, {bar.min_cosine}: "
+                     f"{'met' if met else 'MISSED'})")
     return "\n".join(lines)
 
 
