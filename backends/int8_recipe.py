@@ -92,7 +92,7 @@ def calibration_feeds(model: Path, model_dir: Path) -> Iterator[dict[str, np.nda
     """The calibration texts as the graph's inputs, padded batches of CALIBRATION_BATCH."""
     import json
 
-    import onnxruntime as ort
+    import onnx
     from tokenizers import Tokenizer
 
     from embedserve.backends.calibration_texts import CALIBRATION_TEXTS
@@ -102,7 +102,8 @@ def calibration_feeds(model: Path, model_dir: Path) -> Iterator[dict[str, np.nda
     tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     tokenizer.enable_truncation(max_length)
     tokenizer.enable_padding(pad_id=int(config.get("pad_token_id") or 0))
-    inputs = {i.name for i in ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).get_inputs()}
+    # The graph's declared inputs: loading a session only to list them would build the model twice.
+    inputs = {i.name for i in onnx.load(str(model), load_external_data=False).graph.input}
     for start in range(0, len(CALIBRATION_TEXTS), CALIBRATION_BATCH):
         encoded = tokenizer.encode_batch(list(CALIBRATION_TEXTS[start:start + CALIBRATION_BATCH]))
         feed = {"input_ids": np.asarray([e.ids for e in encoded], np.int64),
