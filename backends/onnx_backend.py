@@ -40,6 +40,14 @@ FUSABLE_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
 CPU_CHUNK_TOKENS = 2048
 SPLADE_CHUNK_TOKENS = 1024
 HIDDEN_OUTPUTS = ("last_hidden_state", "token_embeddings")
+# onnxruntime's CPU SkipLayerNormalization kernel is slower than the Add and
+# LayerNormalization it fuses: without it MiniLM ran ~1.1x faster in float32 and
+# ~1.2x in int8 (bench/CPU_NOTES.md, issue 16). So neither the transformer optimizer
+# nor the session (which would fuse it again) makes one on CPU.
+CPU_DISABLED_FUSIONS = ("SkipLayerNormFusion",)
+# The cache step of the fused graph; renamed whenever the fusions change, so a graph
+# fused the old way is never reused.
+OPTIMIZED_STEP = "optimized-no-skip-layer-norm"
 
 
 class OnnxBackend(PaddedEngine):
@@ -90,7 +98,8 @@ class OnnxBackend(PaddedEngine):
         options.intra_op_num_threads = len(os.sched_getaffinity(0))
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self._session = ort.InferenceSession(str(path), options, providers=providers)
+        disabled = list(CPU_DISABLED_FUSIONS) if self.device == "cpu" else []
+        self._session = ort.InferenceSession(str(path), options, providers=providers, disabled_optimizers=disabled)
         logger.info("onnx model %s loaded in %.1fs (%s)", path.name, time.monotonic() - started, providers[0])
 
         self._input_names = {i.name for i in self._session.get_inputs()}
@@ -200,18 +209,22 @@ def resolve_onnx_model(model_dir: Path, task: str, cache: OnnxCache) -> Path:
 
 
 def optimized_model(path: Path, config: dict[str, Any], cache: OnnxCache) -> Path:
-    entry = cache.derived_entry(path, "optimized")
+    entry = cache.derived_entry(path, OPTIMIZED_STEP)
     target = entry / "model.onnx"
     if target.is_file():
         cache.mark_used(entry)
         return target
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
+    fusions = FusionOptions("bert")
+    fusions.enable_skip_layer_norm = False  # CPU_DISABLED_FUSIONS
     heads = int(config.get("num_attention_heads") or 0)
     hidden = int(config.get("hidden_size") or 0)
     try:
         with quiet_third_party():
-            optimized = optimize_model(str(path), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0)
+            optimized = optimize_model(str(path), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0,
+                                      optimization_options=fusions)
             _save_atomically(lambda p: optimized.save_model_to_file(str(p)), target)
     except Exception as exc:  # an unfusable graph still runs, just slower
         logger.warning("transformer fusions failed (%s); using the plain export", exc)

@@ -24,12 +24,15 @@ DEFAULT_CACHE = Path.home() / ".cache" / "embedserve" / "onnx"
 def session(path: Path, threads: int, spinning: bool) -> Any:
     import onnxruntime as ort
 
+    from embedserve.backends.onnx_backend import CPU_DISABLED_FUSIONS
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=list(CPU_DISABLED_FUSIONS))
 
 
 def feed(sequences: int, length: int, names: set[str], rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -44,7 +47,9 @@ def main() -> None:
     parser.add_argument("--sets", type=int, default=4)
     parser.add_argument("--cycles", type=int, default=40)
     args = parser.parse_args()
-    path = args.onnx or max(DEFAULT_CACHE.glob("*-optimized/model.onnx"), key=lambda p: p.stat().st_mtime)
+    from embedserve.backends.onnx_backend import OPTIMIZED_STEP
+
+    path = args.onnx or max(DEFAULT_CACHE.glob(f"*-{OPTIMIZED_STEP}/model.onnx"), key=lambda p: p.stat().st_mtime)
     mains = {"spinning": session(path, 2, True), "not spinning": session(path, 2, False)}
     one_thread = session(path, 1, False)
     names = {i.name for i in one_thread.get_inputs()}
