@@ -76,6 +76,8 @@ def _recipes() -> dict[str, Int8Recipe]:
         **{f"m+a-outliers{k}": Int8Recipe(f"m+a-outliers{k}", ops, outlier_channels=k) for k in (1, 2, 4, 16)},
         **{f"m+a-outliers2-ratio{r}": Int8Recipe(f"m+a-outliers2-ratio{r}", ops, outlier_channels=2,
                                                  outlier_ratio=r) for r in (0.0, 12.0, 15.0)},
+        **{f"m+a-outliers4-smooth{t:g}": Int8Recipe(f"m+a-outliers4-smooth{t:g}", ops, outlier_channels=4,
+                                                     smooth_to=t) for t in (2.0, 4.0, 8.0)},
         **{f"matmul-outliers{k}": Int8Recipe(f"matmul-outliers{k}", ("MatMul",), outlier_channels=k) for k in (4,)},
         **{f"m+a-ffn-out-float-L{i}": Int8Recipe(f"m+a-ffn-out-float-L{i}", ops,
                                                  keep_float=(rf"layer\.{i}/output/dense",)) for i in range(6)},

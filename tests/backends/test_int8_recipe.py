@@ -1,5 +1,6 @@
-"""The int8 recipe's parts on small hand-made graphs: outlier channels split off
-exactly, only where a product has them, and the cache step follows the recipe."""
+"""The int8 recipe's parts on small hand-made graphs: outlier channels split off or
+scaled into the weights exactly, only where a product has them, and the cache step
+follows the recipe."""
 
 from __future__ import annotations
 
@@ -73,6 +74,53 @@ def test_split_is_exact_and_only_where_a_product_has_outliers(tmp_path: Path) ->
     np.testing.assert_allclose(_run(split, feed), _run(source, feed), rtol=1e-4, atol=1e-3)
 
 
+def _norm_then_product(path: Path) -> None:
+    """x -> LayerNormalization (channel OUTLIER's weight 60x the rest) -> MatMul w -> y,
+    the FFN input of a BERT layer in small."""
+    rng = np.random.default_rng(1)
+    gamma = np.ones(WIDTH, np.float32)
+    gamma[OUTLIER] = 60.0
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["n"], name="norm", axis=-1),
+        helper.make_node("MatMul", ["n", "w"], ["y"], name="product"),
+    ]
+    graph = helper.make_graph(
+        nodes, "norm_then_product",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", WIDTH]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["b", "s"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", WIDTH])],
+        [numpy_helper.from_array(gamma, "gamma"),
+         numpy_helper.from_array(rng.normal(size=WIDTH).astype(np.float32) * 0.1, "beta"),
+         numpy_helper.from_array(rng.normal(size=(WIDTH, WIDTH)).astype(np.float32), "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def test_outliers_after_a_layer_norm_are_scaled_into_the_weights_exactly(tmp_path: Path) -> None:
+    source, smoothed = tmp_path / "source.onnx", tmp_path / "smoothed.onnx"
+    _norm_then_product(source)
+    batches = [_inputs(seed) for seed in range(4)]
+    split_outliers(source, smoothed, channels=1, min_ratio=8.0, batches=batches, smooth_to=4.0)
+
+    model = onnx.load(str(smoothed))
+    onnx.checker.check_model(model)
+    added = [node for node in model.graph.node if node.name.startswith(SIDE_PREFIX)]
+    assert [node.op_type for node in added] == ["Mul"]  # no second product
+    inverse = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == added[0].input[1]))
+    assert inverse[OUTLIER] < 1.0 / 8  # ~60x the median, brought to 4x
+    assert np.all(np.delete(inverse, OUTLIER) == 1.0)
+    feed = _inputs(seed=99)
+    np.testing.assert_allclose(_run(smoothed, feed), _run(source, feed), rtol=1e-4, atol=1e-3)
+
+    # Without smooth_to, the same product is split off instead.
+    split = tmp_path / "split.onnx"
+    split_outliers(source, split, channels=1, min_ratio=8.0, batches=batches)
+    assert {node.op_type for node in onnx.load(str(split)).graph.node if node.name.startswith(SIDE_PREFIX)} \
+        == {"Mul", "Gather", "MatMul", "Add"}
+
+
 def test_no_product_is_split_below_the_ratio(tmp_path: Path) -> None:
     source, split = tmp_path / "source.onnx", tmp_path / "split.onnx"
     _two_products(source)
@@ -82,7 +130,7 @@ def test_no_product_is_split_below_the_ratio(tmp_path: Path) -> None:
 
 def test_the_cache_step_follows_the_recipe() -> None:
     same = Int8Recipe(INT8_RECIPE.name, INT8_RECIPE.op_types, INT8_RECIPE.keep_float, INT8_RECIPE.per_channel,
-                      INT8_RECIPE.outlier_channels, INT8_RECIPE.outlier_ratio)
+                      INT8_RECIPE.outlier_channels, INT8_RECIPE.outlier_ratio, INT8_RECIPE.smooth_to)
     assert same.cache_step == INT8_RECIPE.cache_step
     fewer = Int8Recipe(INT8_RECIPE.name, INT8_RECIPE.op_types, outlier_channels=INT8_RECIPE.outlier_channels + 1)
     assert fewer.cache_step != INT8_RECIPE.cache_step
