@@ -214,24 +214,30 @@ def optimized_model(path: Path, config: dict[str, Any], cache: OnnxCache) -> Pat
     if target.is_file():
         cache.mark_used(entry)
         return target
-    from onnxruntime.transformers.fusion_options import FusionOptions
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    fusions = FusionOptions("bert")
-    fusions.enable_skip_layer_norm = False  # CPU_DISABLED_FUSIONS
-    heads = int(config.get("num_attention_heads") or 0)
-    hidden = int(config.get("hidden_size") or 0)
     try:
         with quiet_third_party():
-            optimized = optimize_model(str(path), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0,
-                                      optimization_options=fusions)
-            _save_atomically(lambda p: optimized.save_model_to_file(str(p)), target)
+            _save_atomically(lambda p: fuse_transformer(path, p, config), target)
     except Exception as exc:  # an unfusable graph still runs, just slower
         logger.warning("transformer fusions failed (%s); using the plain export", exc)
         return path
     logger.info("applied onnxruntime transformer fusions: %s", target)
     cache.mark_used(entry)
     return target
+
+
+def fuse_transformer(path: Path, target: Path, config: dict[str, Any], skip_layer_norm: bool = False) -> None:
+    """onnxruntime's BERT fusions of `path`, saved to `target`; SkipLayerNormalization only
+    when asked (bench/int8_recipes.py times it against CPU_DISABLED_FUSIONS)."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    fusions = FusionOptions("bert")
+    fusions.enable_skip_layer_norm = skip_layer_norm
+    heads = int(config.get("num_attention_heads") or 0)
+    hidden = int(config.get("hidden_size") or 0)
+    optimized = optimize_model(str(path), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0,
+                               optimization_options=fusions)
+    optimized.save_model_to_file(str(target))
 
 
 def quantized_model(path: Path, model_dir: Path, cache: OnnxCache) -> Path:

@@ -28,7 +28,8 @@ import numpy as np
 
 from bench.corpus import build_corpus
 from embedserve.backends.int8_recipe import INT8_RECIPE, Int8Recipe, quantize
-from embedserve.backends.onnx_backend import CPU_CHUNK_TOKENS, CPU_DISABLED_FUSIONS, quiet_third_party
+from embedserve.backends.onnx_backend import (CPU_CHUNK_TOKENS, CPU_DISABLED_FUSIONS, fuse_transformer,
+                                              quiet_third_party)
 
 ROUTER_BATCH_TOKENS = 16384  # the router's --max-batch-tokens default on 2 cores
 
@@ -41,6 +42,9 @@ class Variant:
     spinning: bool
     chunk_tokens: int
     denormal_as_zero: bool = False
+    # The engine keeps onnxruntime from fusing SkipLayerNormalization on CPU; True runs
+    # a graph fused the old way, with the session's own fusions all on.
+    skip_layer_norm: bool = False
 
 
 def _default_model_dir() -> Path:
@@ -49,13 +53,19 @@ def _default_model_dir() -> Path:
     return default_model_dir()
 
 
+def _plain_model(model_dir: Path, cache_dir: Path) -> Path:
+    from embedserve.backends.onnx_backend import resolve_onnx_model
+    from embedserve.backends.onnx_cache import OnnxCache
+
+    return resolve_onnx_model(model_dir, "feature-extraction", OnnxCache.at(cache_dir, 0))
+
+
 def _float32_model(model_dir: Path, cache_dir: Path) -> Path:
-    from embedserve.backends.onnx_backend import optimized_model, resolve_onnx_model
+    from embedserve.backends.onnx_backend import optimized_model
     from embedserve.backends.onnx_cache import OnnxCache
 
     config = json.loads((model_dir / "config.json").read_text())
-    cache = OnnxCache.at(cache_dir, 0)
-    return optimized_model(resolve_onnx_model(model_dir, "feature-extraction", cache), config, cache)
+    return optimized_model(_plain_model(model_dir, cache_dir), config, OnnxCache.at(cache_dir, 0))
 
 
 def _recipes() -> dict[str, Int8Recipe]:
@@ -133,8 +143,9 @@ def _runner(variant: Variant) -> Callable[[list[object]], np.ndarray]:
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if variant.spinning else "0")
     if variant.denormal_as_zero:
         options.add_session_config_entry("session.set_denormal_as_zero", "1")
+    disabled = [] if variant.skip_layer_norm else list(CPU_DISABLED_FUSIONS)
     session = ort.InferenceSession(str(variant.model), options, providers=["CPUExecutionProvider"],
-                                   disabled_optimizers=list(CPU_DISABLED_FUSIONS))
+                                   disabled_optimizers=disabled)
     names = {i.name for i in session.get_inputs()}
 
     def run(batches: list[object]) -> np.ndarray:
@@ -170,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time float32 under every --spinning / --chunk-tokens setting")
     parser.add_argument("--denormal-as-zero", action="store_true",
                         help="also run every variant with onnxruntime's session.set_denormal_as_zero")
+    parser.add_argument("--skip-layer-norm", action="store_true",
+                        help="also run float32 and every recipe from a graph with SkipLayerNormalization fused")
     parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "embedserve"))
     args = parser.parse_args(argv)
 
@@ -186,16 +199,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.float32_variants:
         variants += [Variant(f"float32 spin={int(s)} chunk={c}", float32, args.threads, s, c)
                      for s in spins for c in chunks if (s, c) != (spins[0], chunks[0])]
-    for name in args.recipes.split(","):
-        recipe = recipes[name]
-        target = scratch / f"{len(variants)}.onnx"
+    graphs = [("", float32, False)]
+    if args.skip_layer_norm:
+        fused = scratch / "skip-layer-norm.onnx"
         with quiet_third_party():
-            quantize(float32, target, recipe, model_dir)
-        variants += [Variant(f"{name} spin={int(s)} chunk={c}", target, args.threads, s, c)
-                     for s in spins for c in chunks]
+            fuse_transformer(_plain_model(model_dir, Path(args.cache_dir)), fused,
+                             json.loads((model_dir / "config.json").read_text()), skip_layer_norm=True)
+        graphs.append((" skip-layer-norm", fused, True))
+        variants.append(Variant("float32 skip-layer-norm", fused, args.threads, spins[0], chunks[0],
+                                skip_layer_norm=True))
+    for name in args.recipes.split(","):
+        for suffix, graph, skip_layer_norm in graphs:
+            target = scratch / f"{len(variants)}.onnx"
+            with quiet_third_party():
+                quantize(graph, target, recipes[name], model_dir)
+            variants += [Variant(f"{name}{suffix} spin={int(s)} chunk={c}", target, args.threads, s, c,
+                                 skip_layer_norm=skip_layer_norm) for s in spins for c in chunks]
     if args.denormal_as_zero:
-        variants += [Variant(f"{v.name} denormal=0", v.model, v.threads, v.spinning, v.chunk_tokens, True)
-                     for v in list(variants)]
+        variants += [Variant(f"{v.name} denormal=0", v.model, v.threads, v.spinning, v.chunk_tokens, True,
+                             v.skip_layer_norm) for v in list(variants)]
     runners = {v.name: _runner(v) for v in variants}
     vectors = {name: run(batches[:1]) for name, run in runners.items()}  # warm-up
     times: dict[str, list[float]] = {name: [] for name in runners}
@@ -212,13 +234,17 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.threads} threads; speed-up = float32 time / variant time in the same round")
     print("CPU speed-up = float32 CPU seconds / variant CPU seconds (this process, all threads; steadier than "
           "wall time on a shared machine, but it counts spin-waiting)")
-    print(f"{'variant':<44}{'wall s/pass':<22}{'speed-up':<22}{'CPU speed-up':<22}{'cos mean':>9}{'cos min':>9}")
+    width = max(22, 5 * args.rounds + 2)  # one "0.00 " per round
+    names = max(44, *(len(name) + 2 for name in times))
+    print(f"{'variant':<{names}}{'wall s/pass':<{width}}{'speed-up':<{width}}{'CPU speed-up':<{width}}"
+          f"{'cos mean':>9}{'cos min':>9}")
     for name, seconds in times.items():
         ratios = base / np.asarray(seconds)
         cpu_ratios = base_cpu / np.asarray(cpu[name])
         cos = (vectors[name] * vectors[reference.name]).sum(axis=1)
-        print(f"{name:<44}{' '.join(f'{s:.2f}' for s in seconds):<22}{' '.join(f'{r:.2f}' for r in ratios):<22}"
-              f"{' '.join(f'{r:.2f}' for r in cpu_ratios):<22}{cos.mean():>9.4f}{cos.min():>9.4f}")
+        print(f"{name:<{names}}{' '.join(f'{s:.2f}' for s in seconds):<{width}}"
+              f"{' '.join(f'{r:.2f}' for r in ratios):<{width}}"
+              f"{' '.join(f'{r:.2f}' for r in cpu_ratios):<{width}}{cos.mean():>9.4f}{cos.min():>9.4f}")
     return 0
 
 
