@@ -29,12 +29,17 @@ def _two_products(path: Path, seed: int = 0) -> None:
         helper.make_node("Relu", ["h"], ["r"], name="relu"),
         helper.make_node("MatMul", ["r", "w2"], ["y"], name="second"),
     ]
+    _save(path, nodes, {"w1": w1, "w2": w2})
+
+
+def _save(path: Path, nodes: list[onnx.NodeProto], weights: dict[str, np.ndarray]) -> None:
+    """A graph from input x [batch, seq, WIDTH] (and the unused mask) to output y."""
     graph = helper.make_graph(
-        nodes, "two_products",
+        nodes, path.stem,
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", WIDTH]),
          helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["b", "s"])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", WIDTH])],
-        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+        [numpy_helper.from_array(value, name) for name, value in weights.items()],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -84,18 +89,8 @@ def _norm_then_product(path: Path) -> None:
         helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["n"], name="norm", axis=-1),
         helper.make_node("MatMul", ["n", "w"], ["y"], name="product"),
     ]
-    graph = helper.make_graph(
-        nodes, "norm_then_product",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", WIDTH]),
-         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["b", "s"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", WIDTH])],
-        [numpy_helper.from_array(gamma, "gamma"),
-         numpy_helper.from_array(rng.normal(size=WIDTH).astype(np.float32) * 0.1, "beta"),
-         numpy_helper.from_array(rng.normal(size=(WIDTH, WIDTH)).astype(np.float32), "w")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
+    _save(path, nodes, {"gamma": gamma, "beta": rng.normal(size=WIDTH).astype(np.float32) * 0.1,
+                        "w": rng.normal(size=(WIDTH, WIDTH)).astype(np.float32)})
 
 
 def test_outliers_after_a_layer_norm_are_scaled_into_the_weights_exactly(tmp_path: Path) -> None:
