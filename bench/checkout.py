@@ -7,7 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
+import sys
+import tempfile
 from pathlib import Path
+
+# Where the bench keeps its link folders.
+LINKS_DIR = Path(tempfile.gettempdir()) / "embedserve-bench-checkouts"
 
 
 def imported_root() -> Path | None:
@@ -30,3 +36,15 @@ def import_root_for(tree: Path, links_dir: Path) -> Path | None:
     if not link.is_symlink():
         link.symlink_to(tree)
     return link_root
+
+
+def use_checkout(tree: Path, links_dir: Path) -> None:
+    """Make this process, and every process it starts, import `tree`'s `embedserve`
+    (a no-op where it already does). Call it before anything imports `embedserve`."""
+    link_root = import_root_for(tree, links_dir)
+    if link_root is None:
+        return
+    sys.path.insert(0, str(link_root))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(link_root), os.environ.get("PYTHONPATH")]))
+    for name in [m for m in sys.modules if m == "embedserve" or m.startswith("embedserve.")]:
+        del sys.modules[name]

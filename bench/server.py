@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.checkout import import_root_for
+from bench.checkout import LINKS_DIR, import_root_for
 
 HOST = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -23,7 +23,6 @@ HEALTH_POLL_S = 0.5
 STOP_TIMEOUT_S = 30.0
 LOG_TAIL_CHARS = 8000
 # Links that make a server started in another checkout import that checkout (bench/checkout.py).
-LINKS_DIR = Path(tempfile.gettempdir()) / "embedserve-bench-checkouts"
 
 
 class ServerError(RuntimeError):

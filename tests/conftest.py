@@ -41,15 +41,9 @@ def _import_this_checkout() -> None:
     """`embedserve` is an editable install of one checkout; a second checkout
     (a git worktree, a clone next to it) would test that one's code, in this
     process and in every server it starts. Point the import at this tree."""
-    from bench.checkout import import_root_for
+    from bench.checkout import use_checkout
 
-    link_root = import_root_for(Path(__file__).resolve().parent.parent, SCRATCH_ROOT)
-    if link_root is None:
-        return
-    sys.path.insert(0, str(link_root))
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(link_root), os.environ.get("PYTHONPATH")]))
-    for name in [m for m in sys.modules if m == "embedserve" or m.startswith("embedserve.")]:
-        del sys.modules[name]
+    use_checkout(Path(__file__).resolve().parent.parent, SCRATCH_ROOT)
 
 
 _import_this_checkout()
