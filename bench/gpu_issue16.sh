@@ -100,12 +100,16 @@ if [ -n "$SMOKE" ]; then
     --bulk-clients 4 --bulk-texts 4 --idle --policies priority --runs 1 --seconds 3 --ramp-s 1 --drain-s 10 \
     --warmup-s 1 --json-out "$OUT/query_under_bulk.json"
 else
-  section issue16 260 "$PYTHON" -m bench.issue16 --budget-s 220
-  section matrix 220 "$PYTHON" -m bench.gpu_check --matrix-only
-  model=$("$PYTHON" -c "import tempfile; from pathlib import Path; from bench.gpu_check import build_model; print(build_model(Path(tempfile.mkdtemp()) / 'bert'))")
-  section query_under_bulk 150 "$PYTHON" -m bench query-under-bulk --backend torch --model-id "$model" \
-    --server-args "--dtype float16" --bulk-clients 128 --bulk-texts 32 --idle --policies priority --runs 1 \
-    --seconds 10 --ramp-s 2 --drain-s 20 --json-out "$OUT/query_under_bulk.json"
+  # ISSUE16_ARGS: more flags for bench.issue16 (e.g. --rows ... --profile); ISSUE16_ONLY=1: no sections after it.
+  # shellcheck disable=SC2086
+  section issue16 260 "$PYTHON" -m bench.issue16 --budget-s 220 ${ISSUE16_ARGS:-}
+  if [ -z "${ISSUE16_ONLY:-}" ]; then
+    section matrix 220 "$PYTHON" -m bench.gpu_check --matrix-only
+    model=$("$PYTHON" -c "import tempfile; from pathlib import Path; from bench.gpu_check import build_model; print(build_model(Path(tempfile.mkdtemp()) / 'bert'))")
+    section query_under_bulk 150 "$PYTHON" -m bench query-under-bulk --backend torch --model-id "$model" \
+      --server-args "--dtype float16" --bulk-clients 128 --bulk-texts 32 --idle --policies priority --runs 1 \
+      --seconds 10 --ramp-s 2 --drain-s 20 --json-out "$OUT/query_under_bulk.json"
+  fi
 fi
 
 echo "=== done in $(($(date +%s) - began))s; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"

@@ -140,7 +140,7 @@ def timed_tokens_per_s(engine: Any, batches: list[Any], seconds: float, ahead: b
 
 
 def run_row(row: Row, model_dir: Path, device: str, batches: list[Any], parity: list[tuple[Any, np.ndarray]],
-            seconds: float) -> dict[str, Any]:
+            seconds: float, profile: bool = False) -> dict[str, Any]:
     import torch
 
     from embedserve.backends.base import EngineSpec
@@ -180,6 +180,8 @@ def run_row(row: Row, model_dir: Path, device: str, batches: list[Any], parity: 
     result["pipelined_tokens_per_s"] = round(timed_tokens_per_s(engine, batches, seconds / 2, ahead=True))
     if graphed is not None:
         result.update(forwards_replayed=graphed.replayed, forwards_eager=graphed.eager)
+    if profile:
+        result["kernels"] = kernel_profile(engine, batches, device)
     del engine, encoder, graphed
     gc.collect()
     if device.startswith("cuda"):
@@ -187,6 +189,37 @@ def run_row(row: Row, model_dir: Path, device: str, batches: list[Any], parity: 
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     return result
+
+
+# Kernel names by kind, for where a forward's device time goes (first match wins).
+KERNEL_KINDS = (("attention", ("flash", "fmha", "attention", "attn")),
+                ("gemm", ("gemm", "cutlass", "sm90_xmma", "matmul", "addmm", "bmm", "mm_")),
+                ("copy", ("memcpy", "memset", "copy")))
+
+
+def kernel_profile(engine: Any, batches: list[Any], device: str, count: int = 8, top: int = 10) -> dict[str, Any]:
+    """torch.profiler over `count` embed batches: device time by kernel kind and the `top`
+    kernels (on CPU, the operators' CPU time, which checks the code, not the GPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.startswith("cuda")
+    with profile(activities=[ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]) as prof:
+        for batch in batches[:count]:
+            engine.embed(batch)
+        synchronize(device)
+    field = "self_device_time_total" if cuda else "self_cpu_time_total"
+    timed = [(event.key, float(getattr(event, field, 0.0))) for event in prof.key_averages()]
+    timed = [(name, us) for name, us in timed if us > 0]
+    total = sum(us for _, us in timed) or 1.0
+    kinds: dict[str, float] = {}
+    for name, us in timed:
+        lowered = name.lower()
+        kind = next((k for k, marks in KERNEL_KINDS if any(m in lowered for m in marks)), "other")
+        kinds[kind] = kinds.get(kind, 0.0) + us
+    tokens = sum(len(b.input_ids) for b in batches[:count])
+    return {"device_ms": round(total / 1000, 2), "tokens": tokens,
+            "kinds": {k: round(v / total, 3) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+            "top": [[name[:90], round(us / total, 3)] for name, us in sorted(timed, key=lambda t: -t[1])[:top]]}
 
 
 def _compile_note(engine: Any) -> str:
@@ -228,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--texts", type=int, default=None, help="corpus texts to batch (default 4000; smoke 120)")
     parser.add_argument("--seconds", type=float, default=None, help="timed seconds per row (default 6; smoke 1)")
     parser.add_argument("--budget-s", type=float, default=270.0, help="no new row starts after this many seconds")
+    parser.add_argument("--profile", action="store_true", help="per row, device time by kernel kind (torch.profiler)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out = Path(os.environ["OUT"]) if os.environ.get("OUT") else None
@@ -267,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"== {row.name}", flush=True)
         try:
-            result = run_row(row, model_dir, device, batches_by_budget[row.max_batch_tokens], parity, seconds)
+            result = run_row(row, model_dir, device, batches_by_budget[row.max_batch_tokens], parity, seconds,
+                             args.profile)
         except Exception as exc:  # noqa: BLE001 - one row's failure is its result; the next row runs
             traceback.print_exc()
             result = {"row": asdict(row), "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
