@@ -193,7 +193,7 @@ def run_row(row: Row, model_dir: Path, device: str, batches: list[Any], parity: 
 
 # Kernel names by kind, for where a forward's device time goes (first match wins).
 KERNEL_KINDS = (("attention", ("flash", "fmha", "attention", "attn")),
-                ("gemm", ("gemm", "cutlass", "sm90_xmma", "matmul", "addmm", "bmm", "mm_")),
+                ("gemm", ("gemm", "nvjet", "cutlass", "sm90_xmma", "matmul", "addmm", "bmm", "mm_")),
                 ("copy", ("memcpy", "memset", "copy")))
 
 
