@@ -98,8 +98,10 @@ class OnnxBackend(PaddedEngine):
         options.intra_op_num_threads = len(os.sched_getaffinity(0))
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        disabled = list(CPU_DISABLED_FUSIONS) if self.device == "cpu" else []
-        self._session = ort.InferenceSession(str(path), options, providers=providers, disabled_optimizers=disabled)
+        if self.device == "cpu":
+            self._session = cpu_session(path, options)
+        else:
+            self._session = ort.InferenceSession(str(path), options, providers=providers)
         logger.info("onnx model %s loaded in %.1fs (%s)", path.name, time.monotonic() - started, providers[0])
 
         self._input_names = {i.name for i in self._session.get_inputs()}
@@ -208,6 +210,14 @@ def resolve_onnx_model(model_dir: Path, task: str, cache: OnnxCache) -> Path:
     return target
 
 
+def cpu_session(path: Path, options: ort.SessionOptions, fuse_skip_layer_norm: bool = False) -> ort.InferenceSession:
+    """A CPU session of `path` that leaves CPU_DISABLED_FUSIONS undone (unless asked to
+    fuse SkipLayerNormalization, for the bench's comparison): the engine and the benches
+    that time it build theirs here, so they run the same graph."""
+    disabled = [] if fuse_skip_layer_norm else list(CPU_DISABLED_FUSIONS)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
+
+
 def optimized_model(path: Path, config: dict[str, Any], cache: OnnxCache) -> Path:
     entry = cache.derived_entry(path, OPTIMIZED_STEP)
     target = entry / "model.onnx"
@@ -227,7 +237,7 @@ def optimized_model(path: Path, config: dict[str, Any], cache: OnnxCache) -> Pat
 
 def fuse_transformer(path: Path, target: Path, config: dict[str, Any], skip_layer_norm: bool = False) -> None:
     """onnxruntime's BERT fusions of `path`, saved to `target`; SkipLayerNormalization only
-    when asked (bench/int8_recipes.py times it against CPU_DISABLED_FUSIONS)."""
+    when asked (bench/int8_recipes.py times it against the engine's graph)."""
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 

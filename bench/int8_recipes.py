@@ -28,8 +28,7 @@ import numpy as np
 
 from bench.corpus import build_corpus
 from embedserve.backends.int8_recipe import INT8_RECIPE, Int8Recipe, quantize
-from embedserve.backends.onnx_backend import (CPU_CHUNK_TOKENS, CPU_DISABLED_FUSIONS, fuse_transformer,
-                                              quiet_third_party)
+from embedserve.backends.onnx_backend import CPU_CHUNK_TOKENS, cpu_session, fuse_transformer, quiet_third_party
 
 ROUTER_BATCH_TOKENS = 16384  # the router's --max-batch-tokens default on 2 cores
 
@@ -143,9 +142,7 @@ def _runner(variant: Variant) -> Callable[[list[object]], np.ndarray]:
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if variant.spinning else "0")
     if variant.denormal_as_zero:
         options.add_session_config_entry("session.set_denormal_as_zero", "1")
-    disabled = [] if variant.skip_layer_norm else list(CPU_DISABLED_FUSIONS)
-    session = ort.InferenceSession(str(variant.model), options, providers=["CPUExecutionProvider"],
-                                   disabled_optimizers=disabled)
+    session = cpu_session(variant.model, options, fuse_skip_layer_norm=variant.skip_layer_norm)
     names = {i.name for i in session.get_inputs()}
 
     def run(batches: list[object]) -> np.ndarray:

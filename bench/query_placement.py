@@ -24,15 +24,14 @@ DEFAULT_CACHE = Path.home() / ".cache" / "embedserve" / "onnx"
 def session(path: Path, threads: int, spinning: bool) -> Any:
     import onnxruntime as ort
 
-    from embedserve.backends.onnx_backend import CPU_DISABLED_FUSIONS
+    from embedserve.backends.onnx_backend import cpu_session
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=list(CPU_DISABLED_FUSIONS))
+    return cpu_session(path, options)
 
 
 def feed(sequences: int, length: int, names: set[str], rng: np.random.Generator) -> dict[str, np.ndarray]:

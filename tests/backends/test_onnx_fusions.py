@@ -1,7 +1,6 @@
 """The ONNX engine's CPU graph keeps LayerNormalization and Add apart: the fused
-graph it caches has no SkipLayerNormalization, and the fusion it tells the session
-to skip is one onnxruntime knows (a misspelt name would let the session fuse them
-again, silently)."""
+graph it caches has no SkipLayerNormalization, and `cpu_session` keeps onnxruntime
+from fusing them again (a misspelt optimizer name would let it, silently)."""
 
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from embedserve.backends.onnx_backend import CPU_DISABLED_FUSIONS, optimized_model, resolve_onnx_model
+from embedserve.backends.onnx_backend import cpu_session, optimized_model, resolve_onnx_model
 from embedserve.backends.onnx_cache import OnnxCache
 from tests.models import build_family_model
 
@@ -32,11 +31,11 @@ def _ops(path: Path) -> collections.Counter[str]:
     return collections.Counter(node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node)
 
 
-def _as_the_session_runs_it(path: Path, target: Path, disabled: list[str]) -> collections.Counter[str]:
+def _as_the_session_runs_it(path: Path, target: Path, fuse_skip_layer_norm: bool) -> collections.Counter[str]:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.optimized_model_filepath = str(target)
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
+    cpu_session(path, options, fuse_skip_layer_norm=fuse_skip_layer_norm)
     return _ops(target)
 
 
@@ -47,7 +46,7 @@ def test_the_cached_graph_is_fused_but_for_skip_layer_norm(fused_graph: Path) ->
 
 
 def test_the_session_leaves_layer_norm_unfused_only_when_told(fused_graph: Path, tmp_path: Path) -> None:
-    told = _as_the_session_runs_it(fused_graph, tmp_path / "told.onnx", list(CPU_DISABLED_FUSIONS))
+    told = _as_the_session_runs_it(fused_graph, tmp_path / "told.onnx", fuse_skip_layer_norm=False)
     assert told["SkipLayerNormalization"] == 0 and told["LayerNormalization"] > 0
-    untold = _as_the_session_runs_it(fused_graph, tmp_path / "untold.onnx", [])
+    untold = _as_the_session_runs_it(fused_graph, tmp_path / "untold.onnx", fuse_skip_layer_norm=True)
     assert untold["SkipLayerNormalization"] > 0
